@@ -1,0 +1,1 @@
+"""The device side: agent runtime, gateway metrics, camera pipelines."""

@@ -1,0 +1,1 @@
+"""The broker boundary: embedded broker, broker configuration, the client session."""

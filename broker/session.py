@@ -1,0 +1,573 @@
+"""The client session every edgebus process uses to talk to the broker.
+
+What it promises:
+
+* **Nothing accepted is lost.** :meth:`BusSession.publish` writes the message
+  to the :class:`~broker.outbox.Outbox` before returning ``True``; the row is
+  deleted only after the broker acknowledged it. A broker restart, a cut or a
+  killed process only delays it. A refusal (outbox full) returns ``False`` and
+  is counted.
+* **Presence.** A device session connects with a retained ``offline`` will on
+  ``{root}/{device}/status``, and on every connection publishes ``online`` and
+  its birth record (retained) before anything queued.
+* **Reconnect outside the connection.** Each connection is a fresh paho client
+  driven by one supervisor thread; when it dies the supervisor waits
+  (exponential backoff with jitter) and builds a new one, resubscribes every
+  route, and re-sends whatever the outbox still holds, oldest first. Keeping
+  retransmission in one place (the outbox) rather than also in paho's memory
+  is what makes the "re-sent once, in order" rule hold.
+* **Persistent sessions** (``clean_start=False`` with a stable client id, and a
+  session expiry under MQTT 5) so the broker queues QoS 1 messages for a
+  subscriber that is briefly away.
+* **MQTT 5 where the broker speaks it.** ``protocol="auto"`` tries MQTT 5 and
+  falls back to 3.1.1 (the embedded amqtt broker speaks only 3.1.1); under
+  MQTT 5 a message's content type travels as a property. Nothing depends on it.
+
+Handlers registered with :meth:`BusSession.subscribe` run on the session's
+network thread: keep them short or hand work to a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from broker.outbox import Outbox, OutboxMessage, OutboxRow
+from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
+from schemas.errors import BusError, ConfigError, NotConnected, TopicError
+from schemas.topics import TopicTree, validate_device_id, validate_publish_topic
+
+__all__ = ["BusConfig", "BusSession", "SessionStats"]
+
+logger = logging.getLogger(__name__)
+
+ENVELOPE_CONTENT_TYPE = "application/vnd.edgebus.envelope"
+Protocol = Literal["auto", "5", "3.1.1"]
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """How to reach the broker and who this process is. Unknown keys are errors."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    device: str | None = None
+    root: str = "edgebus"
+    protocol: Protocol = "auto"
+    keepalive: int = 30
+    clean_start: bool = False
+    session_expiry: int = 86_400
+    connect_timeout: float = 5.0
+    reconnect_min_delay: float = 0.25
+    reconnect_max_delay: float = 30.0
+    max_inflight: int = 64
+    outbox_path: Path | None = None
+    outbox_max_messages: int = 100_000
+    outbox_max_bytes: int = 64 * 1024 * 1024
+    tls_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("broker host must not be empty")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"broker port must be 1-65535, not {self.port}")
+        if self.protocol not in ("auto", "5", "3.1.1"):
+            raise ConfigError(f"protocol must be 'auto', '5' or '3.1.1', not {self.protocol!r}")
+        if self.device is not None:
+            try:
+                validate_device_id(self.device)
+            except TopicError as exc:
+                raise ConfigError(f"device: {exc}") from exc
+        if not self.clean_start and not self.resolved_client_id():
+            raise ConfigError("a persistent session (clean_start = false) needs client_id or device")
+        if self.keepalive < 5:
+            raise ConfigError(f"keepalive must be at least 5 seconds, not {self.keepalive}")
+        if not 0 < self.reconnect_min_delay <= self.reconnect_max_delay:
+            raise ConfigError("reconnect delays must satisfy 0 < min <= max")
+        if self.max_inflight < 1:
+            raise ConfigError("max_inflight must be at least 1")
+
+    def resolved_client_id(self) -> str:
+        """The client id to connect with: explicit, else derived from the device."""
+        if self.client_id:
+            return self.client_id
+        return f"edgebus-{self.device}" if self.device else ""
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, section: str = "broker") -> BusConfig:
+        """Build from a parsed config section, naming any unknown key."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}"
+                )
+        values = dict(data)
+        for key in ("outbox_path", "tls_ca"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"{section}: {exc}") from exc
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """Counters a status line or a metrics collector reads (a snapshot)."""
+
+    connected: bool = False
+    protocol: str = ""
+    connects: int = 0
+    connection_losses: int = 0
+    accepted: int = 0
+    refused: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    rejected_by_broker: int = 0
+    received: int = 0
+    outbox_depth: int = 0
+    outbox_bytes: int = 0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class _Connection:
+    """One live paho client; replaced, never reused, after it drops."""
+
+    client: mqtt.Client
+    generation: int
+    mqtt5: bool
+    connack: threading.Event = field(default_factory=threading.Event)
+    refused: str = ""
+    refused_protocol: bool = False
+    lost: bool = False
+
+
+class BusSession:
+    """A durable, self-reconnecting MQTT session (see the module docstring).
+
+    >>> # with BusSession(BusConfig(port=1883, device="cam-1")) as bus:
+    >>> #     bus.publish("edgebus/cam-1/state/mode", b"day", retain=True)
+    """
+
+    def __init__(
+        self,
+        config: BusConfig,
+        *,
+        birth: Callable[[], bytes] | None = None,
+        outbox: Outbox | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = TopicTree(config.root)
+        self.router = SubscriptionRouter()
+        self.outbox = outbox or Outbox(
+            config.outbox_path,
+            max_messages=config.outbox_max_messages,
+            max_bytes=config.outbox_max_bytes,
+        )
+        self._birth = birth
+        self._rng = rng or random.Random()
+        self._stats = SessionStats()
+        self._stats_lock = threading.Lock()
+        self._conn: _Connection | None = None
+        self._generation = 0
+        self._mqtt5_refused = config.protocol == "3.1.1"
+        self._pump_lock = threading.RLock()
+        self._inflight: dict[int, OutboxRow] = {}
+        self._last_sent_id = 0
+        self._acks: deque[tuple[int, int, bool]] = deque()
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._drained = threading.Condition()
+        self._connect_listeners: list[Callable[[BusSession], None]] = []
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------
+
+    def start(self) -> BusSession:
+        """Start connecting in the background; returns at once (see :meth:`wait_connected`)."""
+        if self._thread is not None:
+            raise BusError("session already started")
+        self._thread = threading.Thread(
+            target=self._supervise, name=f"edgebus-session-{self.config.resolved_client_id()}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until connected (True) or ``timeout`` passed (False)."""
+        return self._connected.wait(timeout)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every accepted message was acknowledged; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._drained:
+            while len(self.outbox) > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._drained.wait(0.1 if remaining is None else min(0.1, remaining))
+        return True
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        """Send what can be sent within ``flush_timeout``, say ``offline``, disconnect.
+
+        Whatever is still queued stays in a durable outbox for the next start.
+        """
+        if self._thread is None:
+            return
+        if self._connected.is_set() and flush_timeout > 0 and not self.flush(flush_timeout):
+            logger.warning("stopping with %d messages still queued", len(self.outbox))
+        self._stopping.set()
+        self._thread.join(timeout=self.config.connect_timeout + 5)
+        self._thread = None
+        self.outbox.close()
+
+    def __enter__(self) -> BusSession:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stats(self) -> SessionStats:
+        """A consistent snapshot of the counters."""
+        with self._stats_lock:
+            snap = SessionStats(**{f.name: getattr(self._stats, f.name) for f in fields(SessionStats)})
+        snap.refused = self.outbox.dropped
+        snap.outbox_depth = len(self.outbox)
+        snap.outbox_bytes = self.outbox.size_bytes
+        return snap
+
+    def on_connect(self, listener: Callable[[BusSession], None]) -> None:
+        """Call ``listener(session)`` after every (re)connection, on the network thread."""
+        self._connect_listeners.append(listener)
+
+    # -- publishing ----------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> bool:
+        """Accept a message for delivery; False (and counted) when the outbox is full."""
+        validate_publish_topic(topic)
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        row_id = self.outbox.put(OutboxMessage(topic, data, qos, retain, content_type))
+        if row_id is None:
+            return False
+        self._count("accepted")
+        self._pump()
+        return True
+
+    def publish_many(self, messages: list[OutboxMessage]) -> int:
+        """Accept several messages in one durable commit; how many were accepted."""
+        for m in messages:
+            validate_publish_topic(m.topic)
+        with self.outbox.transaction() as tx:
+            for m in messages:
+                tx.put(m)
+            accepted = len(tx.accepted)
+        self._count("accepted", accepted)
+        self._pump()
+        return accepted
+
+    # -- subscribing ---------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Route:
+        """Route matching messages to ``handler``; resubscribed on every reconnect."""
+        route = self.router.add(topic_filter, handler, qos)
+        conn = self._conn
+        if conn is not None and self._connected.is_set():
+            conn.client.subscribe(topic_filter, qos)
+        return route
+
+    def unsubscribe(self, route: Route) -> None:
+        if self.router.remove(route):
+            conn = self._conn
+            if conn is not None and self._connected.is_set():
+                conn.client.unsubscribe(route.topic_filter)
+
+    # -- the supervisor thread -----------------------------------------
+
+    def _supervise(self) -> None:
+        delay = self.config.reconnect_min_delay
+        while not self._stopping.is_set():
+            conn = self._connect_once()
+            if conn is None:
+                wait = delay * (0.5 + self._rng.random())
+                logger.debug("reconnecting in %.2f s", wait)
+                self._stopping.wait(wait)
+                delay = min(delay * 2, self.config.reconnect_max_delay)
+                continue
+            delay = self.config.reconnect_min_delay
+            self._serve(conn)
+            if not self._stopping.is_set():
+                self._stopping.wait(self.config.reconnect_min_delay * self._rng.random())
+
+    def _new_client(self, mqtt5: bool) -> _Connection:
+        cfg = self.config
+        self._generation += 1
+        gen = self._generation
+        protocol = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
+        kwargs: dict[str, Any] = {}
+        if not mqtt5:
+            kwargs["clean_session"] = cfg.clean_start
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.resolved_client_id(),
+            protocol=protocol,
+            reconnect_on_failure=False,
+            **kwargs,
+        )
+        client.enable_logger(logging.getLogger("broker.paho"))
+        # The outbox bounds what is in flight; paho's own queue must never refuse.
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = cfg.connect_timeout
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls_ca is not None:
+            client.tls_set(ca_certs=str(cfg.tls_ca))
+        if cfg.device is not None:
+            client.will_set(self.topics.status(cfg.device), b"offline", qos=1, retain=True)
+        conn = _Connection(client, gen, mqtt5)
+        client.on_connect = lambda c, u, flags, rc, props: self._on_connack(conn, rc)
+        client.on_disconnect = lambda c, u, flags, rc, props: self._on_disconnect(conn, rc)
+        client.on_publish = lambda c, u, mid, rc, props: self._acks.append(
+            (gen, mid, rc.is_failure)
+        )
+        client.on_message = lambda c, u, msg: self._on_message(conn, msg)
+        return conn
+
+    def _connect_once(self) -> _Connection | None:
+        """Open one connection and wait for CONNACK; None when it failed."""
+        cfg = self.config
+        mqtt5 = not self._mqtt5_refused
+        conn = self._new_client(mqtt5)
+        try:
+            if mqtt5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 0 if cfg.clean_start else cfg.session_expiry
+                conn.client.connect(cfg.host, cfg.port, cfg.keepalive,
+                                    clean_start=cfg.clean_start, properties=props)
+            else:
+                conn.client.connect(cfg.host, cfg.port, cfg.keepalive)
+        except (OSError, ValueError) as exc:
+            self._note_error(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
+            return None
+        deadline = time.monotonic() + cfg.connect_timeout
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while not conn.connack.is_set() and time.monotonic() < deadline:
+            rc = conn.client.loop(timeout=0.1)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if conn.connack.is_set() and not conn.refused:
+            return conn
+        self._close(conn)
+        no_answer = not conn.connack.is_set()
+        if mqtt5 and cfg.protocol == "auto" and (conn.refused_protocol or no_answer):
+            # A 3.1.1-only broker answers an MQTT 5 CONNECT with a refusal or a closed socket.
+            logger.info("broker %s:%d refused MQTT 5 (%s); using 3.1.1",
+                        cfg.host, cfg.port, conn.refused or "connection closed")
+            self._mqtt5_refused = True
+            return self._connect_once() if not self._stopping.is_set() else None
+        self._note_error(conn.refused or f"no CONNACK from {cfg.host}:{cfg.port} (rc={rc})")
+        return None
+
+    def _on_connack(self, conn: _Connection, rc: Any) -> None:
+        if rc.is_failure:
+            conn.refused = f"broker refused the connection: {rc}"
+            # 3.1.1 code 1 and MQTT 5 code 132 both mean "unsupported protocol version".
+            conn.refused_protocol = rc.value in (1, 132)
+        conn.connack.set()
+
+    def _on_disconnect(self, conn: _Connection, rc: Any) -> None:
+        conn.lost = True
+
+    def _serve(self, conn: _Connection) -> None:
+        """Run one connection until it drops or the session stops."""
+        client = conn.client
+        cfg = self.config
+        with self._stats_lock:
+            self._stats.connects += 1
+            self._stats.connected = True
+            self._stats.protocol = "5" if conn.mqtt5 else "3.1.1"
+        logger.info("connected to %s:%d as %s (MQTT %s)", cfg.host, cfg.port,
+                    cfg.resolved_client_id() or "(anonymous id)", "5" if conn.mqtt5 else "3.1.1")
+        for topic_filter, qos in self.router.subscriptions():
+            client.subscribe(topic_filter, qos)
+        if cfg.device is not None:
+            client.publish(self.topics.status(cfg.device), b"online", qos=1, retain=True)
+            if self._birth is not None:
+                client.publish(self.topics.birth(cfg.device), self._birth(), qos=1, retain=True,
+                               properties=self._properties(conn, ENVELOPE_CONTENT_TYPE))
+        with self._pump_lock:
+            self._conn = conn
+            self._inflight.clear()
+            self._last_sent_id = 0
+            self._connected.set()
+        for listener in list(self._connect_listeners):
+            try:
+                listener(self)
+            except Exception:
+                logger.exception("on_connect listener failed")
+        self._pump()
+        while not self._stopping.is_set():
+            rc = client.loop(timeout=0.2)
+            self._process_acks(conn)
+            if rc != mqtt.MQTT_ERR_SUCCESS or conn.lost:
+                break
+        graceful = self._stopping.is_set() and not conn.lost
+        with self._pump_lock:
+            self._connected.clear()
+            self._conn = None
+            self._inflight.clear()
+        with self._stats_lock:
+            self._stats.connected = False
+            if not graceful:
+                self._stats.connection_losses += 1
+        if graceful:
+            self._say_goodbye(conn)
+        else:
+            self._note_error(f"connection to {cfg.host}:{cfg.port} lost")
+            logger.warning("connection to %s:%d lost; %d messages queued",
+                           cfg.host, cfg.port, len(self.outbox))
+        self._close(conn)
+
+    def _say_goodbye(self, conn: _Connection) -> None:
+        """Clean disconnects suppress the will, so say ``offline`` ourselves first."""
+        client = conn.client
+        if self.config.device is not None:
+            info = client.publish(self.topics.status(self.config.device), b"offline",
+                                  qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and time.monotonic() < deadline:
+                if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+        client.disconnect()
+        client.loop(timeout=0.05)
+
+    @staticmethod
+    def _close(conn: _Connection) -> None:
+        try:
+            conn.client.disconnect()
+        except Exception:  # paho raises assorted errors on a dead socket
+            logger.debug("closing a dead connection raised", exc_info=True)
+
+    # -- outbox pump ---------------------------------------------------
+
+    def _pump(self) -> None:
+        """Hand queued rows to the live connection, oldest first, within the window."""
+        with self._pump_lock:
+            conn = self._conn
+            if conn is None:
+                return
+            window = self.config.max_inflight - len(self._inflight)
+            while window > 0:
+                rows = self.outbox.peek(after_id=self._last_sent_id, limit=window)
+                if not rows:
+                    return
+                for row in rows:
+                    m = row.message
+                    info = conn.client.publish(
+                        m.topic, m.payload, m.qos, m.retain,
+                        properties=self._properties(conn, m.content_type),
+                    )
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        return  # connection going down; the row is re-sent next time
+                    self._last_sent_id = row.id
+                    self._inflight[info.mid] = row
+                    window -= 1
+                with self._stats_lock:
+                    self._stats.sent += len(rows)
+
+    def _process_acks(self, conn: _Connection) -> None:
+        if not self._acks:
+            return
+        done: list[int] = []
+        rejected = 0
+        with self._pump_lock:
+            while self._acks:
+                gen, mid, failed = self._acks.popleft()
+                if gen != conn.generation:
+                    continue
+                row = self._inflight.pop(mid, None)
+                if row is None:
+                    continue  # online/birth/goodbye publishes are not outbox rows
+                if failed:
+                    rejected += 1
+                    logger.error("broker rejected a message for %s (not authorised?); dropped",
+                                 row.message.topic)
+                done.append(row.id)
+            self.outbox.ack(done)
+        with self._stats_lock:
+            self._stats.acknowledged += len(done) - rejected
+            self._stats.rejected_by_broker += rejected
+        if done:
+            with self._drained:
+                self._drained.notify_all()
+        self._pump()
+
+    @staticmethod
+    def _properties(conn: _Connection, content_type: str | None) -> Properties | None:
+        if not conn.mqtt5 or content_type is None:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = content_type
+        return props
+
+    # -- receiving -----------------------------------------------------
+
+    def _on_message(self, conn: _Connection, msg: mqtt.MQTTMessage) -> None:
+        content_type = None
+        user_props: tuple[tuple[str, str], ...] = ()
+        props = getattr(msg, "properties", None)
+        if conn.mqtt5 and props is not None:
+            content_type = getattr(props, "ContentType", None)
+            user_props = tuple(getattr(props, "UserProperty", ()) or ())
+        received = ReceivedMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
+                                   content_type, user_props)
+        self._count("received")
+        self.router.dispatch(received)
+
+    # -- helpers -------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            setattr(self._stats, name, getattr(self._stats, name) + n)
+
+    def _note_error(self, text: str) -> None:
+        logger.debug("%s", text)
+        with self._stats_lock:
+            self._stats.last_error = text
+
+    def require_connected(self) -> None:
+        """Raise :class:`NotConnected` unless a connection is live."""
+        if not self._connected.is_set():
+            raise NotConnected(f"not connected to {self.config.host}:{self.config.port}: "
+                               f"{self._stats.last_error or 'connecting'}")

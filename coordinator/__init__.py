@@ -1,0 +1,1 @@
+"""The fleet side: ingest, storage, anomaly detection, load balancing."""

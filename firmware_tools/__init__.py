@@ -1,0 +1,1 @@
+"""Getting agents onto devices and keeping them current."""
