@@ -1,0 +1,232 @@
+"""Metrics batches: many samples of a device's gauges and counters in one compact record.
+
+Sample ``i`` of a batch has sequence number ``first_seq + i`` within the
+device's sequence ``epoch``, so ``(epoch, seq)`` orders all of a device's
+samples and a receiver can count loss and duplication without any per-sample
+overhead on the wire.
+
+The wire body is columnar (see FORMAT.md): a table of metric names, one name
+index, one time delta and one value per sample. Float values of a metric that
+are all short decimals travel as integers with a per-metric decimal exponent
+(``48.3`` as ``483`` with exponent 1), which is exact; see
+:mod:`schemas.float_columns`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from schemas.errors import CodecError
+from schemas.float_columns import MAX_DECIMAL_EXPONENT, MAX_EXACT_INT, decimal_parts
+from schemas.record_base import (
+    INT64_MAX,
+    INT64_MIN,
+    Record,
+    WireFields,
+    check_device,
+    check_int,
+    check_name,
+    empty_map,
+    freeze_extra,
+    jsonable,
+    register_record,
+)
+
+__all__ = ["MetricSample", "MetricsBatch"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    """One reading of one metric.
+
+    ``value`` is an ``int`` (64-bit signed) or a finite ``float``, and keeps its
+    type across the wire. Not bool (send 0/1) and not text (put it on a state
+    topic): the coordinator scores every sample numerically. Not NaN or
+    infinity either: leave the sample out when there is no reading.
+    """
+
+    time_ms: int
+    name: str
+    value: int | float
+
+    def __post_init__(self) -> None:
+        # Fast paths first: this runs for every sample decoded.
+        if type(self.time_ms) is not int or not 0 <= self.time_ms <= INT64_MAX:
+            object.__setattr__(self, "time_ms",
+                               check_int(f"metric sample {self.name!r} time_ms", self.time_ms))
+        check_name("metric sample name", self.name)
+        value = self.value
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                raise CodecError(f"metric sample {self.name!r} value must be finite, not "
+                                 f"{value!r}; leave the sample out instead")
+        elif kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise CodecError(f"metric sample {self.name!r} value {value} does not fit in "
+                                 "a signed 64-bit integer")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise CodecError(f"metric sample {self.name!r} value must be an int or float, not "
+                             f"{type(value).__name__} {value!r}")
+        else:
+            # int and float subclasses (IntEnum, numpy.float64) are stored as the plain type.
+            object.__setattr__(self, "value", int(value) if isinstance(value, int) else
+                               float(value))
+            MetricSample.__post_init__(self)
+
+
+@register_record
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsBatch(Record):
+    """A batch of one device's samples, numbered ``first_seq``, ``first_seq + 1``, ...
+
+    >>> samples = [MetricSample(1000, "temp_c", 48.3), MetricSample(1000, "load1", 2)]
+    >>> b = MetricsBatch(device="gw-1", epoch=3, first_seq=10, samples=samples)
+    >>> list(b.numbered())[1]
+    (11, MetricSample(time_ms=1000, name='load1', value=2))
+    """
+
+    TYPE: ClassVar[str] = "metrics"
+    VERSION: ClassVar[int] = 1
+    WIRE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"device", "epoch", "seq", "t0", "names", "scale", "idx", "dt", "vals"})
+
+    device: str
+    epoch: int
+    first_seq: int
+    samples: tuple[MetricSample, ...]
+    extra: Mapping[str, Any] = field(default_factory=empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        check_device("metrics device", self.device)
+        object.__setattr__(self, "epoch", check_int("metrics epoch", self.epoch))
+        object.__setattr__(self, "first_seq", check_int("metrics first_seq", self.first_seq))
+        samples = self.samples
+        if type(samples) is not tuple:
+            if not isinstance(samples, list | tuple):
+                raise CodecError(f"metrics samples must be a tuple or list of MetricSample, "
+                                 f"not {type(samples).__name__}")
+            samples = tuple(samples)
+            object.__setattr__(self, "samples", samples)
+        for i, sample in enumerate(samples):
+            if type(sample) is not MetricSample:
+                raise CodecError(f"metrics samples[{i}] must be a MetricSample, not "
+                                 f"{type(sample).__name__}")
+        if self.first_seq + len(samples) > INT64_MAX:
+            raise CodecError("metrics first_seq + len(samples) overflows 64 bits")
+        object.__setattr__(self, "extra", freeze_extra(MetricsBatch, self.extra))
+
+    def seq_of(self, index: int) -> int:
+        """The sequence number of ``samples[index]``."""
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"sample index {index} out of range (batch of {len(self.samples)})")
+        return self.first_seq + index
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the device's next batch starts at."""
+        return self.first_seq + len(self.samples)
+
+    def numbered(self) -> Iterator[tuple[int, MetricSample]]:
+        """``(seq, sample)`` for every sample, in order."""
+        return enumerate(self.samples, self.first_seq)
+
+    def to_wire(self) -> dict[str, Any]:
+        names: dict[str, int] = {}
+        indices: list[int] = []
+        deltas: list[int] = []
+        values: list[int | float] = []
+        previous = t0 = self.samples[0].time_ms if self.samples else 0
+        for sample in self.samples:
+            index = names.get(sample.name)
+            if index is None:
+                index = names[sample.name] = len(names)
+            indices.append(index)
+            deltas.append(sample.time_ms - previous)
+            previous = sample.time_ms
+            values.append(sample.value)
+        scales = _scale_decimal_metrics(len(names), indices, values)
+        return {"device": self.device, "epoch": self.epoch, "seq": self.first_seq, "t0": t0,
+                "names": list(names), "scale": scales, "idx": indices, "dt": deltas,
+                "vals": values}
+
+    @classmethod
+    def from_wire(cls, fields: WireFields, extra: Mapping[str, Any]) -> MetricsBatch:
+        names = fields.get_str_list("names")
+        scales = fields.get_list("scale", len(names))
+        divisors: list[int | None] = []
+        for scale in scales:
+            if scale is not None and (type(scale) is not int
+                                      or not 0 <= scale <= MAX_DECIMAL_EXPONENT):
+                raise fields.error("scale", f"entries are nil or 0..{MAX_DECIMAL_EXPONENT}, "
+                                            f"found {scale!r}")
+            divisors.append(None if scale is None else 10**scale)
+        indices = fields.get_int_list("idx", None, 0, len(names) - 1)
+        deltas = fields.get_int_list("dt", len(indices))
+        values = fields.get_list("vals", len(indices))
+        time_ms = fields.get_int("t0")
+        samples = []
+        for index, delta, value in zip(indices, deltas, values, strict=True):
+            time_ms += delta
+            divisor = divisors[index]
+            if divisor is not None:
+                if type(value) is not int or not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                    raise fields.error("vals", f"must hold integers within +-2**53 for the "
+                                               f"scaled metric {names[index]!r}, found {value!r}")
+                value = value / divisor
+            elif type(value) is not int and type(value) is not float:
+                raise fields.error("vals", f"must hold numbers, found {type(value).__name__}")
+            samples.append(MetricSample(time_ms, names[index], value))
+        return cls(device=fields.get_str("device"), epoch=fields.get_int("epoch"),
+                   first_seq=fields.get_int("seq"), samples=tuple(samples), extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "type": self.TYPE, "version": self.VERSION, "device": self.device,
+            "epoch": self.epoch, "first_seq": self.first_seq,
+            "samples": [{"seq": seq, "time_ms": s.time_ms, "name": s.name, "value": s.value}
+                        for seq, s in self.numbered()],
+        }
+        if self.extra:
+            view["extra"] = jsonable(self.extra)
+        return view
+
+
+def _scale_decimal_metrics(name_count: int, indices: list[int],
+                           values: list[int | float]) -> list[int | None]:
+    """Rewrite, in place, the values of metrics whose floats are all short decimals as integers.
+
+    Returns each metric's decimal exponent, or None for a metric written as is
+    (it has an int value, or a float that is not a short decimal).
+    """
+    exponents: list[int | None] = [0] * name_count
+    parts: list[tuple[int, int] | None] = []
+    for index, value in zip(indices, values, strict=True):
+        part = decimal_parts(value) if type(value) is float else None
+        parts.append(part)
+        if part is None:
+            exponents[index] = None
+        else:
+            current = exponents[index]
+            if current is not None and part[0] > current:
+                exponents[index] = part[0]
+    for index, exponent in enumerate(exponents):
+        if exponent is not None and exponent > MAX_DECIMAL_EXPONENT:
+            exponents[index] = None
+    scaled: list[int] = []
+    for index, part in zip(indices, parts, strict=True):
+        exponent = exponents[index]
+        if exponent is None or part is None:
+            scaled.append(0)
+            continue
+        mantissa = part[1] * 10 ** (exponent - part[0])
+        if not -MAX_EXACT_INT <= mantissa <= MAX_EXACT_INT:
+            exponents[index] = None
+        scaled.append(mantissa)
+    for i, index in enumerate(indices):
+        if exponents[index] is not None:
+            values[i] = scaled[i]
+    return exponents
