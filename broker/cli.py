@@ -1,0 +1,259 @@
+"""``edge-broker``: run the embedded broker, or write a Mosquitto site configuration.
+
+    edge-broker run [--host 127.0.0.1] [--port 1883] [--data-dir ./data/broker]
+    edge-broker mosquitto-config --devices devices.csv --out DIR [--port 1883] [--root edgebus]
+
+Exit codes: 0 done, 1 the broker failed (port taken, could not start),
+2 bad usage or configuration (the message names the option or file line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from broker.credentials import (
+    CREDENTIALS_FILE,
+    Credentials,
+    generate_password,
+    load_credentials,
+    load_or_create_credentials,
+    write_credentials,
+)
+from broker.mosquitto_config import (
+    DEVICE_CREDENTIALS_FILE,
+    MosquittoSite,
+    TlsFiles,
+    read_devices_csv,
+    write_credentials_csv,
+)
+from schemas.errors import BusError, ConfigError, EdgebusError
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-broker",
+        description="Run edgebus's embedded MQTT broker, or generate a Mosquitto configuration "
+                    "for a site.",
+        epilog="Exit codes: 0 ok, 1 the broker failed, 2 bad usage or configuration.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: edgebus, -vv: also amqtt)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the embedded broker until Ctrl-C or SIGTERM",
+        description="Run the embedded MQTT 3.1.1 broker (amqtt) until Ctrl-C or SIGTERM. "
+                    "Clients log in with the user in DATA_DIR/credentials.json, created with "
+                    "a random password on first run.")
+    run.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    run.add_argument("-p", "--port", type=_port, default=1883,
+                     help="port to listen on (default 1883; 0 picks a free one)")
+    run.add_argument("--data-dir", type=Path, default=Path("data/broker"),
+                     help="where the credentials and password file live (default ./data/broker)")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON line with the address and credentials path once ready")
+
+    conf = sub.add_parser(
+        "mosquitto-config", help="write mosquitto.conf, passwd and acl for a site",
+        description="Write a Mosquitto 2.x configuration for a fleet: one user per device "
+                    "(user name = device id) that may write only under its own topics, "
+                    "coordinator users that may do everything under the root, persistence and "
+                    "raised queue limits. Devices without a password in the CSV get one "
+                    "(reused from an earlier run's device-credentials.csv when there is one).")
+    conf.add_argument("--devices", type=Path, required=True, metavar="CSV",
+                      help="one device per line: device_id[,password]")
+    conf.add_argument("--out", type=Path, required=True, metavar="DIR",
+                      help="directory to write into (created if missing)")
+    conf.add_argument("--host", default="0.0.0.0",
+                      help="listener address (default 0.0.0.0: every interface)")
+    conf.add_argument("-p", "--port", type=_port, default=None,
+                      help="listener port (default 1883, or 8883 with --tls-cert)")
+    conf.add_argument("--root", default="edgebus", help="topic root (default edgebus)")
+    conf.add_argument("--data-dir", type=Path, default=None,
+                      help="Mosquitto's persistence directory (default DIR/data)")
+    conf.add_argument("--coordinator", action="append", default=None, metavar="USER",
+                      help="a coordinator user; repeat for more (default: coordinator)")
+    conf.add_argument("--tls-cert", type=Path, help="server certificate (PEM): listen with TLS")
+    conf.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    conf.add_argument("--tls-ca", type=Path, help="CA certificate(s) (PEM)")
+    conf.add_argument("--max-queued-messages", type=int, default=100_000, metavar="N",
+                      help="per-client queue length (default 100000; Mosquitto's 1000 drops "
+                           "messages for a slow subscriber)")
+    conf.add_argument("--json", action="store_true", help="print what was written as JSON")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format="edge-broker: %(levelname)s %(message)s")
+    if verbose >= 1:
+        for name in ("broker", "schemas"):
+            logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    if verbose >= 2:
+        logging.getLogger("amqtt").setLevel(logging.INFO)
+
+
+def _watch_line(host: str, port: int, creds: Credentials, root: str) -> str:
+    return (f"mosquitto_sub -h {host} -p {port} -u {shlex.quote(creds.username)} "
+            f"-P '{creds.password}' -t '{root}/#' -v")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from broker.embedded import EmbeddedBroker
+
+    data_dir: Path = args.data_dir
+    creds = load_or_create_credentials(data_dir)
+    broker = EmbeddedBroker(host=args.host, port=args.port, data_dir=data_dir,
+                            credentials=[creds])
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        broker.start()
+        host = broker.connect_host
+        creds_path = data_dir / CREDENTIALS_FILE
+        if args.json:
+            print(json.dumps({"host": host, "port": broker.port, "url": broker.url,
+                              "protocol": "3.1.1", "username": creds.username,
+                              "credentials": str(creds_path)}), flush=True)
+        else:
+            print(f"edge-broker: embedded MQTT 3.1.1 broker listening on "
+                  f"{args.host or '*'}:{broker.port}")
+            print(f"  credentials: {creds_path} (user {creds.username})")
+            print(f"  watch it:    {_watch_line(host, broker.port, creds, 'edgebus')}")
+            print("Ctrl-C stops.", flush=True)
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+        signal.signal(signal.SIGTERM, previous)
+    return EXIT_OK
+
+
+def _coordinator_credentials(out: Path, name: str) -> tuple[Credentials, Path, bool]:
+    """The coordinator's credentials from ``out/<name>.credentials.json``, made if absent."""
+    path = out / f"{name}.credentials.json"
+    if path.exists():
+        creds = load_credentials(path)
+        if creds.username != name:
+            raise ConfigError(f"{path} is for user {creds.username!r}, not {name!r}")
+        return creds, path, False
+    creds = Credentials(name, generate_password())
+    write_credentials(path, creds)
+    return creds, path, True
+
+
+def _mosquitto_config(args: argparse.Namespace) -> int:
+    out: Path = args.out.resolve()
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        raise ConfigError("--tls-ca needs --tls-cert and --tls-key")
+    tls = (TlsFiles(certfile=args.tls_cert.resolve(), keyfile=args.tls_key.resolve(),
+                    cafile=args.tls_ca.resolve() if args.tls_ca else None)
+           if args.tls_cert is not None else None)
+    port = args.port if args.port is not None else (8883 if tls else 1883)
+    device_creds_path = out / DEVICE_CREDENTIALS_FILE
+    roster = read_devices_csv(args.devices, previous=device_creds_path)
+    names = args.coordinator or ["coordinator"]
+    # Validate everything before writing anything.
+    MosquittoSite(listener_host=args.host, port=port,
+                  data_dir=args.data_dir or out / "data", devices=roster.devices,
+                  coordinators=[Credentials(n, "x") for n in names], root=args.root, tls=tls,
+                  max_queued_messages=args.max_queued_messages)
+    out.mkdir(parents=True, exist_ok=True)
+    coordinators = [_coordinator_credentials(out, name) for name in names]
+    site = MosquittoSite(listener_host=args.host, port=port,
+                         data_dir=(args.data_dir or out / "data").resolve(),
+                         devices=roster.devices, coordinators=[c for c, _, _ in coordinators],
+                         root=args.root, tls=tls, max_queued_messages=args.max_queued_messages)
+    files = site.write(out)
+    write_credentials_csv(device_creds_path, roster.devices)
+
+    host = "127.0.0.1" if args.host in ("", "0.0.0.0", "::") else args.host
+    start = f"mosquitto -c {shlex.quote(str(files.conf))}"
+    watch = _watch_line(host, port, coordinators[0][0], args.root)
+    if tls is not None:
+        watch += f" --cafile {shlex.quote(str(tls.cafile or tls.certfile))}"
+    if args.json:
+        print(json.dumps({
+            "conf": str(files.conf), "passwd": str(files.passwd), "acl": str(files.acl),
+            "data_dir": str(files.data_dir), "device_credentials": str(device_creds_path),
+            "devices": len(roster.devices), "generated_passwords": list(roster.generated),
+            "reused_passwords": list(roster.reused),
+            "coordinators": {c.username: str(p) for c, p, _ in coordinators},
+            "port": port, "start": start,
+        }))
+        return EXIT_OK
+    given = len(roster.devices) - len(roster.generated) - len(roster.reused)
+    print(f"wrote {files.conf}, {files.passwd.name} and {files.acl.name} "
+          f"({len(roster.devices)} devices, {len(coordinators)} coordinator"
+          f"{'s' if len(coordinators) != 1 else ''})")
+    print(f"  device credentials for the flasher: {device_creds_path}")
+    print(f"    {given} from {args.devices}, {len(roster.reused)} kept from the last run, "
+          f"{len(roster.generated)} new")
+    for creds, path, created in coordinators:
+        print(f"  coordinator {creds.username}: {path}{' (new)' if created else ''}")
+    print(f"start it:  {start}")
+    print(f"  as a system service (user mosquitto): chown mosquitto: {files.passwd} "
+          f"{files.acl} {files.data_dir}")
+    print(f"watch it:  {watch}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edge-broker``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _mosquitto_config(args)
+    except ConfigError as exc:
+        print(f"edge-broker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BusError as exc:
+        print(f"edge-broker: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except EdgebusError as exc:
+        print(f"edge-broker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
