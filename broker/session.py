@@ -34,16 +34,18 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from broker.outbox import Outbox, OutboxMessage, OutboxRow
+from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
 from schemas.errors import BusError, ConfigError, NotConnected, TopicError
 from schemas.topics import TopicTree, validate_device_id, validate_publish_topic
@@ -53,6 +55,8 @@ __all__ = ["BusConfig", "BusSession", "SessionStats"]
 logger = logging.getLogger(__name__)
 
 ENVELOPE_CONTENT_TYPE = "application/vnd.edgebus.envelope"
+#: How long an MQTT 5 CONNECT may wait for CONNACK before "auto" retries with 3.1.1.
+MQTT5_PROBE_TIMEOUT = 2.0
 Protocol = Literal["auto", "5", "3.1.1"]
 
 
@@ -259,6 +263,10 @@ class BusSession:
         snap.outbox_bytes = self.outbox.size_bytes
         return snap
 
+    def set_birth(self, birth: Callable[[], bytes]) -> None:
+        """Set what is published (retained) on the birth topic at every connection."""
+        self._birth = birth
+
     def on_connect(self, listener: Callable[[BusSession], None]) -> None:
         """Call ``listener(session)`` after every (re)connection, on the network thread."""
         self._connect_listeners.append(listener)
@@ -288,13 +296,18 @@ class BusSession:
         """Accept several messages in one durable commit; how many were accepted."""
         for m in messages:
             validate_publish_topic(m.topic)
-        with self.outbox.transaction() as tx:
+        with self.transaction() as tx:
             for m in messages:
                 tx.put(m)
-            accepted = len(tx.accepted)
-        self._count("accepted", accepted)
+        return len(tx.accepted)
+
+    @contextmanager
+    def transaction(self) -> Iterator[OutboxTransaction]:
+        """Reserve sequence numbers and queue messages in one durable commit, then send."""
+        with self.outbox.transaction() as tx:
+            yield tx
+        self._count("accepted", len(tx.accepted))
         self._pump()
-        return accepted
 
     # -- subscribing ---------------------------------------------------
 
@@ -338,7 +351,7 @@ class BusSession:
         if not mqtt5:
             kwargs["clean_session"] = cfg.clean_start
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=cfg.resolved_client_id(),
             protocol=protocol,
             reconnect_on_failure=False,
@@ -371,7 +384,7 @@ class BusSession:
         conn = self._new_client(mqtt5)
         try:
             if mqtt5:
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 0 if cfg.clean_start else cfg.session_expiry
                 conn.client.connect(cfg.host, cfg.port, cfg.keepalive,
                                     clean_start=cfg.clean_start, properties=props)
@@ -380,7 +393,11 @@ class BusSession:
         except (OSError, ValueError) as exc:
             self._note_error(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}")
             return None
-        deadline = time.monotonic() + cfg.connect_timeout
+        # A 3.1.1-only broker (amqtt) may never answer an MQTT 5 CONNECT, so the
+        # probe gets a short deadline of its own before falling back.
+        probing = mqtt5 and cfg.protocol == "auto"
+        wait = min(cfg.connect_timeout, MQTT5_PROBE_TIMEOUT) if probing else cfg.connect_timeout
+        deadline = time.monotonic() + wait
         rc = mqtt.MQTT_ERR_SUCCESS
         while not conn.connack.is_set() and time.monotonic() < deadline:
             rc = conn.client.loop(timeout=0.1)
@@ -537,7 +554,7 @@ class BusSession:
     def _properties(conn: _Connection, content_type: str | None) -> Properties | None:
         if not conn.mqtt5 or content_type is None:
             return None
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = content_type
         return props
 
