@@ -1,0 +1,224 @@
+"""`edge-bus`: mosquitto_sub/pub for edgebus, decoding envelopes to JSON lines.
+
+Exit codes: 0 success; 1 runtime failure (broker unreachable, refused);
+2 usage or configuration error; 27 ``sub -W`` timed out (as mosquitto_sub).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from broker.credentials import load_credentials
+from broker.payload_view import view_payload
+from broker.router import ReceivedMessage
+from broker.session import ENVELOPE_CONTENT_TYPE, BusConfig, BusSession
+from schemas.envelope import EnvelopeCodec
+from schemas.errors import EdgebusError
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 27
+DEFAULT_CREDENTIALS = Path("data/broker/credentials.json")
+
+
+def _add_connection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("-H", "--host", default=os.environ.get("EDGEBUS_HOST", "127.0.0.1"),
+                   help="broker host (env EDGEBUS_HOST; default 127.0.0.1)")
+    g.add_argument("-p", "--port", type=int, default=int(os.environ.get("EDGEBUS_PORT", "1883")),
+                   help="broker port (env EDGEBUS_PORT; default 1883)")
+    g.add_argument("-u", "--username", default=os.environ.get("EDGEBUS_USERNAME"),
+                   help="user name (env EDGEBUS_USERNAME)")
+    g.add_argument("-P", "--password", default=os.environ.get("EDGEBUS_PASSWORD"),
+                   help="password (env EDGEBUS_PASSWORD)")
+    g.add_argument("--credentials", type=Path, default=None,
+                   help="read user name and password from an embedded broker's credentials.json "
+                        f"(used automatically when ./{DEFAULT_CREDENTIALS} exists and no -u is given)")
+    g.add_argument("-V", "--protocol", choices=["auto", "5", "3.1.1"], default="auto",
+                   help="MQTT version (default: try 5, fall back to 3.1.1)")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when no connection is made within this time (default 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-bus",
+        description="Publish to and subscribe from an edgebus broker. Envelopes (the compressed "
+                    "binary records agents send) are decoded to JSON; other payloads are shown "
+                    "as they are.",
+        epilog="examples:\n"
+               "  edge-bus sub 'edgebus/+/metrics'           decoded metrics batches, one per line\n"
+               "  edge-bus sub -v 'edgebus/#'                everything, each line led by its topic\n"
+               "  edge-bus sub --json -C 1 'edgebus/+/birth' one message as a JSON object, then exit\n"
+               "  edge-bus pub -t edgebus/cam-1/cmd/rebirth -m '{}' --envelope",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sub,pub}")
+
+    s = sub.add_parser("sub", help="subscribe and print messages",
+                       description="Subscribe to one or more topic filters and print each message "
+                                   "on one line.")
+    s.add_argument("topics", nargs="*", metavar="TOPIC", help="topic filter(s), e.g. 'edgebus/#'")
+    s.add_argument("-t", "--topic", action="append", default=[], dest="topic_options",
+                   metavar="TOPIC", help="a topic filter, as mosquitto_sub takes it (repeatable)")
+    s.add_argument("-q", "--qos", type=int, choices=[0, 1, 2], default=1, help="QoS (default 1)")
+    s.add_argument("-v", "--verbose", action="store_true", help="print the topic before the payload")
+    s.add_argument("--json", action="store_true",
+                   help="print each message as a JSON object with topic, qos, retain, kind, payload")
+    s.add_argument("-C", "--count", type=int, default=0, help="exit after this many messages")
+    s.add_argument("-W", "--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="exit with code 27 after this many seconds without finishing")
+    s.add_argument("-R", "--no-retained", action="store_true", help="skip retained messages")
+    _add_connection_args(s)
+
+    p = sub.add_parser("pub", help="publish one message",
+                       description="Publish one message; waits for the broker's acknowledgement "
+                                   "at QoS 1 and 2.")
+    p.add_argument("-t", "--topic", required=True, help="topic to publish to")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-m", "--message", help="payload text")
+    src.add_argument("-f", "--file", type=Path, help="payload from a file")
+    src.add_argument("-s", "--stdin", action="store_true", help="payload from standard input")
+    p.add_argument("--envelope", action="store_true",
+                   help="parse the payload as JSON and send it as an edgebus envelope")
+    p.add_argument("-q", "--qos", type=int, choices=[0, 1, 2], default=1, help="QoS (default 1)")
+    p.add_argument("-r", "--retain", action="store_true", help="retain the message")
+    _add_connection_args(p)
+    return parser
+
+
+def _bus_config(args: argparse.Namespace) -> BusConfig:
+    username, password = args.username, args.password
+    creds_path = args.credentials
+    if creds_path is None and username is None and DEFAULT_CREDENTIALS.exists():
+        creds_path = DEFAULT_CREDENTIALS
+    if creds_path is not None and username is None:
+        creds = load_credentials(creds_path)
+        username, password = creds.username, creds.password
+    return BusConfig(
+        host=args.host, port=args.port, username=username, password=password,
+        client_id=f"edge-bus-{uuid.uuid4().hex[:12]}", clean_start=True,
+        protocol=args.protocol, connect_timeout=min(args.connect_timeout, 10.0),
+        reconnect_max_delay=2.0,
+    )
+
+
+def _connect(bus: BusSession, timeout: float) -> bool:
+    bus.start()
+    if bus.wait_connected(timeout):
+        return True
+    print(f"edge-bus: could not connect to {bus.config.host}:{bus.config.port}: "
+          f"{bus.stats().last_error or 'timed out'}", file=sys.stderr)
+    return False
+
+
+def _run_sub(args: argparse.Namespace) -> int:
+    inbox: queue.Queue[ReceivedMessage] = queue.Queue()
+    bus = BusSession(_bus_config(args))
+    for topic in [*args.topics, *args.topic_options]:
+        bus.subscribe(topic, inbox.put, qos=args.qos)
+    if not _connect(bus, args.connect_timeout):
+        bus.stop(flush_timeout=0)
+        return EXIT_FAILURE
+    out = sys.stdout.buffer
+    shown = 0
+    deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+    try:
+        while not args.count or shown < args.count:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if wait <= 0:
+                return EXIT_TIMEOUT
+            try:
+                msg = inbox.get(timeout=wait)
+            except queue.Empty:
+                continue
+            if args.no_retained and msg.retain:
+                continue
+            view = view_payload(msg.payload)
+            if args.json:
+                line = json.dumps({"topic": msg.topic, "qos": msg.qos, "retain": msg.retain,
+                                   "kind": view.kind, "payload": view.as_json()},
+                                  separators=(",", ":"), default=str).encode()
+            else:
+                line = view.as_line()
+                if args.verbose:
+                    line = msg.topic.encode() + b" " + line
+            out.write(line + b"\n")
+            out.flush()
+            if view.kind == "invalid":
+                print(f"edge-bus: {msg.topic}: {view.error}", file=sys.stderr)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        pass
+    finally:
+        bus.stop(flush_timeout=0)
+    return 0
+
+
+def _read_payload(args: argparse.Namespace) -> bytes:
+    if args.message is not None:
+        data: bytes = args.message.encode()
+    elif args.file is not None:
+        data = args.file.read_bytes()
+    else:
+        data = sys.stdin.buffer.read()
+    if args.envelope:
+        try:
+            body = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise EdgebusError(f"--envelope needs a JSON payload: {exc}") from exc
+        data = EnvelopeCodec().encode(body)
+    return data
+
+
+def _run_pub(args: argparse.Namespace) -> int:
+    payload = _read_payload(args)
+    bus = BusSession(_bus_config(args))
+    if not _connect(bus, args.connect_timeout):
+        bus.stop(flush_timeout=0)
+        return EXIT_FAILURE
+    try:
+        bus.publish(args.topic, payload, qos=args.qos, retain=args.retain,
+                    content_type=ENVELOPE_CONTENT_TYPE if args.envelope else None)
+        if not bus.flush(args.connect_timeout):
+            print("edge-bus: the broker did not acknowledge the message", file=sys.stderr)
+            return EXIT_FAILURE
+        if bus.stats().rejected_by_broker:
+            print(f"edge-bus: the broker rejected the message for {args.topic}", file=sys.stderr)
+            return EXIT_FAILURE
+    finally:
+        bus.stop(flush_timeout=0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "sub" and not (args.topics or args.topic_options):
+        parser.error("sub needs at least one topic filter (TOPIC or -t TOPIC)")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run_sub(args) if args.command == "sub" else _run_pub(args)
+    except EdgebusError as exc:
+        print(f"edge-bus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"edge-bus: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
