@@ -1,0 +1,198 @@
+"""`edge-coordinator`: the fleet-side process.
+
+``edge-coordinator start`` with no configuration starts the embedded broker
+(credentials generated into the data directory) and watches the fleet's
+streams; ``--demo`` adds simulated gateway agents so there is something to
+watch. With ``--config`` it connects to the broker the file names instead.
+
+Exit codes: 0 stopped cleanly; 1 runtime failure (broker could not start or be
+reached); 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+import tomllib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from broker.credentials import Credentials, load_or_create_credentials
+from broker.embedded import EmbeddedBroker
+from broker.session import BusConfig, BusSession
+from coordinator.demo import SimulatedFleet
+from coordinator.fleet_view import FleetView, attach
+from schemas.errors import BusError, ConfigError, EdgebusError
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """The coordinator's configuration file (TOML). Unknown keys are errors."""
+
+    data_dir: Path = Path("data")
+    embedded_broker: bool = True
+    broker: BusConfig | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorConfig:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(data)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> CoordinatorConfig:
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        broker_section = data.get("broker")
+        if broker_section is not None and not isinstance(broker_section, dict):
+            raise ConfigError("broker must be a table ([broker])")
+        broker = BusConfig.from_mapping(broker_section) if broker_section is not None else None
+        embedded = data.get("embedded_broker", broker is None)
+        if not isinstance(embedded, bool):
+            raise ConfigError(f"embedded_broker must be true or false, not {embedded!r}")
+        return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
+                   broker=broker)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-coordinator",
+        description="The edgebus coordinator: watches the fleet's streams.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  edge-coordinator start --demo        embedded broker + simulated agents, live view\n"
+               "  edge-coordinator start               embedded broker on 127.0.0.1:1883, ready for agents\n"
+               "  edge-coordinator start --config coordinator.toml   use the broker the file names",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start}")
+    s = sub.add_parser("start", help="start the coordinator and show the fleet until Ctrl-C",
+                       description="Start the coordinator. Without --config it runs the embedded "
+                                   "broker (MQTT 3.1.1, credentials in DATA_DIR/broker) itself.")
+    s.add_argument("--config", type=Path, help="coordinator.toml ([broker] table: host, port, "
+                                                "username, password, ...)")
+    s.add_argument("--demo", action="store_true",
+                   help="also run simulated gateway agents publishing metrics")
+    s.add_argument("--agents", type=int, default=4, help="simulated agents with --demo (default 4)")
+    s.add_argument("--host", default="127.0.0.1", help="embedded broker address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=1883,
+                   help="embedded broker port (default 1883; with --demo a free port is used "
+                        "when 1883 is taken)")
+    s.add_argument("--data-dir", type=Path, default=None, help="where state lives (default ./data)")
+    s.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                   help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    return parser
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _run_view(view: FleetView, stop: threading.Event, duration: float) -> None:
+    live = sys.stdout.isatty()
+    interval = 1.0 if live else 5.0
+    waited = 0.0
+    while not stop.wait(interval):
+        waited += interval
+        if live:
+            sys.stdout.write("\x1b[H\x1b[2J" + view.table() + "\n\nCtrl-C stops.\n")
+            sys.stdout.flush()
+        else:
+            print(view.summary(), flush=True)
+        if duration and waited >= duration:
+            break
+
+
+def _start(args: argparse.Namespace) -> int:
+    config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
+    data_dir = args.data_dir or config.data_dir
+    embedded: EmbeddedBroker | None = None
+    client_id = f"edgebus-coordinator-{uuid.uuid4().hex[:8]}"
+    if config.embedded_broker:
+        port = args.port
+        if not _port_free(args.host, port):
+            if not args.demo:
+                raise BusError(f"port {port} on {args.host} is already in use; pass --port "
+                               "or point --config at the broker that is running there")
+            port = 0
+        creds: Credentials = load_or_create_credentials(data_dir / "broker")
+        embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
+                                  credentials=[creds])
+        embedded.start()
+        bus_config = BusConfig(host=args.host, port=embedded.port, username=creds.username,
+                               password=creds.password, client_id=client_id, clean_start=True)
+        print(f"embedded broker listening on {args.host}:{embedded.port} (MQTT 3.1.1)")
+        print(f"  watch it: mosquitto_sub -h {args.host} -p {embedded.port} -u {creds.username} "
+              f"-P '{creds.password}' -t 'edgebus/#' -v")
+        print(f"  decoded:  edge-bus sub -p {embedded.port} --credentials "
+              f"{data_dir / 'broker' / 'credentials.json'} 'edgebus/#'")
+    else:
+        if config.broker is None:
+            raise ConfigError("embedded_broker = false needs a [broker] table")
+        bus_config = replace(config.broker, client_id=config.broker.client_id or client_id,
+                             device=None)
+    view = FleetView()
+    bus = BusSession(bus_config)
+    attach(view, bus)
+    fleet = SimulatedFleet(bus_config, count=args.agents) if args.demo else None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        bus.start()
+        if not bus.wait_connected(bus_config.connect_timeout + 5):
+            raise BusError(f"cannot reach the broker at {bus_config.host}:{bus_config.port}: "
+                           f"{bus.stats().last_error}")
+        if fleet is not None:
+            fleet.start()
+            print(f"{len(fleet.agents)} simulated agents publishing metrics every second")
+        _run_view(view, stop, args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        bus.stop(flush_timeout=1)
+        if embedded is not None:
+            embedded.stop()
+    print(view.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _start(args)
+    except ConfigError as exc:
+        print(f"edge-coordinator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EdgebusError as exc:
+        print(f"edge-coordinator: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

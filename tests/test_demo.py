@@ -1,0 +1,64 @@
+"""`edge-coordinator start --demo` (what `make demo` runs), end to end, without a terminal."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_agents_through_the_embedded_broker(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from coordinator.cli import main; raise SystemExit(main())",
+         "--log-level", "WARNING", "start", "--demo", "--agents", "3", "--port", "0",
+         "--data-dir", str(tmp_path), "--duration", "10"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "embedded broker listening on 127.0.0.1:" in out.stdout
+    assert "mosquitto_sub -h 127.0.0.1 -p " in out.stdout
+    final = out.stdout.strip().splitlines()[-1]
+    fields = dict(re.findall(r"(\w[\w/]*)=(\d+)", final))
+    assert fields["devices"] == "3", final
+    assert int(fields["received"]) >= 3 * 8 * 5, final  # 3 agents x 8 metrics x >=5 ticks
+    assert fields["missing"] == "0" and fields["duplicates"] == "0" and fields["invalid"] == "0"
+    assert (tmp_path / "broker" / "credentials.json").exists()
+
+
+def test_start_refuses_a_taken_port_clearly(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-c", "from coordinator.cli import main; raise SystemExit(main())",
+             "start", "--port", str(port), "--data-dir", str(tmp_path), "--duration", "1"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    assert out.returncode == 1
+    assert f"port {port}" in out.stderr and "already in use" in out.stderr
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "coordinator.toml"
+    cfg.write_text('[broker]\nhost = "127.0.0.1"\nprot = 1883\n')
+    out = subprocess.run(
+        [sys.executable, "-c", "from coordinator.cli import main; raise SystemExit(main())",
+         "start", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 2
+    assert "broker.prot" in out.stderr
