@@ -470,10 +470,10 @@ class BusSession:
                 self._stats.connection_losses += 1
         if graceful:
             self._say_goodbye(conn)
-        else:
-            self._note_error(f"connection to {cfg.host}:{cfg.port} lost")
-            logger.warning("connection to %s:%d lost; %d messages queued",
-                           cfg.host, cfg.port, len(self.outbox))
+            return
+        self._note_error(f"connection to {cfg.host}:{cfg.port} lost")
+        logger.warning("connection to %s:%d lost; %d messages queued",
+                       cfg.host, cfg.port, len(self.outbox))
         self._close(conn)
 
     def _say_goodbye(self, conn: _Connection) -> None:
@@ -486,8 +486,7 @@ class BusSession:
             while not info.is_published() and time.monotonic() < deadline:
                 if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
                     break
-        client.disconnect()
-        client.loop(timeout=0.05)
+        client.disconnect()  # sends DISCONNECT and closes the socket; no loop needed after
 
     @staticmethod
     def _close(conn: _Connection) -> None:

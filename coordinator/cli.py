@@ -145,7 +145,8 @@ def _start(args: argparse.Namespace) -> int:
                                   credentials=[creds])
         embedded.start()
         bus_config = BusConfig(host=args.host, port=embedded.port, username=creds.username,
-                               password=creds.password, client_id=client_id, clean_start=True)
+                               password=creds.password, client_id=client_id, clean_start=True,
+                               protocol="3.1.1")  # amqtt speaks 3.1.1 only; skip the probe
         print(f"embedded broker listening on {args.host}:{embedded.port} (MQTT 3.1.1)")
         print(f"  watch it: mosquitto_sub -h {args.host} -p {embedded.port} -u {creds.username} "
               f"-P '{creds.password}' -t 'edgebus/#' -v")
@@ -188,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # amqtt narrates every connection at INFO; keep its warnings, drop the chatter.
+    logging.getLogger("amqtt").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return _start(args)
     except ConfigError as exc:
