@@ -146,6 +146,8 @@ class SessionStats:
     received: int = 0
     outbox_depth: int = 0
     outbox_bytes: int = 0
+    #: Send-to-acknowledgement time of outbox messages, smoothed (EWMA, 1/16), in ms.
+    ack_latency_ms: float = 0.0
     last_error: str = ""
 
 
@@ -194,6 +196,7 @@ class BusSession:
         self._mqtt5_refused = config.protocol == "3.1.1"
         self._pump_lock = threading.RLock()
         self._inflight: dict[int, OutboxRow] = {}
+        self._sent_at: dict[int, float] = {}
         self._last_sent_id = 0
         self._acks: deque[tuple[int, int, bool]] = deque()
         self._connected = threading.Event()
@@ -446,6 +449,7 @@ class BusSession:
         with self._pump_lock:
             self._conn = conn
             self._inflight.clear()
+            self._sent_at.clear()
             self._last_sent_id = 0
             self._connected.set()
         for listener in list(self._connect_listeners):
@@ -464,6 +468,7 @@ class BusSession:
             self._connected.clear()
             self._conn = None
             self._inflight.clear()
+            self._sent_at.clear()
         with self._stats_lock:
             self._stats.connected = False
             if not graceful:
@@ -518,6 +523,7 @@ class BusSession:
                         return  # connection going down; the row is re-sent next time
                     self._last_sent_id = row.id
                     self._inflight[info.mid] = row
+                    self._sent_at[info.mid] = time.monotonic()
                     window -= 1
                 with self._stats_lock:
                     self._stats.sent += len(rows)
@@ -527,6 +533,8 @@ class BusSession:
             return
         done: list[int] = []
         rejected = 0
+        latencies: list[float] = []
+        now = time.monotonic()
         with self._pump_lock:
             while self._acks:
                 gen, mid, failed = self._acks.popleft()
@@ -535,6 +543,9 @@ class BusSession:
                 row = self._inflight.pop(mid, None)
                 if row is None:
                     continue  # online/birth/goodbye publishes are not outbox rows
+                sent_at = self._sent_at.pop(mid, None)
+                if sent_at is not None:
+                    latencies.append(now - sent_at)
                 if failed:
                     rejected += 1
                     logger.error("broker rejected a message for %s (not authorised?); dropped",
@@ -544,6 +555,8 @@ class BusSession:
         with self._stats_lock:
             self._stats.acknowledged += len(done) - rejected
             self._stats.rejected_by_broker += rejected
+            for latency in latencies:
+                self._stats.ack_latency_ms += (latency * 1000 - self._stats.ack_latency_ms) / 16
         if done:
             with self._drained:
                 self._drained.notify_all()

@@ -8,63 +8,22 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from broker.router import ReceivedMessage
-from broker.session import BusConfig, BusSession
+from broker.session import BusSession
 from broker.telemetry import MetricsPublisher, birth_payload
-from schemas.messages import Birth, MetricSample, MetricsBatch, decode_record
-from schemas.sequence import SequenceTracker
+from schemas.messages import Birth, MetricSample, decode_record
 from tests.brokers import RunningBroker
+from tests.bus_helpers import WAIT, config_for, observer, tracked, wait_until
 from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-WAIT = 15.0  # upper bound for any single wait; the happy path takes milliseconds
-
-
-def config_for(broker: RunningBroker, **overrides: object) -> BusConfig:
-    base = BusConfig(host=broker.host, port=broker.port, username=broker.username,
-                     password=broker.password, reconnect_min_delay=0.05,
-                     reconnect_max_delay=0.5, clean_start=True, client_id="unset")
-    return replace(base, **overrides)  # type: ignore[arg-type]
-
-
-class Inbox:
-    """Collects messages from a subscription and waits for conditions on them."""
-
-    def __init__(self) -> None:
-        self.messages: list[ReceivedMessage] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, msg: ReceivedMessage) -> None:
-        with self._cond:
-            self.messages.append(msg)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self.messages), timeout)
-
-    def payloads(self, topic: str) -> list[bytes]:
-        with self._cond:
-            return [m.payload for m in self.messages if m.topic == topic]
-
-
-def observer(broker: RunningBroker, topic_filter: str, name: str = "observer") -> tuple[BusSession, Inbox]:
-    inbox = Inbox()
-    bus = BusSession(config_for(broker, client_id=name))
-    bus.subscribe(topic_filter, inbox)
-    bus.start()
-    assert bus.wait_connected(WAIT), bus.stats().last_error
-    return bus, inbox
 
 
 def device_session(broker: RunningBroker, device: str, **overrides: object) -> BusSession:
@@ -143,18 +102,6 @@ def test_kill_9_leaves_offline_by_will(broker: RunningBroker) -> None:
         obs.stop()
 
 
-def _tracked(inbox: Inbox) -> tuple[SequenceTracker, Counter[int]]:
-    tracker = SequenceTracker()
-    deliveries: Counter[int] = Counter()
-    for m in list(inbox.messages):
-        record = decode_record(m.payload)
-        if isinstance(record, MetricsBatch):
-            tracker.observe(record.device, epoch=record.epoch, first_seq=record.first_seq,
-                            count=len(record.samples))
-            deliveries[record.first_seq] += 1
-    return tracker, deliveries
-
-
 def _publish_range(pub: MetricsPublisher, start: int, stop: int) -> None:
     for i in range(start, stop):
         assert pub.publish([MetricSample(time_ms=1_700_000_000_000 + i, name="n", value=i)])
@@ -173,14 +120,14 @@ def test_outbox_survives_network_cut(broker: RunningBroker, tmp_path: Path) -> N
         _publish_range(pub, 0, 50)
         assert dev.flush(WAIT)
         proxy.cut()
-        assert _wait(lambda: not dev.is_connected)
+        assert wait_until(lambda: not dev.is_connected)
         _publish_range(pub, 50, 150)
         assert len(dev.outbox) == 100
         proxy.restore()
         assert dev.flush(WAIT), f"outbox still holds {len(dev.outbox)}"
         assert inbox.wait_for(lambda ms: len(ms) >= 150)
         time.sleep(0.2)  # let any stray duplicate arrive before counting
-        tracker, deliveries = _tracked(inbox)
+        tracker, deliveries = tracked(inbox)
         seq = tracker.device("gw-1")
         assert (seq.received, seq.missing, seq.duplicates) == (150, 0, 0)
         assert set(deliveries.values()) == {1}
@@ -208,13 +155,13 @@ def test_outbox_survives_broker_restart_and_process_restart(
         assert dev.flush(WAIT)
         assert inbox.wait_for(lambda ms: len(ms) == 20)
         broker.stop()
-        assert _wait(lambda: not dev.is_connected)
+        assert wait_until(lambda: not dev.is_connected)
         _publish_range(pub, 20, 120)  # accepted while the broker is unreachable
         assert dev.stats().accepted == 120
     finally:
         dev.stop(flush_timeout=0)  # the process "exits" with 100 messages on disk
     broker.start()
-    assert _wait(obs.wait_connected)
+    assert wait_until(obs.wait_connected)
     time.sleep(0.3)  # the observer's resubscription is on the wire
     again = BusSession(config_for(broker, device="gw-2", client_id="gw-2", outbox_path=outbox))
     try:
@@ -223,7 +170,7 @@ def test_outbox_survives_broker_restart_and_process_restart(
         assert again.flush(WAIT)
         assert inbox.wait_for(lambda ms: len(ms) >= 120)
         time.sleep(0.2)
-        tracker, deliveries = _tracked(inbox)
+        tracker, deliveries = tracked(inbox)
         seq = tracker.device("gw-2")
         assert (seq.received, seq.missing, seq.duplicates) == (120, 0, 0)
         assert set(deliveries.values()) == {1}
@@ -238,7 +185,7 @@ def test_resubscribes_after_broker_restart_without_persistence(broker: RunningBr
     obs, inbox = observer(broker, "edgebus/x/state/#")
     try:
         broker.stop()
-        assert _wait(lambda: not obs.is_connected)
+        assert wait_until(lambda: not obs.is_connected)
         broker.start()
         assert obs.wait_connected(WAIT)
         pub = BusSession(config_for(broker, client_id="late-pub"))
@@ -259,22 +206,13 @@ def test_wrong_password_is_reported_not_fatal(broker: RunningBroker) -> None:
     bus.start()
     try:
         assert bus.publish("edgebus/x/state/a", b"kept")  # accepted into the outbox anyway
-        assert _wait(lambda: bus.stats().last_error != "")
+        assert wait_until(lambda: bus.stats().last_error != "")
         error = bus.stats().last_error
         assert "refused" in error or "CONNACK" in error, error
         assert not bus.is_connected
         assert bus.stats().outbox_depth == 1
     finally:
         bus.stop(flush_timeout=0)
-
-
-def _wait(predicate, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_subscription_handler_queue_pattern(broker: RunningBroker) -> None:

@@ -1,0 +1,52 @@
+"""Builds a running agent from its configuration: runtime plus the parts it hosts.
+
+Kept apart from the runtime so the runtime stays testable with no Home
+Assistant, no cameras and no command handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agents.collectors.base import CollectorContext, create_collector
+from agents.config import AgentConfig
+from agents.runtime import Agent
+from schemas.errors import ConfigError
+
+__all__ = ["build_agent", "describe", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Load and fully check ``path``: collectors check their own tables here, not at run time."""
+    config = AgentConfig.load(path)
+    for name in config.metrics.collectors:
+        try:
+            create_collector(name, config.metrics.collector_options.get(name, {}), CollectorContext())
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    return config
+
+
+def build_agent(config: AgentConfig) -> Agent:
+    return Agent(config)
+
+
+def describe(config: AgentConfig) -> str:
+    """A short human summary of what the configuration will do."""
+    b, m = config.broker, config.metrics
+    lines = [
+        f"device {config.device.id} ({config.device.name}); state in {config.device.data_dir}",
+        f"broker {b.host}:{b.port} as {b.username or '(anonymous)'}, MQTT {b.protocol}, "
+        f"outbox {b.outbox_path} (max {b.outbox_max_messages} messages)",
+        f"metrics every {m.interval:g} s, published every {m.batch_interval:g} s: "
+        f"{', '.join(m.collectors)}"
+        + (f"; report by exception (deadband {m.deadband:g}, heartbeat {m.heartbeat:g} s)"
+           if m.report_by_exception else ""),
+        f"home assistant: {config.home_assistant.mode} discovery under {config.home_assistant.prefix}/"
+        if config.home_assistant.enabled else "home assistant: off",
+        f"cameras: {len(config.cameras)}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""The agent's configuration file (``agent.toml``): strict, with the bad key named.
+
+An operator who types ``intervall = 5`` must hear about it at start, not find
+out a week later that the default was used. Every table rejects keys it does
+not know; values are type-checked with the key's full path in the message.
+Camera tables are checked by the camera pipeline's own configuration class
+when the camera extra is installed.
+
+Example (``edge-agent example-config`` prints a complete one)::
+
+    [device]
+    id = "gw-1"
+
+    [broker]
+    host = "broker.local"
+    username = "gw-1"
+    password = "..."
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.session import BusConfig
+from schemas.errors import ConfigError, TopicError
+from schemas.topics import validate_device_id
+
+__all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig", "SheddingConfig"]
+
+DEFAULT_COLLECTORS = ("cpu", "memory", "disk", "temperature", "network", "battery", "agent")
+
+
+def _check_keys(section: str, data: Mapping[str, Any], known: set[str]) -> None:
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}")
+
+
+def _table(section: str, value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{section} must be a table ([{section}])")
+    return value
+
+
+def _number(section: str, key: str, data: Mapping[str, Any], default: float, *,
+            minimum: float = 0.0, strict_min: bool = True) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{section}.{key} must be a number, not {value!r}")
+    if value < minimum or (strict_min and value == minimum):
+        raise ConfigError(f"{section}.{key} must be {'>' if strict_min else '>='} {minimum}, not {value}")
+    return float(value)
+
+
+def _bool(section: str, key: str, data: Mapping[str, Any], default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{section}.{key} must be true or false, not {value!r}")
+    return value
+
+
+def _str(section: str, key: str, data: Mapping[str, Any], default: str | None) -> str | None:
+    value = data.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{section}.{key} must be a string, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    id: str
+    name: str
+    model: str
+    data_dir: Path
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> DeviceConfig:
+        _check_keys("device", data, {"id", "name", "model", "data_dir"})
+        device_id = data.get("id")
+        if not isinstance(device_id, str):
+            raise ConfigError("device.id is required: the name this device has on the bus")
+        try:
+            validate_device_id(device_id)
+        except TopicError as exc:
+            raise ConfigError(f"device.id: {exc}") from exc
+        return cls(id=device_id, name=_str("device", "name", data, device_id) or device_id,
+                   model=_str("device", "model", data, "") or "",
+                   data_dir=Path(_str("device", "data_dir", data, f"data/agent-{device_id}") or "."))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    interval: float = 1.0
+    batch_interval: float = 5.0
+    collectors: tuple[str, ...] = DEFAULT_COLLECTORS
+    collector_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    report_by_exception: bool = False
+    deadband: float = 0.0
+    deadbands: Mapping[str, float] = field(default_factory=dict)
+    heartbeat: float = 60.0
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> MetricsConfig:
+        s = "metrics"
+        collectors = data.get("collectors", list(DEFAULT_COLLECTORS))
+        if not isinstance(collectors, list) or not all(isinstance(c, str) for c in collectors):
+            raise ConfigError("metrics.collectors must be a list of names, e.g. [\"cpu\", \"memory\"]")
+        plain = {"interval", "batch_interval", "collectors", "report_by_exception", "deadband",
+                 "deadbands", "heartbeat"}
+        options: dict[str, Mapping[str, Any]] = {}
+        for key, value in data.items():
+            if key in plain:
+                continue
+            if key in DEFAULT_COLLECTORS and isinstance(value, dict):
+                options[key] = value  # [metrics.disk] and friends; the collector checks its keys
+                continue
+            _check_keys(s, {key: value}, plain | {f"{c} (table)" for c in DEFAULT_COLLECTORS})
+        deadbands = _table("metrics.deadbands", data.get("deadbands"))
+        for name, band in deadbands.items():
+            if isinstance(band, bool) or not isinstance(band, int | float) or band < 0:
+                raise ConfigError(f"metrics.deadbands.{name} must be a number >= 0, not {band!r}")
+        interval = _number(s, "interval", data, 1.0)
+        batch_interval = _number(s, "batch_interval", data, max(5.0, interval))
+        if batch_interval < interval:
+            raise ConfigError(f"metrics.batch_interval ({batch_interval}) must be >= metrics.interval "
+                              f"({interval})")
+        return cls(interval=interval, batch_interval=batch_interval, collectors=tuple(collectors),
+                   collector_options=options,
+                   report_by_exception=_bool(s, "report_by_exception", data, False),
+                   deadband=_number(s, "deadband", data, 0.0, strict_min=False),
+                   deadbands={k: float(v) for k, v in deadbands.items()},
+                   heartbeat=_number(s, "heartbeat", data, 60.0))
+
+
+@dataclass(frozen=True, slots=True)
+class SheddingConfig:
+    high: float = 0.90
+    low: float = 0.75
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SheddingConfig:
+        _check_keys("shedding", data, {"high", "low"})
+        return cls(high=_number("shedding", "high", data, 0.90),
+                   low=_number("shedding", "low", data, 0.75))
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    enabled: bool = True
+    mode: str = "device"
+    prefix: str = "homeassistant"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> HomeAssistantConfig:
+        s = "home_assistant"
+        _check_keys(s, data, {"enabled", "mode", "prefix"})
+        mode = _str(s, "mode", data, "device")
+        if mode not in ("device", "entity"):
+            raise ConfigError(f"home_assistant.mode must be 'device' or 'entity', not {mode!r}")
+        return cls(enabled=_bool(s, "enabled", data, True), mode=mode,
+                   prefix=_str(s, "prefix", data, "homeassistant") or "homeassistant")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    device: DeviceConfig
+    broker: BusConfig
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    shedding: SheddingConfig = field(default_factory=SheddingConfig)
+    home_assistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    cameras: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        try:
+            return cls.from_mapping(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> AgentConfig:
+        _check_keys("(top level)", data,
+                    {"device", "broker", "metrics", "shedding", "home_assistant", "cameras"})
+        device = DeviceConfig.from_mapping(_table("device", data.get("device")))
+        broker_data = dict(_table("broker", data.get("broker")))
+        if "device" in broker_data:
+            raise ConfigError("broker.device is not used by the agent: set device.id instead")
+        broker_data.setdefault("outbox_path", str(device.data_dir / "outbox.sqlite"))
+        broker = BusConfig.from_mapping({**broker_data, "device": device.id})
+        cameras = data.get("cameras", [])
+        if not isinstance(cameras, list) or not all(isinstance(c, dict) for c in cameras):
+            raise ConfigError("cameras must be an array of tables ([[cameras]])")
+        return cls(device=device, broker=broker,
+                   metrics=MetricsConfig.from_mapping(_table("metrics", data.get("metrics"))),
+                   shedding=SheddingConfig.from_mapping(_table("shedding", data.get("shedding"))),
+                   home_assistant=HomeAssistantConfig.from_mapping(
+                       _table("home_assistant", data.get("home_assistant"))),
+                   cameras=tuple(cameras))

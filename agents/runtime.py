@@ -1,0 +1,220 @@
+"""The agent process: one device on the bus, its metrics, its cameras, its commands.
+
+Everything periodic runs on the main thread through :class:`~agents.scheduler.Scheduler`
+(sampling, batching, readable state, shedding, the systemd watchdog); the bus
+session runs its own network thread, camera pipelines their own capture and
+detect threads. Stopping is graceful: cameras flush their current batch, the
+last metrics batch is queued, and the session gets ``stop_timeout`` seconds to
+deliver the outbox before it says ``offline``; whatever is left stays on disk
+for the next start.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import platform
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import psutil
+
+from agents.collectors.base import Collector, CollectorContext, create_collector
+from agents.config import AgentConfig
+from agents.extension import AgentExtension
+from agents.report_by_exception import DeadbandFilter
+from agents.scheduler import Scheduler
+from agents.shedding import Pressure, SheddingPolicy
+from agents.systemd import SystemdNotifier
+from broker.session import BusSession
+from broker.telemetry import MetricsPublisher, birth_payload
+from schemas.messages import MetricSample
+
+__all__ = ["Agent", "agent_version"]
+
+logger = logging.getLogger(__name__)
+
+#: Priorities (see agents/shedding.py): 0 never sheds.
+PRIORITY_CORE = 0
+PRIORITY_STATE = 1
+STATUS_LOG_INTERVAL = 60.0
+
+
+def agent_version() -> str:
+    try:
+        return importlib.metadata.version("edgebus")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class _Health(CollectorContext):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def agent_health(self) -> Mapping[str, float]:
+        return self.agent.health()
+
+
+class Agent:
+    """One device's agent. ``run()`` blocks until :meth:`request_stop` (or a signal handler)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        notifier: SystemdNotifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.config = config
+        self.device = config.device.id
+        self.notifier = notifier or SystemdNotifier()
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self._stop = threading.Event()
+        config.device.data_dir.mkdir(parents=True, exist_ok=True)
+        self.session = BusSession(config.broker)
+        self.metrics = MetricsPublisher(self.session, clock_ms=wall_ms)
+        self.policy = SheddingPolicy(high=config.shedding.high, low=config.shedding.low)
+        self.scheduler = Scheduler(self.policy)
+        self.collectors: list[Collector] = [
+            create_collector(name, config.metrics.collector_options.get(name, {}), _Health(self))
+            for name in config.metrics.collectors]
+        mc = config.metrics
+        self.deadband = DeadbandFilter(deadbands=dict(mc.deadbands), default_deadband=mc.deadband,
+                                       heartbeat_ms=int(mc.heartbeat * 1000)) \
+            if mc.report_by_exception else None
+        self.latest: dict[str, float] = {}
+        self._pending: list[MetricSample] = []
+        self._pending_lock = threading.Lock()
+        self.batches_published = 0
+        self.samples_collected = 0
+        self.capabilities: list[str] = ["metrics"]
+        self.session.set_birth(birth_payload(
+            self.device, self.metrics.epoch, agent_version=agent_version(),
+            capabilities=self.capabilities,
+            versions={"python": platform.python_version(), "platform": platform.platform()},
+            clock_ms=wall_ms))
+        self._extensions: list[AgentExtension] = []
+
+    # -- what collectors and status read --------------------------------
+
+    def health(self) -> dict[str, float]:
+        stats = self.session.stats()
+        return {
+            "outbox_depth": stats.outbox_depth,
+            "outbox_bytes": stats.outbox_bytes,
+            "dropped_total": self.session.outbox.dropped,
+            "publish_latency_ms": round(stats.ack_latency_ms, 2),
+            "connection_losses_total": stats.connection_losses,
+            "shed_level": self.policy.level,
+            "shed_total": self.scheduler.shed_total,
+            "job_failures_total": self.scheduler.failures_total,
+            **({"suppressed_total": self.deadband.suppressed} if self.deadband else {}),
+        }
+
+    def pressure(self) -> Pressure:
+        outbox = self.session.outbox
+        fill = max(len(outbox) / outbox.max_messages, outbox.size_bytes / outbox.max_bytes)
+        return Pressure(cpu=psutil.cpu_percent() / 100, memory=psutil.virtual_memory().percent / 100,
+                        outbox=fill)
+
+    # -- periodic jobs --------------------------------------------------
+
+    def _sample(self, now: float) -> None:
+        time_ms = self._wall_ms()
+        samples: list[MetricSample] = []
+        for collector in self.collectors:
+            if not self.policy.allows(collector.PRIORITY):
+                continue
+            try:
+                samples += collector.collect(time_ms)
+            except Exception:
+                logger.exception("collector %s failed", collector.NAME)
+        self.samples_collected += len(samples)
+        for s in samples:
+            self.latest[s.name] = s.value
+        if self.deadband is not None:
+            samples = self.deadband.admit(samples)
+        with self._pending_lock:
+            self._pending += samples
+
+    def publish_batch(self, now: float = 0.0) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if batch and self.metrics.publish(batch):
+            self.batches_published += 1
+
+    def _each_extension(self, what: str, call: Callable[[AgentExtension], object],
+                        extensions: list[AgentExtension] | None = None) -> None:
+        for ext in self._extensions if extensions is None else extensions:
+            try:
+                call(ext)
+            except Exception:
+                logger.exception("%s %s failed", ext.name, what)
+
+    def _publish_state(self, now: float) -> None:
+        latest = dict(self.latest)
+        self._each_extension("on_state", lambda ext: ext.on_state(latest))
+
+    def _update_shedding(self, now: float) -> None:
+        before = self.policy.level
+        level = self.policy.update(self.pressure())
+        if level != before:
+            logger.warning("load shedding level %d -> %d", before, level)
+            self._each_extension("on_shedding", lambda ext: ext.on_shedding(self.policy))
+
+    def _log_status(self, now: float) -> None:
+        stats = self.session.stats()
+        line = (f"connected={stats.connected} batches={self.batches_published} "
+                f"outbox={stats.outbox_depth} dropped={self.session.outbox.dropped} "
+                f"shed_level={self.policy.level}")
+        logger.info("status: %s", line)
+        self.notifier.status(line)
+
+    # -- life cycle -----------------------------------------------------
+
+    def add_extension(self, extension: AgentExtension) -> None:
+        self._extensions.append(extension)
+
+    def start(self) -> None:
+        mc = self.config.metrics
+        now = self._clock()
+        self.scheduler.add("sample", mc.interval, PRIORITY_CORE, self._sample, start=now)
+        self.scheduler.add("publish", mc.batch_interval, PRIORITY_CORE, self.publish_batch,
+                           start=now + mc.batch_interval)
+        self.scheduler.add("state", mc.batch_interval, PRIORITY_STATE, self._publish_state,
+                           start=now + mc.interval)
+        self.scheduler.add("shedding", mc.interval, PRIORITY_CORE, self._update_shedding, start=now)
+        self.scheduler.add("status", STATUS_LOG_INTERVAL, PRIORITY_CORE, self._log_status,
+                           start=now + STATUS_LOG_INTERVAL)
+        if self.notifier.watchdog_interval:
+            self.scheduler.add("watchdog", self.notifier.watchdog_interval, PRIORITY_CORE,
+                               lambda _now: self.notifier.watchdog(), start=now)
+        self.session.start()
+        self._each_extension("start", lambda ext: ext.start())
+        self.notifier.ready(f"device {self.device} started")
+        logger.info("agent %s started (%d collectors, %d extensions)", self.device,
+                    len(self.collectors), len(self._extensions))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self, stop_timeout: float = 10.0) -> None:
+        """Start, run the scheduler until asked to stop, then stop gracefully."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                due = self.scheduler.run_due(self._clock())
+                self._stop.wait(max(0.0, min(1.0, due - self._clock())))
+        finally:
+            self.stop(stop_timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.notifier.stopping()
+        self._each_extension("stop", lambda ext: ext.stop(), list(reversed(self._extensions)))
+        self.publish_batch()
+        self.session.stop(flush_timeout=timeout)
+        logger.info("agent %s stopped: %s", self.device, json.dumps(self.health()))
