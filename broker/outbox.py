@@ -87,16 +87,20 @@ class OutboxTransaction:
         self._conn = conn
         self.accepted: list[int] = []
 
-    def reserve_sequence(self, count: int) -> int:
-        """Return the first of ``count`` consecutive, never reused sequence numbers."""
+    def reserve_sequence(self, count: int, key: str = "next_seq") -> int:
+        """Return the first of ``count`` consecutive, never reused numbers of counter ``key``.
+
+        The default counter numbers the device's metrics; other streams (one per
+        camera) keep their own under their own key.
+        """
         if count < 1:
             raise ValueError(f"count must be positive, not {count}")
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         first = int(row[0]) if row else 0
         self._conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('next_seq', ?) "
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (first + count,),
+            (key, first + count),
         )
         return first
 

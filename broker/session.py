@@ -182,7 +182,7 @@ class BusSession:
         self.config = config
         self.topics = TopicTree(config.root)
         self.router = SubscriptionRouter()
-        self.outbox = outbox or Outbox(
+        self.outbox = outbox if outbox is not None else Outbox(
             config.outbox_path,
             max_messages=config.outbox_max_messages,
             max_bytes=config.outbox_max_bytes,

@@ -1,0 +1,113 @@
+"""The detector interface and the registry that picks a backend by its ``type``.
+
+A backend is a class registered under a name; the camera pipeline builds it
+from the operator's ``[cameras.detector]`` table with :func:`create_detector`,
+so adding a backend never touches the pipeline. Backends import their heavy
+dependencies (onnxruntime, ultralytics) lazily, inside ``from_config``, so a
+gateway that runs no camera never needs them.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.detections import Detection
+from schemas.errors import ConfigError
+
+__all__ = ["Detector", "Frame", "check_keys", "create_detector", "detector_types",
+           "register_detector"]
+
+logger = logging.getLogger(__name__)
+
+#: A BGR image as OpenCV gives it: ``uint8`` array of shape (height, width, 3).
+Frame = npt.NDArray[np.uint8]
+
+_REGISTRY: dict[str, type[Detector]] = {}
+
+D = TypeVar("D", bound="type[Detector]")
+
+
+class Detector(abc.ABC):
+    """Finds objects in one frame.
+
+    ``detect`` returns boxes normalised to [0, 1] as ``(x1, y1, x2, y2)`` with
+    ``track_id=None`` (tracking is the pipeline's job, not the backend's). It
+    may be called from one worker thread at a time; it must not keep the frame.
+    """
+
+    #: The ``type`` value that selects this backend in configuration.
+    TYPE: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, options: Mapping[str, Any]) -> Detector:
+        """Build from the ``[cameras.detector]`` table minus ``type``; unknown keys are errors."""
+
+    @abc.abstractmethod
+    def detect(self, frame: Frame) -> list[Detection]:
+        """The objects in ``frame`` (BGR, uint8, H x W x 3)."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels this backend can report (for discovery and validation)."""
+        return ()
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release what the backend holds (sessions, threads)."""
+
+
+def register_detector(cls: D) -> D:
+    """Class decorator: make ``cls`` selectable as ``type = cls.TYPE``."""
+    name = cls.TYPE
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"detector type {name!r} registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def detector_types() -> list[str]:
+    """The registered backend names, sorted."""
+    _load_builtin_backends()
+    return sorted(_REGISTRY)
+
+
+def create_detector(config: Mapping[str, Any]) -> Detector:
+    """The backend named by ``config["type"]`` built from the rest of ``config``."""
+    _load_builtin_backends()
+    kind = config.get("type")
+    if not isinstance(kind, str):
+        raise ConfigError(f"detector needs a type ({', '.join(sorted(_REGISTRY))})")
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown detector type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+    options = {k: v for k, v in config.items() if k != "type"}
+    return cls.from_config(options)
+
+
+def check_keys(where: str, options: Mapping[str, Any], known: Mapping[str, object]) -> None:
+    """Refuse keys a backend does not know, naming the key and the known ones."""
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+
+
+_BUILTIN_MODULES: tuple[str, ...] = ("agents.detectors.ssdlite", "agents.detectors.yolo")
+_loaded = False
+
+
+def _load_builtin_backends() -> None:
+    """Import the shipped backend modules once so their decorators register them."""
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    _loaded = True
