@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from agents.collectors.base import CollectorContext, create_collector
 from agents.config import AgentConfig
@@ -27,11 +28,34 @@ def load_config(path: Path) -> AgentConfig:
             create_collector(name, config.metrics.collector_options.get(name, {}), CollectorContext())
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        parse_cameras(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     return config
 
 
+def parse_cameras(config: AgentConfig) -> list[Any]:
+    """The configured cameras, checked; needs the ``[camera]`` extra only when there are any."""
+    if not config.cameras:
+        return []
+    try:
+        from agents.camera_host import parse_camera
+    except ImportError as exc:
+        raise ConfigError(f"cameras are configured but the camera extra is missing ({exc}); "
+                          "install it with: pip install 'edgebus[camera]'") from exc
+    return [parse_camera(table, f"cameras[{i}]") for i, table in enumerate(config.cameras)]
+
+
 def build_agent(config: AgentConfig) -> Agent:
-    return Agent(config)
+    agent = Agent(config)
+    cameras = parse_cameras(config)
+    if cameras:
+        from agents.camera_host import CameraHost
+
+        agent.add_extension(CameraHost(agent.session, cameras))
+        agent.capabilities.append("cameras")
+    return agent
 
 
 def describe(config: AgentConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agents.shedding import SheddingPolicy
+from schemas.messages import MetricSample
 
 __all__ = ["AgentExtension"]
 
@@ -27,6 +28,10 @@ class AgentExtension:
 
     def on_state(self, latest_metrics: Mapping[str, float]) -> None:
         """Called every batch interval with the latest value of every metric."""
+
+    def collect(self, time_ms: int) -> list[MetricSample]:
+        """Metric samples of this part's own (joined to the device's metrics batches)."""
+        return []
 
     def on_shedding(self, policy: SheddingPolicy) -> None:
         """Called when the shedding level changed; ``policy.allows(priority)`` says what runs."""

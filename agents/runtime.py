@@ -133,6 +133,11 @@ class Agent:
                 samples += collector.collect(time_ms)
             except Exception:
                 logger.exception("collector %s failed", collector.NAME)
+        for ext in self._extensions:
+            try:
+                samples += ext.collect(time_ms)
+            except Exception:
+                logger.exception("%s collect failed", ext.name)
         self.samples_collected += len(samples)
         for s in samples:
             self.latest[s.name] = s.value

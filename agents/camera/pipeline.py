@@ -59,6 +59,7 @@ class CameraStats:
     frames_dropped: int
     frames_seen: int
     motion_skipped: int
+    frames_shed: int
     frames_detected: int
     detector_errors: int
     inference_ms_avg: float
@@ -115,6 +116,10 @@ class CameraPipeline:
         self._overhead_s = 0.0
         self._tracks_started = 0
         self._tracks_ended = 0
+        self._frames_shed = 0
+        #: Set by the agent's load shedding: frames are still captured (and the queue keeps
+        #: only the newest) but not analysed, and each one skipped is counted.
+        self.shed = False
 
     # -- one frame ------------------------------------------------------
 
@@ -232,6 +237,11 @@ class CameraPipeline:
                         break
                     self.publisher.flush_if_due(self.clock_ms())
                     continue
+                if self.shed:
+                    with self._lock:
+                        self._frames_shed += 1
+                    self.publisher.flush_if_due(self.clock_ms())
+                    continue
                 try:
                     self.process(captured.image, captured.time_ms)
                 except Exception:
@@ -262,6 +272,7 @@ class CameraPipeline:
                 frames_dropped=self.queue.dropped,
                 frames_seen=self._frames_seen,
                 motion_skipped=self._motion_skipped,
+                frames_shed=self._frames_shed,
                 frames_detected=detected,
                 detector_errors=self._detector_errors,
                 inference_ms_avg=1000 * self._inference_s / detected if detected else 0.0,

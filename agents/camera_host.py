@@ -1,0 +1,181 @@
+"""The agent's cameras: one pipeline per ``[[cameras]]`` table, added and removed at run time.
+
+The load balancer moves cameras between agents with ``assign`` / ``unassign``
+commands, so pipelines are not fixed at start. Each camera has a shedding
+``priority`` (default 2, the first work an overloaded device drops): while
+shed, its frames are still captured (the queue keeps the newest) but not
+analysed, and the skipped frames are counted in its metrics.
+
+Importing this module needs the ``[camera]`` extra (OpenCV, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agents.camera.config import CameraConfig
+from agents.camera.pipeline import CameraPipeline
+from agents.camera.publisher import DetectionsPublisher
+from agents.camera.sources import wall_clock_ms
+from agents.detectors.base import Detector, create_detector
+from agents.extension import AgentExtension
+from agents.shedding import SheddingPolicy
+from broker.session import BusSession
+from schemas.errors import ConfigError
+from schemas.messages import MetricSample
+
+__all__ = ["CameraHost", "parse_camera"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRIORITY = 2
+DEFAULT_DETECTOR: Mapping[str, Any] = {"type": "ssdlite"}
+
+
+@dataclass(frozen=True, slots=True)
+class HostedCamera:
+    config: CameraConfig
+    priority: int
+
+
+def parse_camera(table: Mapping[str, Any], section: str) -> HostedCamera:
+    """A ``[[cameras]]`` table: the pipeline's keys plus the agent's ``priority``."""
+    data = dict(table)
+    priority = data.pop("priority", DEFAULT_PRIORITY)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise ConfigError(f"{section}.priority must be an integer >= 0, not {priority!r}")
+    detector = data.get("detector") or {}
+    if not isinstance(detector, Mapping):
+        raise ConfigError(f"{section}.detector must be a table ([cameras.detector])")
+    data["detector"] = {**DEFAULT_DETECTOR, **detector}
+    return HostedCamera(CameraConfig.from_mapping(data, section=section), priority)
+
+
+class _Running:
+    def __init__(self, camera: HostedCamera, pipeline: CameraPipeline, detector: Detector) -> None:
+        self.camera = camera
+        self.pipeline = pipeline
+        self.detector = detector
+
+    def stop(self) -> None:
+        try:
+            self.pipeline.stop()
+        finally:
+            self.detector.close()
+
+
+class CameraHost(AgentExtension):
+    """Owns the device's camera pipelines and their detectors."""
+
+    name = "cameras"
+
+    def __init__(self, session: BusSession, cameras: Sequence[HostedCamera], *,
+                 clock_ms: Callable[[], int] = wall_clock_ms,
+                 detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector) -> None:
+        names = [c.config.name for c in cameras]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ConfigError(f"camera names must be unique; repeated: {', '.join(sorted(duplicates))}")
+        self.session = session
+        self._initial = list(cameras)
+        self._clock_ms = clock_ms
+        self._detector_factory = detector_factory
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._policy: SheddingPolicy | None = None
+
+    @property
+    def cameras(self) -> list[str]:
+        with self._lock:
+            return sorted(self._running)
+
+    def pipeline(self, name: str) -> CameraPipeline | None:
+        with self._lock:
+            running = self._running.get(name)
+        return running.pipeline if running else None
+
+    def _launch(self, camera: HostedCamera) -> None:
+        detector = self._detector_factory(camera.config.detector)
+        publisher = DetectionsPublisher.for_camera(self.session, camera.config, clock_ms=self._clock_ms)
+        pipeline = CameraPipeline(camera.config, detector, publisher, clock_ms=self._clock_ms)
+        if self._policy is not None:
+            pipeline.shed = not self._policy.allows(camera.priority)
+        try:
+            pipeline.start()
+        except Exception:
+            detector.close()
+            raise
+        with self._lock:
+            self._running[camera.config.name] = _Running(camera, pipeline, detector)
+        logger.info("camera %s started (source %s, detector %s)", camera.config.name,
+                    camera.config.source, camera.config.detector.get("type"))
+
+    def start(self) -> None:
+        for camera in self._initial:
+            try:
+                self._launch(camera)
+            except ConfigError:
+                raise
+            except Exception:
+                logger.exception("camera %s could not start", camera.config.name)
+
+    def stop(self) -> None:
+        with self._lock:
+            running, self._running = list(self._running.values()), {}
+        for r in running:
+            r.stop()
+
+    # -- commands -------------------------------------------------------
+
+    def assign(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """``assign``: start (or replace) the camera described by ``args`` (a camera table)."""
+        camera = parse_camera(args, "assign")
+        replaced = self.unassign({"name": camera.config.name}, missing_ok=True)["stopped"]
+        self._launch(camera)
+        return {"camera": camera.config.name, "started": True, "replaced": replaced}
+
+    def unassign(self, args: Mapping[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
+        """``unassign``: stop camera ``args["name"]``, flushing its last batch and tracks."""
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise ConfigError("unassign needs args.name, the camera to stop")
+        with self._lock:
+            running = self._running.pop(name, None)
+        if running is None:
+            if missing_ok:
+                return {"camera": name, "stopped": False}
+            raise ConfigError(f"no camera {name!r} on this device (running: {', '.join(self.cameras)})")
+        running.stop()
+        return {"camera": name, "stopped": True}
+
+    # -- agent hooks ----------------------------------------------------
+
+    def on_shedding(self, policy: SheddingPolicy) -> None:
+        self._policy = policy
+        with self._lock:
+            running = list(self._running.values())
+        for r in running:
+            shed = not policy.allows(r.camera.priority)
+            if shed != r.pipeline.shed:
+                logger.warning("camera %s: detection %s by load shedding", r.camera.config.name,
+                               "paused" if shed else "resumed")
+            r.pipeline.shed = shed
+
+    def collect(self, time_ms: int) -> list[MetricSample]:
+        with self._lock:
+            running = list(self._running.values())
+        out: list[MetricSample] = []
+        for r in running:
+            s = r.pipeline.stats()
+            prefix = f"camera_{s.camera}_"
+            values = {"frames_captured_total": s.frames_captured, "frames_dropped_total": s.frames_dropped,
+                      "frames_shed_total": s.frames_shed, "frames_detected_total": s.frames_detected,
+                      "motion_skipped_total": s.motion_skipped, "inference_ms": s.inference_ms_avg,
+                      "overhead_ms": s.overhead_ms_avg, "active_tracks": s.active_tracks,
+                      "detector_errors_total": s.detector_errors}
+            out += [MetricSample(time_ms, prefix + k, round(float(v), 3)) for k, v in values.items()]
+        return out

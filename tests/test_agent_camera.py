@@ -1,0 +1,110 @@
+"""A camera agent end to end: real photographs in, person events out, on real brokers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("cv2")
+pytest.importorskip("onnxruntime")
+
+from schemas.messages import DetectionsBatch, decode_record
+from tests.brokers import RunningBroker
+from tests.bus_helpers import WAIT, Inbox, observer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = REPO / "tests" / "data" / "photos"
+DEVICE = "cam-t"
+
+
+def scene(folder: Path) -> Path:
+    """Someone walks into view for 8 frames, then an empty table for 8 frames."""
+    folder.mkdir()
+    for i in range(16):
+        photo = "astronaut.jpg" if i < 8 else "coffee.jpg"
+        shutil.copy(PHOTOS / photo, folder / f"{i:03d}.jpg")
+    return folder
+
+
+def frames_seen(inbox: Inbox) -> int:
+    batches = [decode_record(p) for p in inbox.payloads(f"edgebus/{DEVICE}/detections/door")]
+    return sum(len(b.frames) for b in batches if isinstance(b, DetectionsBatch))
+
+
+def test_camera_agent_publishes_person_events_and_detections(broker: RunningBroker,
+                                                             tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[device]
+id = "{DEVICE}"
+data_dir = "{tmp_path / 'state'}"
+
+[broker]
+host = "{broker.host}"
+port = {broker.port}
+username = "{broker.username}"
+password = "{broker.password}"
+
+[metrics]
+interval = 0.5
+collectors = ["cpu", "agent"]
+
+[home_assistant]
+enabled = false
+
+[[cameras]]
+name = "door"
+source = "{scene(tmp_path / 'frames')}"
+fps = 8
+queue_size = 32
+track_timeout = 3
+batch_interval = 0.5
+
+[cameras.detector]
+type = "ssdlite"
+threshold = 0.5
+""")
+    obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--config", str(config)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        events_topic = f"edgebus/{DEVICE}/events/door"
+        assert inbox.wait_for(lambda ms: frames_seen(inbox) == 16, timeout=60), \
+            f"only {frames_seen(inbox)} of 16 frames published"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+        events = [json.loads(p) for p in inbox.payloads(events_topic)]
+        starts = [e for e in events if e["type"] == "start"]
+        ends = [e for e in events if e["type"] == "end"]
+        assert [e["label"] for e in starts] == ["person"]
+        assert ends[0]["track_id"] == starts[0]["track_id"] and ends[0]["reason"] == "lost"
+        x1, _y1, x2, y2 = ends[0]["box"]
+        assert x1 < 0.5 < x2 and y2 > 0.6  # the astronaut, centre-left to bottom of the frame
+        assert base64.b64decode(ends[0]["snapshot_jpeg_b64"])[:2] == b"\xff\xd8"  # a JPEG
+        batches = [decode_record(p) for p in inbox.payloads(f"edgebus/{DEVICE}/detections/door")]
+        assert all(isinstance(b, DetectionsBatch) for b in batches)
+        frames = [f for b in batches if isinstance(b, DetectionsBatch) for f in b.frames]
+        with_person = [f for f in frames if any(d.label == "person" for d in f.detections)]
+        assert 6 <= len(with_person) <= 8 and len(frames) == 16
+        seqs = [b.first_seq for b in batches if isinstance(b, DetectionsBatch)]
+        assert seqs == sorted(seqs) and seqs[0] == 0
+        counts = inbox.payloads(f"edgebus/{DEVICE}/state/door_objects")
+        assert json.loads(counts[-1]) == {"person": 0}
+        assert any(json.loads(c).get("person") == 1 for c in counts)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=WAIT)
+        obs.stop()
+
