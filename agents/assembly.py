@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from agents.collectors.base import CollectorContext, create_collector
+from agents.command_host import CommandHost
 from agents.config import AgentConfig
-from agents.runtime import Agent
+from agents.home_assistant_host import HomeAssistantHost
+from agents.runtime import Agent, agent_version
 from schemas.errors import ConfigError
 
 __all__ = ["build_agent", "describe", "load_config"]
@@ -48,13 +50,30 @@ def parse_cameras(config: AgentConfig) -> list[Any]:
 
 
 def build_agent(config: AgentConfig) -> Agent:
+    """The agent with its parts: cameras (when the camera extra is installed), Home
+    Assistant discovery (unless disabled) and command handling."""
     agent = Agent(config)
     cameras = parse_cameras(config)
-    if cameras:
+    host: Any = None
+    try:
         from agents.camera_host import CameraHost
 
-        agent.add_extension(CameraHost(agent.session, cameras))
+        host = CameraHost(agent.session, cameras)
+    except ImportError:
+        logger.info("camera extra not installed: this agent serves no cameras")
+    if host is not None:
+        agent.add_extension(host)
         agent.capabilities.append("cameras")
+    rebirth_also: list[Any] = []
+    if config.home_assistant.enabled:
+        ha = HomeAssistantHost(agent.session, config, agent_version(),
+                               cameras=host.labels if host is not None else lambda: ())
+        agent.add_extension(ha)
+        rebirth_also.append(ha.publish_discovery)
+    agent.add_extension(CommandHost(
+        agent, assign=host.assign if host is not None else None,
+        unassign=host.unassign if host is not None else None, on_rebirth=tuple(rebirth_also)))
+    agent.capabilities.append("commands")
     return agent
 
 

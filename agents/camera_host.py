@@ -131,18 +131,37 @@ class CameraHost(AgentExtension):
 
     # -- commands -------------------------------------------------------
 
+    def labels(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(camera, labels it reports) for each running camera, for Home Assistant."""
+        with self._lock:
+            running = list(self._running.values())
+        return [(r.camera.config.name, r.camera.config.labels or r.detector.labels or ("person",))
+                for r in running]
+
     def assign(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """``assign``: start (or replace) the camera described by ``args`` (a camera table)."""
-        camera = parse_camera(args, "assign")
-        replaced = self.unassign({"name": camera.config.name}, missing_ok=True)["stopped"]
-        self._launch(camera)
+        """``assign``: start (or replace) camera ``args["camera"]``; the other args are its table."""
+        table = {k: v for k, v in args.items() if k != "camera"}
+        table["name"] = args.get("camera")
+        camera = parse_camera(table, "assign")
+        with self._lock:
+            previous = self._running.get(camera.config.name)
+        replaced = self.unassign({"camera": camera.config.name}, missing_ok=True)["stopped"]
+        try:
+            self._launch(camera)
+        except Exception as exc:
+            if previous is None:
+                raise
+            # A bad replacement must not leave the camera dark: bring the old one back.
+            self._launch(previous.camera)
+            raise ConfigError(f"{exc}; camera {camera.config.name!r} keeps its previous "
+                              "configuration") from exc
         return {"camera": camera.config.name, "started": True, "replaced": replaced}
 
     def unassign(self, args: Mapping[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
-        """``unassign``: stop camera ``args["name"]``, flushing its last batch and tracks."""
-        name = args.get("name")
+        """``unassign``: stop camera ``args["camera"]``, flushing its last batch and tracks."""
+        name = args.get("camera")
         if not isinstance(name, str):
-            raise ConfigError("unassign needs args.name, the camera to stop")
+            raise ConfigError("unassign needs args.camera, the camera to stop")
         with self._lock:
             running = self._running.pop(name, None)
         if running is None:

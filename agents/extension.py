@@ -21,7 +21,7 @@ class AgentExtension:
     name = "extension"
 
     def start(self) -> None:
-        """Called once the bus session is started (it may not be connected yet)."""
+        """Called just before the bus session starts: subscribe here, and they go out first."""
 
     def stop(self) -> None:
         """Called first on shutdown: flush what is buffered into the outbox."""

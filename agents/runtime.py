@@ -18,11 +18,13 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
 
 import psutil
 
 from agents.collectors.base import Collector, CollectorContext, create_collector
-from agents.config import AgentConfig
+from agents.config import AgentConfig, MetricsConfig
 from agents.extension import AgentExtension
 from agents.report_by_exception import DeadbandFilter
 from agents.scheduler import Scheduler
@@ -30,6 +32,7 @@ from agents.shedding import Pressure, SheddingPolicy
 from agents.systemd import SystemdNotifier
 from broker.session import BusSession
 from broker.telemetry import MetricsPublisher, birth_payload
+from schemas.errors import ConfigError
 from schemas.messages import MetricSample
 
 __all__ = ["Agent", "agent_version"]
@@ -82,22 +85,61 @@ class Agent:
         self.collectors: list[Collector] = [
             create_collector(name, config.metrics.collector_options.get(name, {}), _Health(self))
             for name in config.metrics.collectors]
-        mc = config.metrics
-        self.deadband = DeadbandFilter(deadbands=dict(mc.deadbands), default_deadband=mc.deadband,
-                                       heartbeat_ms=int(mc.heartbeat * 1000)) \
-            if mc.report_by_exception else None
+        self.deadband = self._deadband_filter(config.metrics)
         self.latest: dict[str, float] = {}
         self._pending: list[MetricSample] = []
         self._pending_lock = threading.Lock()
         self.batches_published = 0
         self.samples_collected = 0
         self.capabilities: list[str] = ["metrics"]
-        self.session.set_birth(birth_payload(
+        self.birth = birth_payload(
             self.device, self.metrics.epoch, agent_version=agent_version(),
             capabilities=self.capabilities,
             versions={"python": platform.python_version(), "platform": platform.platform()},
-            clock_ms=wall_ms))
+            clock_ms=wall_ms)
+        self.session.set_birth(self.birth)
         self._extensions: list[AgentExtension] = []
+
+    @staticmethod
+    def _deadband_filter(mc: MetricsConfig) -> DeadbandFilter | None:
+        if not mc.report_by_exception:
+            return None
+        return DeadbandFilter(deadbands=dict(mc.deadbands), default_deadband=mc.deadband,
+                              heartbeat_ms=int(mc.heartbeat * 1000))
+
+    def apply_config(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``config`` command: change the ``[metrics]`` settings without a restart.
+
+        ``args`` is ``{"metrics": {...}}`` with any of the table's keys; the result
+        is checked as strictly as the file. Collectors and broker settings need a
+        restart; cameras change with ``assign`` / ``unassign``.
+        """
+        unsupported = sorted(set(args) - {"metrics"})
+        if unsupported:
+            raise ConfigError(f"config: {', '.join(unsupported)} cannot change at run time (only "
+                              "metrics; cameras change with assign/unassign, the rest on restart)")
+        changes = args.get("metrics")
+        if not isinstance(changes, Mapping) or not changes:
+            raise ConfigError("config: args.metrics must be a non-empty table of [metrics] keys")
+        old = self.config.metrics
+        current: dict[str, Any] = {
+            "interval": old.interval, "batch_interval": old.batch_interval,
+            "collectors": list(old.collectors), "report_by_exception": old.report_by_exception,
+            "deadband": old.deadband, "deadbands": dict(old.deadbands), "heartbeat": old.heartbeat,
+            **{name: dict(table) for name, table in old.collector_options.items()}}
+        new = MetricsConfig.from_mapping({**current, **changes})
+        if new.collectors != old.collectors or new.collector_options != old.collector_options:
+            raise ConfigError("config: metrics collectors and their tables change on restart only")
+        changed = sorted(k for k in changes if current.get(k) != getattr(new, k, changes[k]))
+        for job in self.scheduler.jobs:
+            if job.name in ("sample", "shedding"):
+                job.interval = new.interval
+            elif job.name in ("publish", "state"):
+                job.interval = new.batch_interval
+        self.deadband = self._deadband_filter(new)
+        self.config = replace(self.config, metrics=new)
+        logger.info("configuration changed by command: %s", ", ".join(changed) or "nothing")
+        return {"changed": changed}
 
     # -- what collectors and status read --------------------------------
 
@@ -198,8 +240,10 @@ class Agent:
         if self.notifier.watchdog_interval:
             self.scheduler.add("watchdog", self.notifier.watchdog_interval, PRIORITY_CORE,
                                lambda _now: self.notifier.watchdog(), start=now)
-        self.session.start()
+        # Parts subscribe before the first connection, so their subscriptions go out
+        # ahead of the retained ``online``: whoever sees the device online can command it.
         self._each_extension("start", lambda ext: ext.start())
+        self.session.start()
         self.notifier.ready(f"device {self.device} started")
         logger.info("agent %s started (%d collectors, %d extensions)", self.device,
                     len(self.collectors), len(self._extensions))

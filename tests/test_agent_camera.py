@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
-from schemas.messages import DetectionsBatch, decode_record
+from schemas.command import Command
+from schemas.messages import DetectionsBatch, decode_record, encode_record
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, Inbox, observer
 
@@ -108,3 +109,66 @@ threshold = 0.5
         proc.wait(timeout=WAIT)
         obs.stop()
 
+
+
+def test_cameras_are_assigned_and_unassigned_by_command(broker: RunningBroker, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[device]
+id = "{DEVICE}"
+data_dir = "{tmp_path / 'state'}"
+[broker]
+host = "{broker.host}"
+port = {broker.port}
+username = "{broker.username}"
+password = "{broker.password}"
+[metrics]
+interval = 0.5
+collectors = ["agent"]
+[home_assistant]
+enabled = false
+""")
+    folder = scene(tmp_path / "frames")
+    obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--config", str(config)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def send(name: str, command_id: str, **args: object) -> dict[str, object]:
+        obs.publish(f"edgebus/{DEVICE}/cmd/{name}", encode_record(Command(
+            device=DEVICE, name=name, command_id=command_id, time_ms=1, args=args)))
+
+        def reply() -> dict[str, object] | None:
+            for p in inbox.payloads(f"edgebus/{DEVICE}/state/last_command"):
+                if p and json.loads(p).get("id") == command_id:
+                    return dict(json.loads(p))
+            return None
+
+        assert inbox.wait_for(lambda ms: reply() is not None, timeout=30), f"no reply to {command_id}"
+        answer = reply()
+        assert answer is not None
+        return answer
+
+    try:
+        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assigned = send("assign", "a-1", camera="door", source=str(folder), fps=8, queue_size=32,
+                        track_timeout=3, batch_interval=0.5)
+        assert assigned["ok"] is True, assigned["error"]
+        assert assigned["result"] == {
+            "camera": "door", "started": True, "replaced": False}, assigned
+        assert inbox.wait_for(lambda ms: frames_seen(inbox) == 16, timeout=60)
+        assert any(json.loads(p)["type"] == "start" and json.loads(p)["label"] == "person"
+                   for p in inbox.payloads(f"edgebus/{DEVICE}/events/door"))
+        bad = send("assign", "a-2", camera="door", source=str(tmp_path / "missing"))
+        assert bad["ok"] is False and "missing" in str(bad["error"])
+        done = send("unassign", "a-3", camera="door")
+        assert done["ok"] is True and done["result"] == {"camera": "door", "stopped": True}
+        gone = send("unassign", "a-4", camera="door")
+        assert gone["ok"] is False and "no camera 'door'" in str(gone["error"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=WAIT)
+        obs.stop()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.messages import Birth, MetricsBatch, decode_record
+from schemas.command import Command
+from schemas.messages import Birth, MetricsBatch, decode_record, encode_record
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, Inbox, observer, tracked, wait_until
 
@@ -151,4 +152,78 @@ def test_broker_outage_loses_no_sample(broker: RunningBroker,
         assert all(len(payloads) == 1 for payloads in copies.values())
         assert len(deliveries) >= 10
     finally:
+        obs.stop()
+
+
+def command(name: str, command_id: str, **args: object) -> bytes:
+    return encode_record(Command(device=DEVICE, name=name, command_id=command_id,
+                                 time_ms=1_700_000_000_000, args=args))
+
+
+def last_reply(inbox: Inbox, command_id: str | None) -> dict[str, object] | None:
+    for payload in reversed(inbox.payloads(f"edgebus/{DEVICE}/state/last_command")):
+        if not payload:
+            continue
+        reply = json.loads(payload)
+        if reply.get("id") == command_id:
+            return dict(reply)
+    return None
+
+
+def test_discovery_and_commands_on_a_running_agent(broker: RunningBroker, tmp_path: Path) -> None:
+    config = write_config(broker, tmp_path)
+    config.write_text(config.read_text().replace("[home_assistant]\nenabled = false",
+                                                 "[home_assistant]\nenabled = true"))
+    obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
+    obs.subscribe(f"homeassistant/device/{DEVICE}/config", inbox)
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--config", str(config)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    discovery_topic = f"homeassistant/device/{DEVICE}/config"
+    try:
+        # Discovery names the metrics the device really reports, once it has reported them.
+        def has_cpu(ms: object) -> bool:
+            docs = [json.loads(p) for p in inbox.payloads(discovery_topic) if p]
+            return any("cpu_percent" in json.dumps(d.get("cmps", {})) for d in docs)
+
+        assert inbox.wait_for(has_cpu), "no discovery document with cpu_percent"
+        doc = [json.loads(p) for p in inbox.payloads(discovery_topic) if p][-1]
+        assert doc["dev"]["identifiers"] == ["edgebus_gw-t"]
+        components = doc["cmps"].values()
+        assert all("unique_id" in c and "p" in c for c in components)
+        avail = json.dumps(doc.get("availability", doc.get("avty", "")))
+        assert f"edgebus/{DEVICE}/status" in avail
+        assert inbox.wait_for(lambda ms: bool(inbox.payloads(f"edgebus/{DEVICE}/state/metrics")))
+        state = json.loads(inbox.payloads(f"edgebus/{DEVICE}/state/metrics")[-1])
+        assert "cpu_percent" in state
+
+        # A config command changes the batch interval live and is answered.
+        obs.publish(f"edgebus/{DEVICE}/cmd/config",
+                    command("config", "c-1", metrics={"report_by_exception": True, "deadband": 5.0}))
+        assert inbox.wait_for(lambda ms: last_reply(inbox, "c-1") is not None)
+        reply = last_reply(inbox, "c-1")
+        assert reply is not None and reply["ok"] is True, reply
+        assert reply["result"] == {"changed": ["deadband", "report_by_exception"]}
+
+        # Garbage, a bad config and a camera command on a camera-less agent: answered, counted.
+        obs.publish(f"edgebus/{DEVICE}/cmd/config", b"\x00not an envelope")
+        obs.publish(f"edgebus/{DEVICE}/cmd/config", command("config", "c-2", metrics={"intervall": 1}))
+        assert inbox.wait_for(lambda ms: last_reply(inbox, "c-2") is not None)
+        bad = last_reply(inbox, "c-2")
+        assert bad is not None and bad["ok"] is False and "intervall" in str(bad["error"])
+        assert last_reply(inbox, None) is not None  # the garbage got an answer with id null
+        # ... and the agent is still publishing metrics afterwards
+        count = len(inbox.payloads(f"edgebus/{DEVICE}/metrics"))
+        assert inbox.wait_for(lambda ms: len(inbox.payloads(f"edgebus/{DEVICE}/metrics")) > count + 1)
+
+        # rebirth re-publishes the birth
+        births = len(inbox.payloads(f"edgebus/{DEVICE}/birth"))
+        obs.publish(f"edgebus/{DEVICE}/cmd/rebirth", command("rebirth", "c-3"))
+        assert inbox.wait_for(lambda ms: len(inbox.payloads(f"edgebus/{DEVICE}/birth")) > births)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=WAIT)
         obs.stop()
