@@ -52,6 +52,8 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/codec.py
+	$(PY) bench/detect.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/agent.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

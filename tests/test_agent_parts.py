@@ -173,3 +173,14 @@ def test_systemd_notifier_sends_datagrams(tmp_path: Path) -> None:
     assert not outside.enabled and not outside.ready() and outside.watchdog_interval is None
     other_pid = SystemdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1"})
     assert other_pid.watchdog_interval is None  # the watchdog is meant for another process
+
+
+def test_camera_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("cv2")
+    from agents.assembly import parse_cameras
+
+    monkeypatch.chdir(REPO)  # its source is the repository's test photographs
+    config = load_config(REPO / "config" / "camera.example.toml")
+    (camera,) = parse_cameras(config)
+    assert camera.config.name == "door" and camera.priority == 2
+    assert camera.config.detector["type"] == "ssdlite"
