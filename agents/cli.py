@@ -8,16 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from schemas.errors import ConfigError, EdgebusError
+from broker.cli_support import run_tool, setup_logging
 
 __all__ = ["main"]
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,18 +67,9 @@ def _run(path: Path, stop_timeout: float) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "check-config":
-            return _check(args.config)
-        return _run(args.config, args.stop_timeout)
-    except ConfigError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except EdgebusError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    setup_logging(args.log_level)
+    return run_tool("edge-agent", lambda: _check(args.config) if args.command == "check-config"
+                    else _run(args.config, args.stop_timeout))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ Example (``edge-agent example-config`` prints a complete one)::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker.config_file import load_toml
 from broker.session import BusConfig
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import validate_device_id
@@ -140,13 +140,15 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class SheddingConfig:
+    enabled: bool = True
     high: float = 0.90
     low: float = 0.75
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SheddingConfig:
-        _check_keys("shedding", data, {"high", "low"})
-        return cls(high=_number("shedding", "high", data, 0.90),
+        _check_keys("shedding", data, {"enabled", "high", "low"})
+        return cls(enabled=_bool("shedding", "enabled", data, True),
+                   high=_number("shedding", "high", data, 0.90),
                    low=_number("shedding", "low", data, 0.75))
 
 
@@ -178,12 +180,7 @@ class AgentConfig:
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        data = load_toml(path)
         try:
             return cls.from_mapping(data)
         except ConfigError as exc:

@@ -234,7 +234,9 @@ class Agent:
                            start=now + mc.batch_interval)
         self.scheduler.add("state", mc.batch_interval, PRIORITY_STATE, self._publish_state,
                            start=now + mc.interval)
-        self.scheduler.add("shedding", mc.interval, PRIORITY_CORE, self._update_shedding, start=now)
+        if self.config.shedding.enabled:
+            self.scheduler.add("shedding", mc.interval, PRIORITY_CORE, self._update_shedding,
+                               start=now)
         self.scheduler.add("status", STATUS_LOG_INTERVAL, PRIORITY_CORE, self._log_status,
                            start=now + STATUS_LOG_INTERVAL)
         if self.notifier.watchdog_interval:

@@ -17,19 +17,18 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker.cli_support import EXIT_FAILURE, run_tool, setup_logging
 from broker.credentials import load_credentials
 from broker.payload_view import view_payload
 from broker.router import ReceivedMessage
 from broker.session import ENVELOPE_CONTENT_TYPE, BusConfig, BusSession
 from schemas.envelope import EnvelopeCodec
-from schemas.errors import EdgebusError
+from schemas.errors import ConfigError
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 EXIT_TIMEOUT = 27
 DEFAULT_CREDENTIALS = Path("data/broker/credentials.json")
 
@@ -182,7 +181,7 @@ def _read_payload(args: argparse.Namespace) -> bytes:
         try:
             body = json.loads(data)
         except json.JSONDecodeError as exc:
-            raise EdgebusError(f"--envelope needs a JSON payload: {exc}") from exc
+            raise ConfigError(f"--envelope needs a JSON payload: {exc}") from exc
         data = EnvelopeCodec().encode(body)
     return data
 
@@ -212,13 +211,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "sub" and not (args.topics or args.topic_options):
         parser.error("sub needs at least one topic filter (TOPIC or -t TOPIC)")
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return _run_sub(args) if args.command == "sub" else _run_pub(args)
-    except EdgebusError as exc:
-        print(f"edge-bus: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"edge-bus: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    setup_logging(args.log_level)
+    return run_tool("edge-bus", lambda: _run_sub(args) if args.command == "sub" else _run_pub(args))

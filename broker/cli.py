@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from broker.cli_support import EXIT_OK, EXIT_USAGE, run_tool
 from broker.credentials import (
     CREDENTIALS_FILE,
     Credentials,
@@ -35,15 +36,12 @@ from broker.mosquitto_config import (
     read_devices_csv,
     write_credentials_csv,
 )
-from schemas.errors import BusError, ConfigError, EdgebusError
+from schemas.errors import ConfigError
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 def _port(text: str) -> int:
@@ -240,19 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _setup_logging(args.verbose)
-    try:
-        if args.command == "run":
-            return _run(args)
-        return _mosquitto_config(args)
-    except ConfigError as exc:
-        print(f"edge-broker: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BusError as exc:
-        print(f"edge-broker: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except EdgebusError as exc:
-        print(f"edge-broker: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_tool("edge-broker", lambda: _run(args) if args.command == "run"
+                    else _mosquitto_config(args))
 
 
 if __name__ == "__main__":

@@ -17,26 +17,25 @@ import signal
 import socket
 import sys
 import threading
-import tomllib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from broker.cli_support import run_tool, setup_logging
+from broker.config_file import load_toml
 from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.session import BusConfig, BusSession
 from coordinator.demo import SimulatedFleet
 from coordinator.fleet_view import FleetView, attach
-from schemas.errors import BusError, ConfigError, EdgebusError
+from schemas.errors import BusError, ConfigError
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +48,7 @@ class CoordinatorConfig:
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-        return cls.from_mapping(data)
+        return cls.from_mapping(load_toml(path))
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> CoordinatorConfig:
@@ -187,15 +180,5 @@ def _start(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # amqtt narrates every connection at INFO; keep its warnings, drop the chatter.
-    logging.getLogger("amqtt").setLevel(max(logging.WARNING, logging.getLogger().level))
-    try:
-        return _start(args)
-    except ConfigError as exc:
-        print(f"edge-coordinator: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except EdgebusError as exc:
-        print(f"edge-coordinator: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    setup_logging(args.log_level)
+    return run_tool("edge-coordinator", lambda: _start(args))

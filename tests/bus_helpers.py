@@ -39,6 +39,10 @@ class Inbox:
         with self._cond:
             return self._cond.wait_for(lambda: predicate(self.messages), timeout)
 
+    def on(self, topic: str) -> list[ReceivedMessage]:
+        with self._cond:
+            return [m for m in self.messages if m.topic == topic]
+
     def payloads(self, topic: str) -> list[bytes]:
         with self._cond:
             return [m.payload for m in self.messages if m.topic == topic]

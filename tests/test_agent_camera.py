@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ pytest.importorskip("onnxruntime")
 
 from schemas.command import Command
 from schemas.messages import DetectionsBatch, decode_record, encode_record
+from tests.agent_helpers import agent_toml, spawn_agent
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, Inbox, observer
 
@@ -44,25 +42,7 @@ def frames_seen(inbox: Inbox) -> int:
 
 def test_camera_agent_publishes_person_events_and_detections(broker: RunningBroker,
                                                              tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[device]
-id = "{DEVICE}"
-data_dir = "{tmp_path / 'state'}"
-
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.username}"
-password = "{broker.password}"
-
-[metrics]
-interval = 0.5
-collectors = ["cpu", "agent"]
-
-[home_assistant]
-enabled = false
-
+    config = agent_toml(broker, tmp_path, DEVICE, interval=0.5, collectors=["cpu", "agent"], extra=f"""
 [[cameras]]
 name = "door"
 source = "{scene(tmp_path / 'frames')}"
@@ -76,9 +56,7 @@ type = "ssdlite"
 threshold = 0.5
 """)
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--config", str(config)],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = spawn_agent(config)
     try:
         events_topic = f"edgebus/{DEVICE}/events/door"
         assert inbox.wait_for(lambda ms: frames_seen(inbox) == 16, timeout=60), \
@@ -112,27 +90,10 @@ threshold = 0.5
 
 
 def test_cameras_are_assigned_and_unassigned_by_command(broker: RunningBroker, tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[device]
-id = "{DEVICE}"
-data_dir = "{tmp_path / 'state'}"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.username}"
-password = "{broker.password}"
-[metrics]
-interval = 0.5
-collectors = ["agent"]
-[home_assistant]
-enabled = false
-""")
+    config = agent_toml(broker, tmp_path, DEVICE, interval=0.5, collectors=["agent"])
     folder = scene(tmp_path / "frames")
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--config", str(config)],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = spawn_agent(config)
 
     def send(name: str, command_id: str, **args: object) -> dict[str, object]:
         obs.publish(f"edgebus/{DEVICE}/cmd/{name}", encode_record(Command(

@@ -20,6 +20,7 @@ from schemas.command import Command
 from schemas.errors import CodecError, ConfigError
 from schemas.ha_discovery import CameraEntities, DeviceDescription, describe_metric, device_discovery
 from schemas.messages import Birth, MetricSample, MetricsBatch, decode_record, encode_record
+from tests import bus_helpers
 from tests.brokers import MqttProbe, RunningBroker
 
 pytestmark = pytest.mark.integration
@@ -39,26 +40,8 @@ def config_for(broker: RunningBroker, **overrides: object) -> BusConfig:
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
-class Inbox:
-    """Messages from a subscription, with bounded waits for conditions on them."""
-
-    def __init__(self) -> None:
-        self.messages: list[ReceivedMessage] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, msg: ReceivedMessage) -> None:
-        with self._cond:
-            self.messages.append(msg)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[ReceivedMessage]], bool],
-                 timeout: float = WAIT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self.messages), timeout)
-
-    def on(self, topic: str) -> list[ReceivedMessage]:
-        with self._cond:
-            return [m for m in self.messages if m.topic == topic]
+class Inbox(bus_helpers.Inbox):
+    """Messages from a subscription, with the command replies among them."""
 
     def replies(self, command_id: str | None, name: str | None = None) -> list[dict[str, Any]]:
         with self._cond:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 
 from schemas.command import Command
 from schemas.messages import Birth, MetricsBatch, decode_record, encode_record
+from tests.agent_helpers import agent_toml, spawn_agent
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, Inbox, observer, tracked, wait_until
 
@@ -24,40 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEVICE = "gw-t"
 
 
-def write_config(broker: RunningBroker, tmp_path: Path, **metrics: object) -> Path:
-    metric_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
-        "interval": 0.2, "batch_interval": 0.4, "collectors": ["cpu", "memory", "agent"],
-        **metrics}.items())
-    path = tmp_path / "agent.toml"
-    path.write_text(f"""
-[device]
-id = "{DEVICE}"
-data_dir = "{tmp_path / 'agent-data'}"
-
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.username}"
-password = "{broker.password}"
-reconnect_min_delay = 0.05
-reconnect_max_delay = 0.5
-
-[metrics]
-{metric_lines}
-
-[home_assistant]
-enabled = false
-""")
-    return path
+def write_config(broker: RunningBroker, tmp_path: Path, **overrides: object) -> Path:
+    metrics: dict[str, object] = {"interval": 0.2, "batch_interval": 0.4,
+                                  "collectors": ["cpu", "memory", "agent"], **overrides}
+    return agent_toml(broker, tmp_path, DEVICE, **metrics)
 
 
 @pytest.fixture
 def agent_process(broker: RunningBroker, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "run", "--config",
-         str(write_config(broker, tmp_path)), "--stop-timeout", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    proc = spawn_agent(write_config(broker, tmp_path), "--stop-timeout", "10")
     try:
         yield proc
     finally:
@@ -171,14 +145,11 @@ def last_reply(inbox: Inbox, command_id: str | None) -> dict[str, object] | None
 
 
 def test_discovery_and_commands_on_a_running_agent(broker: RunningBroker, tmp_path: Path) -> None:
-    config = write_config(broker, tmp_path)
-    config.write_text(config.read_text().replace("[home_assistant]\nenabled = false",
-                                                 "[home_assistant]\nenabled = true"))
+    config = agent_toml(broker, tmp_path, DEVICE, home_assistant=True, interval=0.2,
+                        batch_interval=0.4, collectors=["cpu", "memory", "agent"])
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
     obs.subscribe(f"homeassistant/device/{DEVICE}/config", inbox)
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "run", "--config", str(config)],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = spawn_agent(config)
     discovery_topic = f"homeassistant/device/{DEVICE}/config"
     try:
         # Discovery names the metrics the device really reports, once it has reported them.
