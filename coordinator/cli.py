@@ -29,7 +29,8 @@ from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.session import BusConfig, BusSession
 from coordinator.demo import SimulatedFleet
-from coordinator.fleet_view import FleetView, attach
+from coordinator.fleet_view import FleetView
+from coordinator.ingest import Ingest
 from schemas.errors import BusError, ConfigError
 
 __all__ = ["main"]
@@ -150,9 +151,11 @@ def _start(args: argparse.Namespace) -> int:
             raise ConfigError("embedded_broker = false needs a [broker] table")
         bus_config = replace(config.broker, client_id=config.broker.client_id or client_id,
                              device=None)
-    view = FleetView()
     bus = BusSession(bus_config)
-    attach(view, bus)
+    ingest = Ingest(bus)
+    view = FleetView(ingest.sequence_snapshot)
+    ingest.sinks.append(view)
+    ingest.start()
     fleet = SimulatedFleet(bus_config, count=args.agents) if args.demo else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -171,6 +174,7 @@ def _start(args: argparse.Namespace) -> int:
         if fleet is not None:
             fleet.stop()
         bus.stop(flush_timeout=1)
+        ingest.stop()
         if embedded is not None:
             embedded.stop()
     print(view.summary())

@@ -9,7 +9,9 @@ however the broker reordered or redelivered them.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DeviceSequence", "SequenceTracker"]
 
@@ -40,6 +42,11 @@ class DeviceSequence:
             return 0
         covered = sum(hi - lo for lo, hi in self.ranges)
         return self.ranges[-1][1] - covered
+
+    def contains(self, seq: int) -> bool:
+        """Whether ``seq`` was already seen (a redelivery if it comes again)."""
+        i = bisect.bisect_right(self.ranges, [seq, float("inf")]) - 1
+        return i >= 0 and self.ranges[i][0] <= seq < self.ranges[i][1]
 
     def add_range(self, first: int, count: int) -> int:
         """Record ``count`` consecutive numbers from ``first``; returns how many were new."""
@@ -100,8 +107,35 @@ class SequenceTracker:
             return 0
         return state.add_range(first_seq, count) if count else 0
 
+    def fresh(self, device: str, *, epoch: int, first_seq: int, count: int) -> list[bool]:
+        """For each of ``count`` numbers from ``first_seq``: not seen before (call before observe)."""
+        state = self._devices.get(device)
+        if state is None or epoch > state.epoch:
+            return [True] * count
+        if epoch < state.epoch:
+            return [False] * count
+        if not state.ranges or first_seq > state.highest:
+            return [True] * count
+        return [not state.contains(first_seq + i) for i in range(count)]
+
     def device(self, device: str) -> DeviceSequence:
         return self._devices[device]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able snapshot, so accounting survives a restart of the receiver."""
+        return {d: {"epoch": s.epoch, "ranges": s.ranges, "received": s.received,
+                    "duplicates": s.duplicates, "epochs_seen": s.epochs_seen}
+                for d, s in self._devices.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SequenceTracker:
+        tracker = cls()
+        for device, s in data.items():
+            tracker._devices[device] = DeviceSequence(
+                epoch=int(s["epoch"]), ranges=[[int(lo), int(hi)] for lo, hi in s["ranges"]],
+                received=int(s["received"]), duplicates=int(s["duplicates"]),
+                epochs_seen=int(s["epochs_seen"]))
+        return tracker
 
     def devices(self) -> dict[str, DeviceSequence]:
         return dict(self._devices)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,3 +51,23 @@ def test_matches_a_set_model(observed: list[tuple[int, int]]) -> None:
     flat = [i for lo, hi in s.ranges for i in range(lo, hi)]
     assert flat == sorted(seen)
     assert all(a[1] < b[0] for a, b in zip(s.ranges, s.ranges[1:], strict=False))
+
+
+def test_fresh_says_which_numbers_are_redeliveries() -> None:
+    t = SequenceTracker()
+    assert t.fresh("d", epoch=1, first_seq=0, count=3) == [True, True, True]
+    t.observe("d", epoch=1, first_seq=0, count=3)
+    t.observe("d", epoch=1, first_seq=6, count=2)
+    assert t.fresh("d", epoch=1, first_seq=2, count=6) == [False, True, True, True, False, False]
+    assert t.fresh("d", epoch=0, first_seq=100, count=1) == [False]  # an older epoch: stale
+    assert t.fresh("d", epoch=2, first_seq=0, count=1) == [True]     # a new epoch starts over
+
+
+def test_tracker_round_trips_through_json() -> None:
+    t = SequenceTracker()
+    t.observe("d", epoch=1, first_seq=0, count=3)
+    t.observe("d", epoch=1, first_seq=5, count=1)
+    t.observe("d", epoch=1, first_seq=5, count=1)
+    again = SequenceTracker.from_json(json.loads(json.dumps(t.to_json())))
+    s = again.device("d")
+    assert (s.received, s.missing, s.duplicates, s.ranges) == (4, 2, 1, [[0, 3], [5, 6]])
