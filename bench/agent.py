@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.mosquitto import start_mosquitto, stop  # noqa: E402
 
 MINIMAL_AGENT = textwrap.dedent("""
     import json, sys, time, psutil
@@ -52,31 +52,6 @@ MINIMAL_AGENT = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("mosquitto did not start")
-
-
 def cpu_percent_of(proc: subprocess.Popen[bytes], warmup: float, seconds: float) -> float:
     """CPU of ``proc`` (and its threads) as % of one core over ``seconds`` after ``warmup``."""
     time.sleep(warmup)
@@ -87,14 +62,6 @@ def cpu_percent_of(proc: subprocess.Popen[bytes], warmup: float, seconds: float)
     if proc.poll() is not None:
         raise SystemExit(f"process {proc.args} exited early with {proc.returncode}")
     return 100 * (c1 - c0) / (t1 - t0)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def bench_gateway(seconds: float, workdir: Path, port: int) -> None:

@@ -1,0 +1,177 @@
+"""Samples per second through one coordinator process, beside mosquitto_sub as the ceiling.
+
+    python bench/ingest.py [--devices 50] [--batches 200] [--samples 100] [--store] [--score]
+
+A publisher process sends pre-encoded metrics batches (``--devices`` x
+``--batches`` messages of ``--samples`` samples, consecutive sequence numbers)
+at QoS 1 through a local Mosquitto. Measured in the same run, one after the
+other, with the same publisher:
+
+* ceiling: ``mosquitto_sub -q 1 -C N`` receiving the same N messages (discarding them);
+* edgebus: :class:`~coordinator.ingest.Ingest` in this process decoding, de-duplicating
+  and accounting every sample (plus, with ``--store``, writing them to SQLite and, with
+  ``--score``, scoring each with the anomaly engine, when those are installed).
+
+Printed: messages/s and samples/s of both, the ratio, and whether every sample
+arrived exactly once (sequence accounting: missing and duplicates must be 0).
+Targets: >= 100,000 samples/s with zero loss at QoS 1, and >= half the
+mosquitto_sub message rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.mosquitto import start_mosquitto, stop  # noqa: E402
+from broker.session import BusConfig, BusSession  # noqa: E402
+from coordinator.ingest import Ingest, IngestBatch  # noqa: E402
+from schemas.messages import MetricSample, MetricsBatch, encode_record  # noqa: E402
+
+PUBLISHER = textwrap.dedent("""
+    import sys, time
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    port, path = int(sys.argv[1]), sys.argv[2]
+    data = open(path, "rb").read()
+    messages, pos = [], 0
+    while pos < len(data):
+        tlen = int.from_bytes(data[pos:pos + 2], "big"); plen = int.from_bytes(data[pos + 2:pos + 6], "big")
+        pos += 6
+        messages.append((data[pos:pos + tlen].decode(), data[pos + tlen:pos + tlen + plen]))
+        pos += tlen + plen
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(t, p, qos=1) for t, p in messages]
+    for info in infos:
+        info.wait_for_publish(60)
+    c.loop_stop()
+    c.disconnect()
+""")
+
+
+def make_stream(path: Path, devices: int, batches: int, samples: int) -> int:
+    """Write ``devices * batches`` (topic, payload) pairs, interleaved by device; the count."""
+    encoded = []
+    for b in range(batches):
+        for d in range(devices):
+            device = f"bench-{d:03d}"
+            batch = MetricsBatch(device=device, epoch=1, first_seq=b * samples, samples=tuple(
+                MetricSample(1_763_900_000_000 + (b * samples + i) * 10, f"m{i % 10}",
+                             round(20 + (i * 7 + b) % 50 * 0.37, 2)) for i in range(samples)))
+            encoded.append((f"edgebus/{device}/metrics".encode(), encode_record(batch)))
+    with path.open("wb") as f:
+        for topic, payload in encoded:
+            f.write(len(topic).to_bytes(2, "big") + len(payload).to_bytes(4, "big") + topic + payload)
+    return len(encoded)
+
+
+def publish(port: int, stream: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", PUBLISHER, str(port), str(stream)])
+
+
+def ceiling(port: int, stream: Path, messages: int) -> float:
+    """mosquitto_sub's message rate for the stream (from its first message to its last)."""
+    binary = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
+    sub = subprocess.Popen([binary, "-p", str(port), "-q", "1", "-C", str(messages), "-t",
+                            "edgebus/+/metrics", "-F", "%t"], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    pub = publish(port, stream)
+    assert sub.stdout is not None
+    sub.stdout.readline()
+    start = time.perf_counter()
+    for _ in range(messages - 1):
+        sub.stdout.readline()
+    elapsed = time.perf_counter() - start
+    sub.wait(60)
+    pub.wait(120)
+    return (messages - 1) / elapsed
+
+
+class Counter:
+    def __init__(self, target: int) -> None:
+        self.samples = 0
+        self.first: float | None = None
+        self.done = threading.Event()
+        self.target = target
+
+    def __call__(self, batch: IngestBatch) -> None:
+        if self.first is None and batch.samples:
+            self.first = time.perf_counter()
+        self.samples += len(batch.samples)
+        if self.samples >= self.target:
+            self.done.set()
+
+
+def edgebus(port: int, stream: Path, total_samples: int) -> tuple[float, Ingest]:
+    bus = BusSession(BusConfig(port=port, client_id="bench-coordinator", clean_start=True,
+                               protocol="3.1.1"))
+    counter = Counter(total_samples)
+    ingest = Ingest(bus, [counter]).start()
+    bus.start()
+    bus.wait_connected(10)
+    time.sleep(0.5)
+    pub = publish(port, stream)
+    finished = counter.done.wait(300)
+    end = time.perf_counter()
+    pub.wait(120)
+    bus.stop(flush_timeout=0)
+    ingest.stop()
+    if not finished or counter.first is None:
+        raise SystemExit(f"edgebus ingest saw only {counter.samples} of {total_samples} samples")
+    return counter.samples / (end - counter.first), ingest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=100, help="samples per message (default 100)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        stream = workdir / "stream.bin"
+        messages = make_stream(stream, args.devices, args.batches, args.samples)
+        total = messages * args.samples
+        print(f"stream: {messages} messages x {args.samples} samples = {total} samples, "
+              f"{stream.stat().st_size / messages:.0f} B/message, QoS 1, cpus={os.cpu_count()}")
+        broker, port = start_mosquitto(workdir)
+        try:
+            sub_rate = ceiling(port, stream, messages)
+            rate, ingest = edgebus(port, stream, total)
+        finally:
+            stop(broker)
+    stats = ingest.stats()
+    snapshot = ingest.sequence_snapshot()
+    missing = sum(s.missing for s in snapshot.values())
+    received = sum(s.received for s in snapshot.values())
+    print(f"mosquitto_sub (ceiling):  {sub_rate:9.0f} messages/s = {sub_rate * args.samples:10.0f} samples/s")
+    print(f"edgebus ingest (decode + sequence accounting): {rate / args.samples:9.0f} messages/s = "
+          f"{rate:10.0f} samples/s")
+    print(f"ratio edgebus / mosquitto_sub: {rate / (sub_rate * args.samples):.2f}")
+    print(f"exactly once: received {received} of {total}, missing {missing}, "
+          f"duplicates {stats.duplicates}, dead letters {sum(stats.dead_letters.values())}")
+    ok_rate = rate >= 100_000
+    ok_ratio = rate >= 0.5 * sub_rate * args.samples
+    ok_loss = received == total and missing == 0
+    print(f"{'PASS' if ok_rate else 'MISS'}  {rate:.0f} samples/s (target >= 100,000)")
+    print(f"{'PASS' if ok_ratio else 'MISS'}  ratio {rate / (sub_rate * args.samples):.2f} (target >= 0.5)")
+    print(f"{'PASS' if ok_loss else 'MISS'}  zero loss at QoS 1")
+
+
+if __name__ == "__main__":
+    main()
