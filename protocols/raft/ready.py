@@ -1,0 +1,112 @@
+"""What a RaftNode asks its driver to do: the etcd-style ``Ready`` batch.
+
+The driver MUST handle a batch in this order:
+
+1. persist ``snapshot`` (if set: it replaces the stored log with ``entries``),
+   else the ``entries`` (they replace the stored log from ``entries[0].index`` on),
+   then ``hard_state`` — and fsync;
+2. only then send ``messages`` and ``replies``.
+
+A vote or an append acknowledgement that leaves the node before its state is
+durable can be forgotten by a crash, and then a node votes twice in a term or
+a leader counts an entry that is not there. ``applied`` and ``events`` are
+reports; the node has already applied the entries to the injected state machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocols.raft.messages import Entry, EntryKind, HardState, Message, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply:
+    """The result of a client's command, sent by the leader that applied it."""
+
+    client_id: str
+    request_seq: int
+    index: int
+    result: bytes
+    leader: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEntry:
+    """One committed entry as the node applied it; ``duplicate`` means the command was not re-run."""
+
+    index: int
+    term: int
+    kind: EntryKind
+    command: bytes
+    client_id: str
+    request_seq: int
+    result: bytes | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BecameLeader:
+    term: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChanged:
+    """This node now believes ``leader`` (None: unknown) leads ``term``."""
+
+    term: int
+    leader: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MembersChanged:
+    members: tuple[str, ...]
+
+
+Event = BecameLeader | LeaderChanged | MembersChanged
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One batch of effects; see the module docstring for the order rule."""
+
+    hard_state: HardState | None = None
+    snapshot: Snapshot | None = None
+    entries: tuple[Entry, ...] = ()
+    messages: tuple[Message, ...] = ()
+    replies: tuple[ClientReply, ...] = ()
+    applied: tuple[AppliedEntry, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.hard_state or self.snapshot or self.entries or self.messages or self.replies
+            or self.applied or self.events
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The leader appended the command; a ClientReply follows once it is applied."""
+
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotLeader:
+    """Retry at ``leader_hint`` (None: no leader known; try another node later)."""
+
+    leader_hint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The leader refused the proposal for ``reason``; retrying later may succeed."""
+
+    reason: str
+
+
+ProposeResult = Accepted | NotLeader | Rejected

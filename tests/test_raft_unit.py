@@ -1,0 +1,289 @@
+"""Scripted scenarios for the pure Raft core: a tiny synchronous network under the test's control."""
+
+from __future__ import annotations
+
+from protocols.raft import (
+    Accepted,
+    ClientReply,
+    EntryKind,
+    Message,
+    NotLeader,
+    RaftConfig,
+    RaftNode,
+    Rejected,
+    Role,
+    VoteRequest,
+)
+from protocols.sim import AppendRegister, DurableStore, SplitMix64, replay
+from protocols.sim.cluster import SimConfig
+
+CFG = RaftConfig(election_ticks=10, heartbeat_ticks=2)
+
+
+class Net:
+    """Synchronous delivery; ``isolated`` nodes still tick but send and receive nothing."""
+
+    def __init__(self, ids: list[str], cfg: RaftConfig = CFG, members: list[str] | None = None) -> None:
+        self.ids = ids
+        self.cfg = cfg
+        self.members = members or ids
+        self.stores = {i: DurableStore() for i in ids}
+        self.sms: dict[str, AppendRegister] = {}
+        self.nodes: dict[str, RaftNode] = {}
+        self.isolated: set[str] = set()
+        self.down: set[str] = set()
+        self.queue: list[Message] = []
+        self.replies: list[ClientReply] = []
+        self._seed = 1
+        for i in ids:
+            self.start(i)
+
+    def start(self, i: str) -> None:
+        self._seed += 1
+        self.sms[i] = AppendRegister()
+        self.nodes[i] = RaftNode(i, self.members, self.sms[i], SplitMix64(self._seed), self.cfg,
+                                 self.stores[i].load())
+        self.down.discard(i)
+        self.flush(i)
+
+    def crash(self, i: str) -> None:
+        self.down.add(i)
+
+    def flush(self, i: str) -> None:
+        rd = self.nodes[i].ready()
+        self.stores[i].persist(rd)
+        self.queue.extend(rd.messages)
+        self.replies.extend(rd.replies)
+
+    def deliver(self) -> None:
+        while self.queue:
+            m = self.queue.pop(0)
+            if {m.src, m.dst} & (self.isolated | self.down):
+                continue
+            self.nodes[m.dst].step(m)
+            self.flush(m.dst)
+
+    def ticks(self, n: int) -> None:
+        for _ in range(n):
+            for i in self.ids:
+                if i not in self.down:
+                    self.nodes[i].tick()
+                    self.flush(i)
+            self.deliver()
+
+    def leader(self) -> RaftNode:
+        cut_off = self.down | self.isolated
+        leaders = [n for i, n in self.nodes.items() if n.role is Role.LEADER and i not in cut_off]
+        assert len(leaders) == 1, [n.status() for n in self.nodes.values()]
+        return leaders[0]
+
+    def propose(self, cmd: bytes, client: str = "c", seq: int = 0) -> Accepted:
+        lead = self.leader()
+        res = lead.propose(cmd, client, seq)
+        assert isinstance(res, Accepted), res
+        self.flush(lead.id)
+        self.deliver()
+        return res
+
+
+def test_three_nodes_elect_one_leader_and_replicate() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    for k in range(5):
+        net.propose(f"x{k}".encode(), "c1", k + 1)
+    net.ticks(4)
+    for i in net.ids:
+        assert net.sms[i].items == [b"x0", b"x1", b"x2", b"x3", b"x4"]
+        assert net.nodes[i].leader == lead.id
+    assert [r.request_seq for r in net.replies] == [1, 2, 3, 4, 5]
+
+
+def test_follower_redirects_to_the_leader() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    follower = next(n for n in net.nodes.values() if n is not lead)
+    assert follower.propose(b"x", "c1", 1) == NotLeader(lead.id)
+
+
+def test_rejoining_partitioned_node_does_not_disrupt_a_stable_leader() -> None:
+    net = Net(["a", "b", "c", "d", "e"])
+    net.ticks(40)
+    lead = net.leader()
+    term = lead.term
+    loner = next(i for i in net.ids if i != lead.id)
+    net.isolated.add(loner)
+    net.ticks(200)  # the loner times out again and again, but pre-vote keeps its term
+    assert net.nodes[loner].term == term
+    net.isolated.clear()
+    net.ticks(40)
+    assert net.leader() is lead and lead.term == term
+
+
+def test_without_pre_vote_a_rejoining_node_does_bump_the_term() -> None:
+    """The control experiment for the test above: pre-vote is what protects the leader."""
+    cfg = RaftConfig(election_ticks=10, heartbeat_ticks=2, pre_vote=False, check_quorum=False)
+    net = Net(["a", "b", "c"], cfg)
+    net.ticks(40)
+    term = net.leader().term
+    loner = next(i for i in net.ids if i != net.leader().id)
+    net.isolated.add(loner)
+    net.ticks(100)
+    net.isolated.clear()
+    net.ticks(60)
+    assert net.leader().term > term
+
+
+def test_vote_is_refused_inside_the_leader_lease() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    f = next(n for n in net.nodes.values() if n is not lead)
+    f.step(VoteRequest("zz", f.id, lead.term + 5, 10**6, lead.term + 4))
+    assert f.term == lead.term and not f.ready().messages
+
+
+def test_restart_from_persisted_state_keeps_log_and_vote() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    for k in range(3):
+        net.propose(f"x{k}".encode(), "c1", k + 1)
+    net.ticks(4)
+    for i in net.ids:
+        net.crash(i)
+    for i in net.ids:
+        before = net.stores[i].load()
+        net.start(i)
+        n = net.nodes[i]
+        assert (n.term, n.voted_for) == (before.hard_state.term, before.hard_state.voted_for)
+        assert net.sms[i].items == [b"x0", b"x1", b"x2"]  # re-applied up to the persisted commit
+    net.ticks(60)
+    net.propose(b"after", "c1", 4)
+    net.ticks(4)
+    assert all(net.sms[i].items[-1] == b"after" for i in net.ids)
+
+
+def test_retried_command_is_applied_once_and_answered_from_cache() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    first = net.propose(b"pay", "c1", 7)
+    again = net.propose(b"pay", "c1", 7)  # the client never saw the reply and retries
+    net.ticks(4)
+    assert again.index > first.index
+    assert net.sms[net.leader().id].items == [b"pay"]
+    assert [(r.request_seq, r.result) for r in net.replies] == [(7, b"1"), (7, b"1")]
+
+
+def test_lagging_follower_catches_up_through_a_snapshot() -> None:
+    net = Net(["a", "b", "c"], RaftConfig(election_ticks=10, heartbeat_ticks=2, snapshot_threshold=5))
+    net.ticks(40)
+    lag = next(i for i in net.ids if i != net.leader().id)
+    net.isolated.add(lag)
+    for k in range(20):
+        net.propose(f"x{k}".encode(), "c1", k + 1)
+    net.ticks(4)
+    assert net.leader().log.snapshot_index >= 15  # compacted past what the laggard has
+    net.isolated.clear()
+    net.ticks(40)
+    assert net.sms[lag].items == [f"x{k}".encode() for k in range(20)]
+    assert net.nodes[lag].log.snapshot_index > 0
+    # and the de-duplication table travelled with the snapshot
+    lead = net.leader()
+    net.crash(lead.id)
+    net.ticks(60)
+    net.propose(b"x19", "c1", 20)
+    net.ticks(4)
+    assert net.sms[net.leader().id].items.count(b"x19") == 1
+
+
+def test_fast_backoff_repairs_a_divergent_follower() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    old = net.leader()
+    net.isolated.add(old.id)
+    for k in range(10):  # appended by the isolated leader, never committed
+        assert isinstance(old.propose(f"lost{k}".encode()), Accepted)
+        net.flush(old.id)
+    net.queue.clear()
+    net.ticks(60)
+    new = net.leader()
+    for k in range(3):
+        net.propose(f"kept{k}".encode(), "c1", k + 1)
+    net.isolated.clear()
+    net.ticks(40)
+    assert net.sms[old.id].items == [b"kept0", b"kept1", b"kept2"]
+    assert old.log.last_index == new.log.last_index
+
+
+def test_add_then_remove_a_member() -> None:
+    net = Net(["a", "b", "c", "d"], members=["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    net.propose(b"x", "c1", 1)
+    assert isinstance(lead.propose_membership(add="d"), Accepted)
+    assert isinstance(lead.propose_membership(remove="b"), Rejected)  # one change at a time
+    net.flush(lead.id)
+    net.ticks(10)
+    assert net.nodes["d"].members == ("a", "b", "c", "d") and net.sms["d"].items == [b"x"]
+    victim = next(i for i in ["a", "b", "c"] if i != lead.id)
+    assert isinstance(lead.propose_membership(remove=victim), Accepted)
+    net.flush(lead.id)
+    net.ticks(10)
+    assert victim not in lead.members
+    assert lead.propose_membership(remove=lead.id) == Rejected(
+        "a leader cannot remove itself; transfer leadership first"
+    )
+    net.crash(victim)
+    net.propose(b"y", "c1", 2)
+    net.ticks(4)
+    assert net.sms["d"].items == [b"x", b"y"]
+
+
+def test_leadership_transfer() -> None:
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    target = next(i for i in net.ids if i != lead.id)
+    assert lead.transfer_leadership(target)
+    net.flush(lead.id)
+    net.deliver()
+    net.ticks(2)
+    assert net.leader().id == target and net.nodes[target].term == lead.term
+
+
+def test_config_entries_are_logged() -> None:
+    net = Net(["a", "b", "c", "d"], members=["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    net.propose(b"x")
+    res = lead.propose_membership(add="d")
+    assert isinstance(res, Accepted)
+    assert lead.log.entry(res.index).kind is EntryKind.CONFIG
+
+
+def test_same_seed_replays_the_same_run() -> None:
+    cfg = SimConfig(duration=1_500, settle=1_000)
+    a, b = replay(99, cfg).history, replay(99, cfg).history
+    assert a.applied == b.applied and a.acks == b.acks and a.faults == b.faults
+    assert replay(100, cfg).history.faults != a.faults
+
+
+def test_leader_gone_hint_elects_a_new_leader_sooner_than_a_timeout() -> None:
+    def failover_ticks(hint: bool) -> int:
+        net = Net(["a", "b", "c"])
+        net.ticks(40)
+        old = net.leader()
+        net.crash(old.id)
+        if hint:  # what the MQTT driver does when the leader's will message arrives
+            for i in net.ids:
+                if i != old.id:
+                    net.nodes[i].leader_gone(old.id)
+        for t in range(1, 100):
+            net.ticks(1)
+            if any(n.role is Role.LEADER and n.term > old.term for n in net.nodes.values()):
+                return t
+        raise AssertionError("no new leader")
+
+    assert failover_ticks(hint=True) < CFG.election_ticks + 3
+    assert failover_ticks(hint=False) >= CFG.election_ticks
