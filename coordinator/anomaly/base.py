@@ -1,0 +1,93 @@
+"""The per-stream detector interface and the registry that picks one by its ``type``.
+
+A detector is a class registered under a name; the engine builds one per
+(device, metric) stream from the operator's ``[anomaly.detector]`` table with
+:func:`create_factory`, so adding a detector never touches the engine.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from coordinator.anomaly.alert import Alert
+from schemas.errors import ConfigError
+
+__all__ = ["DEFAULT_TYPE", "ForecastPoint", "StreamDetector", "create_factory", "detector_types",
+           "register_detector"]
+
+DEFAULT_TYPE = "robust_zscore"
+
+_REGISTRY: dict[str, type[StreamDetector]] = {}
+
+D = TypeVar("D", bound="type[StreamDetector]")
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastPoint:
+    """One step of a forecast: the expected value and an interval around it."""
+
+    time_ms: int
+    mean: float
+    low: float
+    high: float
+
+
+class StreamDetector(abc.ABC):
+    """Scores one (device, metric) stream online: each sample is scored before it is learned.
+
+    ``step`` returns an :class:`Alert` only on the sample that opens an
+    episode. Instances are pickled into checkpoints, so they hold plain data.
+    """
+
+    #: The ``type`` value that selects this detector in configuration.
+    TYPE: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def factory(cls, options: Mapping[str, Any], where: str) -> Callable[[str, str], StreamDetector]:
+        """Validate ``options`` once (unknown keys are errors) and return a builder of fresh detectors."""
+
+    @abc.abstractmethod
+    def step(self, time_ms: int, value: float) -> Alert | None:
+        """Score ``value`` against what was learned so far, then learn from it."""
+
+    @abc.abstractmethod
+    def peek(self, time_ms: int, value: float) -> float:
+        """The score ``step`` would give this sample, learning nothing."""
+
+    @abc.abstractmethod
+    def forecast(self, horizon: int) -> list[ForecastPoint]:
+        """The next ``horizon`` samples' expected values and intervals (empty before any sample)."""
+
+
+def register_detector(cls: D) -> D:
+    """Class decorator: make ``cls`` selectable as ``type = cls.TYPE``."""
+    name = cls.TYPE
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"anomaly detector type {name!r} registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+_BUILTIN_MODULES = ("coordinator.anomaly.robust_zscore",)
+
+
+def detector_types() -> list[str]:
+    """The registered detector names, sorted."""
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    return sorted(_REGISTRY)
+
+
+def create_factory(config: Mapping[str, Any], where: str) -> Callable[[str, str], StreamDetector]:
+    """A builder of the detector named by ``config["type"]`` (default robust_zscore)."""
+    known = detector_types()
+    kind = config.get("type", DEFAULT_TYPE)
+    if not isinstance(kind, str) or kind not in _REGISTRY:
+        raise ConfigError(f"{where}.type: unknown anomaly detector type {kind!r}; known: {', '.join(known)}")
+    options = {k: v for k, v in config.items() if k != "type"}
+    return _REGISTRY[kind].factory(options, where)

@@ -1,0 +1,182 @@
+"""The online per-stream detector and the engine: behaviour, not numbers copied from a run."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from coordinator.anomaly import AlertKind, AnomalyEngine, Severity
+from coordinator.anomaly.checkpoint import MAGIC
+from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from schemas.errors import CodecError, ConfigError, UnsupportedVersion
+
+MINUTE = 60_000
+DAY_SAMPLES = 1440
+
+
+def seasonal(n: int, seed: int, *, noise: float = 1.0, amp: float = 10.0, level: float = 50.0) -> np.ndarray:
+    """A metric sampled each minute: level + daily cycle + Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return level + amp * np.sin(2 * math.pi * t / DAY_SAMPLES) + rng.normal(0, noise, n)
+
+
+def feed(det: RobustZScoreDetector, values: np.ndarray, start: int = 0) -> list[tuple[int, object]]:
+    alerts = []
+    for i, v in enumerate(values, start=start):
+        alert = det.step(i * MINUTE, float(v))
+        if alert is not None:
+            alerts.append((i, alert))
+    return alerts
+
+
+def trained(n: int = 2 * DAY_SAMPLES, seed: int = 1, **options: object) -> RobustZScoreDetector:
+    det = RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions.from_mapping(options, "test"))
+    feed(det, seasonal(n, seed))  # false alerts on clean data are the subject of their own test
+    return det
+
+
+def test_scores_a_sample_before_learning_from_it() -> None:
+    det = trained()
+    t, spike = 2 * DAY_SAMPLES * MINUTE, 50.0 + 30.0
+    before = det.peek(t, spike)
+    alert = det.step(t, spike)
+    assert alert is not None and alert.kind is AlertKind.DEVIATION
+    assert alert.score == pytest.approx(before)
+    # Having learned the spike, the detector thinks less of the same value: it was scored beforehand.
+    assert det.peek(t + MINUTE, spike) < before
+
+
+def test_scores_are_not_saturated() -> None:
+    det = trained()
+    t = 2 * DAY_SAMPLES * MINUTE
+    small, large = copy.deepcopy(det).step(t, 70.0), copy.deepcopy(det).step(t, 500.0)
+    assert small is not None and large is not None
+    assert large.score > 5 * small.score
+    assert large.severity is Severity.CRITICAL
+
+
+def test_one_alert_per_episode_of_a_flapping_anomaly() -> None:
+    det = trained()
+    start = 2 * DAY_SAMPLES
+    values = seasonal(40, seed=9)
+    values[::2] += 40.0  # breach on every other sample for 40 samples
+    alerts = feed(det, values, start=start)
+    assert len(alerts) == 1
+    assert alerts[0][0] == start
+
+
+def test_level_shift_alerts_once_then_adapts() -> None:
+    det = trained()
+    start = 2 * DAY_SAMPLES
+    values = seasonal(DAY_SAMPLES, seed=3) + 25.0
+    alerts = feed(det, values, start=start)
+    assert [i for i, _ in alerts] == [start]
+    later = start + DAY_SAMPLES
+    assert det.peek(later * MINUTE, float(seasonal(1, seed=4)[0] + 25.0)) < det.threshold.value
+
+
+def test_slow_drift_is_caught_before_it_is_learned() -> None:
+    det = trained(n=3 * DAY_SAMPLES)
+    start = 3 * DAY_SAMPLES
+    values = seasonal(400, seed=5) + np.linspace(0.0, 12.0, 400)
+    alerts = feed(det, values, start=start)
+    assert alerts, "a drift of 12 sd over 400 samples went unnoticed"
+    assert alerts[0][1].kind in (AlertKind.DRIFT, AlertKind.DEVIATION)
+
+
+def test_stuck_sensor_is_reported_once() -> None:
+    det = trained()
+    start = 2 * DAY_SAMPLES
+    frozen = np.full(120, 47.25)
+    alerts = feed(det, frozen, start=start)
+    stuck = [a for _, a in alerts if a.kind is AlertKind.STUCK]
+    assert len(stuck) == 1
+    assert "stuck at 47.25" in stuck[0].explanation
+
+
+def test_a_constant_metric_is_never_stuck() -> None:
+    det = RobustZScoreDetector("gw-1", "disk_total", RobustZScoreOptions())
+    assert feed(det, np.full(3000, 512.0)) == []
+
+
+def test_clean_seasonal_data_stays_within_a_small_false_alert_budget() -> None:
+    det = RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions())
+    alerts = feed(det, seasonal(7 * DAY_SAMPLES, seed=11, noise=2.0, amp=15.0))
+    # About 10,000 samples; the risk default (1e-4 per sample) allows about one.
+    assert len(alerts) <= 3, [a.explanation for _, a in alerts]
+
+
+def test_alert_fields_explain_the_anomaly() -> None:
+    det = trained()
+    alert = det.step(2 * DAY_SAMPLES * MINUTE, 95.0)
+    assert alert is not None
+    assert alert.expected_low < 50.0 < alert.expected_high
+    assert alert.threshold <= alert.score
+    assert "robust sd above the expected" in alert.explanation
+    assert alert.to_json_dict()["expected"] == {"low": alert.expected_low, "high": alert.expected_high}
+
+
+def test_checkpoint_restore_gives_identical_future_scores() -> None:
+    engine = AnomalyEngine()
+    values = seasonal(DAY_SAMPLES, seed=2)
+    engine.observe_many(("gw-1", "cpu", i * MINUTE, float(v)) for i, v in enumerate(values))
+    restored = AnomalyEngine()
+    restored.restore(engine.checkpoint())
+    future = seasonal(300, seed=8)
+    future[100] += 60.0
+    for i, v in enumerate(future, start=DAY_SAMPLES):
+        a = engine.detector("gw-1", "cpu").peek(i * MINUTE, float(v))
+        b = restored.detector("gw-1", "cpu").peek(i * MINUTE, float(v))
+        assert a == b
+        assert engine.observe("gw-1", "cpu", i * MINUTE, float(v)) == \
+            restored.observe("gw-1", "cpu", i * MINUTE, float(v))
+
+
+def test_restore_refuses_unknown_versions_and_garbage() -> None:
+    engine = AnomalyEngine()
+    blob = engine.checkpoint()
+    with pytest.raises(UnsupportedVersion, match="version 99"):
+        engine.restore(MAGIC + bytes([99]) + blob[len(MAGIC) + 1:])
+    with pytest.raises(CodecError, match="bad magic"):
+        engine.restore(b"not a checkpoint")
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    ({"detectr": {}}, "detectr"),
+    ({"detector": {"type": "robust_zscore", "warmpu": 10}}, "warmpu"),
+    ({"detector": {"type": "nope"}}, "nope"),
+    ({"detector": {"risk": 2.0}}, "risk"),
+    ({"metrics": {"cpu": {"clip": "big"}}}, "anomaly.metrics.cpu"),
+])
+def test_config_errors_name_the_key(config: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        AnomalyEngine(config)
+
+
+def test_engine_routes_streams_and_per_metric_config() -> None:
+    engine = AnomalyEngine({"detector": {"warmup": 30}, "metrics": {"battery": {"season_ms": 0}}})
+    engine.observe("gw-1", "cpu", 0, 1.0)
+    engine.observe("gw-2", "battery", 0, 1.0)
+    assert engine.stream_count == 2
+    battery = engine.detector("gw-2", "battery")
+    assert isinstance(battery, RobustZScoreDetector) and battery.opts.season_ms == 0
+    assert engine.forget("gw-1") == 1
+
+
+def test_forecast_follows_the_daily_cycle_with_an_interval() -> None:
+    engine = AnomalyEngine()
+    values = seasonal(3 * DAY_SAMPLES, seed=6)
+    engine.observe_many(("gw-1", "cpu", i * MINUTE, float(v)) for i, v in enumerate(values))
+    points = engine.forecast("gw-1", "cpu", 360)
+    assert len(points) == 360
+    assert points[0].time_ms == 3 * DAY_SAMPLES * MINUTE
+    ahead = np.arange(3 * DAY_SAMPLES, 3 * DAY_SAMPLES + 360)
+    truth = 50.0 + 10.0 * np.sin(2 * math.pi * ahead / DAY_SAMPLES)
+    means = np.array([p.mean for p in points])
+    assert np.abs(means - truth).mean() < 2.0
+    assert all(p.low < p.mean < p.high for p in points)
+    assert engine.forecast("gw-9", "cpu", 5) == []
