@@ -1,0 +1,36 @@
+"""The coordinator's store: devices, births, samples, detections, events, anomalies, dead letters.
+
+``open_store(config["store"], data_dir=...)`` returns a migrated :class:`Store`
+chosen by ``[store] type`` (only ``sql`` ships: SQLite by default, PostgreSQL
+by URL). Ingest hands :meth:`Store.write_batch` one :class:`WriteBatch` per
+pass; redelivered rows are recognised by key and counted, not stored twice.
+"""
+
+from coordinator.store.base import DEFAULT_STORE_TYPE, Store, open_store, register_store, store_types
+from coordinator.store.config import RetentionConfig
+from coordinator.store.errors import StoreError
+from coordinator.store.records import (
+    AnomalyLike,
+    AnomalyRecord,
+    DeadLetterLike,
+    DeadLetterRecord,
+    DetectionLike,
+    DetectionRecord,
+    DeviceInfo,
+    EventLike,
+    EventRecord,
+    RetentionResult,
+    Rollup,
+    Sample,
+    SampleLike,
+    WriteBatch,
+    WriteResult,
+)
+from coordinator.store.sql_store import SqlStore
+
+__all__ = [
+    "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord",
+    "DetectionLike", "DetectionRecord", "DeviceInfo", "EventLike", "EventRecord", "RetentionConfig",
+    "RetentionResult", "Rollup", "Sample", "SampleLike", "SqlStore", "Store", "StoreError", "WriteBatch",
+    "WriteResult", "open_store", "register_store", "store_types",
+]

@@ -1,0 +1,134 @@
+"""The store interface and its plugin registry: ``[store] type = "..."`` picks the class.
+
+A store type registers itself with :func:`register_store`; :func:`open_store`
+reads ``[store]``, looks the type up and lets the class parse the rest of the
+table strictly. Only ``sql`` (SQLite or PostgreSQL through SQLAlchemy) ships.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coordinator.store.config import table, text
+from coordinator.store.records import (
+    AnomalyRecord,
+    DeadLetterRecord,
+    DetectionRecord,
+    DeviceInfo,
+    RetentionResult,
+    Rollup,
+    Sample,
+    WriteBatch,
+    WriteResult,
+)
+from schemas.errors import ConfigError
+from schemas.sequence import DeviceSequence
+
+__all__ = ["DEFAULT_STORE_TYPE", "Store", "open_store", "register_store", "store_types"]
+
+DEFAULT_STORE_TYPE = "sql"
+
+
+class Store(ABC):
+    """Where the coordinator keeps what it ingested; one writer thread, any number of readers."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, section: Mapping[str, Any], *, data_dir: Path) -> Store:
+        """Build from the ``[store]`` table (``type`` already checked); unknown keys are ConfigError."""
+
+    @abstractmethod
+    def migrate(self) -> None:
+        """Bring the schema up to date; a no-op when it already is."""
+
+    @abstractmethod
+    def write_batch(self, batch: WriteBatch) -> WriteResult:
+        """Store everything in ``batch`` in one transaction; redelivered rows are counted, not stored."""
+
+    @abstractmethod
+    def count_samples(self, device: str | None = None) -> int: ...
+
+    @abstractmethod
+    def samples(self, device: str, name: str, since_ms: int | None = None,
+                until_ms: int | None = None) -> list[Sample]: ...
+
+    @abstractmethod
+    def rollups(self, device: str, name: str, since_ms: int | None = None,
+                until_ms: int | None = None) -> list[Rollup]: ...
+
+    @abstractmethod
+    def detections(self, device: str, camera: str | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None) -> list[DetectionRecord]: ...
+
+    @abstractmethod
+    def events(self, device: str, camera: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def births(self, device: str) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def devices(self) -> list[DeviceInfo]: ...
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]: ...
+
+    @abstractmethod
+    def anomalies(self, device: str | None = None, metric: str | None = None, since_ms: int | None = None,
+                  limit: int = 100) -> list[AnomalyRecord]: ...
+
+    @abstractmethod
+    def load_sequence_state(self) -> dict[str, DeviceSequence]: ...
+
+    @abstractmethod
+    def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None: ...
+
+    @abstractmethod
+    def apply_retention(self, now_ms: int) -> RetentionResult: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_S = TypeVar("_S", bound=type[Store])
+_REGISTRY: dict[str, type[Store]] = {}
+
+
+def register_store(name: str) -> Callable[[_S], _S]:
+    """Class decorator: make a store type selectable as ``[store] type = name``."""
+    def decorate(cls: _S) -> _S:
+        if _REGISTRY.get(name, cls) is not cls:
+            raise ValueError(f"store type {name!r} is already registered by {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        return cls
+    return decorate
+
+
+def store_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def open_store(section: Mapping[str, Any] | None = None, *, data_dir: Path = Path("data"),
+               migrate: bool = True) -> Store:
+    """The store ``[store]`` describes (SQLite under ``data_dir`` when empty), migrated by default."""
+    section = table("store", section)
+    kind = text("store", "type", section, DEFAULT_STORE_TYPE) or DEFAULT_STORE_TYPE
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise ConfigError(f"store.type {kind!r} is not a known store type; known: {', '.join(store_types())}")
+    store = cls.from_config(section, data_dir=data_dir)
+    if migrate:
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+    return store

@@ -1,0 +1,258 @@
+"""What goes into the store and comes out of it.
+
+The row types are structural (:class:`typing.Protocol`): ingest and the
+anomaly engine hand over their own frozen dataclasses as they are, as long as
+the attribute names match; the dataclasses here satisfy the same protocols
+and are what queries return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.birth import Birth
+from schemas.sequence import DeviceSequence
+
+__all__ = [
+    "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord", "DetectionLike",
+    "DetectionRecord", "DeviceInfo", "EventLike", "EventRecord", "RetentionResult", "Rollup",
+    "Sample", "SampleLike", "WriteBatch", "WriteResult",
+]
+
+
+class SampleLike(Protocol):
+    @property
+    def device(self) -> str: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def time_ms(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> float | int: ...
+
+
+class DetectionLike(Protocol):
+    @property
+    def device(self) -> str: ...
+    @property
+    def camera(self) -> str: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def time_ms(self) -> int: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def box(self) -> tuple[float, float, float, float]: ...
+    @property
+    def track_id(self) -> int | None: ...
+
+
+class EventLike(Protocol):
+    """A track event as published (``event`` is the JSON object; see agents/camera/events.py)."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def camera(self) -> str: ...
+    @property
+    def received_ms(self) -> int: ...
+    @property
+    def event(self) -> Mapping[str, Any]: ...
+
+
+class AnomalyLike(Protocol):
+    """Matches coordinator.anomaly.alert.Alert (severity and kind are str enums)."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def time_ms(self) -> int: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def expected_low(self) -> float | None: ...
+    @property
+    def expected_high(self) -> float | None: ...
+    @property
+    def explanation(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+
+class DeadLetterLike(Protocol):
+    @property
+    def received_ms(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    device: str
+    epoch: int
+    seq: int
+    time_ms: int
+    name: str
+    value: float | int
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionRecord:
+    device: str
+    camera: str
+    epoch: int
+    seq: int
+    time_ms: int
+    label: str
+    confidence: float
+    box: tuple[float, float, float, float]
+    track_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    device: str
+    camera: str
+    received_ms: int
+    event: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRecord:
+    device: str
+    metric: str
+    time_ms: int
+    score: float
+    value: float | None = None
+    threshold: float | None = None
+    expected_low: float | None = None
+    expected_high: float | None = None
+    explanation: str = ""
+    severity: str = "warning"
+    kind: str = "deviation"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    received_ms: int
+    topic: str
+    reason: str
+    error: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    id: str
+    first_seen_ms: int
+    last_seen_ms: int
+    last_status: str | None
+    last_status_ms: int | None
+    birth_epoch: int | None
+    birth_ms: int | None
+    agent_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """Samples of one metric within one interval, summarised (see retention)."""
+
+    device: str
+    name: str
+    interval_s: int
+    bucket_ms: int
+    count: int
+    avg: float
+    min: float
+    max: float
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one ingest pass stores, written in one transaction.
+
+    Device rows are derived: every device named in the batch gets
+    ``last_seen_ms = seen_ms`` (or, without it, the newest time in its rows);
+    ``births`` update the device's birth fields and ``statuses``
+    (device, ``online``/``offline``, ms) its last status, the newer one winning.
+    ``sequence_state`` (stream -> accounting) is saved in the same transaction
+    as the samples it accounts for, so the two cannot disagree after a crash.
+    """
+
+    samples: Sequence[SampleLike] = field(default_factory=list)
+    detections: Sequence[DetectionLike] = field(default_factory=list)
+    events: Sequence[EventLike] = field(default_factory=list)
+    births: Sequence[Birth] = field(default_factory=list)
+    statuses: Sequence[tuple[str, str, int]] = field(default_factory=list)
+    anomalies: Sequence[AnomalyLike] = field(default_factory=list)
+    dead_letters: Sequence[DeadLetterLike] = field(default_factory=list)
+    sequence_state: Mapping[str, DeviceSequence] = field(default_factory=dict)
+    seen_ms: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.samples or self.detections or self.events or self.births or self.statuses
+                    or self.anomalies or self.dead_letters or self.sequence_state)
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """Rows new vs already stored (a redelivery), per kind; anomalies and dead letters are always new."""
+
+    samples_new: int = 0
+    samples_duplicate: int = 0
+    detections_new: int = 0
+    detections_duplicate: int = 0
+    events_new: int = 0
+    events_duplicate: int = 0
+    births_new: int = 0
+    births_duplicate: int = 0
+    anomalies: int = 0
+    dead_letters: int = 0
+    devices: int = 0
+
+    @property
+    def new(self) -> int:
+        return (self.samples_new + self.detections_new + self.events_new + self.births_new
+                + self.anomalies + self.dead_letters)
+
+    @property
+    def duplicates(self) -> int:
+        return (self.samples_duplicate + self.detections_duplicate + self.events_duplicate
+                + self.births_duplicate)
+
+
+@dataclass(slots=True)
+class RetentionResult:
+    rollups_written: int = 0
+    samples_deleted: int = 0
+    rollups_deleted: int = 0
+    detections_deleted: int = 0
+    events_deleted: int = 0
+    anomalies_deleted: int = 0
+    dead_letters_deleted: int = 0
+    rolled_up_until_ms: int | None = None

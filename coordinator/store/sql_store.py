@@ -1,0 +1,214 @@
+"""``[store] type = "sql"``: SQLite (the default, zero set-up) or PostgreSQL through SQLAlchemy 2.
+
+Configuration (every key optional)::
+
+    [store]
+    type = "sql"
+    url = "postgresql://edgebus@db.local/edgebus"  # default: sqlite:///{data_dir}/coordinator.db
+    schema = "edgebus"        # PostgreSQL only: tables live in this schema (created by migrate)
+    busy_timeout_ms = 5000    # SQLite only: how long a writer waits for a lock
+
+    [store.retention]         # see coordinator/store/config.py
+    raw_days = 7
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from coordinator.store import migrate as migrations
+from coordinator.store import tables as t
+from coordinator.store.base import Store, register_store
+from coordinator.store.config import RetentionConfig, check_keys, number, text
+from coordinator.store.errors import StoreError
+from coordinator.store.records import (
+    AnomalyRecord,
+    DeadLetterRecord,
+    DetectionRecord,
+    DeviceInfo,
+    RetentionResult,
+    Rollup,
+    Sample,
+    WriteBatch,
+    WriteResult,
+)
+from coordinator.store.retention import apply_retention
+from coordinator.store.sql_engine import create_engine, normalise_url, redacted
+from coordinator.store.sql_write import write_batch, write_sequence_state
+from schemas.errors import ConfigError
+from schemas.sequence import DeviceSequence
+
+__all__ = ["DEFAULT_DB_NAME", "SqlStore"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DB_NAME = "coordinator.db"
+_KEYS = {"type", "url", "schema", "busy_timeout_ms", "retention"}
+
+
+def _between(column: sa.ColumnElement[int], since_ms: int | None, until_ms: int | None) -> list[Any]:
+    """Half-open ``[since_ms, until_ms)`` conditions on ``column``."""
+    return ([column >= since_ms] if since_ms is not None else []) + \
+           ([column < until_ms] if until_ms is not None else [])
+
+
+@register_store("sql")
+class SqlStore(Store):
+    """The coordinator's history in SQLite or PostgreSQL; safe to share between threads."""
+
+    def __init__(self, engine: Engine, *, schema: str | None = None,
+                 retention: RetentionConfig | None = None) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.retention = retention or RetentionConfig()
+        self.dialect = engine.dialect.name
+
+    # -- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | None = None, *, data_dir: Path = Path("data"), schema: str | None = None,
+             retention: RetentionConfig | None = None, busy_timeout_ms: int = 5000) -> SqlStore:
+        """Connect to ``url`` (default SQLite in ``data_dir``); call :meth:`migrate` before use."""
+        parsed = normalise_url(url or f"sqlite:///{data_dir / DEFAULT_DB_NAME}")
+        engine = create_engine(parsed, schema=schema, busy_timeout_ms=busy_timeout_ms)
+        logger.info("store: %s%s", redacted(parsed), f" schema {schema}" if schema else "")
+        return cls(engine, schema=schema, retention=retention)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], *, data_dir: Path) -> SqlStore:
+        check_keys("store", section, _KEYS)
+        url = text("store", "url", section, None)
+        if url is not None and not url.strip():
+            raise ConfigError("store.url must not be empty; leave it out for SQLite in the data directory")
+        return cls.open(url, data_dir=data_dir, schema=text("store", "schema", section, None),
+                        retention=RetentionConfig.from_mapping(section.get("retention")),
+                        busy_timeout_ms=int(number("store", "busy_timeout_ms", section, 5000, integer=True)))
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (SQLAlchemyError, CommandError) as exc:
+            raise StoreError(f"store: cannot {what} ({redacted(self.engine.url)}): {exc}") from exc
+
+    def migrate(self) -> None:
+        with self._guard("migrate the schema"):
+            if self.schema is not None:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+            migrations.upgrade(self.engine)
+
+    def schema_revision(self) -> str | None:
+        with self._guard("read the schema revision"):
+            return migrations.current_revision(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------
+
+    def write_batch(self, batch: WriteBatch) -> WriteResult:
+        if not batch:
+            return WriteResult()
+        with self._guard("write a batch"), self.engine.begin() as conn:
+            return write_batch(conn, batch)
+
+    def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None:
+        with self._guard("save sequence state"), self.engine.begin() as conn:
+            write_sequence_state(conn, states)
+
+    def apply_retention(self, now_ms: int) -> RetentionResult:
+        with self._guard("apply retention"), self.engine.begin() as conn:
+            return apply_retention(conn, self.retention, now_ms)
+
+    # -- reading ---------------------------------------------------------
+
+    def _rows(self, what: str, query: sa.Executable) -> list[Any]:
+        with self._guard(f"read {what}"), self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def count_samples(self, device: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(t.metric_samples)
+        if device is not None:
+            query = query.where(t.metric_samples.c.device == device)
+        return int(self._rows("samples", query)[0][0])
+
+    def samples(self, device: str, name: str, since_ms: int | None = None,
+                until_ms: int | None = None) -> list[Sample]:
+        s = t.metric_samples
+        query = (sa.select(s.c.device, s.c.epoch, s.c.seq, s.c.time_ms, s.c.name, s.c.value)
+                 .where(s.c.device == device, s.c.name == name, *_between(s.c.time_ms, since_ms, until_ms))
+                 .order_by(s.c.time_ms, s.c.epoch, s.c.seq))
+        return [Sample(*row) for row in self._rows("samples", query)]
+
+    def rollups(self, device: str, name: str, since_ms: int | None = None,
+                until_ms: int | None = None) -> list[Rollup]:
+        r = t.metric_rollups
+        query = (sa.select(r.c.device, r.c.name, r.c.interval_s, r.c.bucket_ms, r.c["count"], r.c.avg,
+                           r.c.min, r.c.max)
+                 .where(r.c.device == device, r.c.name == name, *_between(r.c.bucket_ms, since_ms, until_ms))
+                 .order_by(r.c.bucket_ms, r.c.interval_s))
+        return [Rollup(*row) for row in self._rows("rollups", query)]
+
+    def detections(self, device: str, camera: str | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None) -> list[DetectionRecord]:
+        d = t.detections
+        where = [d.c.device == device, *_between(d.c.time_ms, since_ms, until_ms)]
+        if camera is not None:
+            where.append(d.c.camera == camera)
+        query = sa.select(d).where(*where).order_by(d.c.time_ms, d.c.camera, d.c.epoch, d.c.seq, d.c.idx)
+        return [DetectionRecord(r.device, r.camera, r.epoch, r.seq, r.time_ms, r.label, r.confidence,
+                                (r.x1, r.y1, r.x2, r.y2), r.track_id)
+                for r in self._rows("detections", query)]
+
+    def events(self, device: str, camera: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        e = t.events
+        where = [e.c.device == device] + ([e.c.camera == camera] if camera is not None else [])
+        query = sa.select(e.c.payload).where(*where).order_by(e.c.time_ms.desc(), e.c.id.desc()).limit(limit)
+        return [dict(row[0]) for row in self._rows("events", query)]
+
+    def births(self, device: str) -> list[dict[str, Any]]:
+        b = t.births
+        query = sa.select(b.c.payload).where(b.c.device == device).order_by(b.c.time_ms, b.c.id)
+        return [dict(row[0]) for row in self._rows("births", query)]
+
+    def devices(self) -> list[DeviceInfo]:
+        query = sa.select(t.devices).order_by(t.devices.c.id)
+        return [DeviceInfo(*row) for row in self._rows("devices", query)]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        d = t.dead_letters
+        query = (sa.select(d.c.received_ms, d.c.topic, d.c.reason, d.c.error, d.c.payload)
+                 .order_by(d.c.id.desc()).limit(limit))
+        return [DeadLetterRecord(r[0], r[1], r[2], r[3], bytes(r[4]))
+                for r in self._rows("dead letters", query)]
+
+    def anomalies(self, device: str | None = None, metric: str | None = None, since_ms: int | None = None,
+                  limit: int = 100) -> list[AnomalyRecord]:
+        a = t.anomalies
+        where = _between(a.c.time_ms, since_ms, None)
+        if device is not None:
+            where.append(a.c.device == device)
+        if metric is not None:
+            where.append(a.c.metric == metric)
+        query = (sa.select(a.c.device, a.c.metric, a.c.time_ms, a.c.score, a.c.value, a.c.threshold, a.c.low,
+                           a.c.high, a.c.explanation, a.c.severity, a.c.kind)
+                 .where(*where).order_by(a.c.time_ms.desc(), a.c.id.desc()).limit(limit))
+        return [AnomalyRecord(*row) for row in self._rows("anomalies", query)]
+
+    def load_sequence_state(self) -> dict[str, DeviceSequence]:
+        s = t.sequence_state
+        query = sa.select(s.c.stream, s.c.epoch, s.c.ranges, s.c.received, s.c.duplicates, s.c.epochs_seen)
+        return {stream: DeviceSequence(epoch, [[int(lo), int(hi)] for lo, hi in ranges], received,
+                                       duplicates, epochs_seen)
+                for stream, epoch, ranges, received, duplicates, epochs_seen
+                in self._rows("sequence state", query)}
