@@ -23,7 +23,7 @@ $(VENV)/.created:
 	@touch $@
 
 $(VENV)/.installed-demo: $(VENV)/.created pyproject.toml
-	$(PY) -m pip install --quiet -e '.[broker]'
+	$(PY) -m pip install --quiet -e '.[coordinator]'
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml

@@ -17,9 +17,8 @@ import signal
 import socket
 import sys
 import threading
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,20 @@ from broker.config_file import load_toml
 from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.session import BusConfig, BusSession
+from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.demo import SimulatedFleet
 from coordinator.fleet_view import FleetView
 from coordinator.ingest import Ingest
+from coordinator.processor import FleetProcessor
+from coordinator.store.base import Store, open_store
 from schemas.errors import BusError, ConfigError
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CLIENT_ID = "edgebus-coordinator"
+DEMO_ANOMALY: Mapping[str, Any] = {"detector": {"warmup": 30}}
 
 
 
@@ -46,6 +51,12 @@ class CoordinatorConfig:
     data_dir: Path = Path("data")
     embedded_broker: bool = True
     broker: BusConfig | None = None
+    #: ``[store]``: checked when the store opens (coordinator/store/config.py).
+    store: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[anomaly]``: checked when the engine is built (coordinator/anomaly/engine.py).
+    anomaly: Mapping[str, Any] = field(default_factory=dict)
+    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
+    shared_group: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -64,8 +75,18 @@ class CoordinatorConfig:
         embedded = data.get("embedded_broker", broker is None)
         if not isinstance(embedded, bool):
             raise ConfigError(f"embedded_broker must be true or false, not {embedded!r}")
+        for section in ("store", "anomaly"):
+            if not isinstance(data.get(section, {}), dict):
+                raise ConfigError(f"{section} must be a table ([{section}])")
+        group = data.get("shared_group")
+        if group is not None and (not isinstance(group, str) or not group or "/" in group):
+            raise ConfigError(f"shared_group must be a name without '/', not {group!r}")
+        if group is not None and embedded:
+            raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
+                              "(Mosquitto, EMQX); the embedded broker does not")
         return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
-                   broker=broker)
+                   broker=broker, store=data.get("store", {}), anomaly=data.get("anomaly", {}),
+                   shared_group=group)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,11 +143,20 @@ def _run_view(view: FleetView, stop: threading.Event, duration: float) -> None:
             break
 
 
+def _open_store(config: CoordinatorConfig, data_dir: Path) -> Store:
+    try:
+        return open_store(config.store, data_dir=data_dir)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(f"the coordinator's store needs its extra ({exc}): "
+                          "pip install 'edgebus[coordinator]'") from exc
+
+
 def _start(args: argparse.Namespace) -> int:
     config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
     data_dir = args.data_dir or config.data_dir
     embedded: EmbeddedBroker | None = None
-    client_id = f"edgebus-coordinator-{uuid.uuid4().hex[:8]}"
+    # A stable id and a persistent session: the broker keeps what arrives while we restart.
+    client_id = DEFAULT_CLIENT_ID
     if config.embedded_broker:
         port = args.port
         if not _port_free(args.host, port):
@@ -139,7 +169,7 @@ def _start(args: argparse.Namespace) -> int:
                                   credentials=[creds])
         embedded.start()
         bus_config = BusConfig(host=args.host, port=embedded.port, username=creds.username,
-                               password=creds.password, client_id=client_id, clean_start=True,
+                               password=creds.password, client_id=client_id, clean_start=False,
                                protocol="3.1.1")  # amqtt speaks 3.1.1 only; skip the probe
         print(f"embedded broker listening on {args.host}:{embedded.port} (MQTT 3.1.1)")
         print(f"  watch it: mosquitto_sub -h {args.host} -p {embedded.port} -u {creds.username} "
@@ -151,11 +181,21 @@ def _start(args: argparse.Namespace) -> int:
             raise ConfigError("embedded_broker = false needs a [broker] table")
         bus_config = replace(config.broker, client_id=config.broker.client_id or client_id,
                              device=None)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = _open_store(config, data_dir)
+    # The demo's agents start from nothing; learn for half a minute instead of two.
+    engine = AnomalyEngine(config.anomaly or (DEMO_ANOMALY if args.demo else {}))
     bus = BusSession(bus_config)
-    ingest = Ingest(bus)
+    ingest = Ingest(bus, shared_group=config.shared_group)
     view = FleetView(ingest.sequence_snapshot)
-    ingest.sinks.append(view)
+    processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir,
+                               on_alert=lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
+    processor.restore()
+    ingest.sinks += [processor, view]
     ingest.start()
+    print(f"history in the {config.store.get('type', 'sql')} store "
+          f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "
+          f"anomalies on {bus.topics.root}/_anomaly/+/+")
     fleet = SimulatedFleet(bus_config, count=args.agents) if args.demo else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -174,7 +214,9 @@ def _start(args: argparse.Namespace) -> int:
         if fleet is not None:
             fleet.stop()
         bus.stop(flush_timeout=1)
-        ingest.stop()
+        ingest.stop()  # what was already received is stored before we go
+        processor.checkpoint()
+        store.close()
         if embedded is not None:
             embedded.stop()
     print(view.summary())

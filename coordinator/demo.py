@@ -36,7 +36,7 @@ class _Metric:
 
 
 _METRICS = (
-    _Metric("cpu_percent", 20, 6, 0, 100),
+    _Metric("cpu_percent", 20, 3, 0, 100),
     _Metric("load1", 0.6, 0.15, 0, 8),
     _Metric("mem_used_bytes", 1.2e9, 2e7, 2e8, 3.8e9, integer=True),
     _Metric("disk_free_bytes", 2.1e10, 1e6, 1e9, 6e10, integer=True),
@@ -51,11 +51,15 @@ class SimulatedAgent:
     """One fake gateway: a device session and a thread that samples every ``interval``."""
 
     def __init__(self, device: str, base: BusConfig, *, interval: float = 1.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, incident_every: int = 0) -> None:
         self.device = device
         self.interval = interval
+        #: Every this many samples (0: never) a short CPU spike, so the demo shows anomalies.
+        self.incident_every = incident_every
+        self._tick = 0
         self._rng = random.Random(seed)
-        self._values = {m.name: m.start * (0.8 + 0.4 * self._rng.random()) for m in _METRICS}
+        self._levels = {m.name: m.start * (0.8 + 0.4 * self._rng.random()) for m in _METRICS}
+        self._values = dict(self._levels)
         config = replace(base, device=device, client_id=f"edgebus-demo-{device}",
                          clean_start=True, outbox_path=None)
         self.session = BusSession(config, rng=random.Random(seed + 1))
@@ -76,9 +80,17 @@ class SimulatedAgent:
         self.session.stop(flush_timeout=2)
 
     def sample(self, time_ms: int) -> list[MetricSample]:
+        self._tick += 1
+        spike = bool(self.incident_every) and self._tick % self.incident_every in (0, 1, 2) \
+            and self._tick > self.incident_every // 2
         out = []
         for m in _METRICS:
-            v = self._values[m.name] + self._rng.gauss(0, m.step)
+            if spike and m.name == "cpu_percent":
+                out.append(MetricSample(time_ms=time_ms, name=m.name, value=97.0 + self._rng.random()))
+                continue
+            # Mean-reverting noise around the starting level, so a real incident stands out.
+            v = self._values[m.name]
+            v += 0.2 * (self._levels[m.name] - v) + self._rng.gauss(0, m.step)
             v = min(m.high, max(m.low, v))
             self._values[m.name] = v
             out.append(MetricSample(time_ms=time_ms, name=m.name,
@@ -94,7 +106,9 @@ class SimulatedFleet:
     """A handful of simulated agents started and stopped together."""
 
     def __init__(self, base: BusConfig, count: int = 4, *, interval: float = 1.0) -> None:
-        self.agents = [SimulatedAgent(f"demo-gw-{i + 1:02d}", base, interval=interval, seed=i)
+        # The second agent has a CPU spike now and then, for the anomaly detector to find.
+        self.agents = [SimulatedAgent(f"demo-gw-{i + 1:02d}", base, interval=interval, seed=i,
+                                      incident_every=60 if i == 1 else 0)
                        for i in range(count)]
 
     def start(self) -> None:

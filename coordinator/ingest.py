@@ -172,11 +172,17 @@ class Ingest:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def sequence_snapshot(self) -> dict[str, DeviceSequence]:
-        """A consistent copy of the per-stream accounting (for views and the store)."""
+    def sequence_snapshot(self, streams: set[str] | None = None) -> dict[str, DeviceSequence]:
+        """A consistent copy of the per-stream accounting (all, or just ``streams``)."""
         with self._seq_lock:
             return {k: DeviceSequence(v.epoch, [list(r) for r in v.ranges], v.received, v.duplicates,
-                                      v.epochs_seen) for k, v in self.sequences.devices().items()}
+                                      v.epochs_seen) for k, v in self.sequences.devices().items()
+                    if streams is None or k in streams}
+
+    def restore_sequences(self, states: dict[str, DeviceSequence]) -> None:
+        """Continue the accounting a previous run stored (before :meth:`start`)."""
+        with self._seq_lock:
+            self.sequences = SequenceTracker.from_states(states)
 
     def stats(self) -> IngestStats:
         with self._stats_lock:

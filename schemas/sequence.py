@@ -128,6 +128,12 @@ class SequenceTracker:
                 for d, s in self._devices.items()}
 
     @classmethod
+    def from_states(cls, states: dict[str, DeviceSequence]) -> SequenceTracker:
+        tracker = cls()
+        tracker._devices = dict(states)
+        return tracker
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> SequenceTracker:
         tracker = cls()
         for device, s in data.items():

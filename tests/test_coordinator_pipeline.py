@@ -1,0 +1,95 @@
+"""The coordinator's path on a real broker: ingest -> score -> store -> announce, across a restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from broker.session import BusSession
+from coordinator.anomaly.engine import AnomalyEngine
+from coordinator.ingest import Ingest
+from coordinator.processor import FleetProcessor
+from coordinator.store.base import Store, open_store
+from schemas.messages import MetricSample, MetricsBatch, encode_record
+from tests.brokers import RunningBroker
+from tests.bus_helpers import WAIT, config_for, observer, wait_until
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "gw-9"
+
+
+def start_coordinator(broker: RunningBroker, data_dir: Path) -> tuple[BusSession, Ingest, FleetProcessor,
+                                                                      Store]:
+    store = open_store({}, data_dir=data_dir)
+    bus = BusSession(config_for(broker, client_id="coordinator"))
+    ingest = Ingest(bus, batch_wait=0.01)
+    processor = FleetProcessor(bus, ingest, store, AnomalyEngine({"detector": {"warmup": 30}}),
+                               data_dir=data_dir)
+    processor.restore()
+    ingest.sinks.append(processor)
+    ingest.start()
+    bus.start()
+    assert bus.wait_connected(WAIT)
+    return bus, ingest, processor, store
+
+
+def stop_coordinator(bus: BusSession, ingest: Ingest, processor: FleetProcessor, store: Store) -> None:
+    bus.stop()
+    ingest.stop()
+    processor.checkpoint()
+    store.close()
+
+
+def batch(first_seq: int, values: list[float]) -> bytes:
+    return encode_record(MetricsBatch(device=DEVICE, epoch=7, first_seq=first_seq, samples=tuple(
+        MetricSample(1_763_900_000_000 + (first_seq + i) * 1000, "cpu_percent", v)
+        for i, v in enumerate(values))))
+
+
+def normal(n: int, start: int) -> list[float]:
+    return [20.0 + ((start + i) * 7 % 11 - 5) * 0.6 for i in range(n)]
+
+
+def test_samples_stored_once_and_anomalies_announced_across_a_restart(
+        broker: RunningBroker, tmp_path: Path) -> None:
+    watcher, alerts = observer(broker, "edgebus/_anomaly/#", name="watcher")
+    sender = BusSession(config_for(broker, client_id="sender"))
+    sender.start()
+    assert sender.wait_connected(WAIT)
+    parts = start_coordinator(broker, tmp_path)
+    try:
+        sender.publish(f"edgebus/{DEVICE}/metrics", batch(0, normal(50, 0)))
+        sender.publish(f"edgebus/{DEVICE}/metrics", batch(50, [97.0]))  # an incident
+        sender.publish(f"edgebus/{DEVICE}/metrics", b"EB\x01 not a record")
+        assert sender.flush(WAIT)
+        assert wait_until(lambda: parts[3].count_samples(DEVICE) == 51)
+        assert alerts.wait_for(lambda ms: len(ms) == 1)
+        alert = json.loads(alerts.messages[0].payload)
+        assert alerts.messages[0].topic == f"edgebus/_anomaly/{DEVICE}/cpu_percent"
+        assert alert["value"] == 97.0 and alert["score"] > alert["threshold"]
+        assert alert["expected"]["low"] < 20 < alert["expected"]["high"]
+        assert wait_until(lambda: len(parts[3].dead_letters()) == 1)
+        assert len(parts[3].anomalies(DEVICE)) == 1
+    finally:
+        stop_coordinator(*parts)
+    # A restarted coordinator gets redeliveries (the same batches again) and new samples.
+    parts = start_coordinator(broker, tmp_path)
+    try:
+        sender.publish(f"edgebus/{DEVICE}/metrics", batch(0, normal(50, 0)))
+        sender.publish(f"edgebus/{DEVICE}/metrics", batch(50, [97.0]))
+        sender.publish(f"edgebus/{DEVICE}/metrics", batch(51, normal(20, 51)))
+        assert sender.flush(WAIT)
+        assert wait_until(lambda: parts[3].count_samples(DEVICE) == 71)
+        assert parts[1].drain(WAIT)
+        assert parts[1].stats().duplicates == 51  # dropped by sequence, not re-scored
+        assert len(parts[3].anomalies(DEVICE)) == 1
+        assert len(alerts.messages) == 1
+        state = parts[1].sequence_snapshot()[DEVICE]
+        assert (state.received, state.missing) == (71, 0)
+    finally:
+        stop_coordinator(*parts)
+        sender.stop()
+        watcher.stop()
