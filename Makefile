@@ -54,6 +54,8 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/codec.py
 	$(PY) bench/detect.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/agent.py
+	$(PY) bench/anomaly.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

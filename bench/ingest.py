@@ -1,6 +1,6 @@
 """Samples per second through one coordinator process, beside mosquitto_sub as the ceiling.
 
-    python bench/ingest.py [--devices 50] [--batches 200] [--samples 100] [--store] [--score]
+    python bench/ingest.py [--devices 50] [--batches 200] [--samples 100] [--decode-only]
 
 A publisher process sends pre-encoded metrics batches (``--devices`` x
 ``--batches`` messages of ``--samples`` samples, consecutive sequence numbers)
@@ -9,8 +9,8 @@ other, with the same publisher:
 
 * ceiling: ``mosquitto_sub -q 1 -C N`` receiving the same N messages (discarding them);
 * edgebus: :class:`~coordinator.ingest.Ingest` in this process decoding, de-duplicating
-  and accounting every sample (plus, with ``--store``, writing them to SQLite and, with
-  ``--score``, scoring each with the anomaly engine, when those are installed).
+  and accounting every sample, scoring each with the anomaly engine and storing it in
+  SQLite (the coordinator's default path; ``--decode-only`` leaves out scoring and store).
 
 Printed: messages/s and samples/s of both, the ratio, and whether every sample
 arrived exactly once (sequence accounting: missing and duplicates must be 0).
@@ -117,11 +117,23 @@ class Counter:
             self.done.set()
 
 
-def edgebus(port: int, stream: Path, total_samples: int) -> tuple[float, Ingest]:
+def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
+            full: bool) -> tuple[float, Ingest]:
     bus = BusSession(BusConfig(port=port, client_id="bench-coordinator", clean_start=True,
                                protocol="3.1.1"))
     counter = Counter(total_samples)
-    ingest = Ingest(bus, [counter]).start()
+    ingest = Ingest(bus)
+    store = None
+    if full:
+        from coordinator.anomaly.engine import AnomalyEngine
+        from coordinator.processor import FleetProcessor
+        from coordinator.store.base import open_store
+
+        store = open_store({}, data_dir=workdir)
+        ingest.sinks.append(FleetProcessor(bus, ingest, store, AnomalyEngine(), data_dir=workdir,
+                                           checkpoint_interval=1e9))
+    ingest.sinks.append(counter)
+    ingest.start()
     bus.start()
     bus.wait_connected(10)
     time.sleep(0.5)
@@ -131,6 +143,11 @@ def edgebus(port: int, stream: Path, total_samples: int) -> tuple[float, Ingest]
     pub.wait(120)
     bus.stop(flush_timeout=0)
     ingest.stop()
+    if store is not None:
+        stored = store.count_samples()
+        store.close()
+        if stored != total_samples:
+            raise SystemExit(f"stored {stored} of {total_samples} samples")
     if not finished or counter.first is None:
         raise SystemExit(f"edgebus ingest saw only {counter.samples} of {total_samples} samples")
     return counter.samples / (end - counter.first), ingest
@@ -141,6 +158,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--samples", type=int, default=100, help="samples per message (default 100)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="measure decoding and accounting only (no scoring, no store)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -152,7 +171,7 @@ def main() -> None:
         broker, port = start_mosquitto(workdir)
         try:
             sub_rate = ceiling(port, stream, messages)
-            rate, ingest = edgebus(port, stream, total)
+            rate, ingest = edgebus(port, stream, total, workdir, not args.decode_only)
         finally:
             stop(broker)
     stats = ingest.stats()
@@ -160,8 +179,8 @@ def main() -> None:
     missing = sum(s.missing for s in snapshot.values())
     received = sum(s.received for s in snapshot.values())
     print(f"mosquitto_sub (ceiling):  {sub_rate:9.0f} messages/s = {sub_rate * args.samples:10.0f} samples/s")
-    print(f"edgebus ingest (decode + sequence accounting): {rate / args.samples:9.0f} messages/s = "
-          f"{rate:10.0f} samples/s")
+    what = "decode + accounting" if args.decode_only else "decode + score + store (SQLite)"
+    print(f"edgebus ingest ({what}): {rate / args.samples:9.0f} messages/s = {rate:10.0f} samples/s")
     print(f"ratio edgebus / mosquitto_sub: {rate / (sub_rate * args.samples):.2f}")
     print(f"exactly once: received {received} of {total}, missing {missing}, "
           f"duplicates {stats.duplicates}, dead letters {sum(stats.dead_letters.values())}")
