@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from broker.config_values import check_keys
 from schemas.detections import Detection
 from schemas.errors import ConfigError
 
@@ -88,13 +89,6 @@ def create_detector(config: Mapping[str, Any]) -> Detector:
         raise ConfigError(f"unknown detector type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
     options = {k: v for k, v in config.items() if k != "type"}
     return cls.from_config(options)
-
-
-def check_keys(where: str, options: Mapping[str, Any], known: Mapping[str, object]) -> None:
-    """Refuse keys a backend does not know, naming the key and the known ones."""
-    for key in options:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
 
 
 _BUILTIN_MODULES: tuple[str, ...] = ("agents.detectors.ssdlite", "agents.detectors.yolo")
