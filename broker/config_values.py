@@ -7,7 +7,7 @@ typo'd value fails the same way wherever the operator made it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Collection, Mapping, Set
 from typing import Any
 
 from schemas.errors import ConfigError
@@ -15,7 +15,7 @@ from schemas.errors import ConfigError
 __all__ = ["check_keys", "float_option", "int_option", "str_option"]
 
 
-def check_keys(where: str, options: Mapping[str, Any], known: Set[str]) -> None:
+def check_keys(where: str, options: Mapping[str, Any], known: Collection[str]) -> None:
     """Refuse keys that are not in ``known``, naming the key and the known ones."""
     for key in options:
         if key not in known:
