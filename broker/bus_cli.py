@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-bus sub 'edgebus/+/metrics'           decoded metrics batches, one per line\n"
                "  edge-bus sub -v 'edgebus/#'                everything, each line led by its topic\n"
                "  edge-bus sub --json -C 1 'edgebus/+/birth' one message as a JSON object, then exit\n"
-               "  edge-bus pub -t edgebus/cam-1/cmd/rebirth -m '{}' --envelope",
+               "  edge-bus pub -t edgebus/cam-1/cmd/rebirth -m '{}' --envelope\n"
+               "  edge-bus lock --group locks hold camera-7/ptz -- ./move.sh   a fenced lock (Raft group)\n"
+               "  edge-bus raft status --group locks          each node's role, term, commit",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
@@ -207,6 +209,15 @@ def _run_pub(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lock"]:
+        from broker.coordination.cli import lock_main
+
+        return lock_main(argv[1:])
+    if argv[:2] == ["raft", "status"]:
+        from broker.coordination.cli import raft_status_main
+
+        return raft_status_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "sub" and not (args.topics or args.topic_options):

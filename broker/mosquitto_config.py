@@ -335,6 +335,10 @@ class MosquittoSite:
             f"max_queued_messages {self.max_queued_messages}",
             f"max_queued_bytes {self.max_queued_bytes}",
             f"max_inflight_messages {self.max_inflight_messages}",
+            "",
+            "# Small request/reply messages (locks, Raft, commands) must not wait ~40 ms for",
+            "# Nagle and the peer's delayed ACK.",
+            "set_tcp_nodelay true",
         ]
         if self.persistent_client_expiration is not None:
             lines.append(f"persistent_client_expiration {self.persistent_client_expiration}")

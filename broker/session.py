@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -407,6 +408,7 @@ class BusSession:
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 break
         if conn.connack.is_set() and not conn.refused:
+            _disable_nagle(conn.client)
             return conn
         self._close(conn)
         no_answer = not conn.connack.is_set()
@@ -600,3 +602,17 @@ class BusSession:
         if not self._connected.is_set():
             raise NotConnected(f"not connected to {self.config.host}:{self.config.port}: "
                                f"{self._stats.last_error or 'connecting'}")
+
+
+def _disable_nagle(client: mqtt.Client) -> None:
+    """TCP_NODELAY: edgebus traffic is small messages (acks, commands, Raft), not bulk.
+
+    With Nagle on, a publish waiting for the peer's delayed ACK costs ~40 ms a hop
+    (a local request/reply round trip measured 44 ms with it, 0.5 ms without).
+    """
+    sock = client.socket()
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            logger.debug("could not set TCP_NODELAY: %s", exc)

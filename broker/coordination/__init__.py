@@ -1,0 +1,36 @@
+"""The MQTT driver for the pure coordination protocols: Raft groups and the lock service on top.
+
+* :class:`RaftDriver` runs one :class:`protocols.raft.RaftNode` against the
+  broker, the wall clock and a SQLite log (:class:`RaftStorage`).
+* :class:`LockClient` is the client side of the replicated lock table
+  (``async with client.lock("camera-7/ptz") as token:``); :class:`RaftClient`
+  is the generic request/reply client (and the append register the fault tests use).
+"""
+
+from broker.coordination.client import RaftClient
+from broker.coordination.driver import DriverConfig, RaftDriver
+from broker.coordination.errors import CoordinationError, CoordinationTimeout, LockUnavailable
+from broker.coordination.group_state import GroupStateMachine
+from broker.coordination.lock_client import LockClient
+from broker.coordination.storage import RaftStorage
+from broker.coordination.topics import CoordinationTopics
+from broker.coordination.wire import WIRE_VERSION, ClientReplyMsg, ClientRequest, LockEventMsg, decode, encode
+
+__all__ = [
+    "WIRE_VERSION",
+    "ClientReplyMsg",
+    "ClientRequest",
+    "CoordinationError",
+    "CoordinationTimeout",
+    "CoordinationTopics",
+    "DriverConfig",
+    "GroupStateMachine",
+    "LockClient",
+    "LockEventMsg",
+    "LockUnavailable",
+    "RaftClient",
+    "RaftDriver",
+    "RaftStorage",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,19 @@
+"""Errors of the coordination driver and clients (all :class:`schemas.errors.BusError`)."""
+
+from __future__ import annotations
+
+from schemas.errors import BusError
+
+__all__ = ["CoordinationError", "CoordinationTimeout", "LockUnavailable"]
+
+
+class CoordinationError(BusError):
+    """A Raft group or the lock service could not do what was asked."""
+
+
+class CoordinationTimeout(CoordinationError):
+    """No answer in time: no leader reachable, or the lock stayed held by someone else."""
+
+
+class LockUnavailable(CoordinationError):
+    """The lock was refused for good: busy (no wait), deadlock victim, or the session is gone."""

@@ -1,0 +1,48 @@
+"""Where the coordination traffic of one group lives in the topic tree.
+
+Raft peers talk on ``{root}/_sys/raft/{group}/{node}`` (each node's inbox) and
+publish a retained status on ``{root}/_sys/raft/{group}/{node}/status``.
+Clients send to ``{root}/_sys/lock/{group}/req`` (every node hears it; only the
+leader acts, so no redirect round trip is needed) and hear answers and lock
+events on ``{root}/_sys/lock/{group}/reply/{client}``. A node's presence is the
+ordinary device status of ``raft-{group}-{node}``, whose will says ``offline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.topics import TopicTree
+
+__all__ = ["CoordinationTopics"]
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationTopics:
+    tree: TopicTree
+    group: str
+
+    def inbox(self, node: str) -> str:
+        return self.tree.sys("raft", self.group, node)
+
+    def node_status(self, node: str) -> str:
+        return self.tree.sys("raft", self.group, node, "status")
+
+    def all_node_status(self) -> str:
+        return f"{self.tree.sys('raft', self.group)}/+/status"
+
+    def requests(self) -> str:
+        return self.tree.sys("lock", self.group, "req")
+
+    def reply(self, client: str) -> str:
+        return self.tree.sys("lock", self.group, "reply", client)
+
+    def lock_events(self) -> str:
+        return self.tree.sys("lock", self.group, "events")
+
+    def presence_device(self, node: str) -> str:
+        """The device id whose ``status`` (and will) tells whether ``node`` is alive."""
+        return f"raft-{self.group}-{node}"
+
+    def presence(self, node: str) -> str:
+        return self.tree.status(self.presence_device(node))

@@ -1,0 +1,170 @@
+"""The one wire format of the coordination topics: msgpack inside the edgebus envelope.
+
+Every payload is ``envelope([WIRE_VERSION, kind, field, ...])``. Raft's frozen
+message dataclasses and the client request/reply records all go through
+:func:`encode` and come back through :func:`decode`; a payload of another
+version is refused with :class:`UnsupportedVersion` and anything malformed with
+:class:`CodecError`, so a driver can drop it and carry on (Raft tolerates loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocols.raft.messages import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    EntryKind,
+    Message,
+    Snapshot,
+    SnapshotRequest,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from schemas.envelope import EnvelopeCodec
+from schemas.errors import CodecError, UnsupportedVersion
+from schemas.messages import DEFAULT_CODEC
+
+__all__ = [
+    "WIRE_VERSION",
+    "ClientReplyMsg",
+    "ClientRequest",
+    "LockEventMsg",
+    "WireObject",
+    "decode",
+    "encode",
+    "entry_from_list",
+    "entry_to_list",
+]
+
+WIRE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A client's command: ``op`` is ``lock`` (body: an encoded lock command), ``append`` or ``read``."""
+
+    client_id: str
+    seq: int
+    op: str
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReplyMsg:
+    """The leader's answer to ``(client_id, seq)``; ``result`` is the state machine's bytes."""
+
+    seq: int
+    index: int
+    leader: str
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LockEventMsg:
+    """Something that happened to a session without it asking: a queued grant or a cancelled wait."""
+
+    kind: str  # "granted" | "cancelled"
+    lock_name: str
+    token: int
+    lease_deadline_ms: int
+    reason: str = ""
+
+
+WireObject = Message | ClientRequest | ClientReplyMsg | LockEventMsg
+
+
+def entry_to_list(e: Entry) -> list[Any]:
+    return [e.term, e.index, e.kind.value, e.command, e.client_id, e.request_seq, list(e.members)]
+
+
+def entry_from_list(v: list[Any]) -> Entry:
+    term, index, kind, command, client_id, seq, members = v
+    return Entry(term, index, EntryKind(kind), bytes(command), client_id, seq, tuple(members))
+
+
+def _snapshot_to_list(s: Snapshot) -> list[Any]:
+    return [s.index, s.term, list(s.members), s.data, [list(x) for x in s.sessions]]
+
+
+def _snapshot_from_list(v: list[Any]) -> Snapshot:
+    index, term, members, data, sessions = v
+    return Snapshot(index, term, tuple(members), bytes(data),
+                    tuple((str(c), int(q), bytes(r)) for c, q, r in sessions))
+
+
+def _to_list(obj: WireObject) -> list[Any]:
+    if isinstance(obj, VoteRequest):
+        return ["vote", obj.src, obj.dst, obj.term, obj.last_index, obj.last_term, obj.pre_vote, obj.transfer]
+    if isinstance(obj, VoteResponse):
+        return ["vote_resp", obj.src, obj.dst, obj.term, obj.granted, obj.pre_vote]
+    if isinstance(obj, AppendRequest):
+        return ["append", obj.src, obj.dst, obj.term, obj.prev_index, obj.prev_term,
+                [entry_to_list(e) for e in obj.entries], obj.commit]
+    if isinstance(obj, AppendResponse):
+        return ["append_resp", obj.src, obj.dst, obj.term, obj.success, obj.match_index,
+                obj.rejected_index, obj.hint_index, obj.hint_term]
+    if isinstance(obj, SnapshotRequest):
+        return ["snapshot", obj.src, obj.dst, obj.term, _snapshot_to_list(obj.snapshot)]
+    if isinstance(obj, TimeoutNow):
+        return ["timeout_now", obj.src, obj.dst, obj.term]
+    if isinstance(obj, ClientRequest):
+        return ["req", obj.client_id, obj.seq, obj.op, obj.body]
+    if isinstance(obj, ClientReplyMsg):
+        return ["reply", obj.seq, obj.index, obj.leader, obj.result]
+    if isinstance(obj, LockEventMsg):
+        return ["lock_event", obj.kind, obj.lock_name, obj.token, obj.lease_deadline_ms, obj.reason]
+    raise CodecError(f"not a coordination wire object: {type(obj).__name__}")
+
+
+def _from_list(kind: str, f: list[Any]) -> WireObject:
+    if kind == "vote":
+        return VoteRequest(*f)
+    if kind == "vote_resp":
+        return VoteResponse(*f)
+    if kind == "append":
+        src, dst, term, prev_index, prev_term, entries, commit = f
+        return AppendRequest(src, dst, term, prev_index, prev_term,
+                             tuple(entry_from_list(e) for e in entries), commit)
+    if kind == "append_resp":
+        return AppendResponse(*f)
+    if kind == "snapshot":
+        src, dst, term, snap = f
+        return SnapshotRequest(src, dst, term, _snapshot_from_list(snap))
+    if kind == "timeout_now":
+        return TimeoutNow(*f)
+    if kind == "req":
+        client_id, seq, op, body = f
+        return ClientRequest(client_id, seq, op, bytes(body))
+    if kind == "reply":
+        seq, index, leader, result = f
+        return ClientReplyMsg(seq, index, leader, bytes(result))
+    if kind == "lock_event":
+        return LockEventMsg(*f)
+    raise CodecError(f"unknown coordination message kind {kind!r}")
+
+
+def encode(obj: WireObject, codec: EnvelopeCodec = DEFAULT_CODEC) -> bytes:
+    """``obj`` as an envelope; the single encode path of every coordination topic."""
+    return codec.encode([WIRE_VERSION, *_to_list(obj)])
+
+
+def decode(data: bytes, codec: EnvelopeCodec = DEFAULT_CODEC) -> WireObject:
+    """Inverse of :func:`encode`; :class:`CodecError` (or :class:`UnsupportedVersion`) on anything else."""
+    body = codec.decode(data)
+    if not isinstance(body, list) or len(body) < 2 or type(body[0]) is not int:
+        raise CodecError("a coordination message must be [version, kind, fields...]")
+    if body[0] != WIRE_VERSION:
+        raise UnsupportedVersion(f"coordination wire version {body[0]} is not supported (this build reads "
+                                 f"{WIRE_VERSION})")
+    if not isinstance(body[1], str):
+        raise CodecError("a coordination message kind must be a string")
+    try:
+        return _from_list(body[1], body[2:])
+    except CodecError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CodecError(f"malformed coordination {body[1]!r} message: {exc}") from exc
