@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from broker.coordination.storage import RaftStorage
-from broker.coordination.wire import ClientReplyMsg, ClientRequest, LockEventMsg, decode, encode
+from broker.coordination.wire import ClientReplyMsg, ClientRequest, LockEventMsg, MessageBatch, decode, encode
 from protocols.raft import (
     AppendRequest,
     AppendResponse,
@@ -35,6 +35,8 @@ ENTRIES = (Entry(2, 6, EntryKind.COMMAND, b"x", "c1", 4), Entry(2, 7, EntryKind.
     SnapshotRequest("a", "b", 3, SNAP), TimeoutNow("a", "b", 3),
     ClientRequest("c1", 9, "lock", b"\x01"), ClientReplyMsg(9, 12, "a", b"ok"),
     LockEventMsg("granted", "cam/ptz", 4, 1000),
+    MessageBatch((AppendRequest("a", "b", 3, 5, 2, ENTRIES, 6), AppendRequest("a", "b", 3, 7, 2, (), 7),
+                  TimeoutNow("a", "b", 3))),
 ])
 def test_round_trip(obj: object) -> None:
     assert decode(encode(obj)) == obj  # type: ignore[arg-type]
@@ -49,6 +51,8 @@ def test_unknown_version_and_garbage_are_refused() -> None:
         decode(DEFAULT_CODEC.encode([1, "vote", "too", "few"]))
     with pytest.raises(CodecError):
         decode(msgpack.packb([1]))
+    with pytest.raises(CodecError):  # a batch carries Raft messages only
+        decode(DEFAULT_CODEC.encode([1, "batch", [["req", "c1", 1, "lock", b""]]]))
 
 
 def test_storage_follows_the_ready_contract_and_survives_reopen(tmp_path: Path) -> None:
@@ -66,3 +70,19 @@ def test_storage_follows_the_ready_contract_and_survives_reopen(tmp_path: Path) 
     loaded = store.load()
     assert loaded.snapshot == SNAP and loaded.entries == ENTRIES
     assert loaded.hard_state == HardState(2, None, 6)
+
+
+def test_only_a_commit_only_hard_state_skips_the_fsync(tmp_path: Path) -> None:
+    """etcd's MustSync: term, vote, entries and snapshots are fsync'd; a bare commit advance is not."""
+    path = tmp_path / "raft.db"
+    store = RaftStorage(path)
+    store.load()
+    store.persist(Ready(hard_state=HardState(1, "a", 0), entries=(Entry(1, 1), Entry(1, 2))))
+    store.persist(Ready(hard_state=HardState(1, "a", 2)))  # commit only
+    store.persist(Ready(hard_state=HardState(2, None, 2)))  # new term: synced
+    store.persist(Ready(hard_state=HardState(2, "b", 2)))  # new vote: synced
+    store.persist(Ready(hard_state=HardState(2, "b", 2), entries=(Entry(2, 3),)))  # entries: synced
+    assert (store.fsyncs, store.unsynced_commits) == (4, 1)
+    store.close()
+    loaded = RaftStorage(path).load()
+    assert loaded.hard_state == HardState(2, "b", 2) and len(loaded.entries) == 3

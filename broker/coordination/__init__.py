@@ -9,7 +9,7 @@
 
 from broker.coordination.client import RaftClient
 from broker.coordination.driver import DriverConfig, RaftDriver
-from broker.coordination.errors import CoordinationError, CoordinationTimeout, LockUnavailable
+from broker.coordination.errors import CoordinationError, CoordinationTimeout, DeadlockVictim, LockUnavailable
 from broker.coordination.group_state import GroupStateMachine
 from broker.coordination.lock_client import LockClient
 from broker.coordination.storage import RaftStorage
@@ -23,6 +23,7 @@ __all__ = [
     "CoordinationError",
     "CoordinationTimeout",
     "CoordinationTopics",
+    "DeadlockVictim",
     "DriverConfig",
     "GroupStateMachine",
     "LockClient",

@@ -1,7 +1,9 @@
 """RaftClient: send a command to a group's leader and wait for the applied result.
 
-Requests go to ``{root}/_sys/lock/{group}/req``, which every node hears and
-only the leader acts on; answers come back on this client's reply topic. A
+A request goes to the leader's own request topic once a reply has named the
+leader, else (and on every retry, in case leadership moved) to
+``{root}/_sys/lock/{group}/req``, which every node hears and only the leader
+acts on; answers come back on this client's reply topic. A
 request is re-sent with the SAME ``(client_id, seq)`` until answered, and the
 Raft session table applies it once however many copies arrive, so a retry
 after a leader crash cannot double an append or an acquire. One request is in
@@ -21,6 +23,7 @@ import msgpack
 
 from broker.coordination.errors import CoordinationError, CoordinationTimeout
 from broker.coordination.topics import CoordinationTopics
+from broker.coordination.transport import PeerTransport
 from broker.coordination.wire import ClientReplyMsg, ClientRequest, LockEventMsg, decode, encode
 from broker.router import ReceivedMessage
 from broker.session import BusSession
@@ -34,7 +37,7 @@ logger = logging.getLogger(__name__)
 class RaftClient:
     """Request/reply client of one Raft group (thread-safe; requests are serialised)."""
 
-    def __init__(self, session: BusSession, group: str, client_id: str | None = None, *,
+    def __init__(self, session: BusSession | PeerTransport, group: str, client_id: str | None = None, *,
                  retry_interval: float = 0.25, timeout: float = 10.0) -> None:
         self.session = session
         self.topics = CoordinationTopics(session.topics, group)
@@ -47,6 +50,7 @@ class RaftClient:
         self._waiting_seq = 0
         self._answer: ClientReplyMsg | None = None
         self._event_listeners: list[Callable[[LockEventMsg], None]] = []
+        self.leader: str | None = None
         self.retries = 0
         session.subscribe(self.topics.reply(self.client_id), self._on_reply)
 
@@ -65,10 +69,14 @@ class RaftClient:
                 self._waiting_seq, self._answer = req.seq, None
             first = True
             while True:
+                if first and self.leader:
+                    topic = self.topics.requests_for(self.leader)
+                else:
+                    topic = self.topics.requests()
                 if not first:
                     self.retries += 1
                 first = False
-                if not self.session.publish(self.topics.requests(), payload):
+                if not self.session.publish(topic, payload):
                     raise CoordinationError("the session's outbox refused the request")
                 resend_at = min(deadline, time.monotonic() + self.retry_interval)
                 with self._cond:
@@ -104,6 +112,7 @@ class RaftClient:
             logger.warning("dropping undecodable reply: %s", exc)
             return
         if isinstance(obj, ClientReplyMsg):
+            self.leader = obj.leader or None
             with self._cond:
                 if obj.seq == self._waiting_seq and self._answer is None:
                     self._answer = obj

@@ -1,6 +1,6 @@
 """RaftDriver: one RaftNode bound to the broker, the wall clock and SQLite.
 
-One thread owns the node. Everything else (the session's network thread, the
+One thread owns the node. Everything else (the transport's network thread, the
 presence handler, callers of :meth:`RaftDriver.status`) talks to it through a
 queue, so the node never needs a lock. Each loop turn: take every queued input,
 tick for the wall-clock time that passed, then drain ``ready()`` and follow the
@@ -21,17 +21,18 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from broker.coordination.group_state import GroupStateMachine, encode_op
-from broker.coordination.lock_events import publishable_events
+from broker.coordination.lock_events import deadlock_json, publishable_events
 from broker.coordination.storage import RaftStorage, StorageError
 from broker.coordination.topics import CoordinationTopics
-from broker.coordination.wire import ClientReplyMsg, ClientRequest, decode, encode
+from broker.coordination.transport import PeerTransport
+from broker.coordination.wire import ClientReplyMsg, ClientRequest, MessageBatch, decode, encode
 from broker.router import ReceivedMessage
-from broker.session import BusConfig, BusSession
-from protocols.locks import Expire, LockError, decode_command, encode_entry
+from broker.session import BusConfig
+from protocols.locks import DeadlockEvent, Expire, LockError, decode_command, encode_entry
 from protocols.raft import (
     AppendRequest,
     AppendResponse,
@@ -99,8 +100,7 @@ class RaftDriver:
         self.config = config
         self.topics = CoordinationTopics(_tree(bus.root), config.group)
         device = self.topics.presence_device(config.node)
-        self.session = BusSession(replace(bus, device=device, client_id=None, clean_start=True,
-                                          outbox_path=None))
+        self.transport = PeerTransport(bus, device, presence_topic=self.topics.presence(config.node))
         self.storage = RaftStorage(config.data_dir / f"raft-{config.group}-{config.node}.db")
         self.app = GroupStateMachine()
         raft_config = RaftConfig(election_ticks=config.election_ticks, heartbeat_ticks=config.heartbeat_ticks,
@@ -113,13 +113,15 @@ class RaftDriver:
         self._status: RaftStatus = self.node.status()
         self.failed: BaseException | None = None
         self.ready_batches = 0
+        self._topics: dict[tuple[str, str], str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> RaftDriver:
-        s = self.session
+        s = self.transport
         s.subscribe(self.topics.inbox(self.config.node), self._on_inbox)
         s.subscribe(self.topics.requests(), self._on_request)
+        s.subscribe(self.topics.requests_for(self.config.node), self._on_request)
         for peer in self.config.peers:
             if peer != self.config.node:
                 s.subscribe(self.topics.presence(peer), self._presence_handler(peer))
@@ -133,7 +135,7 @@ class RaftDriver:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self.session.stop(flush_timeout=1.0)
+        self.transport.stop()
         self.storage.close()
 
     def status(self) -> RaftStatus:
@@ -144,11 +146,15 @@ class RaftDriver:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    # -- handlers (session network thread: decode and queue, nothing else) ---------------------
+    # -- handlers (transport network thread: decode and queue, nothing else) ---------------------
 
     def _on_inbox(self, msg: ReceivedMessage) -> None:
         obj = self._decode(msg)
-        if isinstance(obj, _RAFT_MESSAGES) and obj.dst == self.config.node:
+        if isinstance(obj, MessageBatch):
+            for m in obj.messages:
+                if m.dst == self.config.node:
+                    self._inputs.put(m)
+        elif isinstance(obj, _RAFT_MESSAGES) and obj.dst == self.config.node:
             self._inputs.put(obj)
 
     def _on_request(self, msg: ReceivedMessage) -> None:
@@ -250,9 +256,15 @@ class RaftDriver:
         self.ready_batches += 1
         self.storage.persist(rd)  # 1. durable first (raises StorageError: nothing is sent)
         self._send(rd)  # 2. then talk
-        if self.node.role is Role.LEADER:
+        if self.node.role is Role.LEADER and events:
             for client, event in publishable_events(events):
-                self.session.publish(self.topics.reply(client), encode(event))
+                self.transport.publish(self._topic(("reply", client)), encode(event), qos=1)
+            for dl in events:
+                if isinstance(dl, DeadlockEvent):
+                    logger.info("deadlock in %s: %s waiting on %s; victim %s", self.config.group,
+                                " -> ".join(dl.cycle), ", ".join(dl.locks), dl.victim)
+                    self.transport.publish(self.topics.lock_events(),
+                                           deadlock_json(dl, self.config.group, self.config.node), qos=1)
         for ev in rd.events:
             if isinstance(ev, BecameLeader):
                 logger.info("node %s became leader of %s in term %d", ev.node, self.config.group, ev.term)
@@ -260,17 +272,35 @@ class RaftDriver:
                 logger.debug("node %s: leader is %s in term %d", self.config.node, ev.leader, ev.term)
 
     def _send(self, rd: Ready) -> None:
-        for m in rd.messages:
-            self.session.publish(self.topics.inbox(m.dst), encode(m))
+        """Replies first (a client is waiting on each), then one publish per destination node (a batch
+        when there are several, in order): per-message MQTT cost dominated a node's CPU."""
         for r in rd.replies:
             reply = ClientReplyMsg(r.request_seq, r.index, r.leader, r.result)
-            self.session.publish(self.topics.reply(r.client_id), encode(reply))
+            self.transport.publish(self._topic(("reply", r.client_id)), encode(reply))
+        by_dst: dict[str, list[Message]] = {}
+        for m in rd.messages:
+            by_dst.setdefault(m.dst, []).append(m)
+        for dst, msgs in by_dst.items():
+            payload = encode(msgs[0]) if len(msgs) == 1 else encode(MessageBatch(tuple(msgs)))
+            self.transport.publish(self._topic(("inbox", dst)), payload)
+
+    def _topic(self, key: tuple[str, str]) -> str:
+        """Inbox and reply topics, built (and validated) once each."""
+        topic = self._topics.get(key)
+        if topic is None:
+            if len(self._topics) > 4096:
+                self._topics.clear()
+            kind, name = key
+            topic = self.topics.inbox(name) if kind == "inbox" else self.topics.reply(name)
+            self._topics[key] = topic
+        return topic
 
     def _publish_status(self, s: RaftStatus) -> None:
         body = {"node": s.node, "role": s.role, "term": s.term, "leader": s.leader, "commit": s.commit,
                 "applied": s.applied, "last_index": s.last_index, "snapshot_index": s.snapshot_index,
                 "members": list(s.members), "time_ms": _now_ms()}
-        self.session.publish(self.topics.node_status(self.config.node), json.dumps(body), retain=True)
+        self.transport.publish(self.topics.node_status(self.config.node), json.dumps(body), qos=1,
+                               retain=True)
 
 
 def _now_ms() -> int:
@@ -279,3 +309,4 @@ def _now_ms() -> int:
 
 def _tree(root: str) -> TopicTree:
     return TopicTree(root)
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.errors import BusError
 
-__all__ = ["CoordinationError", "CoordinationTimeout", "LockUnavailable"]
+__all__ = ["CoordinationError", "CoordinationTimeout", "DeadlockVictim", "LockUnavailable"]
 
 
 class CoordinationError(BusError):
@@ -17,3 +17,11 @@ class CoordinationTimeout(CoordinationError):
 
 class LockUnavailable(CoordinationError):
     """The lock was refused for good: busy (no wait), deadlock victim, or the session is gone."""
+
+
+class DeadlockVictim(LockUnavailable):
+    """This session's wait closed (or sat in) a wait-for cycle and it was chosen to break it.
+
+    Its waits were cancelled; locks it already holds are still held. Release
+    them (or some of them) and retry, or give up.
+    """

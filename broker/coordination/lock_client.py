@@ -24,14 +24,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import replace
 from types import TracebackType
+from typing import NoReturn
 
 from broker.coordination.client import RaftClient
-from broker.coordination.errors import CoordinationError, CoordinationTimeout, LockUnavailable
+from broker.coordination.errors import CoordinationError, CoordinationTimeout, DeadlockVictim, LockUnavailable
 from broker.coordination.group_state import decode_lock_result
+from broker.coordination.transport import PeerTransport
 from broker.coordination.wire import LockEventMsg
-from broker.session import BusConfig, BusSession
+from broker.session import BusConfig
 from protocols.locks import (
     Acquire,
     CancelWait,
@@ -60,11 +61,11 @@ class LockClient:
         self.session_id = raft.client_id
         self.session_lost = threading.Event()
         self._opened = False
-        self._grants: dict[str, int] = {}
+        self._grants: dict[str, tuple[int, str]] = {}  # lock -> (token, or 0 if cancelled; reason)
         self._grant_cond = threading.Condition()
         self._stop = threading.Event()
         self._keepalive: threading.Thread | None = None
-        self._owned_session: BusSession | None = None
+        self._owned_session: PeerTransport | None = None
         raft.on_lock_event(self._on_event)
 
     @classmethod
@@ -73,11 +74,11 @@ class LockClient:
                 connect_timeout: float = 10.0) -> LockClient:
         """A client with its own MQTT session (closed by :meth:`close`)."""
         cid = client_id or f"lock-{uuid.uuid4().hex[:12]}"
-        session = BusSession(replace(bus, client_id=cid, device=None, clean_start=True, outbox_path=None))
+        session = PeerTransport(bus, cid)  # requests are retried until answered: no outbox needed
         raft = RaftClient(session, group, cid, retry_interval=retry_interval, timeout=timeout)
         session.start()
         if not session.wait_connected(connect_timeout):
-            session.stop(flush_timeout=0)
+            session.stop()
             raise CoordinationError(f"cannot reach the broker at {bus.host}:{bus.port}")
         client = cls(raft, ttl_ms=ttl_ms)
         client._owned_session = session
@@ -111,7 +112,7 @@ class LockClient:
                 logger.warning("closing lock session %s: %s (its lease will lapse)", self.session_id, exc)
             self._opened = False
         if self._owned_session is not None:
-            self._owned_session.stop(flush_timeout=1.0)
+            self._owned_session.stop()
             self._owned_session = None
 
     def __enter__(self) -> LockClient:
@@ -144,9 +145,13 @@ class LockClient:
         deadline = time.monotonic() + timeout
         with self._grant_cond:
             self._grants.pop(name, None)
+        queued = False
         while True:
             remaining = deadline - time.monotonic()
-            acquire = Acquire(self.session_id, name, priority, wait)
+            # Once queued, a poll must not queue us again: if our wait was cancelled meanwhile (a
+            # deadlock victim), a waiting Acquire would re-enter the queue and could close the same
+            # cycle a second time. A non-waiting Acquire answers QUEUED while we still wait.
+            acquire = Acquire(self.session_id, name, priority, wait and not queued)
             result = self._command(acquire, timeout=max(remaining, 0.1))
             if result.status in (LockStatus.GRANTED, LockStatus.ALREADY_HELD):
                 assert result.token is not None
@@ -154,20 +159,35 @@ class LockClient:
             if result.status is LockStatus.NO_SESSION:
                 self.session_lost.set()
                 raise LockUnavailable(f"lock session {self.session_id} is gone")
+            if result.status is LockStatus.DEADLOCK:
+                raise DeadlockVictim(f"{name}: waiting would deadlock and session {self.session_id} was "
+                                     f"chosen as the victim; its waits are cancelled (release and retry)")
+            if queued and result.status is LockStatus.BUSY:  # no longer waiting: cancelled
+                self._raise_cancelled(name, self._wait_event(name, time.monotonic() + 0.5)[1])
             if result.status is not LockStatus.QUEUED:
                 raise LockUnavailable(f"{name}: {result.status}")
-            with self._grant_cond:
-                until = min(deadline, time.monotonic() + self.poll_interval)
-                while name not in self._grants and time.monotonic() < until:
-                    self._grant_cond.wait(until - time.monotonic())
-                token = self._grants.pop(name, None)
+            queued = True
+            token, reason = self._wait_event(name, min(deadline, time.monotonic() + self.poll_interval))
             if token is not None and token > 0:
                 return token
             if token == 0:
-                raise LockUnavailable(f"{name}: wait cancelled (deadlock victim or session closed)")
+                self._raise_cancelled(name, reason)
             if time.monotonic() >= deadline:
                 self._command(CancelWait(self.session_id, name), timeout=2.0)
                 raise CoordinationTimeout(f"{name} still held by another session after {timeout} s")
+
+    def _wait_event(self, name: str, until: float) -> tuple[int | None, str]:
+        """The grant (token) or cancellation (0, reason) pushed for ``name`` by ``until``, else (None, "")."""
+        with self._grant_cond:
+            while name not in self._grants and time.monotonic() < until:
+                self._grant_cond.wait(until - time.monotonic())
+            return self._grants.pop(name, (None, ""))
+
+    def _raise_cancelled(self, name: str, reason: str) -> NoReturn:
+        if reason == "deadlock":
+            raise DeadlockVictim(f"{name}: wait cancelled: session {self.session_id} was chosen as the "
+                                 f"victim of a deadlock (release a lock and retry)")
+        raise LockUnavailable(f"{name}: wait cancelled ({reason or 'no longer queued'})")
 
     def release(self, name: str, token: int) -> bool:
         """True if released; False if the lock was no longer ours (lease lapsed, token stale)."""
@@ -202,5 +222,6 @@ class LockClient:
 
     def _on_event(self, event: LockEventMsg) -> None:
         with self._grant_cond:
-            self._grants[event.lock_name] = event.token if event.kind == "granted" else 0
+            token = event.token if event.kind == "granted" else 0
+            self._grants[event.lock_name] = (token, event.reason)
             self._grant_cond.notify_all()

@@ -4,6 +4,15 @@
 transaction, committed with ``synchronous=FULL`` in WAL mode, so when it
 returns the vote, term and entries survive a kill -9 or a power cut; only then
 may the driver send that Ready's messages and replies.
+
+One exception, etcd's ``MustSync`` rule: a Ready whose only durable change is
+a higher commit index (no entries, no snapshot, same term and vote) is
+committed with ``synchronous=NORMAL``, i.e. written to the WAL without an
+fsync. The commit index is volatile state in Raft (a restarted node relearns
+it from the leader, and :class:`protocols.raft.RaftNode` restarts from
+``max(commit, snapshot)``); WAL frames are appended in order, so a lost
+unsynced commit index can only roll back to an older one, never tear an
+fsync'd entry or vote. This halves the fsyncs per replicated command.
 """
 
 from __future__ import annotations
@@ -54,6 +63,10 @@ class RaftStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open raft storage {path}: {exc}") from exc
         self.path = path
+        self._synced: HardState | None = None  # the last term/vote made durable with an fsync
+        self._sync_full = True
+        self.fsyncs = 0
+        self.unsynced_commits = 0
 
     def load(self) -> PersistentState:
         """What the node restarts from."""
@@ -64,6 +77,7 @@ class RaftStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read raft storage {self.path}: {exc}") from exc
         hs = HardState(*hs_row) if hs_row else HardState()
+        self._synced = hs
         snap = None
         if snap_row:
             idx, term, members, data, sessions = snap_row
@@ -77,7 +91,13 @@ class RaftStorage:
         if rd.snapshot is None and not rd.entries and rd.hard_state is None:
             return
         db = self._db
+        h = rd.hard_state
+        must_sync = (rd.snapshot is not None or bool(rd.entries) or h is None or self._synced is None
+                     or h.term != self._synced.term or h.voted_for != self._synced.voted_for)
         try:
+            if must_sync != self._sync_full:
+                db.execute("PRAGMA synchronous=FULL" if must_sync else "PRAGMA synchronous=NORMAL")
+                self._sync_full = must_sync
             db.execute("BEGIN IMMEDIATE")
             if rd.snapshot is not None:
                 s = rd.snapshot
@@ -100,6 +120,12 @@ class RaftStorage:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StorageError(f"cannot write raft storage {self.path}: {exc}") from exc
+        if must_sync:
+            self.fsyncs += 1
+            if h is not None:
+                self._synced = h
+        else:
+            self.unsynced_commits += 1
 
     def close(self) -> None:
         self._db.close()

@@ -2,8 +2,9 @@
 
 Raft peers talk on ``{root}/_sys/raft/{group}/{node}`` (each node's inbox) and
 publish a retained status on ``{root}/_sys/raft/{group}/{node}/status``.
-Clients send to ``{root}/_sys/lock/{group}/req`` (every node hears it; only the
-leader acts, so no redirect round trip is needed) and hear answers and lock
+Clients send to ``{root}/_sys/lock/{group}/req/{leader}`` once a reply told
+them the leader, else (and on every retry) to ``{root}/_sys/lock/{group}/req``,
+which every node hears and only the leader acts on and hear answers and lock
 events on ``{root}/_sys/lock/{group}/reply/{client}``. A node's presence is the
 ordinary device status of ``raft-{group}-{node}``, whose will says ``offline``.
 """
@@ -33,6 +34,10 @@ class CoordinationTopics:
 
     def requests(self) -> str:
         return self.tree.sys("lock", self.group, "req")
+
+    def requests_for(self, node: str) -> str:
+        """Requests for one node: a client that knows the leader sends here, so followers never see them."""
+        return self.tree.sys("lock", self.group, "req", node)
 
     def reply(self, client: str) -> str:
         return self.tree.sys("lock", self.group, "reply", client)

@@ -33,6 +33,7 @@ __all__ = [
     "ClientReplyMsg",
     "ClientRequest",
     "LockEventMsg",
+    "MessageBatch",
     "WireObject",
     "decode",
     "encode",
@@ -74,7 +75,15 @@ class LockEventMsg:
     reason: str = ""
 
 
-WireObject = Message | ClientRequest | ClientReplyMsg | LockEventMsg
+@dataclass(frozen=True, slots=True)
+class MessageBatch:
+    """Several Raft messages for one node in one MQTT publish (one Ready's worth, in order)."""
+
+    messages: tuple[Message, ...]
+
+
+WireObject = Message | ClientRequest | ClientReplyMsg | LockEventMsg | MessageBatch
+_RAFT_TYPES = (VoteRequest, VoteResponse, AppendRequest, AppendResponse, SnapshotRequest, TimeoutNow)
 
 
 def entry_to_list(e: Entry) -> list[Any]:
@@ -117,6 +126,8 @@ def _to_list(obj: WireObject) -> list[Any]:
         return ["reply", obj.seq, obj.index, obj.leader, obj.result]
     if isinstance(obj, LockEventMsg):
         return ["lock_event", obj.kind, obj.lock_name, obj.token, obj.lease_deadline_ms, obj.reason]
+    if isinstance(obj, MessageBatch):
+        return ["batch", [_to_list(m) for m in obj.messages]]
     raise CodecError(f"not a coordination wire object: {type(obj).__name__}")
 
 
@@ -144,6 +155,16 @@ def _from_list(kind: str, f: list[Any]) -> WireObject:
         return ClientReplyMsg(seq, index, leader, bytes(result))
     if kind == "lock_event":
         return LockEventMsg(*f)
+    if kind == "batch":
+        (items,) = f
+        messages = []
+        for item in items:
+            ok = isinstance(item, list) and item and isinstance(item[0], str)
+            m = _from_list(item[0], item[1:]) if ok else None
+            if not isinstance(m, _RAFT_TYPES):
+                raise CodecError("a batch holds Raft messages only")
+            messages.append(m)
+        return MessageBatch(tuple(messages))
     raise CodecError(f"unknown coordination message kind {kind!r}")
 
 

@@ -1,0 +1,189 @@
+"""PeerTransport: a lean MQTT connection for Raft traffic (no outbox, QoS 0 by default).
+
+:class:`broker.session.BusSession` promises that nothing accepted is lost: every
+publish goes through its SQLite outbox and waits for a PUBACK, and it speaks
+MQTT 5 where it can. Raft needs none of that: a lost AppendRequest, vote or
+client reply is re-sent by the protocol (heartbeats, client retries), and
+persistence is the log's job, not the transport's. Profiling a node under the
+lock benchmark showed most of its CPU going to exactly that machinery (outbox
+insert/peek/ack, PUBACKs both ways, MQTT 5 property parsing), so the driver
+talks through this instead: MQTT 3.1.1, QoS 0 for peer messages and replies,
+TCP_NODELAY, exact-topic dispatch, reconnect with backoff. It keeps the
+presence contract of a device session: a retained ``offline`` will on the
+presence topic, ``online`` (retained) on every connection, ``offline`` said
+explicitly on a clean stop (which suppresses the will).
+
+:class:`broker.coordination.LockClient` uses it too (its requests are retried
+until answered, so QoS 0 loses nothing that matters). Handlers run on the
+transport's network thread: keep them short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker.router import ReceivedMessage
+from broker.session import BusConfig
+from schemas.topics import TopicTree
+
+__all__ = ["PeerTransport"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[ReceivedMessage], None]
+
+
+class PeerTransport:
+    """One MQTT 3.1.1 connection with a background network thread (thread-safe publish)."""
+
+    def __init__(self, bus: BusConfig, client_id: str, *, presence_topic: str | None = None) -> None:
+        self.bus = bus
+        self.client_id = client_id
+        self.presence_topic = presence_topic
+        self.topics = TopicTree(bus.root)
+        self._handlers: dict[str, Handler] = {}
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rng = random.Random()
+        self.dropped = 0
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Deliver messages on exactly ``topic`` (no wildcards) to ``handler``; call before :meth:`start`."""
+        self._handlers[topic] = handler
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.subscribe(topic, 0)
+
+    def start(self) -> PeerTransport:
+        self._thread = threading.Thread(target=self._supervise, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 0, retain: bool = False) -> bool:
+        """Send now if connected; False (counted in :attr:`dropped`) if not. Raft re-sends what matters."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            self.dropped += 1
+            return False
+        info = client.publish(topic, payload, qos, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.dropped += 1
+            return False
+        return True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+            self._thread = None
+
+    # -- network thread ------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        delay = self.bus.reconnect_min_delay
+        while not self._stopping.is_set():
+            client = self._connect()
+            if client is None:
+                self._stopping.wait(delay * (0.5 + self._rng.random()))
+                delay = min(delay * 2, self.bus.reconnect_max_delay)
+                continue
+            delay = self.bus.reconnect_min_delay
+            self._serve(client)
+
+    def _connect(self) -> mqtt.Client | None:
+        cfg = self.bus
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
+                             clean_session=True, reconnect_on_failure=False)
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(max(cfg.max_inflight, 1000))
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls_ca is not None:
+            client.tls_set(ca_certs=str(cfg.tls_ca))
+        if self.presence_topic is not None:
+            client.will_set(self.presence_topic, b"offline", qos=1, retain=True)
+        connack = threading.Event()
+        refused: list[str] = []
+
+        def on_connect(c: mqtt.Client, u: object, flags: object, rc: ReasonCode, props: object) -> None:
+            if rc.is_failure:
+                refused.append(str(rc))
+            connack.set()
+
+        client.on_connect = on_connect
+        client.on_message = self._on_message
+        try:
+            client.connect(cfg.host, cfg.port, cfg.keepalive)
+        except (OSError, ValueError) as exc:
+            logger.debug("cannot reach broker %s:%d: %s", cfg.host, cfg.port, exc)
+            return None
+        deadline_loops = int(cfg.connect_timeout / 0.05) + 1
+        for _ in range(deadline_loops):
+            if connack.is_set() or client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if not connack.is_set() or refused:
+            logger.warning("broker %s:%d: %s", cfg.host, cfg.port, refused[0] if refused else "no CONNACK")
+            _close(client)
+            return None
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client
+
+    def _serve(self, client: mqtt.Client) -> None:
+        for topic in list(self._handlers):
+            client.subscribe(topic, 0)
+        if self.presence_topic is not None:
+            client.publish(self.presence_topic, b"online", qos=1, retain=True)
+        self._client = client
+        self._connected.set()
+        while not self._stopping.is_set():
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        self._connected.clear()
+        if self._stopping.is_set():
+            self._goodbye(client)
+        else:
+            logger.warning("connection to %s:%d lost; reconnecting", self.bus.host, self.bus.port)
+            _close(client)
+        self._client = None
+
+    def _goodbye(self, client: mqtt.Client) -> None:
+        """A clean DISCONNECT suppresses the will, so say ``offline`` ourselves first."""
+        if self.presence_topic is not None:
+            info = client.publish(self.presence_topic, b"offline", qos=1, retain=True)
+            for _ in range(40):
+                if info.is_published() or client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+        _close(client)
+
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        handler = self._handlers.get(msg.topic)
+        if handler is None:
+            return
+        try:
+            handler(ReceivedMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+        except Exception:
+            logger.exception("handler for %s failed", msg.topic)
+
+
+def _close(client: mqtt.Client) -> None:
+    try:
+        client.disconnect()
+    except Exception:  # paho raises assorted errors on a dead socket
+        logger.debug("closing a dead connection raised", exc_info=True)
