@@ -27,11 +27,15 @@ from broker.config_file import load_toml
 from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.session import BusConfig, BusSession
+from coordinator.actions import parse_actions
 from coordinator.anomaly.engine import AnomalyEngine
+from coordinator.batch_job import BatchJobConfig
 from coordinator.demo import SimulatedFleet
 from coordinator.fleet_view import FleetView
+from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.ingest import Ingest
 from coordinator.processor import FleetProcessor
+from coordinator.services import Services, ServicesConfig
 from coordinator.store.base import Store, open_store
 from schemas.errors import BusError, ConfigError
 
@@ -41,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CLIENT_ID = "edgebus-coordinator"
 DEMO_ANOMALY: Mapping[str, Any] = {"detector": {"warmup": 30}}
+#: The demo runs for minutes, not hours: look at the last ten minutes every half minute.
+DEMO_BATCH: Mapping[str, Any] = {"interval_s": 30, "window_s": 600}
 
 
 
@@ -57,6 +63,10 @@ class CoordinatorConfig:
     anomaly: Mapping[str, Any] = field(default_factory=dict)
     #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
     shared_group: str | None = None
+    #: ``[[actions]]``, ``[home_assistant]`` and ``[anomaly.batch]`` (coordinator/services.py).
+    services: ServicesConfig = field(default_factory=ServicesConfig)
+    #: Whether ``[anomaly.batch]`` was given (the demo uses a shorter schedule otherwise).
+    batch_configured: bool = False
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -64,7 +74,8 @@ class CoordinatorConfig:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> CoordinatorConfig:
-        known = {f.name for f in fields(cls)}
+        known = ({f.name for f in fields(cls)} - {"services", "batch_configured"}) | {"actions",
+                                                                                      "home_assistant"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")
@@ -84,9 +95,13 @@ class CoordinatorConfig:
         if group is not None and embedded:
             raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
                               "(Mosquitto, EMQX); the embedded broker does not")
+        anomaly = dict(data.get("anomaly", {}))
+        services = ServicesConfig(batch=BatchJobConfig.from_mapping(anomaly.get("batch")),
+                                  actions=tuple(parse_actions(data.get("actions"))),
+                                  home_assistant=HomeAssistantConfig.from_mapping(data.get("home_assistant")))
         return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
-                   broker=broker, store=data.get("store", {}), anomaly=data.get("anomaly", {}),
-                   shared_group=group)
+                   broker=broker, store=data.get("store", {}), anomaly=anomaly,
+                   shared_group=group, services=services, batch_configured="batch" in anomaly)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,14 +199,19 @@ def _start(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = _open_store(config, data_dir)
     # The demo's agents start from nothing; learn for half a minute instead of two.
-    engine = AnomalyEngine(config.anomaly or (DEMO_ANOMALY if args.demo else {}))
+    online = {k: v for k, v in config.anomaly.items() if k != "batch"}  # [anomaly.batch] is the services'
+    engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
     bus = BusSession(bus_config)
     ingest = Ingest(bus, shared_group=config.shared_group)
-    view = FleetView(ingest.sequence_snapshot)
-    processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir,
-                               on_alert=lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
+    processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir)
+    view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
+    processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
+    services_config = config.services
+    if args.demo and not config.batch_configured:
+        services_config = replace(services_config, batch=BatchJobConfig.from_mapping(DEMO_BATCH))
+    services = Services(bus, processor, store, services_config)
     processor.restore()
-    ingest.sinks += [processor, view]
+    ingest.sinks += [services.known, processor, view]
     ingest.start()
     print(f"history in the {config.store.get('type', 'sql')} store "
           f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "
@@ -204,6 +224,7 @@ def _start(args: argparse.Namespace) -> int:
         if not bus.wait_connected(bus_config.connect_timeout + 5):
             raise BusError(f"cannot reach the broker at {bus_config.host}:{bus_config.port}: "
                            f"{bus.stats().last_error}")
+        services.start()
         if fleet is not None:
             fleet.start()
             print(f"{len(fleet.agents)} simulated agents publishing metrics every second")
@@ -211,6 +232,7 @@ def _start(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        services.stop()
         if fleet is not None:
             fleet.stop()
         bus.stop(flush_timeout=1)
@@ -219,7 +241,9 @@ def _start(args: argparse.Namespace) -> int:
         store.close()
         if embedded is not None:
             embedded.stop()
-    print(view.summary())
+    if services.summary():
+        print(services.summary())
+    print(view.summary())  # the last line: scripts and tests read it
     return 0
 
 

@@ -3,7 +3,9 @@
 :class:`FleetView` is an ingest sink: it reads each :class:`~coordinator.ingest.IngestBatch`
 and renders a full-screen table for a terminal or a one-line summary for logs.
 Loss and duplicates come from the ingest's own sequence accounting, so the view
-and the store agree on what arrived.
+and the store agree on what arrived. Given a ``forecast`` source, the table also
+shows each device's next-minute forecast interval for one metric, computed
+when the table is rendered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from coordinator.anomaly.base import ForecastPoint
 from coordinator.ingest import IngestBatch
 from schemas.sequence import DeviceSequence
 
@@ -23,6 +26,8 @@ RATE_WINDOW_S = 5.0
 
 #: Reads the ingest's per-stream sequence accounting (a consistent copy).
 SequenceSource = Callable[[], dict[str, DeviceSequence]]
+#: ``(device, metric) -> the forecast a minute ahead`` (None when there is none yet).
+ForecastSource = Callable[[str, str], ForecastPoint | None]
 
 
 @dataclass(slots=True)
@@ -41,8 +46,11 @@ class DeviceRow:
 class FleetView:
     """Thread-safe fleet state: feed it ingest batches, read a rendering."""
 
-    def __init__(self, sequences: SequenceSource, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, sequences: SequenceSource, clock: Callable[[], float] = time.monotonic, *,
+                 forecast: ForecastSource | None = None, forecast_metric: str = "cpu_percent") -> None:
         self._sequences = sequences
+        self._forecast = forecast
+        self.forecast_metric = forecast_metric
         self._clock = clock
         self._lock = threading.Lock()
         self.devices: dict[str, DeviceRow] = {}
@@ -104,14 +112,30 @@ class FleetView:
                     f"duplicates={sum(s.duplicates for s in sequences.values())} "
                     f"invalid={self.invalid} anomalies={self.anomalies}")
 
+    def _forecasts(self) -> dict[str, str]:
+        """Each device's forecast interval as text (read outside the view's lock: it takes the engine's)."""
+        if self._forecast is None:
+            return {}
+        with self._lock:
+            names = sorted(self.devices)
+        out = {}
+        for name in names:
+            point = self._forecast(name, self.forecast_metric)
+            if point is not None:
+                out[name] = f"{point.mean:.1f} [{point.low:.1f}, {point.high:.1f}]"
+        return out
+
     def table(self, width_metrics: tuple[str, ...] = ("cpu_percent", "temp_c")) -> str:
         """A multi-line table for a terminal."""
         now = self._clock()
         sequences = self._sequences()
+        forecast_head = f"  {self.forecast_metric + ' in 1m':>19}" if self._forecast else ""
         lines = [
             f"{'device':<16} {'status':<8} {'samples/s':>9} {'received':>9} {'missing':>8} "
             f"{'dups':>5} {'anom':>5} {'age':>5}  " + "  ".join(f"{m:>11}" for m in width_metrics)
+            + forecast_head
         ]
+        forecasts = self._forecasts()
         with self._lock:
             for name in sorted(self.devices):
                 row = self.devices[name]
@@ -121,6 +145,8 @@ class FleetView:
                 values = "  ".join(
                     f"{row.last_values[m]:>11.1f}" if m in row.last_values else f"{'-':>11}"
                     for m in width_metrics)
+                if self._forecast is not None:
+                    values += f"  {forecasts.get(name, '-'):>19}"
                 lines.append(f"{name:<16} {row.status:<8} {self._rate(row, now):>9.1f} {received:>9} "
                              f"{missing:>8} {dups:>5} {row.anomalies:>5} {age:>5}  {values}")
             last_invalid, last_anomaly = self.last_invalid, self.last_anomaly
