@@ -82,7 +82,9 @@ class CoordinatorConfig:
         broker_section = data.get("broker")
         if broker_section is not None and not isinstance(broker_section, dict):
             raise ConfigError("broker must be a table ([broker])")
-        broker = BusConfig.from_mapping(broker_section) if broker_section is not None else None
+        # A stable client id by default: the persistent session keeps what arrives during a restart.
+        broker = (BusConfig.from_mapping({"client_id": DEFAULT_CLIENT_ID, **broker_section})
+                  if broker_section is not None else None)
         embedded = data.get("embedded_broker", broker is None)
         if not isinstance(embedded, bool):
             raise ConfigError(f"embedded_broker must be true or false, not {embedded!r}")

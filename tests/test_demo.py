@@ -62,3 +62,20 @@ def test_unknown_config_key_is_named(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "broker.prot" in out.stderr
+
+
+def test_readme_coordinator_configuration_is_valid() -> None:
+    """The coordinator.toml README shows parses as the coordinator parses it, every table strict."""
+    import re
+    import tomllib
+
+    from coordinator.anomaly.engine import AnomalyEngine
+    from coordinator.cli import CoordinatorConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```toml\n(embedded_broker = false.*?)```", readme, re.S)
+    assert block, "README lost its coordinator.toml example"
+    config = CoordinatorConfig.from_mapping(tomllib.loads(block.group(1)))
+    assert config.shared_group == "coordinators" and not config.embedded_broker
+    assert config.services.actions and config.services.batch.interval_s == 300
+    AnomalyEngine({k: v for k, v in config.anomaly.items() if k != "batch"})
