@@ -486,9 +486,10 @@ class RaftNode:
         # the highest index a quorum of members holds
         candidate = matches[len(matches) - self._quorum()] if len(matches) >= self._quorum() else 0
         if candidate > self.commit and self._commit_allowed(candidate):
+            # Followers learn the new commit index from the next append or heartbeat; a
+            # broadcast here would double the messages per client command for nothing the
+            # client waits on (it is answered by the leader, which applies now).
             self._advance_commit(candidate)
-            for peer in self._progress:
-                self._send_append(peer, heartbeat=True)
 
     def _commit_allowed(self, index: int) -> bool:
         """Raft's rule (Figure 8): count replicas only for entries of the leader's own term."""
