@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config_file import load_toml
+from broker.config_values import check_section_keys, section_table
 from broker.session import BusConfig
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import validate_device_id
@@ -32,20 +33,6 @@ from schemas.topics import validate_device_id
 __all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig", "SheddingConfig"]
 
 DEFAULT_COLLECTORS = ("cpu", "memory", "disk", "temperature", "network", "battery", "agent")
-
-
-def _check_keys(section: str, data: Mapping[str, Any], known: set[str]) -> None:
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}")
-
-
-def _table(section: str, value: object) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{section} must be a table ([{section}])")
-    return value
 
 
 def _number(section: str, key: str, data: Mapping[str, Any], default: float, *,
@@ -81,7 +68,7 @@ class DeviceConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DeviceConfig:
-        _check_keys("device", data, {"id", "name", "model", "data_dir"})
+        check_section_keys("device", data, {"id", "name", "model", "data_dir"})
         device_id = data.get("id")
         if not isinstance(device_id, str):
             raise ConfigError("device.id is required: the name this device has on the bus")
@@ -120,8 +107,8 @@ class MetricsConfig:
             if key in DEFAULT_COLLECTORS and isinstance(value, dict):
                 options[key] = value  # [metrics.disk] and friends; the collector checks its keys
                 continue
-            _check_keys(s, {key: value}, plain | {f"{c} (table)" for c in DEFAULT_COLLECTORS})
-        deadbands = _table("metrics.deadbands", data.get("deadbands"))
+            check_section_keys(s, {key: value}, plain | {f"{c} (table)" for c in DEFAULT_COLLECTORS})
+        deadbands = section_table("metrics.deadbands", data.get("deadbands"))
         for name, band in deadbands.items():
             if isinstance(band, bool) or not isinstance(band, int | float) or band < 0:
                 raise ConfigError(f"metrics.deadbands.{name} must be a number >= 0, not {band!r}")
@@ -146,7 +133,7 @@ class SheddingConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SheddingConfig:
-        _check_keys("shedding", data, {"enabled", "high", "low"})
+        check_section_keys("shedding", data, {"enabled", "high", "low"})
         return cls(enabled=_bool("shedding", "enabled", data, True),
                    high=_number("shedding", "high", data, 0.90),
                    low=_number("shedding", "low", data, 0.75))
@@ -161,7 +148,7 @@ class HomeAssistantConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> HomeAssistantConfig:
         s = "home_assistant"
-        _check_keys(s, data, {"enabled", "mode", "prefix"})
+        check_section_keys(s, data, {"enabled", "mode", "prefix"})
         mode = _str(s, "mode", data, "device")
         if mode not in ("device", "entity"):
             raise ConfigError(f"home_assistant.mode must be 'device' or 'entity', not {mode!r}")
@@ -188,10 +175,10 @@ class AgentConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AgentConfig:
-        _check_keys("(top level)", data,
+        check_section_keys("(top level)", data,
                     {"device", "broker", "metrics", "shedding", "home_assistant", "cameras"})
-        device = DeviceConfig.from_mapping(_table("device", data.get("device")))
-        broker_data = dict(_table("broker", data.get("broker")))
+        device = DeviceConfig.from_mapping(section_table("device", data.get("device")))
+        broker_data = dict(section_table("broker", data.get("broker")))
         if "device" in broker_data:
             raise ConfigError("broker.device is not used by the agent: set device.id instead")
         broker_data.setdefault("outbox_path", str(device.data_dir / "outbox.sqlite"))
@@ -200,8 +187,8 @@ class AgentConfig:
         if not isinstance(cameras, list) or not all(isinstance(c, dict) for c in cameras):
             raise ConfigError("cameras must be an array of tables ([[cameras]])")
         return cls(device=device, broker=broker,
-                   metrics=MetricsConfig.from_mapping(_table("metrics", data.get("metrics"))),
-                   shedding=SheddingConfig.from_mapping(_table("shedding", data.get("shedding"))),
+                   metrics=MetricsConfig.from_mapping(section_table("metrics", data.get("metrics"))),
+                   shedding=SheddingConfig.from_mapping(section_table("shedding", data.get("shedding"))),
                    home_assistant=HomeAssistantConfig.from_mapping(
-                       _table("home_assistant", data.get("home_assistant"))),
+                       section_table("home_assistant", data.get("home_assistant"))),
                    cameras=tuple(cameras))

@@ -12,7 +12,7 @@ from typing import Any
 
 from schemas.errors import ConfigError
 
-__all__ = ["check_keys", "float_option", "int_option", "str_option"]
+__all__ = ["check_keys", "check_section_keys", "float_option", "int_option", "section_table", "str_option"]
 
 
 def check_keys(where: str, options: Mapping[str, Any], known: Collection[str]) -> None:
@@ -20,6 +20,22 @@ def check_keys(where: str, options: Mapping[str, Any], known: Collection[str]) -
     for key in options:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+
+
+def check_section_keys(section: str, data: Mapping[str, Any], known: Collection[str]) -> None:
+    """Refuse keys of the ``[section]`` table not in ``known``, naming ``section.key``."""
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}")
+
+
+def section_table(section: str, value: object) -> Mapping[str, Any]:
+    """``value`` as the ``[section]`` table (empty when absent); anything else is an error."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{section} must be a table ([{section}])")
+    return value
 
 
 def float_option(where: str, options: Mapping[str, Any], key: str, default: float, *,

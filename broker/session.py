@@ -46,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broker.config_values import check_section_keys
 from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
 from schemas.errors import BusError, ConfigError, NotConnected, TopicError
@@ -115,12 +116,7 @@ class BusConfig:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, section: str = "broker") -> BusConfig:
         """Build from a parsed config section, naming any unknown key."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(
-                    f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}"
-                )
+        check_section_keys(section, data, {f.name for f in fields(cls)})
         values = dict(data)
         for key in ("outbox_path", "tls_ca"):
             if values.get(key) is not None:

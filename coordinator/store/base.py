@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coordinator.store.config import table, text
+from broker.config_values import section_table
+from coordinator.store.config import text
 from coordinator.store.records import (
     AnomalyRecord,
     DeadLetterRecord,
@@ -119,7 +120,7 @@ def store_types() -> list[str]:
 def open_store(section: Mapping[str, Any] | None = None, *, data_dir: Path = Path("data"),
                migrate: bool = True) -> Store:
     """The store ``[store]`` describes (SQLite under ``data_dir`` when empty), migrated by default."""
-    section = table("store", section)
+    section = section_table("store", section)
     kind = text("store", "type", section, DEFAULT_STORE_TYPE) or DEFAULT_STORE_TYPE
     cls = _REGISTRY.get(kind)
     if cls is None:

@@ -17,25 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.config_values import check_section_keys, section_table
 from schemas.errors import ConfigError
 
-__all__ = ["DAY_MS", "RetentionConfig", "check_keys", "number", "table", "text"]
+__all__ = ["DAY_MS", "RetentionConfig", "number", "text"]
 
 DAY_MS = 86_400_000
-
-
-def check_keys(section: str, data: Mapping[str, Any], known: set[str]) -> None:
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}")
-
-
-def table(section: str, value: object) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{section} must be a table ([{section}])")
-    return value
 
 
 def number(section: str, key: str, data: Mapping[str, Any], default: float, *, integer: bool = False,
@@ -74,9 +61,9 @@ class RetentionConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None,
                      section: str = "store.retention") -> RetentionConfig:
-        data = table(section, data)
+        data = section_table(section, data)
         defaults = cls()
-        check_keys(section, data, set(cls.__slots__))
+        check_section_keys(section, data, set(cls.__slots__))
         days = {key: number(section, key, data, getattr(defaults, key))
                 for key in ("raw_days", "downsample_after_days", "rollup_days", "detection_days",
                             "anomaly_days", "dead_letter_days")}

@@ -25,10 +25,11 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.config_values import check_section_keys
 from coordinator.store import migrate as migrations
 from coordinator.store import tables as t
 from coordinator.store.base import Store, register_store
-from coordinator.store.config import RetentionConfig, check_keys, number, text
+from coordinator.store.config import RetentionConfig, number, text
 from coordinator.store.errors import StoreError
 from coordinator.store.records import (
     AnomalyRecord,
@@ -85,7 +86,7 @@ class SqlStore(Store):
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], *, data_dir: Path) -> SqlStore:
-        check_keys("store", section, _KEYS)
+        check_section_keys("store", section, _KEYS)
         url = text("store", "url", section, None)
         if url is not None and not url.strip():
             raise ConfigError("store.url must not be empty; leave it out for SQLite in the data directory")
