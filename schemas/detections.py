@@ -12,7 +12,7 @@ coordinates and a track id, with the floats in the smallest lossless form
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,7 +21,7 @@ from schemas.float_columns import decode_float_column, encode_float_column
 from schemas.record_base import (
     INT64_MAX,
     INT64_MIN,
-    Record,
+    SequencedBatch,
     WireFields,
     check_device,
     check_int,
@@ -111,10 +111,11 @@ def _check_frame(where: str, value: object) -> FrameDetections:
 
 @register_record
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DetectionsBatch(Record):
+class DetectionsBatch(SequencedBatch[FrameDetections]):
     """A batch of one camera's frames, numbered ``first_seq``, ``first_seq + 1``, ..."""
 
     TYPE: ClassVar[str] = "detections"
+    ITEM: ClassVar[str] = "frame"
     VERSION: ClassVar[int] = 1
     WIRE_KEYS: ClassVar[frozenset[str]] = frozenset(
         {"device", "camera", "epoch", "seq", "t0", "dt", "count", "labels", "label", "conf",
@@ -138,20 +139,8 @@ class DetectionsBatch(Record):
             raise CodecError("detections first_seq + len(frames) overflows 64 bits")
         object.__setattr__(self, "extra", freeze_extra(DetectionsBatch, self.extra))
 
-    def seq_of(self, index: int) -> int:
-        """The sequence number of ``frames[index]``."""
-        if not 0 <= index < len(self.frames):
-            raise IndexError(f"frame index {index} out of range (batch of {len(self.frames)})")
-        return self.first_seq + index
-
-    @property
-    def next_seq(self) -> int:
-        """The sequence number the camera's next batch starts at."""
-        return self.first_seq + len(self.frames)
-
-    def numbered(self) -> Iterator[tuple[int, FrameDetections]]:
-        """``(seq, frame)`` for every frame, in order."""
-        return enumerate(self.frames, self.first_seq)
+    def _items(self) -> tuple[FrameDetections, ...]:
+        return self.frames
 
     def to_wire(self) -> dict[str, Any]:
         labels: dict[str, int] = {}

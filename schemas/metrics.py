@@ -15,7 +15,7 @@ are all short decimals travel as integers with a per-metric decimal exponent
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from schemas.float_columns import MAX_DECIMAL_EXPONENT, MAX_EXACT_INT, decimal_p
 from schemas.record_base import (
     INT64_MAX,
     INT64_MIN,
-    Record,
+    SequencedBatch,
     WireFields,
     check_device,
     check_int,
@@ -80,7 +80,7 @@ class MetricSample:
 
 @register_record
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MetricsBatch(Record):
+class MetricsBatch(SequencedBatch[MetricSample]):
     """A batch of one device's samples, numbered ``first_seq``, ``first_seq + 1``, ...
 
     >>> samples = [MetricSample(1000, "temp_c", 48.3), MetricSample(1000, "load1", 2)]
@@ -90,6 +90,7 @@ class MetricsBatch(Record):
     """
 
     TYPE: ClassVar[str] = "metrics"
+    ITEM: ClassVar[str] = "sample"
     VERSION: ClassVar[int] = 1
     WIRE_KEYS: ClassVar[frozenset[str]] = frozenset(
         {"device", "epoch", "seq", "t0", "names", "scale", "idx", "dt", "vals"})
@@ -119,20 +120,8 @@ class MetricsBatch(Record):
             raise CodecError("metrics first_seq + len(samples) overflows 64 bits")
         object.__setattr__(self, "extra", freeze_extra(MetricsBatch, self.extra))
 
-    def seq_of(self, index: int) -> int:
-        """The sequence number of ``samples[index]``."""
-        if not 0 <= index < len(self.samples):
-            raise IndexError(f"sample index {index} out of range (batch of {len(self.samples)})")
-        return self.first_seq + index
-
-    @property
-    def next_seq(self) -> int:
-        """The sequence number the device's next batch starts at."""
-        return self.first_seq + len(self.samples)
-
-    def numbered(self) -> Iterator[tuple[int, MetricSample]]:
-        """``(seq, sample)`` for every sample, in order."""
-        return enumerate(self.samples, self.first_seq)
+    def _items(self) -> tuple[MetricSample, ...]:
+        return self.samples
 
     def to_wire(self) -> dict[str, Any]:
         names: dict[str, int] = {}

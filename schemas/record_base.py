@@ -25,9 +25,9 @@ fields are left out of ``hash()`` (equal records still hash equally).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import msgpack
 
@@ -39,6 +39,7 @@ __all__ = [
     "TYPE_KEY",
     "VERSION_KEY",
     "Record",
+    "SequencedBatch",
     "WireFields",
     "check_device",
     "check_int",
@@ -99,6 +100,42 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         """A readable JSON-able view: full names, sequence numbers, plain ms times."""
         raise NotImplementedError
+
+
+_Item = TypeVar("_Item")
+
+
+class SequencedBatch(Record, Generic[_Item]):
+    """A record whose items are numbered ``first_seq``, ``first_seq + 1``, ... in one epoch.
+
+    Metrics batches number samples per device, detections batches frames per
+    camera; both answer the same questions about their numbering here.
+    """
+
+    __slots__ = ()
+
+    #: What one item is called in error messages ("sample", "frame").
+    ITEM: ClassVar[str]
+    first_seq: int
+
+    def _items(self) -> tuple[_Item, ...]:
+        raise NotImplementedError
+
+    def seq_of(self, index: int) -> int:
+        """The sequence number of item ``index``."""
+        count = len(self._items())
+        if not 0 <= index < count:
+            raise IndexError(f"{self.ITEM} index {index} out of range (batch of {count})")
+        return self.first_seq + index
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the stream's next batch starts at."""
+        return self.first_seq + len(self._items())
+
+    def numbered(self) -> Iterator[tuple[int, _Item]]:
+        """``(seq, item)`` for every item, in order."""
+        return enumerate(self._items(), self.first_seq)
 
 
 _R = TypeVar("_R", bound=type[Record])
