@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
-import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+# The rotation list and its checks moved to broker.trust (agents verify OTA offers with them);
+# re-exported here for the firmware tools and their callers.
+from broker.trust import TRUSTED_KEYS, KeyRing, TrustedKey, key_id, load_trusted
 from schemas.errors import ConfigError
 
 __all__ = ["PRIVATE_KEY", "PUBLIC_KEY", "TRUSTED_KEYS", "KeyRing", "TrustedKey", "init_keys",
@@ -38,13 +36,6 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_KEY = "signing.key"
 PUBLIC_KEY = "signing.pub"
-TRUSTED_KEYS = "trusted_keys.json"
-_FORMAT = 1
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """A short stable name for a public key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    return hashlib.sha256(_raw(public)).hexdigest()[:16]
 
 
 def _raw(public: Ed25519PublicKey) -> bytes:
@@ -53,83 +44,6 @@ def _raw(public: Ed25519PublicKey) -> bytes:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-
-
-@dataclass(frozen=True, slots=True)
-class TrustedKey:
-    """One entry of the rotation list."""
-
-    id: str
-    public_key: Ed25519PublicKey
-    status: str  # "active" or "superseded"
-    created: str
-    superseded: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"id": self.id, "public_key": base64.b64encode(_raw(self.public_key)).decode(),
-                               "status": self.status, "created": self.created}
-        if self.superseded:
-            doc["superseded"] = self.superseded
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: Any, where: str) -> TrustedKey:
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{where}: each key must be an object")
-        try:
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"], validate=True))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: bad or missing public_key: {exc}") from exc
-        status = doc.get("status", "active")
-        if status not in ("active", "superseded"):
-            raise ConfigError(f"{where}: status must be 'active' or 'superseded', not {status!r}")
-        if doc.get("id") != key_id(public):
-            raise ConfigError(f"{where}: id {doc.get('id')!r} does not match its public key")
-        return cls(id=key_id(public), public_key=public, status=status,
-                   created=str(doc.get("created", "")), superseded=doc.get("superseded"))
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRing:
-    """The rotation list: verify against any listed key."""
-
-    keys: tuple[TrustedKey, ...]
-
-    def find(self, kid: str) -> TrustedKey | None:
-        return next((k for k in self.keys if k.id == kid), None)
-
-    def verify(self, kid: str, signature: bytes, data: bytes) -> bool:
-        """True when ``kid`` is listed and its key made ``signature`` over ``data``."""
-        key = self.find(kid)
-        if key is None:
-            return False
-        try:
-            key.public_key.verify(signature, data)
-        except InvalidSignature:
-            return False
-        return True
-
-    def to_bytes(self) -> bytes:
-        doc = {"format": _FORMAT, "keys": [k.to_json() for k in self.keys]}
-        return (json.dumps(doc, indent=2) + "\n").encode()
-
-
-def load_trusted(path: Path) -> KeyRing:
-    """Read a ``trusted_keys.json`` (or the one in a keys directory)."""
-    if path.is_dir():
-        path = path / TRUSTED_KEYS
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read trusted keys {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("keys"), list):
-        raise ConfigError(f"{path}: expected {{\"format\": {_FORMAT}, \"keys\": [...]}}")
-    keys = tuple(TrustedKey.from_json(k, f"{path} keys[{i}]") for i, k in enumerate(doc["keys"]))
-    if not keys:
-        raise ConfigError(f"{path}: lists no keys")
-    return KeyRing(keys)
 
 
 def load_signing_key(keys_dir: Path) -> Ed25519PrivateKey:

@@ -18,6 +18,7 @@ from schemas.record_base import (
     WireFields,
     check_device,
     check_int,
+    check_name,
     check_text,
     check_tuple,
     empty_map,
@@ -40,13 +41,18 @@ class Birth(Record):
     """A device's identity card.
 
     ``capabilities`` are free-form feature names (``"camera"``, ``"ota"``);
-    ``versions`` maps component to version (``{"python": "3.11.7", "os": ...}``).
+    ``versions`` maps component to version (``{"python": "3.11.7", "os": ...}``);
+    ``groups`` are the operator's names for the cohorts the device belongs to
+    (``"lobby"``), which OTA rollouts target. ``groups`` goes on the wire only
+    when non-empty, so a device without groups sends exactly what older
+    coordinators know, and an older decoder keeps a newer device's groups in
+    ``extra``.
     """
 
     TYPE: ClassVar[str] = "birth"
     VERSION: ClassVar[int] = 1
     WIRE_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"device", "epoch", "agent_version", "capabilities", "versions", "time_ms"})
+        {"device", "epoch", "agent_version", "capabilities", "versions", "time_ms", "groups"})
 
     device: str
     epoch: int
@@ -54,6 +60,7 @@ class Birth(Record):
     time_ms: int
     capabilities: tuple[str, ...] = ()
     versions: Mapping[str, str] = field(default_factory=empty_map, hash=False)
+    groups: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=empty_map, hash=False)
 
     def __post_init__(self) -> None:
@@ -71,12 +78,17 @@ class Birth(Record):
                                  f"{type(value).__name__}")
             check_text(f"birth versions[{key!r}]", value, max_chars=256, empty_ok=True)
         object.__setattr__(self, "versions", versions)
+        object.__setattr__(self, "groups", check_tuple("birth groups", self.groups, check_name))
         object.__setattr__(self, "extra", freeze_extra(Birth, self.extra))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"device": self.device, "epoch": self.epoch, "agent_version": self.agent_version,
-                "capabilities": self.capabilities, "versions": self.versions,
-                "time_ms": self.time_ms}
+        body: dict[str, Any] = {"device": self.device, "epoch": self.epoch,
+                                "agent_version": self.agent_version,
+                                "capabilities": self.capabilities, "versions": self.versions,
+                                "time_ms": self.time_ms}
+        if self.groups:
+            body["groups"] = self.groups
+        return body
 
     @classmethod
     def from_wire(cls, fields: WireFields, extra: Mapping[str, Any]) -> Birth:
@@ -84,7 +96,9 @@ class Birth(Record):
                    agent_version=fields.get_str("agent_version"),
                    time_ms=fields.get_int("time_ms"),
                    capabilities=tuple(fields.get_str_list("capabilities")),
-                   versions=fields.get_map("versions"), extra=extra)
+                   versions=fields.get_map("versions"),
+                   groups=tuple(fields.get_str_list("groups")) if fields.has("groups") else (),
+                   extra=extra)
 
     def to_json(self) -> dict[str, Any]:
         view: dict[str, Any] = {
@@ -92,6 +106,8 @@ class Birth(Record):
             "epoch": self.epoch, "agent_version": self.agent_version, "time_ms": self.time_ms,
             "capabilities": list(self.capabilities), "versions": dict(self.versions),
         }
+        if self.groups:
+            view["groups"] = list(self.groups)
         if self.extra:
             view["extra"] = jsonable(self.extra)
         return view

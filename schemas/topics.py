@@ -11,6 +11,11 @@ something else. Under a configurable root (default ``edgebus``)::
     {root}/{device}/events/{camera}                   JSON: track start / end
     {root}/{device}/state/{name}            retained  plain JSON / text
     {root}/{device}/cmd/{name[/more]}                 envelope: a command to the device
+    {root}/{device}/cmd/ota                           envelope: an OTA offer (command "ota")
+    {root}/{device}/cmd/ota/chunk                     raw msgpack OTA chunk frame (not an envelope)
+    {root}/{device}/ota/{name}                        JSON from the device's OTA client:
+                                                      ota/want = chunk requests to the server
+    {root}/{device}/state/ota               retained  JSON OTA progress (schemas/ota.py)
     {root}/_anomaly/{device}/{metric}                 JSON anomaly event
     {root}/_sys/{protocol}/{group}/...                envelope: protocol messages
     homeassistant/{component}/{node}/{object}/config  Home Assistant discovery
@@ -216,6 +221,7 @@ class TopicKind(enum.Enum):
     EVENTS = "events"
     STATE = "state"
     CMD = "cmd"
+    OTA = "ota"
     ANOMALY = "anomaly"
     SYS = "sys"
 
@@ -224,7 +230,8 @@ class TopicKind(enum.Enum):
 _LEAF_KINDS = {"status": TopicKind.STATUS, "birth": TopicKind.BIRTH,
                "metrics": TopicKind.METRICS}
 _NAMED_KINDS = {"detections": (TopicKind.DETECTIONS, "camera"),
-                "events": (TopicKind.EVENTS, "camera"), "state": (TopicKind.STATE, "state name")}
+                "events": (TopicKind.EVENTS, "camera"), "state": (TopicKind.STATE, "state name"),
+                "ota": (TopicKind.OTA, "ota topic name")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +239,7 @@ class ParsedTopic:
     """What a topic under the root means.
 
     ``name`` is the camera (detections, events), the state name, the command
-    name (may contain ``/``), the metric (anomaly) or the protocol (sys);
+    name (may contain ``/``), the OTA topic name (``want``), the metric (anomaly) or the protocol (sys);
     ``rest`` holds the levels after the protocol for sys topics (group first)
     and is empty otherwise. ``device`` is None only for sys topics.
     """
@@ -289,6 +296,10 @@ class TopicTree:
         """The topic a command ``name`` (may span levels: ``ota/chunk``) is sent to."""
         return self._device_topic(device, f"cmd/{validate_command_name(name)}")
 
+    def ota(self, device: str, name: str) -> str:
+        """A topic the device's OTA client publishes to the server on (``ota/want``)."""
+        return self._device_topic(device, f"ota/{validate_name(name, 'ota topic name')}")
+
     def anomaly(self, device: str, metric: str) -> str:
         """The topic the coordinator reports anomalies of one device metric on."""
         return (f"{self.root}/{ANOMALY_LEVEL}/{validate_device_id(device)}/"
@@ -330,7 +341,7 @@ class TopicTree:
             raise TopicError(f"a {kind.value} topic needs a name")
         builders = {TopicKind.DETECTIONS: self.detections, TopicKind.EVENTS: self.events,
                     TopicKind.STATE: self.state, TopicKind.CMD: self.cmd,
-                    TopicKind.ANOMALY: self.anomaly}
+                    TopicKind.OTA: self.ota, TopicKind.ANOMALY: self.anomaly}
         return builders[kind](parsed.device, parsed.name)
 
     # -- subscription filters -------------------------------------------------
@@ -362,6 +373,10 @@ class TopicTree:
     def all_states(self) -> str:
         """Every device's state topics: ``{root}/+/state/+``."""
         return f"{self.root}/+/state/+"
+
+    def all_ota(self, name: str) -> str:
+        """One OTA topic of every device (``name="want"``: every chunk request)."""
+        return f"{self.root}/+/ota/{validate_name(name, 'ota topic name')}"
 
     def all_anomalies(self) -> str:
         """Every anomaly event: ``{root}/_anomaly/+/+``."""

@@ -58,6 +58,7 @@ def test_builders_follow_the_design_table() -> None:
     assert tree.state("cam-1", "mode") == "edgebus/cam-1/state/mode"
     assert tree.cmd("cam-1", "assign") == "edgebus/cam-1/cmd/assign"
     assert tree.cmd("cam-1", "ota/chunk") == "edgebus/cam-1/cmd/ota/chunk"
+    assert tree.ota("cam-1", "want") == "edgebus/cam-1/ota/want"
     assert tree.anomaly("cam-1", "temp_c") == "edgebus/_anomaly/cam-1/temp_c"
     assert tree.sys("raft", "coord", "n1", "vote") == "edgebus/_sys/raft/coord/n1/vote"
     assert (tree.ha_discovery("sensor", "gw-1", "temp_c")
@@ -95,6 +96,8 @@ def test_tree_is_frozen() -> None:
     lambda t: t.cmd("d", "ota//chunk"),
     lambda t: t.cmd("d", "ota/+"),
     lambda t: t.cmd("d", "/ota"),
+    lambda t: t.ota("d", "want/x"),
+    lambda t: t.ota("d", "+"),
     lambda t: t.anomaly("d", "temp c"),
     lambda t: t.sys("raft", "g", "a/b"),
     lambda t: t.sys("raft", "#"),
@@ -128,6 +131,7 @@ def test_parse_inverts_every_builder(device: str, camera: str, name: str, comman
         (tree.events(device, camera), ParsedTopic(TopicKind.EVENTS, device, camera)),
         (tree.state(device, name), ParsedTopic(TopicKind.STATE, device, name)),
         (tree.cmd(device, command), ParsedTopic(TopicKind.CMD, device, command)),
+        (tree.ota(device, name), ParsedTopic(TopicKind.OTA, device, name)),
         (tree.anomaly(device, name), ParsedTopic(TopicKind.ANOMALY, device, name)),
         (tree.sys(name, camera, *parts),
          ParsedTopic(TopicKind.SYS, None, name, (camera, *parts))),
@@ -148,6 +152,7 @@ def test_filters_match_what_the_builders_make(device: str, camera: str) -> None:
         (tree.all_detections(), tree.detections(device, camera)),
         (tree.all_events(), tree.events(device, camera)),
         (tree.all_states(), tree.state(device, camera)),
+        (tree.all_ota(camera), tree.ota(device, camera)),
         (tree.all_anomalies(), tree.anomaly(device, camera)),
         (tree.device_commands(device), tree.cmd(device, f"{camera}/x")),
         (tree.device_everything(device), tree.metrics(device)),
@@ -169,6 +174,14 @@ def test_filter_strings() -> None:
     assert tree.all_detections() == "edgebus/+/detections/+"
     assert tree.everything() == "edgebus/#"
     assert tree.device_commands("gw-1") == "edgebus/gw-1/cmd/#"
+    assert tree.all_ota("want") == "edgebus/+/ota/want"
+
+
+def test_ota_want_parses_as_an_ota_topic_not_a_command() -> None:
+    tree = TopicTree()
+    assert tree.parse("edgebus/gw-1/ota/want") == ParsedTopic(TopicKind.OTA, "gw-1", "want")
+    assert tree.parse("edgebus/gw-1/cmd/ota/chunk").kind is TopicKind.CMD
+    assert tree.parse("edgebus/gw-1/state/ota") == ParsedTopic(TopicKind.STATE, "gw-1", "ota")
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -189,6 +202,8 @@ def test_filter_strings() -> None:
     "edgebus/gw-1/cmd",
     "edgebus/gw-1/cmd/",
     "edgebus/gw-1/cmd/a//b",
+    "edgebus/gw-1/ota",
+    "edgebus/gw-1/ota/want/x",
     "edgebus/_anomaly/gw-1",
     "edgebus/_anomaly/gw-1/m/x",
     "edgebus/_sys/raft",
