@@ -51,7 +51,8 @@ def parse_cameras(config: AgentConfig) -> list[Any]:
 
 def build_agent(config: AgentConfig) -> Agent:
     """The agent with its parts: cameras (when the camera extra is installed), Home
-    Assistant discovery (unless disabled) and command handling."""
+    Assistant discovery (unless disabled), command handling and over-the-air updates
+    (unless ``[ota] enabled = false``)."""
     agent = Agent(config)
     cameras = parse_cameras(config)
     host: Any = None
@@ -70,10 +71,16 @@ def build_agent(config: AgentConfig) -> Agent:
                                cameras=host.labels if host is not None else lambda: ())
         agent.add_extension(ha)
         rebirth_also.append(ha.publish_discovery)
-    agent.add_extension(CommandHost(
+    commands = CommandHost(
         agent, assign=host.assign if host is not None else None,
-        unassign=host.unassign if host is not None else None, on_rebirth=tuple(rebirth_also)))
+        unassign=host.unassign if host is not None else None, on_rebirth=tuple(rebirth_also))
+    agent.add_extension(commands)
     agent.capabilities.append("commands")
+    if config.ota.enabled:
+        from agents.ota_host import OtaHost
+
+        agent.add_extension(OtaHost(agent, config.ota, commands.dispatcher))
+        agent.capabilities.append("ota")
     return agent
 
 
@@ -91,5 +98,7 @@ def describe(config: AgentConfig) -> str:
         f"home assistant: {config.home_assistant.mode} discovery under {config.home_assistant.prefix}/"
         if config.home_assistant.enabled else "home assistant: off",
         f"cameras: {len(config.cameras)}",
+        f"over-the-air updates: slots in {config.ota.prefix}, keys {config.ota.trusted_keys}"
+        if config.ota.enabled else "over-the-air updates: off",
     ]
     return "\n".join(lines)

@@ -1,6 +1,9 @@
 """`edge-agent`: run the agent on a device, or check its configuration.
 
-Exit codes: 0 stopped cleanly; 1 runtime failure; 2 usage or configuration error.
+Exit codes: 0 stopped cleanly; 1 runtime failure; 2 usage or configuration error;
+75 (EX_TEMPFAIL) stopped cleanly to be restarted: an over-the-air update switched
+``{prefix}/current`` to another slot (or back), and systemd's ``Restart=on-failure``
+starts the agent from there.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from pathlib import Path
 from broker.cli_support import run_tool, setup_logging
 
 __all__ = ["main"]
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +63,10 @@ def _run(path: Path, stop_timeout: float) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.run(stop_timeout=stop_timeout)
-    return 0
+    if agent.exit_code:
+        logging.getLogger(__name__).warning("exiting with %d: restart me (an update switched slots)",
+                                            agent.exit_code)
+    return agent.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ runtime registers:
   ``[[cameras]]`` keys (fps, detector, motion, ...);
 * ``rebirth`` - re-publish birth and discovery (see :func:`rebirth_handler`).
 
-The runtime may register more names (``ota/chunk``). Every command gets one
+The runtime may register more names (``ota``). Every command gets one
 JSON reply, readable by any MQTT client::
 
     {"id": "c-17", "name": "config", "device": "gw-1", "ok": true, "result": {...}}
@@ -38,6 +38,16 @@ that takes seconds to open) never stalls the connection, and handlers never
 run concurrently with each other. When the queue is full the command is
 refused with reason ``queue_full`` (answered from the network thread) rather
 than blocking the network thread.
+
+**Raw topics.** :meth:`CommandDispatcher.register_raw` claims a name whose
+messages are not command envelopes (``ota/chunk``: a stream of binary chunk
+frames). They go straight to the callback on the network thread, with no
+decode, no de-duplication and no reply, so the callback must only hand the
+payload on; a callback that raises is logged and counted, never fatal.
+
+**Handler-chosen reasons.** A handler that raises an edgebus error carrying a
+string ``reason`` attribute (``UpdateRefused("bad_signature")``) is answered
+with that reason, so a requester can act on it; it is counted as ``rejected``.
 
 **Bad input** (garbage, another record type, another device's command, an
 unknown name, a handler that raises) is answered with an error, counted by
@@ -78,12 +88,14 @@ __all__ = [
     "CommandHandler",
     "CommandStats",
     "DeadLetter",
+    "RawHandler",
     "rebirth_handler",
 ]
 
 logger = logging.getLogger(__name__)
 
 CommandHandler = Callable[[Command], Any]
+RawHandler = Callable[[ReceivedMessage], None]
 BUILTIN_COMMANDS: Final = ("config", "assign", "unassign", "rebirth")
 LAST_COMMAND_STATE: Final = "last_command"
 JSON_CONTENT_TYPE: Final = "application/json"
@@ -108,13 +120,19 @@ _STOP: Final = object()
 
 @dataclass(frozen=True, slots=True)
 class CommandStats:
-    """A snapshot: commands received, succeeded, answered as duplicates, failed by reason."""
+    """A snapshot: commands received, succeeded, answered as duplicates, failed by reason.
+
+    Raw messages (:meth:`CommandDispatcher.register_raw`) are counted apart: a
+    download's thousands of chunk frames are not commands.
+    """
 
     received: int
     succeeded: int
     duplicates: int
     errors: Mapping[str, int]
     queued: int
+    raw_received: int = 0
+    raw_failed: int = 0
 
     @property
     def failed(self) -> int:
@@ -135,11 +153,13 @@ class DeadLetter:
 class _Failure(Exception):
     """Ends processing of one message with a reason (a REASONS entry) and an error text."""
 
-    def __init__(self, reason: str, error: str, command: Command | None = None) -> None:
+    def __init__(self, reason: str, error: str, command: Command | None = None, *,
+                 counted_as: str | None = None) -> None:
         super().__init__(error)
         self.reason = reason
         self.error = error
         self.command = command  # when decoded: where to reply, and what to call it
+        self.counted_as = counted_as or reason  # the REASONS counter (a handler's reason is its own)
 
 
 class CommandDispatcher:
@@ -167,6 +187,9 @@ class CommandDispatcher:
         self._codec = codec
         self._lock = threading.Lock()
         self._handlers: dict[str, CommandHandler] = {}
+        self._raw: dict[str, RawHandler] = {}  # full topic -> callback
+        self._raw_received = 0
+        self._raw_failed = 0
         for name, handler in (handlers or {}).items():
             self.register(name, handler)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -192,6 +215,22 @@ class CommandDispatcher:
             raise ConfigError(f"the handler for command {name!r} is not callable")
         with self._lock:
             self._handlers[name] = handler
+
+    def register_raw(self, name: str, callback: RawHandler) -> None:
+        """Give messages on ``{root}/{device}/cmd/{name}`` to ``callback`` as they are.
+
+        It runs on the session's network thread (keep it short: queue the work),
+        gets no de-duplication and sends no reply. It takes precedence over a
+        command handler of the same name.
+        """
+        try:
+            validate_command_name(name)
+        except TopicError as exc:
+            raise ConfigError(str(exc)) from None
+        if not callable(callback):
+            raise ConfigError(f"the raw handler for {name!r} is not callable")
+        with self._lock:
+            self._raw[self.session.topics.cmd(self.device, name)] = callback
 
     def start(self) -> CommandDispatcher:
         """Start the worker and subscribe to ``{root}/{device}/cmd/#``."""
@@ -226,7 +265,8 @@ class CommandDispatcher:
     def stats(self) -> CommandStats:
         with self._lock:
             return CommandStats(self._received, self._succeeded, self._duplicates,
-                                MappingProxyType(dict(self._errors)), self._queue.qsize())
+                                MappingProxyType(dict(self._errors)), self._queue.qsize(),
+                                self._raw_received, self._raw_failed)
 
     def dead_letters(self) -> list[DeadLetter]:
         """The most recently refused messages, oldest first."""
@@ -237,7 +277,14 @@ class CommandDispatcher:
 
     def _on_message(self, message: ReceivedMessage) -> None:
         with self._lock:
-            self._received += 1
+            raw = self._raw.get(message.topic)
+            if raw is None:
+                self._received += 1
+            else:
+                self._raw_received += 1
+        if raw is not None:
+            self._run_raw(raw, message)
+            return
         try:
             self._queue.put_nowait(message)
         except queue.Full:
@@ -245,6 +292,14 @@ class CommandDispatcher:
                 self._refuse_busy(message)
             except Exception:  # the network thread must survive anything
                 logger.exception("refusing a command on a full queue failed")
+
+    def _run_raw(self, callback: RawHandler, message: ReceivedMessage) -> None:
+        try:
+            callback(message)
+        except Exception:  # the network thread must survive anything
+            with self._lock:
+                self._raw_failed += 1
+            logger.exception("raw handler for %s failed", message.topic)
 
     def _refuse_busy(self, message: ReceivedMessage) -> None:
         command: Command | None = None
@@ -336,6 +391,9 @@ class CommandDispatcher:
         except CodecError as exc:
             raise _Failure("bad_args", str(exc)) from None
         except EdgebusError as exc:
+            reason = getattr(exc, "reason", None)
+            if isinstance(reason, str) and reason:
+                raise _Failure(reason[:64], str(exc), counted_as="rejected") from None
             raise _Failure("handler_error", f"{type(exc).__name__}: {exc}") from None
         except Exception as exc:
             logger.exception("handler for command %s (%s) raised", command.name,
@@ -349,7 +407,7 @@ class CommandDispatcher:
         """Count, log, dead-letter and answer one refused message; returns the reply sent."""
         error = failure.error[:_ERROR_MAX_CHARS]
         with self._lock:
-            self._errors[failure.reason] += 1
+            self._errors[failure.counted_as] += 1
             self._dead.append(DeadLetter(time.time_ns() // 1_000_000, message.topic,
                                          failure.reason, error, message.payload[:64]))
         logger.warning("command on %s refused (%s): %s", message.topic, failure.reason, error)

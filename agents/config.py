@@ -28,11 +28,14 @@ from broker.config_file import load_toml
 from broker.config_values import check_section_keys, section_table
 from broker.session import BusConfig
 from schemas.errors import ConfigError, TopicError
-from schemas.topics import validate_device_id
+from schemas.topics import validate_device_id, validate_name
 
-__all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig", "SheddingConfig"]
+__all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig", "OtaConfig",
+           "SheddingConfig"]
 
 DEFAULT_COLLECTORS = ("cpu", "memory", "disk", "temperature", "network", "battery", "agent")
+DEFAULT_OTA_PREFIX = "/opt/edgebus"
+DEFAULT_TRUSTED_KEYS = "/etc/edgebus/trusted_keys.json"
 
 
 def _number(section: str, key: str, data: Mapping[str, Any], default: float, *,
@@ -59,16 +62,30 @@ def _str(section: str, key: str, data: Mapping[str, Any], default: str | None) -
     return value
 
 
+def _groups(data: Mapping[str, Any]) -> tuple[str, ...]:
+    groups = data.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise ConfigError(f"device.groups must be a list of names, e.g. [\"lobby\"], not {groups!r}")
+    for group in groups:
+        try:
+            validate_name(group, "group")
+        except TopicError as exc:
+            raise ConfigError(f"device.groups: {exc}") from exc
+    return tuple(dict.fromkeys(groups))
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
     id: str
     name: str
     model: str
     data_dir: Path
+    #: Names an update can be addressed to (``edge-flash ota publish --to lobby``); in the birth.
+    groups: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DeviceConfig:
-        check_section_keys("device", data, {"id", "name", "model", "data_dir"})
+        check_section_keys("device", data, {"id", "name", "model", "data_dir", "groups"})
         device_id = data.get("id")
         if not isinstance(device_id, str):
             raise ConfigError("device.id is required: the name this device has on the bus")
@@ -78,7 +95,8 @@ class DeviceConfig:
             raise ConfigError(f"device.id: {exc}") from exc
         return cls(id=device_id, name=_str("device", "name", data, device_id) or device_id,
                    model=_str("device", "model", data, "") or "",
-                   data_dir=Path(_str("device", "data_dir", data, f"data/agent-{device_id}") or "."))
+                   data_dir=Path(_str("device", "data_dir", data, f"data/agent-{device_id}") or "."),
+                   groups=_groups(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +175,38 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OtaConfig:
+    """Over-the-air updates: where the A/B slots live, whom to trust, how to pull.
+
+    ``health_window`` None means: as long as the update's manifest asks for.
+    """
+
+    enabled: bool = True
+    prefix: Path = Path(DEFAULT_OTA_PREFIX)
+    trusted_keys: Path = Path(DEFAULT_TRUSTED_KEYS)
+    window: int = 8
+    request_timeout: float = 5.0
+    health_window: float | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> OtaConfig:
+        s = "ota"
+        check_section_keys(s, data, {"enabled", "prefix", "trusted_keys", "window", "request_timeout",
+                                     "health_window"})
+        window = data.get("window", 8)
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 1024:
+            raise ConfigError(f"ota.window must be an integer from 1 to 1024 (chunks in flight), "
+                              f"not {window!r}")
+        health = None if "health_window" not in data else _number(s, "health_window", data, 60.0)
+        return cls(enabled=_bool(s, "enabled", data, True),
+                   prefix=Path(_str(s, "prefix", data, DEFAULT_OTA_PREFIX) or DEFAULT_OTA_PREFIX),
+                   trusted_keys=Path(_str(s, "trusted_keys", data, DEFAULT_TRUSTED_KEYS)
+                                     or DEFAULT_TRUSTED_KEYS),
+                   window=window, request_timeout=_number(s, "request_timeout", data, 5.0),
+                   health_window=health)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     device: DeviceConfig
     broker: BusConfig
@@ -164,6 +214,7 @@ class AgentConfig:
     shedding: SheddingConfig = field(default_factory=SheddingConfig)
     home_assistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     cameras: tuple[Mapping[str, Any], ...] = ()
+    ota: OtaConfig = field(default_factory=OtaConfig)
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -176,7 +227,7 @@ class AgentConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AgentConfig:
         check_section_keys("(top level)", data,
-                    {"device", "broker", "metrics", "shedding", "home_assistant", "cameras"})
+                    {"device", "broker", "metrics", "shedding", "home_assistant", "cameras", "ota"})
         device = DeviceConfig.from_mapping(section_table("device", data.get("device")))
         broker_data = dict(section_table("broker", data.get("broker")))
         if "device" in broker_data:
@@ -191,4 +242,5 @@ class AgentConfig:
                    shedding=SheddingConfig.from_mapping(section_table("shedding", data.get("shedding"))),
                    home_assistant=HomeAssistantConfig.from_mapping(
                        section_table("home_assistant", data.get("home_assistant"))),
-                   cameras=tuple(cameras))
+                   cameras=tuple(cameras),
+                   ota=OtaConfig.from_mapping(section_table("ota", data.get("ota"))))

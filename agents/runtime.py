@@ -31,11 +31,11 @@ from agents.scheduler import Scheduler
 from agents.shedding import Pressure, SheddingPolicy
 from agents.systemd import SystemdNotifier
 from broker.session import BusSession
-from broker.telemetry import MetricsPublisher, birth_payload
+from broker.telemetry import MetricsPublisher
 from schemas.errors import ConfigError
-from schemas.messages import MetricSample
+from schemas.messages import Birth, MetricSample, encode_record
 
-__all__ = ["Agent", "agent_version"]
+__all__ = ["EXIT_RESTART", "Agent", "agent_version"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 PRIORITY_CORE = 0
 PRIORITY_STATE = 1
 STATUS_LOG_INTERVAL = 60.0
+#: The exit status asking the service manager for a restart (EX_TEMPFAIL): an update switched
+#: ``current`` to another slot and the agent from there must take over.
+EXIT_RESTART = 75
 
 
 def agent_version() -> str:
@@ -92,13 +95,19 @@ class Agent:
         self.batches_published = 0
         self.samples_collected = 0
         self.capabilities: list[str] = ["metrics"]
-        self.birth = birth_payload(
-            self.device, self.metrics.epoch, agent_version=agent_version(),
-            capabilities=self.capabilities,
-            versions={"python": platform.python_version(), "platform": platform.platform()},
-            clock_ms=wall_ms)
+        self._version = agent_version()
+        self._versions = {"python": platform.python_version(), "platform": platform.platform()}
         self.session.set_birth(self.birth)
         self._extensions: list[AgentExtension] = []
+        #: What ``edge-agent run`` exits with; a part may ask for a restart (:data:`EXIT_RESTART`).
+        self.exit_code = 0
+
+    def birth(self) -> bytes:
+        """A fresh birth record; capabilities appended by the parts up to the connection count."""
+        return encode_record(Birth(device=self.device, epoch=self.metrics.epoch,
+                                   agent_version=self._version, capabilities=tuple(self.capabilities),
+                                   versions=self._versions, groups=self.config.device.groups,
+                                   time_ms=self._wall_ms()))
 
     @staticmethod
     def _deadband_filter(mc: MetricsConfig) -> DeadbandFilter | None:
@@ -250,8 +259,15 @@ class Agent:
         logger.info("agent %s started (%d collectors, %d extensions)", self.device,
                     len(self.collectors), len(self._extensions))
 
-    def request_stop(self) -> None:
+    def request_stop(self, exit_code: int | None = None) -> None:
+        """Stop soon (thread-safe); ``exit_code`` sets what the process exits with."""
+        if exit_code is not None:
+            self.exit_code = exit_code
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def run(self, stop_timeout: float = 10.0) -> None:
         """Start, run the scheduler until asked to stop, then stop gracefully."""
