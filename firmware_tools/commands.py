@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.cli_support import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, run_tool, setup_logging
@@ -18,8 +18,11 @@ from firmware_tools.bundle import PYTHON_VERSION, TARGETS, BundleRequest, build_
 from firmware_tools.image import DEVICE_COLUMNS, seed_device_list, seed_image
 from firmware_tools.keys import init_keys, load_trusted, rotate_keys
 from firmware_tools.manifest import BundleInvalid, verify_bundle
+from firmware_tools.ota_publish import PublishRequest, parse_fraction, publish
 from firmware_tools.seed import SeedOptions
+from protocols.ota.rollout import RolloutPolicy
 from schemas.errors import ConfigError
+from schemas.ota import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, UPDATE_KINDS
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +42,8 @@ examples:
       --user pi --password-hash "$(openssl passwd -6)" --ssh-key ~/.ssh/id_ed25519.pub
   edge-flash image --image raspios.img --device-list devices.csv --bundle 'bundles/{device}' --out images
   edge-flash keys rotate --dir keys
+  edge-flash ota publish bundles/agent-2.0 --kind agent --version 2.0 --to lobby \
+      --keys keys --broker mqtt://ops:secret@broker.local --canary 10% --max-failures 0%
 
 exit codes: 0 ok, 1 failure (I/O, verification), 2 usage or configuration error
 """
@@ -110,12 +115,105 @@ def _image_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--wifi-country", default="GB", help="two-letter regulatory domain (default: GB)")
 
 
+OTA_EPILOG = """\
+examples:
+  # a new agent to the "lobby" group: 10% canary first, halt at the first failure
+  edge-flash ota publish bundles/agent-2.0 --kind agent --version 2.0 --to lobby \\
+      --keys keys --broker mqtts://broker.example:8883 --username ops --password s3cret
+  # a detection model to two cameras, both at once
+  edge-flash ota publish person.onnx --kind model --version 2024-06 --devices cam-1,cam-2 \\
+      --keys keys --broker mqtt://broker.local --canary 100%
+  # a rotated trusted_keys.json to every device that supports updates
+  edge-flash ota publish keys/trusted_keys.json --kind keys --version rot-2 --to all \\
+      --keys keys --broker mqtt://broker.local --canary 5% --max-failures 10% --parallel 16
+
+ARTIFACT is a bundle directory (verified against --keys, then sent as a reproducible
+tar.gz; its install.sh runs on the device with EDGEBUS_OTA=1) or a single file.
+Devices are found from their retained births (group membership and the "ota"
+capability), or named with --devices. A device that reports nothing for --timeout
+seconds counts as failed. Progress: one line per device on a terminal, log lines
+otherwise; a summary at the end with the bytes sent per device.
+
+exit codes: 0 every targeted device committed; 1 any failed, timed out, was not
+offered (halted rollout) or the broker was unreachable; 2 usage or configuration error
+"""
+
+
+def _positive(kind: type[int] | type[float], what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be positive, not {text!r}")
+        return value
+    return parse
+
+
+def _ota_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ota = sub.add_parser("ota", help="over-the-air updates over MQTT",
+                         description="Over-the-air updates: signed manifests, chunked transfer "
+                         "the devices pull at their own pace, staged rollouts with a canary.")
+    osub = ota.add_subparsers(dest="ota_command", required=True, metavar="{publish}")
+    p = osub.add_parser("publish", help="sign an artifact and roll it out to devices",
+                        formatter_class=_RAW, epilog=OTA_EPILOG,
+                        description="Sign ARTIFACT's manifest with the current key of --keys, offer it "
+                        "to the devices in stages (canary, then the rest), serve their chunk requests "
+                        "and follow each device until it commits, rolls back or times out.")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT", help="bundle directory or file")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--to", dest="group", metavar="GROUP",
+                     help='devices whose birth lists GROUP ([device] groups); "all": every device')
+    who.add_argument("--devices", help="comma-separated device ids (the first ones form the canary)")
+    p.add_argument("--kind", required=True, choices=UPDATE_KINDS,
+                   help="agent (bundle directory), model (an .onnx file) or keys (trusted_keys.json)")
+    p.add_argument("--version", required=True, help="the version the devices report once updated")
+    p.add_argument("--keys", type=Path, default=Path("keys"), help="keys directory (default: keys)")
+    p.add_argument("--broker", required=True, help="mqtt://[user:pass@]host[:port] or mqtts://...")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--ca", type=Path, help="CA file for mqtts:// (default: the system's)")
+    p.add_argument("--root", default="edgebus", help="topic root (default: edgebus)")
+    p.add_argument("--canary", default="10%",
+                   help="share of the devices updated first; 100%% means one stage (default: 10%%)")
+    p.add_argument("--max-failures", default="0%",
+                   help="halt when a stage's failures exceed this share (default: 0%%, any failure halts)")
+    p.add_argument("--parallel", type=_positive(int, "--parallel"), default=4,
+                   help="devices updating at once (default: 4)")
+    p.add_argument("--chunk-size", type=_positive(int, "--chunk-size"), default=DEFAULT_CHUNK_SIZE,
+                   help=f"bytes per chunk, {MIN_CHUNK_SIZE}-{MAX_CHUNK_SIZE} (default: {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--timeout", type=_positive(float, "--timeout"), default=900.0,
+                   help="seconds without a word from a device before it counts as failed (default: 900)")
+    p.add_argument("--health-window", type=_positive(float, "--health-window"), default=60.0,
+                   help="seconds a device watches a new agent before it commits (default: 60)")
+    p.add_argument("--settle", type=_positive(float, "--settle"), default=3.0,
+                   help="seconds to collect retained births for --to (default: 3)")
+
+
+def _ota(args: argparse.Namespace) -> int:
+    devices = tuple(d.strip() for d in (args.devices or "").split(",") if d.strip())
+    if args.devices is not None and not devices:
+        raise ConfigError("--devices lists no device")
+    policy = RolloutPolicy(canary_fraction=parse_fraction(args.canary, "--canary", zero_ok=False),
+                           max_failure_fraction=parse_fraction(args.max_failures, "--max-failures",
+                                                               zero_ok=True),
+                           parallel=int(args.parallel))
+    req = PublishRequest(artifact=args.artifact, kind=args.kind, version=args.version, keys_dir=args.keys,
+                         broker=parse_broker_url(args.broker, args.username, args.password),
+                         group=args.group, devices=devices, policy=policy, chunk_size=int(args.chunk_size),
+                         timeout=float(args.timeout), health_window=float(args.health_window),
+                         root=args.root, settle=float(args.settle), tls_ca=args.ca)
+    code, _ = publish(req)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-flash", formatter_class=_RAW, epilog=EXAMPLES,
-                                     description="Build signed agent bundles and seed boot images. "
-                                     "(Over-the-air updates are not implemented yet.)")
+                                     description="Build signed agent bundles, seed boot images and "
+                                     "roll out over-the-air updates.")
     parser.add_argument("--log-level", default="info", help="debug, info, warning (default: info)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{keys,bundle,verify,image}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{keys,bundle,verify,image,ota}")
     _keys_parser(sub)
     _bundle_parser(sub)
     v = sub.add_parser("verify", help="check a bundle's signature and every file's hash",
@@ -124,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle", type=Path)
     v.add_argument("--keys", type=Path, required=True, help="keys directory or trusted_keys.json")
     _image_parser(sub)
+    _ota_parser(sub)
     return parser
 
 
@@ -176,6 +275,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "verify":
         return _verify(args)
+    if args.command == "ota":
+        return _ota(args)
     return _image(args)
 
 

@@ -19,6 +19,7 @@ from firmware_tools.cli import main
 from firmware_tools.keys import init_keys, load_trusted, rotate_keys
 from firmware_tools.manifest import BundleInvalid, verify_bundle
 from firmware_tools.seed import SeedOptions, firstboot_script, firstrun_script
+from firmware_tools.units import slot_script
 from tests.test_flash_support import dummy_wheel, make_bundle
 
 
@@ -107,16 +108,19 @@ def test_unit_file_is_hardened(bundle: Path, tmp_path: Path) -> None:
     unit = (bundle / "edgebus-agent.service").read_text()
     for directive in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "StartLimitIntervalSec=",
                       "StartLimitBurst=", "After=network-online.target", "Wants=network-online.target",
-                      "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/edgebus",
+                      "NoNewPrivileges=yes", "ProtectSystem=strict",
+                      "ReadWritePaths=/var/lib/edgebus /opt/edgebus", "RestartForceExitStatus=75",
+                      "ExecStartPre=/opt/edgebus/bin/edgebus-slot prestart",
                       "User=edgebus", "ExecStart=/opt/edgebus/current/bin/edge-agent run --config "
                       "/etc/edgebus/agent.toml"):
         assert directive in unit, directive
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed")
-    # The ExecStart binary only exists on the device: point it at /bin/true for the check.
+    # The programs only exist on the device: point them at /bin/true for the check.
     copy = tmp_path / "edgebus-agent.service"
-    copy.write_text(unit.replace("/opt/edgebus/current/bin/edge-agent", "/bin/true"))
+    copy.write_text(unit.replace("/opt/edgebus/current/bin/edge-agent", "/bin/true")
+                    .replace("/opt/edgebus/bin/edgebus-slot", "/bin/true"))
     proc = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True,
                           check=False)
     problems = [line for line in proc.stderr.splitlines() if "edgebus-agent" in line]
@@ -127,24 +131,32 @@ def test_scripts_parse(bundle: Path) -> None:
     opts = SeedOptions(device="cam-1", user="ops", password_hash="$6$x$y", ssh_keys=("ssh-ed25519 A b",),
                        wifi_ssid="it's \"wifi\"", wifi_psk="pass word 1")
     for shell, text in (("sh", (bundle / "install.sh").read_text()), ("sh", firstboot_script()),
-                        ("bash", firstrun_script(opts))):
+                        ("bash", firstrun_script(opts)), ("sh", slot_script())):
         proc = subprocess.run([shell, "-n"], input=text, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
+
+
+def _installer_env(root: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "EDGEBUS_PREFIX": str(root / "opt"), "EDGEBUS_ETC": str(root / "etc"),
+            "EDGEBUS_DATA": str(root / "data"), "EDGEBUS_UNIT_DIR": str(root / "units"),
+            "EDGEBUS_PYTHON": sys.executable, "EDGEBUS_SKIP_SYSTEM": "1", "PIP_NO_INDEX": "1", **extra}
+
+
+def _run_install(path: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(["sh", str(path / "install.sh")], env=env, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_install_script_is_idempotent_and_switches_slots(bundle: Path, tmp_path: Path) -> None:
     script = (bundle / "install.sh").read_text()
     assert "--no-index" in script and "--find-links" in script and "slot-a" in script
     root = tmp_path / "root"
-    env = {**os.environ, "EDGEBUS_PREFIX": str(root / "opt"), "EDGEBUS_ETC": str(root / "etc"),
-           "EDGEBUS_DATA": str(root / "data"), "EDGEBUS_UNIT_DIR": str(root / "units"),
-           "EDGEBUS_PYTHON": sys.executable, "EDGEBUS_SKIP_SYSTEM": "1", "PIP_NO_INDEX": "1"}
+    env = _installer_env(root)
 
     def install(path: Path) -> str:
-        proc = subprocess.run(["sh", str(path / "install.sh")], env=env, capture_output=True, text=True,
-                              check=False, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+        return _run_install(path, env)
 
     install(bundle)
     assert os.readlink(root / "opt" / "current") == "slot-a"
@@ -158,6 +170,89 @@ def test_install_script_is_idempotent_and_switches_slots(bundle: Path, tmp_path:
     install(second)
     assert os.readlink(root / "opt" / "current") == "slot-b"
     assert (root / "opt" / "slot-a" / "BUNDLE_ID").is_file()  # the old slot stays for a roll-back
+    slot_tool = root / "opt" / "bin" / "edgebus-slot"
+    assert os.access(slot_tool, os.X_OK) and slot_tool.read_text() == slot_script()
+
+
+def test_ota_install_fills_the_inactive_slot_only(bundle: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "opt" / "slot-a").mkdir(parents=True)  # as a normal install of this bundle left it
+    (root / "opt" / "slot-a" / "BUNDLE_ID").write_text((bundle / "BUNDLE_ID").read_text())
+    (root / "opt" / "current").symlink_to("slot-a")
+    ota_env = _installer_env(root, EDGEBUS_OTA="1")
+    out = _run_install(bundle, ota_env)  # the same bundle: OTA installs it again, into slot-b
+    assert out.splitlines()[-1] == "edgebus: installed into slot-b"
+    assert os.readlink(root / "opt" / "current") == "slot-a"  # the agent switches, not install.sh
+    assert (root / "opt" / "slot-b" / "BUNDLE_ID").read_text() == (bundle / "BUNDLE_ID").read_text()
+    assert list((root / "opt" / "slot-b" / "lib").glob("python*/site-packages/edgebus_dummy"))
+    assert not (root / "opt" / "slot-b" / "VERSION").exists()  # this bundle has no VERSION file
+    assert not (root / "etc").exists() and not (root / "units").exists() and not (root / "data").exists()
+    assert os.access(root / "opt" / "bin" / "edgebus-slot", os.X_OK)  # a device from before OTA gets it
+    (root / "opt" / "current").unlink()
+    (root / "opt" / "current").symlink_to("slot-b")
+    (bundle / "VERSION").write_text("2.0\n")
+    assert _run_install(bundle, ota_env).splitlines()[-1] == "edgebus: installed into slot-a"
+    assert (root / "opt" / "slot-a" / "VERSION").read_text() == "2.0\n"
+    assert os.readlink(root / "opt" / "current") == "slot-b"
+
+
+def _prestart(prefix: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    script = prefix / "edgebus-slot"
+    script.write_text(slot_script())
+    return subprocess.run(["sh", str(script), "prestart"], capture_output=True, text=True, check=False,
+                          timeout=30, env={**os.environ, "EDGEBUS_PREFIX": str(prefix),
+                                           "EDGEBUS_DATA": str(data)})
+
+
+def _trial_prefix(tmp_path: Path) -> tuple[Path, Path]:
+    prefix, data = tmp_path / "opt", tmp_path / "data"
+    for slot in ("slot-a", "slot-b"):
+        (prefix / slot).mkdir(parents=True)
+    (prefix / "current").symlink_to("slot-b")
+    (data / "ota").mkdir(parents=True)
+    return prefix, data
+
+
+def test_slot_guard_rolls_back_a_crash_loop(tmp_path: Path) -> None:
+    prefix, data = _trial_prefix(tmp_path)
+    ota = data / "ota"
+    assert _prestart(prefix, data).returncode == 0  # no trial: nothing to do
+    assert not (ota / "trial_attempts").exists()
+    (ota / "trial.json").write_text(json.dumps({"update_id": "u-7", "previous_slot": "slot-a"}))
+    (ota / "trial_previous_slot").write_text("slot-a\n")
+    (ota / "trial_update_id").write_text("agent-2.0-u7\n")
+    for start in (1, 2):
+        assert _prestart(prefix, data).returncode == 0
+        assert (ota / "trial_attempts").read_text().strip() == str(start)
+        assert os.readlink(prefix / "current") == "slot-b"
+    proc = _prestart(prefix, data)
+    assert proc.returncode == 0 and "rolled back to slot-a" in proc.stderr
+    assert os.readlink(prefix / "current") == "slot-a"
+    result = json.loads((ota / "last_result.json").read_text())
+    assert result["update_id"] == "agent-2.0-u7"
+    assert (result["outcome"], result["reason"]) == ("rolled_back", "crash_loop")
+    assert not (ota / "trial.json").exists() and not (ota / "trial_attempts").exists()
+    assert _prestart(prefix, data).returncode == 0  # and the old agent starts normally
+    assert os.readlink(prefix / "current") == "slot-a"
+
+
+def test_slot_guard_falls_back_to_trial_json_and_never_blocks_the_start(tmp_path: Path) -> None:
+    prefix, data = _trial_prefix(tmp_path)
+    ota = data / "ota"
+    (ota / "trial.json").write_text(json.dumps({"update_id": "u-8", "version": "2.0",
+                                                "previous_slot": "slot-a", "new_slot": "slot-b"}, indent=1))
+    (ota / "trial_attempts").write_text("2\n")
+    assert _prestart(prefix, data).returncode == 0
+    assert os.readlink(prefix / "current") == "slot-a"
+    assert json.loads((ota / "last_result.json").read_text())["update_id"] == "u-8"
+    # A trial with no way back recorded (or a garbage counter) must not keep the agent from starting.
+    (prefix / "current").unlink()
+    (prefix / "current").symlink_to("slot-b")
+    (ota / "trial.json").write_text("{}")
+    (ota / "trial_attempts").write_text("garbage")
+    for _ in range(4):
+        assert _prestart(prefix, data).returncode == 0
+    assert os.readlink(prefix / "current") == "slot-b"
 
 
 def test_download_uses_target_platform_tags(tmp_path: Path) -> None:
