@@ -105,6 +105,13 @@ class OtaHost(AgentExtension):
         self.config = config
         self.paths = OtaPaths(agent.config.device.data_dir)
         self.slots = SlotLayout(config.prefix)
+        slot = self.slots.active()
+        if slot is not None:
+            # Which slot runs, and the bundle version it holds: what an operator checks after a rollout.
+            agent.versions["slot"] = slot
+            bundle = self.slots.version(slot)
+            if bundle:
+                agent.versions["bundle"] = bundle
         self.want_topic = self.session.topics.ota(self.device, "want")
         self.state_topic = self.session.topics.state(self.device, "ota")
         self._capabilities = capabilities if capabilities is not None else agent.capabilities

@@ -96,7 +96,8 @@ class Agent:
         self.samples_collected = 0
         self.capabilities: list[str] = ["metrics"]
         self._version = agent_version()
-        self._versions = {"python": platform.python_version(), "platform": platform.platform()}
+        #: Component versions in the birth; parts add theirs (the OTA part: slot and bundle).
+        self.versions = {"python": platform.python_version(), "platform": platform.platform()}
         self.session.set_birth(self.birth)
         self._extensions: list[AgentExtension] = []
         #: What ``edge-agent run`` exits with; a part may ask for a restart (:data:`EXIT_RESTART`).
@@ -106,7 +107,7 @@ class Agent:
         """A fresh birth record; capabilities appended by the parts up to the connection count."""
         return encode_record(Birth(device=self.device, epoch=self.metrics.epoch,
                                    agent_version=self._version, capabilities=tuple(self.capabilities),
-                                   versions=self._versions, groups=self.config.device.groups,
+                                   versions=self.versions, groups=self.config.device.groups,
                                    time_ms=self._wall_ms()))
 
     @staticmethod

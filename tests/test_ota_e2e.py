@@ -154,10 +154,15 @@ def test_good_update_commits_on_both_agents(fleet: Fleet) -> None:
         assert last is not None and last.phase is Phase.COMMITTED
         assert 75 in device.systemd.exits  # the old agent handed over to the new slot
         assert report.resent_chunks[name] == 0
-    # The new agents announced themselves (a birth per start; the agent does not put the slot's
-    # VERSION into its birth yet, so the version is checked on disk above).
+    # The new agents announced themselves with the slot and bundle version they run.
     for name in fleet.devices:
-        assert len(fleet.inbox.payloads(f"edgebus/{name}/birth")) >= 2
+        assert fleet.inbox.wait_for(lambda _m, n=name: _bundle_of(fleet.birth(n)) == ("slot-b", "2.0"))
+
+
+def _bundle_of(birth: Birth | None) -> tuple[str | None, str | None]:
+    if birth is None:
+        return None, None
+    return birth.versions.get("slot"), birth.versions.get("bundle")
 
 
 def test_bad_signature_is_refused(fleet: Fleet) -> None:

@@ -62,6 +62,14 @@ class SlotLayout:
         fsync_dir(self.prefix)
         logger.info("%s -> %s", self.current_link, slot)
 
+    def version(self, slot: str) -> str | None:
+        """The bundle version installed in ``slot`` (its ``VERSION`` file), or None."""
+        try:
+            text = (self.prefix / slot / "VERSION").read_text(errors="replace").strip()
+        except OSError:
+            return None
+        return text[:128] or None
+
     def healthcheck(self) -> Path:
         """The live slot's own health probe (optional; run when executable)."""
         return self.current_link / "healthcheck"
