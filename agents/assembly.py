@@ -79,7 +79,8 @@ def build_agent(config: AgentConfig) -> Agent:
     if config.ota.enabled:
         from agents.ota_host import OtaHost
 
-        agent.add_extension(OtaHost(agent, config.ota, commands.dispatcher))
+        agent.add_extension(OtaHost(agent, config.ota, commands.dispatcher,
+                                    on_model=host.reload_model if host is not None else None))
         agent.capabilities.append("ota")
     return agent
 

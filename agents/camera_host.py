@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agents.camera.config import CameraConfig
@@ -170,6 +171,32 @@ class CameraHost(AgentExtension):
             raise ConfigError(f"no camera {name!r} on this device (running: {', '.join(self.cameras)})")
         running.stop()
         return {"camera": name, "stopped": True}
+
+    def reload_model(self, model: Path) -> list[str]:
+        """Restart every camera whose detector uses ``model`` (an OTA model update landed there).
+
+        A detector is built from the new file for each such camera first, while the
+        cameras keep running on the model they loaded before: if any cannot be built
+        (wrong outputs, wrong input shape) nothing is restarted and a ConfigError
+        says why, so the OTA part restores the previous file. Returns the cameras
+        restarted.
+        """
+        target = model.resolve()
+        with self._lock:
+            users = [r.camera for r in self._running.values()
+                     if isinstance(r.camera.config.detector.get("model"), str)
+                     and Path(r.camera.config.detector["model"]).expanduser().resolve() == target]
+        for camera in users:
+            try:
+                trial = self._detector_factory(camera.config.detector)
+            except Exception as exc:
+                raise ConfigError(f"camera {camera.config.name} cannot use model {model.name}: "
+                                  f"{exc}") from exc
+            trial.close()
+        for camera in users:
+            self.unassign({"camera": camera.config.name}, missing_ok=True)
+            self._launch(camera)
+        return [camera.config.name for camera in users]
 
     # -- agent hooks ----------------------------------------------------
 

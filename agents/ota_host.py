@@ -40,7 +40,7 @@ from agents.extension import AgentExtension
 from agents.ota.compat import incompatibility
 from agents.ota.extract import safe_extract
 from agents.ota.files import OtaPaths, atomic_write, read_json, remove_quietly
-from agents.ota.install import bundle_root, install_keys, install_model, run_install_script
+from agents.ota.install import bundle_root, install_keys, install_model, restore_model, run_install_script
 from agents.ota.outcome import UpdateFailed, read_outcome, write_outcome
 from agents.ota.slots import SlotLayout
 from agents.ota.store import DownloadStore
@@ -98,8 +98,11 @@ class OtaHost(AgentExtension):
 
     def __init__(self, agent: Agent, config: OtaConfig, dispatcher: CommandDispatcher, *,
                  capabilities: Collection[str] | None = None, clock: Callable[[], float] = time.monotonic,
-                 machine: str | None = None, python: str | None = None) -> None:
+                 machine: str | None = None, python: str | None = None,
+                 on_model: Callable[[Path], list[str]] | None = None) -> None:
         self.agent = agent
+        # Restarts what uses a newly installed model (the cameras); raising refuses the model.
+        self._on_model = on_model
         self.session = agent.session
         self.device = agent.device
         self.config = config
@@ -350,12 +353,15 @@ class OtaHost(AgentExtension):
             if m.kind == "keys":
                 install_keys(artifact, self.paths.trusted_keys)
             elif m.kind == "model":
-                install_model(artifact, self.paths.models, m.name)
+                users = self._install_model(m, artifact)
             else:
                 restarting = self._install_agent(active, artifact)
             if not restarting:
                 active.store.discard()
-                self._conclude(m, Phase.COMMITTED, None, f"{m.kind} {m.name} {m.version} installed")
+                detail = f"{m.kind} {m.name} {m.version} installed"
+                if m.kind == "model":
+                    detail += f"; cameras restarted on it: {', '.join(users) or 'none'}"
+                self._conclude(m, Phase.COMMITTED, None, detail)
         except (UpdateFailed, OSError, EdgebusError) as exc:
             active.store.discard()
             self._end(m, exc)
@@ -368,6 +374,22 @@ class OtaHost(AgentExtension):
             with self._lock:
                 self._current_id = None
                 self._busy = "restarting into the new agent" if restarting else None
+
+    def _install_model(self, m: UpdateManifest, artifact: Path) -> list[str]:
+        """Install the model, restart the cameras that use it; on failure put the old one back."""
+        dest = install_model(artifact, self.paths.models, m.name)
+        if self._on_model is None:
+            return []
+        try:
+            return self._on_model(dest)
+        except Exception as exc:
+            restore_model(self.paths.models, m.name)
+            try:
+                self._on_model(dest)
+            except Exception:
+                logger.exception("cameras on %s did not come back on the previous model", m.name)
+            raise UpdateFailed("model_check_failed", f"{exc}; the previous model is back in place",
+                               Phase.ROLLED_BACK) from exc
 
     def _install_agent(self, active: _Active, artifact: Path) -> bool:
         """Fill the inactive slot, write trial.json, switch, ask for the restart; True when switched."""

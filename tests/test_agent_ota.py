@@ -45,6 +45,7 @@ from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, Inbox, config_for, wait_until
 
 DEVICE = "gw-ota"
+REPO = Path(__file__).resolve().parents[1]
 CREATED = "2025-01-01T00:00:00Z"
 CHUNK = 1024
 _ids = itertools.count()
@@ -60,10 +61,10 @@ def ring_of(*keys: Ed25519PrivateKey) -> KeyRing:
 
 def sign(key: Ed25519PrivateKey, data: bytes, *, kind: str, name: str, version: str = "1.0",
          update_id: str | None = None, requires: dict[str, Any] | None = None,
-         health_window_s: float = 60.0) -> SignedManifest:
+         health_window_s: float = 60.0, chunk_size: int = CHUNK) -> SignedManifest:
     manifest = UpdateManifest.for_artifact(
         data, update_id=update_id or f"{kind}-{next(_ids)}", kind=kind, name=name, version=version,
-        chunk_size=CHUNK, created=CREATED, requires=requires, health_window_s=health_window_s)
+        chunk_size=chunk_size, created=CREATED, requires=requires, health_window_s=health_window_s)
     body = manifest.to_bytes()
     return SignedManifest(body, key_id(key.public_key()), key.sign(body))
 
@@ -486,12 +487,22 @@ class Site:
                     "request_timeout": 0.5, "health_window": 0.3, **ota},
         })
 
-    def start_agent(self, **ota: Any) -> RunningAgent:
+    def start_agent(self, cameras: list[dict[str, Any]] | None = None, **ota: Any) -> RunningAgent:
+        """An in-process agent with commands and OTA, and real camera pipelines for ``cameras`` tables."""
         agent = Agent(self.config(**ota))
+        on_model = None
+        if cameras:
+            from agents.camera_host import CameraHost, parse_camera
+
+            camera_host = CameraHost(agent.session, [parse_camera(t, f"cameras[{i}]")
+                                                     for i, t in enumerate(cameras)])
+            agent.add_extension(camera_host)
+            on_model = camera_host.reload_model
+            self.cameras = camera_host
         commands = CommandHost(agent)
         agent.add_extension(commands)
         agent.capabilities += ["commands", "ota", "cameras"]
-        host = OtaHost(agent, agent.config.ota, commands.dispatcher)
+        host = OtaHost(agent, agent.config.ota, commands.dispatcher, on_model=on_model)
         agent.add_extension(host)
         thread = threading.Thread(target=agent.run, kwargs={"stop_timeout": 5.0}, daemon=True)
         thread.start()
@@ -572,6 +583,47 @@ def test_keys_then_model_updates_end_to_end_with_a_corrupt_chunk_re_requested(si
         site.server.wait_phase(replacement.manifest.update_id, Phase.COMMITTED)
         assert (site.paths.models / "tiny.onnx.previous").read_bytes() == model_data
         assert (site.paths.models / "tiny.onnx").read_bytes() == second
+    finally:
+        running.stop()
+
+
+@pytest.mark.integration
+def test_a_model_update_restarts_its_cameras_and_one_they_cannot_run_is_rolled_back(site: Site) -> None:
+    pytest.importorskip("cv2")
+    from agents.detectors.ssdlite import DEFAULT_MODEL
+
+    site.paths.models.mkdir(parents=True)
+    model_path = site.paths.models / "person.onnx"
+    model_path.write_bytes(DEFAULT_MODEL.read_bytes())
+    frames = site.tmp / "frames"
+    frames.mkdir()
+    for photo in sorted((REPO / "tests" / "data" / "photos").glob("*.jpg"))[:2]:
+        (frames / photo.name).write_bytes(photo.read_bytes())
+    door = {"name": "door", "source": str(frames), "fps": 2, "loop": True,
+            "detector": {"type": "ssdlite", "model": str(model_path)}}
+    running = site.start_agent(cameras=[door])
+    try:
+        first = site.cameras.pipeline("door")
+        assert first is not None
+        # The same network again (as a new version): the camera is restarted on the new file.
+        data = DEFAULT_MODEL.read_bytes()
+        good = sign(site.key, data, kind="model", name="person.onnx", version="2", chunk_size=256 * 1024)
+        site.server.serve(good, data)
+        site.server.offer(good)
+        done = site.server.wait_phase(good.manifest.update_id, Phase.COMMITTED)
+        assert "door" in (done.detail or "")
+        second = site.cameras.pipeline("door")
+        assert second is not None and second is not first
+
+        # An ONNX file that loads but is not an SSDLite network: the camera cannot use it.
+        wrong = tiny_onnx()
+        bad = sign(site.key, wrong, kind="model", name="person.onnx", version="3")
+        site.server.serve(bad, wrong)
+        site.server.offer(bad)
+        back = site.server.wait_phase(bad.manifest.update_id, Phase.ROLLED_BACK)
+        assert back.reason == "model_check_failed" and "door" in (back.detail or "")
+        assert model_path.read_bytes() == data  # the previous model is in place again
+        assert site.cameras.cameras == ["door"]  # and the camera still runs
     finally:
         running.stop()
 

@@ -23,7 +23,8 @@ from broker.trust import KeyRing, parse_trusted
 from schemas.errors import ConfigError
 from schemas.ota import Phase
 
-__all__ = ["INSTALL_TIMEOUT", "bundle_root", "install_keys", "install_model", "run_install_script"]
+__all__ = ["INSTALL_TIMEOUT", "bundle_root", "install_keys", "install_model", "restore_model",
+           "run_install_script"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,20 @@ def install_model(artifact: Path, models: Path, name: str) -> Path:
         raise UpdateFailed("install_failed", f"cannot install model {name} in {models}: {exc}") from exc
     logger.info("model %s installed in %s", name, models)
     return dest
+
+
+def restore_model(models: Path, name: str) -> None:
+    """Undo :func:`install_model`: ``{name}.previous`` back in place, or no model when there was none."""
+    dest, previous = models / name, models / f"{name}.previous"
+    try:
+        if previous.exists():
+            os.replace(previous, dest)
+        else:
+            dest.unlink(missing_ok=True)
+        fsync_dir(models)
+    except OSError as exc:
+        raise UpdateFailed("install_failed", f"cannot restore the previous model {name}: {exc}") from exc
+    logger.warning("model %s rolled back to the previous file", name)
 
 
 def install_keys(artifact: Path, dest: Path) -> KeyRing:
