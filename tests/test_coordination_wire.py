@@ -78,6 +78,9 @@ def test_only_a_commit_only_hard_state_skips_the_fsync(tmp_path: Path) -> None:
     store = RaftStorage(path)
     store.load()
     store.persist(Ready(hard_state=HardState(1, "a", 0), entries=(Entry(1, 1), Entry(1, 2))))
+    assert not store.must_sync(Ready(hard_state=HardState(1, "a", 2)))  # the driver may answer first
+    assert store.must_sync(Ready(hard_state=HardState(1, "b", 2)))
+    assert store.must_sync(Ready(entries=(Entry(1, 3),)))
     store.persist(Ready(hard_state=HardState(1, "a", 2)))  # commit only
     store.persist(Ready(hard_state=HardState(2, None, 2)))  # new term: synced
     store.persist(Ready(hard_state=HardState(2, "b", 2)))  # new vote: synced

@@ -33,9 +33,11 @@ class Script:
             self.nodes[i] = cls(i, IDS, self.sms[i], SplitMix64(n), CFG)
 
     def flush(self, i: str) -> None:
-        rd = self.nodes[i].ready()
-        self.stores[i].persist(rd)
-        self.queue.extend(rd.messages)
+        while not (rd := self.nodes[i].ready()).empty:
+            self.queue.extend(rd.early_messages)
+            self.stores[i].persist(rd)
+            self.nodes[i].advance(rd)
+            self.queue.extend(rd.messages)
 
     def run(self, allow: Callable[[Message], bool], rounds: int = 50) -> None:
         """Deliver allowed messages until quiet; others are dropped."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from protocols.raft import (
     Accepted,
+    AppendRequest,
     ClientReply,
+    Entry,
     EntryKind,
     Message,
     NotLeader,
     RaftConfig,
     RaftNode,
+    Ready,
     Rejected,
     Role,
     VoteRequest,
@@ -50,10 +53,13 @@ class Net:
         self.down.add(i)
 
     def flush(self, i: str) -> None:
-        rd = self.nodes[i].ready()
-        self.stores[i].persist(rd)
-        self.queue.extend(rd.messages)
-        self.replies.extend(rd.replies)
+        """The driver contract: early appends, write, advance, the rest; again until nothing is left."""
+        while not (rd := self.nodes[i].ready()).empty:
+            self.queue.extend(rd.early_messages)
+            self.stores[i].persist(rd)
+            self.nodes[i].advance(rd)
+            self.queue.extend(rd.messages)
+            self.replies.extend(rd.replies)
 
     def deliver(self) -> None:
         while self.queue:
@@ -287,3 +293,56 @@ def test_leader_gone_hint_elects_a_new_leader_sooner_than_a_timeout() -> None:
 
     assert failover_ticks(hint=True) < CFG.election_ticks + 3
     assert failover_ticks(hint=False) >= CFG.election_ticks
+
+
+def test_leader_replicates_before_its_own_write_but_counts_itself_only_after_advance() -> None:
+    """Raft thesis 10.2.1: appends leave early; the leader's own copy counts once its driver says durable."""
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    slow, fast = (i for i in net.ids if i != lead.id)
+    net.isolated.add(slow)  # the quorum is the leader and ``fast``
+    res = lead.propose(b"x", "c1", 1)
+    assert isinstance(res, Accepted)
+    rd = lead.ready()
+    assert rd.entries and not rd.messages
+    assert {m.dst for m in rd.early_messages} == {slow, fast}
+    assert all(isinstance(m, AppendRequest) for m in rd.early_messages)
+    net.queue.extend(rd.early_messages)  # sent, but the leader's write has not finished
+    net.deliver()  # ``fast`` writes and acknowledges
+    assert lead.commit < res.index, "counted its own entry before it was durable"
+    net.stores[lead.id].persist(rd)
+    lead.advance(rd)
+    assert lead.commit == res.index
+    net.flush(lead.id)
+    assert [r.request_seq for r in net.replies] == [1]
+
+
+def test_a_stale_advance_does_not_mark_a_rewritten_log_durable() -> None:
+    """advance() names the last entry by (index, term): a write of another term's entry there is not ours."""
+    net = Net(["a", "b", "c"])
+    net.ticks(40)
+    lead = net.leader()
+    net.isolated.add(next(i for i in net.ids if i != lead.id))
+    res = lead.propose(b"x", "c1", 1)
+    assert isinstance(res, Accepted)
+    rd = lead.ready()
+    net.queue.extend(rd.early_messages)
+    net.deliver()
+    last = rd.entries[-1]
+    lead.advance(Ready(entries=(Entry(last.term + 1, last.index),)))
+    assert lead.commit < res.index
+    lead.advance(rd)
+    assert lead.commit == res.index
+
+
+def test_votes_and_a_new_terms_messages_wait_for_the_write() -> None:
+    net = Net(["a", "b", "c"], RaftConfig(election_ticks=10, heartbeat_ticks=2, pre_vote=False))
+    node = net.nodes["a"]
+    for _ in range(40):
+        node.tick()
+        rd = node.ready()
+        if rd.messages or rd.early_messages:
+            break
+    assert rd.hard_state is not None and rd.hard_state.voted_for == "a"
+    assert rd.messages and all(isinstance(m, VoteRequest) for m in rd.messages) and not rd.early_messages

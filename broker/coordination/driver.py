@@ -1,11 +1,23 @@
 """RaftDriver: one RaftNode bound to the broker, the wall clock and SQLite.
 
-One thread owns the node. Everything else (the transport's network thread, the
-presence handler, callers of :meth:`RaftDriver.status`) talks to it through a
-queue, so the node never needs a lock. Each loop turn: take every queued input,
+One thread owns the node and drives the MQTT connection too (the transport in
+inline mode: it waits in ``select`` for the socket, so a message is handled the
+moment it arrives, with no hand-off between threads). Inputs go through a
+queue, so anything else could feed the node without a lock; callers of
+:meth:`RaftDriver.status` read a snapshot. Each loop turn: wait for traffic
+until the next tick is due, take every queued input,
 tick for the wall-clock time that passed, then drain ``ready()`` and follow the
-contract: persist (one fsync'd SQLite transaction) BEFORE publishing that
-batch's messages and replies.
+contract (protocols/raft/ready.py): publish the leader's early appends, persist
+(one fsync'd SQLite transaction), ``advance`` the node, and only then publish
+that batch's other messages and replies. The followers write the new entries
+while the leader does (Raft thesis 10.2.1); the leader counts its own copy
+toward the commit quorum only after its fsync returned.
+
+A batch whose only durable change is the commit index (no entries, snapshot,
+term or vote) is answered first and written after: the commit index is
+volatile in Raft and such a write is not fsync'd anyway (see storage.py), so
+the order changes nothing a crash could observe, and it takes the SQLite write
+off the path of the client's reply.
 
 The leader stamps each lock command with its wall-clock time
 (:func:`protocols.locks.encode_entry`) and appends an ``Expire`` entry every
@@ -32,7 +44,7 @@ from broker.coordination.transport import PeerTransport
 from broker.coordination.wire import ClientReplyMsg, ClientRequest, MessageBatch, decode, encode
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
-from protocols.locks import DeadlockEvent, Expire, LockError, decode_command, encode_entry
+from protocols.locks import DeadlockEvent, Expire, LockError, LockEvent, decode_command, encode_entry
 from protocols.raft import (
     AppendRequest,
     AppendResponse,
@@ -125,7 +137,7 @@ class RaftDriver:
         for peer in self.config.peers:
             if peer != self.config.node:
                 s.subscribe(self.topics.presence(peer), self._presence_handler(peer))
-        s.start()
+        s.start(threaded=False)  # the loop below drives it
         self._thread = threading.Thread(target=self._run, name=f"raft-{self.config.node}", daemon=True)
         self._thread.start()
         return self
@@ -146,7 +158,7 @@ class RaftDriver:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    # -- handlers (transport network thread: decode and queue, nothing else) ---------------------
+    # -- handlers (called from the loop's transport.poll: decode and queue, nothing else) ----------
 
     def _on_inbox(self, msg: ReceivedMessage) -> None:
         obj = self._decode(msg)
@@ -186,8 +198,10 @@ class RaftDriver:
         seen = (self._status.role, self._status.term, self._status.leader)
         try:
             while not self._stopping.is_set():
+                wait = 0.0 if not self._inputs.empty() else max(0.0, next_tick - time.monotonic())
+                self.transport.poll(wait)  # handlers queue what arrived
                 try:
-                    item: _Input | None = self._inputs.get(timeout=max(0.0, next_tick - time.monotonic()))
+                    item: _Input | None = self._inputs.get_nowait()
                 except queue.Empty:
                     item = None
                 batch = 0
@@ -249,13 +263,24 @@ class RaftDriver:
         self.node.propose(command, req.client_id, req.seq)
 
     def _drain_ready(self) -> None:
-        rd = self.node.ready()
-        events = self.app.drain_events()
-        if rd.empty:
-            return
-        self.ready_batches += 1
-        self.storage.persist(rd)  # 1. durable first (raises StorageError: nothing is sent)
-        self._send(rd)  # 2. then talk
+        for _ in range(4):  # advance() may commit, and the next batch carries the replies
+            rd = self.node.ready()
+            events = self.app.drain_events()
+            if rd.empty:
+                return
+            self.ready_batches += 1
+            self._send_messages(rd.early_messages)  # a leader's appends: followers write as we do
+            if self.storage.must_sync(rd):
+                self.storage.persist(rd)  # durable first (raises StorageError: nothing more is sent)
+                self.node.advance(rd)  # only now does the leader count its own entries
+                self._send(rd)
+            else:
+                self._send(rd)  # only the (volatile, unsynced) commit index changed
+                self.storage.persist(rd)
+                self.node.advance(rd)
+            self._publish_events(rd, events)
+
+    def _publish_events(self, rd: Ready, events: list[LockEvent]) -> None:
         if self.node.role is Role.LEADER and events:
             for client, event in publishable_events(events):
                 self.transport.publish(self._topic(("reply", client)), encode(event), qos=1)
@@ -272,13 +297,19 @@ class RaftDriver:
                 logger.debug("node %s: leader is %s in term %d", self.config.node, ev.leader, ev.term)
 
     def _send(self, rd: Ready) -> None:
-        """Replies first (a client is waiting on each), then one publish per destination node (a batch
-        when there are several, in order): per-message MQTT cost dominated a node's CPU."""
+        """Replies first (a client is waiting on each), then the batch's messages."""
         for r in rd.replies:
             reply = ClientReplyMsg(r.request_seq, r.index, r.leader, r.result)
             self.transport.publish(self._topic(("reply", r.client_id)), encode(reply))
+        self._send_messages(rd.messages)
+
+    def _send_messages(self, messages: tuple[Message, ...]) -> None:
+        """One publish per destination node (a batch when there are several, in order): per-message
+        MQTT cost dominated a node's CPU."""
+        if not messages:
+            return
         by_dst: dict[str, list[Message]] = {}
-        for m in rd.messages:
+        for m in messages:
             by_dst.setdefault(m.dst, []).append(m)
         for dst, msgs in by_dst.items():
             payload = encode(msgs[0]) if len(msgs) == 1 else encode(MessageBatch(tuple(msgs)))

@@ -86,14 +86,26 @@ class RaftStorage:
         entries = tuple(entry_from_list(msgpack.unpackb(body)) for (body,) in rows)
         return PersistentState(hs, snap, entries)
 
+    def must_sync(self, rd: Ready) -> bool:
+        """Does ``rd`` change anything that must be fsync'd (entries, snapshot, term or vote)?
+
+        False for a batch that changes at most the commit index: :meth:`persist` writes that
+        without an fsync, and the driver may send such a batch's messages before writing it.
+        """
+        h = rd.hard_state
+        if rd.snapshot is not None or rd.entries:
+            return True
+        if h is None:
+            return False
+        return self._synced is None or h.term != self._synced.term or h.voted_for != self._synced.voted_for
+
     def persist(self, rd: Ready) -> None:
         """Make ``rd``'s snapshot, entries and hard state durable (one fsync'd transaction)."""
         if rd.snapshot is None and not rd.entries and rd.hard_state is None:
             return
         db = self._db
         h = rd.hard_state
-        must_sync = (rd.snapshot is not None or bool(rd.entries) or h is None or self._synced is None
-                     or h.term != self._synced.term or h.voted_for != self._synced.voted_for)
+        must_sync = self.must_sync(rd)
         try:
             if must_sync != self._sync_full:
                 db.execute("PRAGMA synchronous=FULL" if must_sync else "PRAGMA synchronous=NORMAL")

@@ -16,6 +16,13 @@ explicitly on a clean stop (which suppresses the will).
 :class:`broker.coordination.LockClient` uses it too (its requests are retried
 until answered, so QoS 0 loses nothing that matters). Handlers run on the
 transport's network thread: keep them short.
+
+``start(threaded=False)`` runs no thread at all: the owner drives the
+connection with :meth:`PeerTransport.poll` from its own loop, so handlers run
+on the owner's thread and an inbound message reaches it with no thread
+hand-off, and its publishes do not contend with a network thread for the GIL
+(the Raft driver does this: profiling its commit path showed each hop losing
+0.1-0.4 ms to the hand-off).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -56,6 +65,9 @@ class PeerTransport:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
+        self._inline = False
+        self._retry_at = 0.0
+        self._delay = bus.reconnect_min_delay
         self.dropped = 0
 
     def subscribe(self, topic: str, handler: Handler) -> None:
@@ -65,10 +77,42 @@ class PeerTransport:
         if client is not None and self._connected.is_set():
             client.subscribe(topic, 0)
 
-    def start(self) -> PeerTransport:
+    def start(self, *, threaded: bool = True) -> PeerTransport:
+        """Connect from a background thread, or (``threaded=False``) from the owner's :meth:`poll` calls."""
+        if not threaded:
+            self._inline = True
+            return self
         self._thread = threading.Thread(target=self._supervise, name=f"mqtt-{self.client_id}", daemon=True)
         self._thread.start()
         return self
+
+    def poll(self, timeout: float, max_packets: int = 512) -> None:
+        """Inline mode: wait up to ``timeout`` for traffic and handle what arrived (up to
+        ``max_packets`` messages), (re)connecting when needed. Handlers run here, on the caller's thread."""
+        client = self._client
+        if client is None:
+            now = time.monotonic()
+            if now < self._retry_at:
+                self._stopping.wait(min(timeout, self._retry_at - now))
+                return
+            client = self._connect()
+            if client is None:
+                self._retry_at = now + self._delay * (0.5 + self._rng.random())
+                self._delay = min(self._delay * 2, self.bus.reconnect_max_delay)
+                return
+            self._delay = self.bus.reconnect_min_delay
+            self._begin(client)
+            return
+        if client.loop(timeout=timeout) != mqtt.MQTT_ERR_SUCCESS:
+            self._lost(client)
+            return
+        sock = client.socket()
+        for _ in range(max_packets - 1):  # whatever else is already buffered, without blocking
+            if not isinstance(sock, socket.socket) or not select.select([sock], [], [], 0)[0]:
+                break
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                self._lost(client)
+                return
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
@@ -86,10 +130,15 @@ class PeerTransport:
         return True
 
     def stop(self, timeout: float = 2.0) -> None:
+        """Inline mode: call it from the owner's thread once it stopped polling."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout + 1.0)
             self._thread = None
+        elif self._inline and self._client is not None:
+            self._connected.clear()
+            self._goodbye(self._client)
+            self._client = None
 
     # -- network thread ------------------------------------------------------------------------
 
@@ -146,21 +195,29 @@ class PeerTransport:
         return client
 
     def _serve(self, client: mqtt.Client) -> None:
+        self._begin(client)
+        while not self._stopping.is_set():
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if self._stopping.is_set():
+            self._connected.clear()
+            self._goodbye(client)
+            self._client = None
+        else:
+            self._lost(client)
+
+    def _begin(self, client: mqtt.Client) -> None:
         for topic in list(self._handlers):
             client.subscribe(topic, 0)
         if self.presence_topic is not None:
             client.publish(self.presence_topic, b"online", qos=1, retain=True)
         self._client = client
         self._connected.set()
-        while not self._stopping.is_set():
-            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
-                break
+
+    def _lost(self, client: mqtt.Client) -> None:
         self._connected.clear()
-        if self._stopping.is_set():
-            self._goodbye(client)
-        else:
-            logger.warning("connection to %s:%d lost; reconnecting", self.bus.host, self.bus.port)
-            _close(client)
+        logger.warning("connection to %s:%d lost; reconnecting", self.bus.host, self.bus.port)
+        _close(client)
         self._client = None
 
     def _goodbye(self, client: mqtt.Client) -> None:

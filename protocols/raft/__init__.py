@@ -2,7 +2,8 @@
 
     node = RaftNode("a", ["a", "b", "c"], state_machine, rng)
     node.tick(); node.step(message); node.propose(b"cmd", "client-1", 7)
-    rd = node.ready()   # persist rd.snapshot/entries/hard_state, THEN send rd.messages
+    rd = node.ready()   # send rd.early_messages; persist rd.snapshot/entries/hard_state;
+    node.advance(rd)    # THEN send rd.messages (see protocols.raft.ready for the whole rule)
 """
 
 from protocols.raft.config import RaftConfig, RandomSource, StateMachine

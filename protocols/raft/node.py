@@ -1,7 +1,8 @@
 """RaftNode: the pure Raft state machine (after etcd-io/raft).
 
-Feed it ``tick()``, ``step(message)``, ``propose(...)``; then drain ``ready()``
-and follow the order rule documented in :mod:`protocols.raft.ready`. It never
+Feed it ``tick()``, ``step(message)``, ``propose(...)``; then drain ``ready()``,
+follow the order rule documented in :mod:`protocols.raft.ready` and report each
+batch made durable with ``advance(ready)``. It never
 touches a clock, a socket or a disk, so the simulator and the MQTT driver run
 the very same object.
 """
@@ -101,7 +102,13 @@ class RaftNode:
         self._replies: list[ClientReply] = []
         self._applied_out: list[AppliedEntry] = []
         self._events: list[Event] = []
-        self._persisted_hs = p.hard_state
+        self._persisted_hs = p.hard_state  # the last hard state handed to the driver
+        # What the driver has confirmed durable (advance): the (term, vote) and the log up to
+        # _stable. A leader counts itself toward a quorum only up to _stable (thesis 10.2.1: it
+        # may replicate entries before its own disk write finishes), and sends appends ahead of
+        # the write only in a term whose vote is already durable.
+        self._durable_term_vote = (p.hard_state.term, p.hard_state.voted_for)
+        self._stable = self.log.last_index
         self._snapshot_dirty = False
         self._unstable_from: int | None = None
         self._apply_committed()
@@ -218,10 +225,16 @@ class RaftNode:
     # ----------------------------------------------------------------- outputs
 
     def ready(self) -> Ready:
-        """Drain everything produced since the last call (persist first, then send)."""
+        """Drain everything produced since the last call (see :class:`Ready` for the order rule)."""
         hs = HardState(self.term, self.voted_for, self.commit)
         hard_state = hs if hs != self._persisted_hs else None
         self._persisted_hs = hs
+        if (self.term, self.voted_for) == self._durable_term_vote:
+            # a leader's appends may leave before its own write: only counting waits for it
+            early: tuple[Message, ...] = tuple(m for m in self._msgs if isinstance(m, AppendRequest))
+            late: tuple[Message, ...] = tuple(m for m in self._msgs if not isinstance(m, AppendRequest))
+        else:
+            early, late = (), tuple(self._msgs)
         snapshot = self._snapshot if self._snapshot_dirty else None
         if snapshot is not None:
             entries = self.log.entries(self.log.snapshot_index + 1)
@@ -230,13 +243,34 @@ class RaftNode:
         else:
             entries = ()
         rd = Ready(
-            hard_state, snapshot, entries, tuple(self._msgs), tuple(self._replies),
-            tuple(self._applied_out), tuple(self._events),
+            hard_state, snapshot, entries, late, tuple(self._replies),
+            tuple(self._applied_out), tuple(self._events), early,
         )
         self._snapshot_dirty = False
         self._unstable_from = None
         self._msgs, self._replies, self._applied_out, self._events = [], [], [], []
         return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver made ``rd`` durable (call it for every Ready, in order, after its write).
+
+        A leader counts its own log toward a commit quorum only up to what was
+        reported here, so this may commit entries (drain ``ready()`` again).
+        """
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.voted_for)
+        if rd.entries:
+            last = rd.entries[-1]
+            self._persisted(last.index, last.term)
+        elif rd.snapshot is not None:
+            self._persisted(rd.snapshot.index, rd.snapshot.term)
+
+    def _persisted(self, index: int, term: int) -> None:
+        # The log may have changed since that Ready (a truncation lowers _stable); the same term at
+        # the same index means the same prefix (log matching), so the durable copy still holds it.
+        if index > self._stable and index <= self.log.last_index and self.log.term_at(index) == term:
+            self._stable = index
+            self._maybe_commit()
 
     def status(self) -> RaftStatus:
         return RaftStatus(
@@ -478,7 +512,7 @@ class RaftNode:
         if self.role is not Role.LEADER:
             return
         matches = sorted(
-            (self.log.last_index if p == self.id else self._progress[p].match)
+            (self._own_match() if p == self.id else self._progress[p].match)
             for p in self.members if p == self.id or p in self._progress
         )
         if not matches:
@@ -490,6 +524,10 @@ class RaftNode:
             # broadcast here would double the messages per client command for nothing the
             # client waits on (it is answered by the leader, which applies now).
             self._advance_commit(candidate)
+
+    def _own_match(self) -> int:
+        """How far the leader's own log counts toward a quorum: what its driver reported durable."""
+        return min(self._stable, self.log.last_index)
 
     def _commit_allowed(self, index: int) -> bool:
         """Raft's rule (Figure 8): count replicas only for entries of the leader's own term."""
@@ -544,6 +582,7 @@ class RaftNode:
             self._send(AppendResponse(self.id, m.src, self.term, True, match_index=self.commit))
             return
         self.log.restore(snap.index, snap.term)
+        self._stable = min(self._stable, snap.index - 1)
         self._snapshot = snap
         self._snapshot_dirty = True
         self._sm.restore(snap.data)
@@ -572,6 +611,7 @@ class RaftNode:
     def _mark_unstable(self, index: int) -> None:
         if self._unstable_from is None or index < self._unstable_from:
             self._unstable_from = index
+        self._stable = min(self._stable, index - 1)
 
     def _send(self, m: Message) -> None:
         self._msgs.append(m)

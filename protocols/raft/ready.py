@@ -1,16 +1,25 @@
 """What a RaftNode asks its driver to do: the etcd-style ``Ready`` batch.
 
-The driver MUST handle a batch in this order:
+The driver MUST handle each batch, in order, like this:
 
-1. persist ``snapshot`` (if set: it replaces the stored log with ``entries``),
+1. it MAY send ``early_messages`` at once: a leader's AppendRequests, which
+   Raft lets leave before the leader's own write (thesis 10.2.1; the node only
+   puts them here in a term whose vote is already durable);
+2. persist ``snapshot`` (if set: it replaces the stored log with ``entries``),
    else the ``entries`` (they replace the stored log from ``entries[0].index`` on),
    then ``hard_state`` — and fsync;
-2. only then send ``messages`` and ``replies``.
+3. call ``node.advance(ready)``: only now does a leader count its own log toward
+   a commit quorum (so advance may commit: drain ``ready()`` again);
+4. only then send ``messages`` and ``replies``.
 
 A vote or an append acknowledgement that leaves the node before its state is
 durable can be forgotten by a crash, and then a node votes twice in a term or
 a leader counts an entry that is not there. ``applied`` and ``events`` are
 reports; the node has already applied the entries to the injected state machine.
+
+A driver may call ``ready()`` again while earlier batches are still being
+written (an asynchronous disk) as long as the writes complete, and ``advance``
+and the sends of steps 3-4 happen, in batch order.
 """
 
 from __future__ import annotations
@@ -69,7 +78,10 @@ Event = BecameLeader | LeaderChanged | MembersChanged
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """One batch of effects; see the module docstring for the order rule."""
+    """One batch of effects; see the module docstring for the order rule.
+
+    ``messages`` wait for the write; ``early_messages`` need not (a leader's appends).
+    """
 
     hard_state: HardState | None = None
     snapshot: Snapshot | None = None
@@ -78,12 +90,13 @@ class Ready:
     replies: tuple[ClientReply, ...] = ()
     applied: tuple[AppliedEntry, ...] = ()
     events: tuple[Event, ...] = ()
+    early_messages: tuple[Message, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not (
             self.hard_state or self.snapshot or self.entries or self.messages or self.replies
-            or self.applied or self.events
+            or self.applied or self.events or self.early_messages
         )
 
 

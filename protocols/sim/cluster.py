@@ -3,13 +3,18 @@
 Everything random comes from one seed (forked into independent streams per
 component), and events at equal times run in the order they were scheduled,
 so a seed replays exactly. Crashes keep only what the node's DurableStore
-holds; the driver loop persists each Ready before sending its messages,
-like a real driver must.
+holds. The driver loop follows the Ready contract (protocols.raft.ready) with
+an asynchronous disk: a leader's early appends leave at once, each write takes
+``disk_delay`` and writes complete in order, while the node keeps stepping
+(so a follower's ack can overtake the leader's own write, which the leader
+must not count before ``advance``); a Ready's other messages and replies
+leave only when its write completes. A crash loses the writes in flight.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,6 +69,8 @@ class SimConfig:
     restart_delay: tuple[int, int] = (20, 800)
     pause_time: tuple[int, int] = (50, 800)
     torn_crash: float = 0.001  # chance per Ready of crashing after persisting, before sending
+    lost_write_crash: float = 0.001  # chance per Ready of crashing while writing it (after early sends)
+    disk_delay: tuple[int, int] = (0, 6)  # virtual ms per write; 0 with an idle disk is synchronous
     client_timeout: int = 150
     client_think: tuple[int, int] = (0, 30)
     send_before_persist: bool = False  # a deliberately broken driver, to prove the checkers bite
@@ -85,6 +92,7 @@ class Host:
     sm: AppendRegister | None = None
     incarnation: int = 0
     paused_until: int = 0
+    writes: deque[Ready] = field(default_factory=deque)  # the disk's queue; the head is being written
 
 
 class Simulation:
@@ -100,6 +108,7 @@ class Simulation:
         self._client_rng = root.fork()
         self._torn_rng = root.fork()
         self.network = Network(root.fork(), self.cfg.network)
+        self._disk_rng = root.fork()
         self.now = 0
         self._queue: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
@@ -147,6 +156,7 @@ class Simulation:
         h.sm = AppendRegister()
         h.incarnation += 1
         h.paused_until = 0
+        h.writes = deque()  # whatever was being written when it crashed is lost
         rng = self._node_rng.fork()
         h.node = self._factory(h.id, self.bootstrap, h.sm, rng, self.cfg.raft, h.store.load())
         self._drain(h)
@@ -187,24 +197,60 @@ class Simulation:
         if rd.empty:
             return
         self._record(h, rd)
-        torn = not self._calm and self._torn_rng.chance(self.cfg.torn_crash)
         if self.cfg.send_before_persist:
+            self._send_messages(rd.early_messages)
             self._send_all(h, rd)
-            if torn:
+            if not self._calm and self._torn_rng.chance(self.cfg.torn_crash):
                 self._crash(h)
                 return
             h.store.persist(rd)
+            h.node.advance(rd)
+            self._drain(h)
             return
+        self._send_messages(rd.early_messages)  # a leader's appends need not wait for its disk
+        h.writes.append(rd)
+        if len(h.writes) == 1:
+            self._start_write(h)
+
+    def _start_write(self, h: Host) -> None:
+        """Write the head of the disk queue; writes complete one at a time, in order."""
+        delay = self._disk_rng.between(*self.cfg.disk_delay)
+        incarnation = h.incarnation
+        if delay == 0:
+            self._write_done(h, incarnation)
+        else:
+            self.at(self.now + delay, lambda: self._write_done(h, incarnation))
+
+    def _write_done(self, h: Host, incarnation: int) -> None:
+        """The head write completes: persist it, tell the node, send the rest, start the next."""
+        if h.node is None or h.incarnation != incarnation:
+            return  # crashed while it was in flight: lost
+        if self._paused(h):
+            self.at(h.paused_until, lambda: self._write_done(h, incarnation))
+            return
+        if not self._calm and self._torn_rng.chance(self.cfg.lost_write_crash):
+            self._crash(h)  # a crash mid-write: it and the writes queued behind it are lost
+            return
+        rd = h.writes[0]
         h.store.persist(rd)  # the order rule: durable first ...
-        if torn:
+        if not self._calm and self._torn_rng.chance(self.cfg.torn_crash):
             self._crash(h)  # ... so a crash here loses only messages
             return
+        h.writes.popleft()
+        h.node.advance(rd)
         self._send_all(h, rd)
+        if h.writes:
+            self._start_write(h)  # with no delay it completes (or crashes) right here
+        if h.node is not None and h.incarnation == incarnation:
+            self._drain(h)  # advance may have committed
 
-    def _send_all(self, h: Host, rd: Ready) -> None:
-        for m in rd.messages:
+    def _send_messages(self, messages: tuple[Message, ...]) -> None:
+        for m in messages:
             for d in self.network.delays(m.src, m.dst):
                 self.at(self.now + d, lambda m=m: self._deliver(m))  # type: ignore[misc]
+
+    def _send_all(self, h: Host, rd: Ready) -> None:
+        self._send_messages(rd.messages)
         for r in rd.replies:
             self._respond(h.id, ClientResponse(r.client_id, r.request_seq, True, r.result, h.id))
 
