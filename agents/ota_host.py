@@ -406,6 +406,8 @@ class OtaHost(AgentExtension):
         if not (self.config.prefix / target).is_dir():
             raise UpdateFailed("install_failed",
                                f"install.sh exited 0 but left no {self.config.prefix / target}")
+        # The slot reports the version the update was published as (the birth's versions.bundle).
+        atomic_write(self.config.prefix / target / "VERSION", (m.version + "\n").encode())
         store.discard()  # the slot holds its own copy now
         window = self.config.health_window or m.health_window_s
         trial = Trial(update_id=m.update_id, version=m.version, previous_slot=previous, new_slot=target,

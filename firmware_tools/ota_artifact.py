@@ -36,8 +36,8 @@ from firmware_tools.manifest import verify_bundle
 from schemas.errors import CodecError, ConfigError
 from schemas.ota import DEFAULT_CHUNK_SIZE, MAX_ARTIFACT_BYTES, UPDATE_KINDS, SignedManifest, UpdateManifest
 
-__all__ = ["AGENT_ARTIFACT_NAME", "Artifact", "build_artifact", "new_update_id", "pack_directory",
-           "sign_manifest"]
+__all__ = ["AGENT_ARTIFACT_NAME", "DEVICE_ONLY", "Artifact", "build_artifact", "new_update_id",
+           "pack_directory", "sign_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +62,24 @@ class Artifact:
         return self.data[offset:offset + length]
 
 
-def pack_directory(root: Path) -> bytes:
-    """``root`` as a reproducible tar.gz; symlinks and special files are refused."""
+#: Files of a bundle that belong to the one device it was built for: a group update must not
+#: carry them (agent.toml holds that device's identity and broker credentials; an OTA install
+#: keeps every device's own configuration).
+DEVICE_ONLY = frozenset({"agent.toml"})
+
+
+def pack_directory(root: Path, leave_out: frozenset[str] = frozenset()) -> bytes:
+    """``root`` as a reproducible tar.gz without ``leave_out`` (relative paths); symlinks and
+    special files are refused."""
     buf = io.BytesIO()
     # gzip's header holds a time and a file name: fix both, or equal trees give different bytes.
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=6, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
             rel = path.relative_to(root).as_posix()
+            if rel in leave_out:
+                logger.info("left out %s: it belongs to the device the bundle was built for", rel)
+                continue
             st = path.lstat()
             info = tarfile.TarInfo(rel)
             info.mtime = 0
@@ -107,7 +117,7 @@ def _artifact_bytes(path: Path, keys_dir: Path) -> bytes:
         verify_bundle(path, load_trusted(keys_dir))  # BundleInvalid: never re-sign a tampered bundle
         if not (path / "install.sh").is_file():
             raise ConfigError(f"{path} has no install.sh: it is not an agent bundle")
-        return pack_directory(path)
+        return pack_directory(path, DEVICE_ONLY)
     try:
         size = path.stat().st_size
         if size > MAX_ARTIFACT_BYTES:

@@ -98,9 +98,9 @@ echo "edgebus: installed into $target"
 
 
 def make_agent_bundle(out: Path, keys: Path, *, version: str = "2.0", healthy: bool = True,
-                      crash: bool = False, padding: int = 0) -> Path:
+                      crash: bool = False, padding: int = 0, exist_ok: bool = False) -> Path:
     """A signed bundle-like directory (``padding`` random bytes make the transfer longer)."""
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=exist_ok)
     (out / "install.sh").write_text(_TEST_INSTALL)
     (out / "install.sh").chmod(0o755)
     (out / "edge-agent").write_text(agent_wrapper(crash=crash))

@@ -74,6 +74,18 @@ def test_bundle_packs_reproducibly(tmp_path: Path, keys: Path) -> None:
     assert modes["install.sh"] == 0o755 and modes["VERSION"] == 0o644
 
 
+def test_a_bundles_device_credentials_stay_out_of_the_update(tmp_path: Path, keys: Path) -> None:
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "agent.toml").write_text('[broker]\nusername = "cam-1"\npassword = "cam-1-secret"\n')
+    bundle = make_agent_bundle(bundle, keys, exist_ok=True)
+    artifact = build_artifact(bundle, kind="agent", version="2.0", keys_dir=keys)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(artifact.data))) as tar:
+        names = tar.getnames()
+    assert "install.sh" in names and "agent.toml" not in names
+    assert b"cam-1-secret" not in gzip.decompress(artifact.data)
+
+
 def test_symlinks_are_refused(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "link").symlink_to("/etc/passwd")
