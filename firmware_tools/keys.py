@@ -46,9 +46,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
-def load_signing_key(keys_dir: Path) -> Ed25519PrivateKey:
-    """The current private key of a keys directory."""
-    path = keys_dir / PRIVATE_KEY
+def load_signing_key(keys_dir: Path, path: Path | None = None) -> Ed25519PrivateKey:
+    """The current private key of a keys directory (or the key file ``path``, e.g. a retired one)."""
+    path = path or keys_dir / PRIVATE_KEY
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:

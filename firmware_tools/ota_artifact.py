@@ -112,6 +112,24 @@ def sign_manifest(manifest: UpdateManifest, key: Ed25519PrivateKey) -> SignedMan
     return SignedManifest(data, key_id(key.public_key()), key.sign(data))
 
 
+def signing_key_for(kind: str, keys_dir: Path) -> Ed25519PrivateKey:
+    """The key that signs an update of ``kind``.
+
+    A ``keys`` update delivers the rotation list, so after ``edge-flash keys rotate``
+    it must be signed by the key the devices still trust: the one just rotated out
+    (``retired/<id>.key`` of the newest superseded entry). Every other update, and a
+    keys update before any rotation, is signed with the current key.
+    """
+    if kind == "keys":
+        for entry in load_trusted(keys_dir).keys:
+            retired = keys_dir / "retired" / f"{entry.id}.key"
+            if entry.status == "superseded" and retired.is_file():
+                logger.info("signing the key list with %s, the key devices trusted before the rotation",
+                            entry.id)
+                return load_signing_key(keys_dir, retired)
+    return load_signing_key(keys_dir)
+
+
 def _artifact_bytes(path: Path, keys_dir: Path) -> bytes:
     if path.is_dir():
         verify_bundle(path, load_trusted(keys_dir))  # BundleInvalid: never re-sign a tampered bundle
@@ -144,7 +162,7 @@ def build_artifact(path: Path, *, kind: str, version: str, keys_dir: Path,
         raise ConfigError(f"an agent update is a bundle directory; {path} is not a directory")
     if kind != "agent" and path.is_dir():
         raise ConfigError(f"a {kind} update is a single file; {path} is a directory")
-    key = load_signing_key(keys_dir)
+    key = signing_key_for(kind, keys_dir)
     data = _artifact_bytes(path, keys_dir)
     if not data:
         raise ConfigError(f"artifact {path} is empty")

@@ -19,7 +19,7 @@ import pytest
 from broker.trust import UpdateRefused, load_trusted, verify_offer
 from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.cli import main
-from firmware_tools.keys import init_keys
+from firmware_tools.keys import init_keys, rotate_keys
 from firmware_tools.manifest import BundleInvalid
 from firmware_tools.ota_artifact import build_artifact, pack_directory
 from firmware_tools.ota_publish import (
@@ -84,6 +84,19 @@ def test_a_bundles_device_credentials_stay_out_of_the_update(tmp_path: Path, key
         names = tar.getnames()
     assert "install.sh" in names and "agent.toml" not in names
     assert b"cam-1-secret" not in gzip.decompress(artifact.data)
+
+
+def test_a_key_list_after_a_rotation_is_signed_by_the_key_devices_still_trust(
+        tmp_path: Path, keys: Path) -> None:
+    before = load_trusted(keys)  # what the devices hold
+    old_id, new_id = rotate_keys(keys)
+    artifact = build_artifact(keys / "trusted_keys.json", kind="keys", version="rot-1", keys_dir=keys)
+    assert artifact.signed.key_id == old_id
+    assert verify_offer(before, artifact.signed) == artifact.manifest
+    # Everything else is signed with the new key (which the delivered list makes trusted).
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    assert build_artifact(model, kind="model", version="1", keys_dir=keys).signed.key_id == new_id
 
 
 def test_symlinks_are_refused(tmp_path: Path) -> None:
