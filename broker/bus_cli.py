@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-bus sub --json -C 1 'edgebus/+/birth' one message as a JSON object, then exit\n"
                "  edge-bus pub -t edgebus/cam-1/cmd/rebirth -m '{}' --envelope\n"
                "  edge-bus lock --group locks hold camera-7/ptz -- ./move.sh   a fenced lock (Raft group)\n"
-               "  edge-bus raft status --group locks          each node's role, term, commit",
+               "  edge-bus raft status --group locks          each node's role, term, commit, members\n"
+               "  edge-bus raft add-member --group locks n4   grow the group (start n4 with --join first)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
@@ -214,10 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from broker.coordination.cli import lock_main
 
         return lock_main(argv[1:])
-    if argv[:2] == ["raft", "status"]:
-        from broker.coordination.cli import raft_status_main
+    if argv[:1] == ["raft"]:
+        from broker.coordination.cli import raft_main
 
-        return raft_status_main(argv[2:])
+        return raft_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "sub" and not (args.topics or args.topic_options):

@@ -8,7 +8,16 @@ import msgpack
 import pytest
 
 from broker.coordination.storage import RaftStorage
-from broker.coordination.wire import ClientReplyMsg, ClientRequest, LockEventMsg, MessageBatch, decode, encode
+from broker.coordination.wire import (
+    AdminReplyMsg,
+    AdminRequest,
+    ClientReplyMsg,
+    ClientRequest,
+    LockEventMsg,
+    MessageBatch,
+    decode,
+    encode,
+)
 from protocols.raft import (
     AppendRequest,
     AppendResponse,
@@ -35,6 +44,8 @@ ENTRIES = (Entry(2, 6, EntryKind.COMMAND, b"x", "c1", 4), Entry(2, 7, EntryKind.
     SnapshotRequest("a", "b", 3, SNAP), TimeoutNow("a", "b", 3),
     ClientRequest("c1", 9, "lock", b"\x01"), ClientReplyMsg(9, 12, "a", b"ok"),
     LockEventMsg("granted", "cam/ptz", 4, 1000),
+    AdminRequest("op1", 5, "add", "n4"), AdminRequest("op1", 6, "members"),
+    AdminReplyMsg(5, "ok", "n1", "committed", ("n1", "n2", "n3", "n4")), AdminReplyMsg(6, "not_leader", ""),
     MessageBatch((AppendRequest("a", "b", 3, 5, 2, ENTRIES, 6), AppendRequest("a", "b", 3, 7, 2, (), 7),
                   TimeoutNow("a", "b", 3))),
 ])
@@ -51,6 +62,8 @@ def test_unknown_version_and_garbage_are_refused() -> None:
         decode(DEFAULT_CODEC.encode([1, "vote", "too", "few"]))
     with pytest.raises(CodecError):
         decode(msgpack.packb([1]))
+    with pytest.raises(CodecError):  # only the known admin actions
+        decode(DEFAULT_CODEC.encode([1, "admin", "c1", 1, "format-disk", ""]))
     with pytest.raises(CodecError):  # a batch carries Raft messages only
         decode(DEFAULT_CODEC.encode([1, "batch", [["req", "c1", 1, "lock", b""]]]))
 

@@ -4,20 +4,39 @@
   broker, the wall clock and a SQLite log (:class:`RaftStorage`).
 * :class:`LockClient` is the client side of the replicated lock table
   (``async with client.lock("camera-7/ptz") as token:``); :class:`RaftClient`
-  is the generic request/reply client (and the append register the fault tests use).
+  is the generic request/reply client (and the append register the fault tests use),
+  and the operator's: add or remove a member, transfer leadership.
 """
 
 from broker.coordination.client import RaftClient
 from broker.coordination.driver import DriverConfig, RaftDriver
-from broker.coordination.errors import CoordinationError, CoordinationTimeout, DeadlockVictim, LockUnavailable
+from broker.coordination.errors import (
+    AdminRefused,
+    CoordinationError,
+    CoordinationTimeout,
+    DeadlockVictim,
+    LockUnavailable,
+)
 from broker.coordination.group_state import GroupStateMachine
 from broker.coordination.lock_client import LockClient
 from broker.coordination.storage import RaftStorage
 from broker.coordination.topics import CoordinationTopics
-from broker.coordination.wire import WIRE_VERSION, ClientReplyMsg, ClientRequest, LockEventMsg, decode, encode
+from broker.coordination.wire import (
+    WIRE_VERSION,
+    AdminReplyMsg,
+    AdminRequest,
+    ClientReplyMsg,
+    ClientRequest,
+    LockEventMsg,
+    decode,
+    encode,
+)
 
 __all__ = [
     "WIRE_VERSION",
+    "AdminRefused",
+    "AdminReplyMsg",
+    "AdminRequest",
     "ClientReplyMsg",
     "ClientRequest",
     "CoordinationError",

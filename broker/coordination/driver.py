@@ -22,6 +22,15 @@ off the path of the client's reply.
 The leader stamps each lock command with its wall-clock time
 (:func:`protocols.locks.encode_entry`) and appends an ``Expire`` entry every
 ``expire_interval_ms`` while sessions exist, so leases lapse without traffic.
+
+Membership is operated through :class:`AdminRequest` (topics in topics.py): the
+leader turns ``add``/``remove`` into the core's single-server CONFIG entry and
+answers once it is COMMITTED (so an "ok" survives any later failover), and
+``transfer``/``step_down`` into ``transfer_leadership`` and answers once
+this node sees the target lead. Requests name the outcome, not a delta, so a
+client's retry that finds it done is simply "ok". A node started with
+``join=True`` has no bootstrap members: it never campaigns and learns the
+configuration, including the entry that adds it, from the leader.
 """
 
 from __future__ import annotations
@@ -41,14 +50,27 @@ from broker.coordination.lock_events import deadlock_json, publishable_events
 from broker.coordination.storage import RaftStorage, StorageError
 from broker.coordination.topics import CoordinationTopics
 from broker.coordination.transport import PeerTransport
-from broker.coordination.wire import ClientReplyMsg, ClientRequest, MessageBatch, decode, encode
+from broker.coordination.wire import (
+    AdminReplyMsg,
+    AdminRequest,
+    AdminStatus,
+    ClientReplyMsg,
+    ClientRequest,
+    MessageBatch,
+    decode,
+    encode,
+)
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
 from protocols.locks import DeadlockEvent, Expire, LockError, LockEvent, decode_command, encode_entry
 from protocols.raft import (
+    Accepted,
     AppendRequest,
     AppendResponse,
+    Entry,
+    EntryKind,
     Message,
+    NotLeader,
     RaftConfig,
     RaftNode,
     RaftStatus,
@@ -59,9 +81,9 @@ from protocols.raft import (
     VoteRequest,
     VoteResponse,
 )
-from protocols.raft.ready import BecameLeader, LeaderChanged
-from schemas.errors import CodecError
-from schemas.topics import TopicTree
+from protocols.raft.ready import BecameLeader, LeaderChanged, MembersChanged
+from schemas.errors import CodecError, TopicError
+from schemas.topics import TopicTree, validate_name
 
 __all__ = ["DriverConfig", "RaftDriver"]
 
@@ -70,23 +92,46 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DriverConfig:
-    """One node of one group. Times: a tick is ``tick_ms`` of wall clock."""
+    """One node of one group. Times: a tick is ``tick_ms`` of wall clock.
+
+    ``peers`` is the bootstrap configuration of a new group (the same on every
+    node; ignored once the log holds a membership change). ``join=True`` starts
+    a node for an existing group with no peers at all: an operator then adds it.
+    """
 
     group: str
     node: str
     peers: tuple[str, ...]
     data_dir: Path
+    join: bool = False
     tick_ms: int = 10
     election_ticks: int = 15
     heartbeat_ticks: int = 3
     expire_interval_ms: int = 200
     snapshot_threshold: int = 5000
     status_interval_s: float = 1.0
+    admin_wait_s: float = 5.0  # how long an admin request waits for its outcome before "busy, retry"
 
 
 @dataclass(frozen=True, slots=True)
 class _LeaderGone:
     leader: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Admin:
+    req: AdminRequest
+    directed: bool  # sent to this node by name: a follower answers "not leader"
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An admin request whose answer waits for a commit (``index``) or a new leader (``target``)."""
+
+    req: AdminRequest
+    deadline: float
+    index: int = 0
+    target: str = ""
 
 
 class _Rng:
@@ -99,7 +144,7 @@ class _Rng:
         return self._r.randrange(n)
 
 
-_Input = Message | ClientRequest | _LeaderGone
+_Input = Message | ClientRequest | _LeaderGone | _Admin
 _RAFT_MESSAGES = (VoteRequest, VoteResponse, AppendRequest, AppendResponse, SnapshotRequest, TimeoutNow)
 
 
@@ -107,7 +152,9 @@ class RaftDriver:
     """Runs one Raft node until :meth:`stop`; see the module docstring."""
 
     def __init__(self, config: DriverConfig, bus: BusConfig, *, seed: int | None = None) -> None:
-        if config.node not in config.peers:
+        if config.join and config.peers:
+            raise ValueError("a joining node takes no peers: it learns the members from the leader")
+        if not config.join and config.node not in config.peers:
             raise ValueError(f"node {config.node!r} is not among the peers {config.peers}")
         self.config = config
         self.topics = CoordinationTopics(_tree(bus.root), config.group)
@@ -126,6 +173,9 @@ class RaftDriver:
         self.failed: BaseException | None = None
         self.ready_batches = 0
         self._topics: dict[tuple[str, str], str] = {}
+        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._watched: set[str] = set()  # peers whose presence (will) this node follows
+        self._was_member = config.node in self.node.members
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -134,9 +184,9 @@ class RaftDriver:
         s.subscribe(self.topics.inbox(self.config.node), self._on_inbox)
         s.subscribe(self.topics.requests(), self._on_request)
         s.subscribe(self.topics.requests_for(self.config.node), self._on_request)
-        for peer in self.config.peers:
-            if peer != self.config.node:
-                s.subscribe(self.topics.presence(peer), self._presence_handler(peer))
+        s.subscribe(self.topics.admin_requests(), self._admin_handler(directed=False))
+        s.subscribe(self.topics.admin_requests_for(self.config.node), self._admin_handler(directed=True))
+        self._watch_presence(self.config.peers + self.node.members)
         s.start(threaded=False)  # the loop below drives it
         self._thread = threading.Thread(target=self._run, name=f"raft-{self.config.node}", daemon=True)
         self._thread.start()
@@ -173,6 +223,20 @@ class RaftDriver:
         obj = self._decode(msg)
         if isinstance(obj, ClientRequest):
             self._inputs.put(obj)
+
+    def _admin_handler(self, directed: bool) -> Callable[[ReceivedMessage], None]:
+        def handle(msg: ReceivedMessage) -> None:
+            obj = self._decode(msg)
+            if isinstance(obj, AdminRequest):
+                self._inputs.put(_Admin(obj, directed))
+        return handle
+
+    def _watch_presence(self, peers: tuple[str, ...]) -> None:
+        """Follow the wills of ``peers`` (new members too: any of them may come to lead)."""
+        for peer in peers:
+            if peer != self.config.node and peer not in self._watched:
+                self._watched.add(peer)
+                self.transport.subscribe(self.topics.presence(peer), self._presence_handler(peer))
 
     def _presence_handler(self, peer: str) -> Callable[[ReceivedMessage], None]:
         def handle(msg: ReceivedMessage) -> None:
@@ -223,6 +287,8 @@ class RaftDriver:
                     last_expire = now
                     self.node.propose(encode_op("lock", encode_entry(_now_ms(), Expire())))
                 self._drain_ready()
+                if self._pending:
+                    self._settle_admin(now)
                 status = self.node.status()
                 self._status = status
                 key = (status.role, status.term, status.leader)
@@ -239,6 +305,8 @@ class RaftDriver:
     def _handle(self, item: _Input) -> None:
         if isinstance(item, ClientRequest):
             self._propose(item)
+        elif isinstance(item, _Admin):
+            self._admin(item)
         elif isinstance(item, _LeaderGone):
             if self.node.leader == item.leader:
                 logger.info("leader %s went offline: electing now", item.leader)
@@ -261,6 +329,140 @@ class RaftDriver:
             logger.warning("dropping request with unknown op %r from %s", req.op, req.client_id)
             return
         self.node.propose(command, req.client_id, req.seq)
+
+    # -- membership and leadership (operator requests) ----------------------------------------------
+
+    def _admin(self, item: _Admin) -> None:
+        req, node = item.req, self.node
+        if node.role is not Role.LEADER:
+            if item.directed:  # a broadcast is the leader's alone to answer
+                self._admin_reply(req, AdminStatus.NOT_LEADER, f"{self.config.node} is not the leader")
+            return
+        waiting = self._pending.get((req.client_id, req.seq))
+        if waiting is not None:  # a retry: the outcome is slow in coming, so say what it waits for
+            self._admin_reply(req, AdminStatus.PENDING, self._waits_for(waiting))
+            return
+        if req.action != "members" and req.node:
+            try:
+                validate_name(req.node, "node id")
+            except TopicError as exc:
+                self._admin_reply(req, AdminStatus.REFUSED, str(exc))
+                return
+        if req.action == "members":
+            self._admin_reply(req, AdminStatus.OK)
+        elif req.action in ("add", "remove"):
+            self._change_members(req)
+        else:
+            self._transfer(req)
+
+    def _change_members(self, req: AdminRequest) -> None:
+        node, add = self.node, req.action == "add"
+        if not req.node:
+            self._admin_reply(req, AdminStatus.REFUSED, f"{req.action} needs a node id")
+            return
+        if (req.node in node.members) == add:  # already as asked: ok once that config is committed
+            cfg = self._uncommitted_config()
+            if cfg is None:
+                already = f"{req.node} is {'already' if add else 'not'} a member"
+                self._admin_reply(req, AdminStatus.OK, already)
+            else:
+                self._wait(req, index=cfg.index)
+            return
+        if not add and req.node == node.id:
+            self._admin_reply(req, AdminStatus.REFUSED, f"{node.id} is the leader and a leader cannot remove "
+                              f"itself: transfer leadership first (edge-bus raft transfer), then remove it")
+            return
+        res = node.propose_membership(add=req.node) if add else node.propose_membership(remove=req.node)
+        if isinstance(res, Accepted):
+            logger.info("%s: %s %s proposed at index %d", self.config.group,
+                        "adding" if add else "removing", req.node, res.index)
+            self._wait(req, index=res.index)
+        elif isinstance(res, NotLeader):
+            self._admin_reply(req, AdminStatus.NOT_LEADER, "leadership changed")
+        else:  # the remaining refusals pass: a change or transfer in flight, a leader fresh in its term
+            self._admin_reply(req, AdminStatus.BUSY, res.reason)
+
+    def _transfer(self, req: AdminRequest) -> None:
+        node = self.node
+        if req.action == "step_down":
+            if req.node and req.node != node.id:
+                self._admin_reply(req, AdminStatus.OK, f"{req.node} no longer leads")
+                return
+            target = node.transfer_candidate()
+            if target is None:
+                self._admin_reply(req, AdminStatus.REFUSED, "no other member to hand leadership to")
+                return
+        else:
+            target = req.node
+            if target == node.id:
+                self._admin_reply(req, AdminStatus.OK, f"{target} leads")
+                return
+            if target not in node.members:
+                self._admin_reply(req, AdminStatus.REFUSED,
+                                  f"{target} is not a member: add it first (edge-bus raft add-member)")
+                return
+        if node.transferee is not None and node.transferee != target:
+            self._admin_reply(req, AdminStatus.BUSY, f"a transfer to {node.transferee} is in progress")
+            return
+        if node.transferee is None:
+            if not node.transfer_leadership(target):
+                self._admin_reply(req, AdminStatus.BUSY, f"cannot transfer to {target} now")
+                return
+            logger.info("%s: handing leadership from %s to %s", self.config.group, node.id, target)
+        self._wait(req, target=target)
+
+    def _wait(self, req: AdminRequest, index: int = 0, target: str = "") -> None:
+        deadline = time.monotonic() + self.config.admin_wait_s
+        self._pending[(req.client_id, req.seq)] = _Pending(req, deadline, index, target)
+
+    def _waits_for(self, p: _Pending) -> str:
+        """What an operator whose request times out needs to know."""
+        if p.target:
+            return f"handing leadership to {p.target}"
+        return (f"proposed at index {p.index}; waiting for a majority of {', '.join(self.node.members)} "
+                f"to store it (are they running?)")
+
+    def _uncommitted_config(self) -> Entry | None:
+        for e in reversed(self.node.log.entries(self.node.commit + 1)):
+            if e.kind is EntryKind.CONFIG:
+                return e
+        return None
+
+    def _settle_admin(self, now: float) -> None:
+        """Answer the admin requests whose outcome is now known (or that waited long enough)."""
+        for key, p in list(self._pending.items()):
+            outcome = self._outcome(p)
+            if outcome is None:
+                if now >= p.deadline:  # bound the table; the client's next retry waits afresh
+                    del self._pending[key]
+                continue
+            del self._pending[key]
+            status, reason = outcome
+            self._admin_reply(p.req, status, reason)
+            if status == AdminStatus.OK and p.req.action == "remove":
+                # its retained status would list a ghost in `edge-bus raft status` forever
+                self.transport.publish(self.topics.node_status(p.req.node), b"", qos=1, retain=True)
+
+    def _outcome(self, p: _Pending) -> tuple[str, str] | None:
+        node = self.node
+        if not p.target:  # a membership change: done when its CONFIG entry is committed
+            if node.role is not Role.LEADER:
+                return AdminStatus.NOT_LEADER, "leadership changed before the change committed"
+            return (AdminStatus.OK, "committed") if node.commit >= p.index else None
+        if node.role is Role.LEADER:
+            if node.transferee is None:  # the core gave up after an election timeout
+                return AdminStatus.BUSY, f"{p.target} did not take over in time (running? caught up?)"
+            return None
+        if node.leader is None:
+            return None  # the election is still on
+        if node.leader == p.target or (p.req.action == "step_down" and node.leader != node.id):
+            return AdminStatus.OK, f"{node.leader} leads"
+        return AdminStatus.BUSY, f"{node.leader} won the election instead of {p.target}"
+
+    def _admin_reply(self, req: AdminRequest, status: str, reason: str = "") -> None:
+        node = self.node
+        reply = AdminReplyMsg(req.seq, status, node.leader or "", reason, node.members)
+        self.transport.publish(self.topics.admin_reply(req.client_id), encode(reply))
 
     def _drain_ready(self) -> None:
         for _ in range(4):  # advance() may commit, and the next batch carries the replies
@@ -295,6 +497,20 @@ class RaftDriver:
                 logger.info("node %s became leader of %s in term %d", ev.node, self.config.group, ev.term)
             elif isinstance(ev, LeaderChanged):
                 logger.debug("node %s: leader is %s in term %d", self.config.node, ev.leader, ev.term)
+            elif isinstance(ev, MembersChanged):
+                self._members_changed(ev.members)
+
+    def _members_changed(self, members: tuple[str, ...]) -> None:
+        logger.info("node %s: members of %s are now %s", self.config.node, self.config.group,
+                    ", ".join(members))
+        self._watch_presence(members)
+        if self.config.node in members:
+            self._was_member = True
+        elif self._was_member and members:
+            # No campaigns from here on (the core checks membership); the process is no use now.
+            logger.warning("node %s was removed from %s: stop this process", self.config.node,
+                           self.config.group)
+            self._was_member = False
 
     def _send(self, rd: Ready) -> None:
         """Replies first (a client is waiting on each), then the batch's messages."""

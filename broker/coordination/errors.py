@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.errors import BusError
 
-__all__ = ["CoordinationError", "CoordinationTimeout", "DeadlockVictim", "LockUnavailable"]
+__all__ = ["AdminRefused", "CoordinationError", "CoordinationTimeout", "DeadlockVictim", "LockUnavailable"]
 
 
 class CoordinationError(BusError):
@@ -13,6 +13,19 @@ class CoordinationError(BusError):
 
 class CoordinationTimeout(CoordinationError):
     """No answer in time: no leader reachable, or the lock stayed held by someone else."""
+
+
+class AdminRefused(CoordinationError):
+    """The leader refused a membership change or transfer; ``reason`` says why and what to do instead.
+
+    Raised at once for a refusal that retrying cannot fix (removing the leader
+    itself: transfer leadership first), and at the deadline for one that
+    persisted (another change still uncommitted, a target that never caught up).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class LockUnavailable(CoordinationError):

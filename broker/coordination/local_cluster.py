@@ -38,10 +38,13 @@ class LocalCluster:
     log_level: str = "WARNING"
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, node: str | None = None) -> None:
+    def start(self, node: str | None = None, *, join: bool = False) -> None:
+        """Start ``node`` (default: every bootstrap node); ``join``: as a new member of the running group,
+        which then still has to be added (:meth:`RaftClient.add_member`)."""
         for n in [node] if node else self.nodes:
+            how = ["--join"] if join else ["--peers", ",".join(self.nodes)]
             cmd = [sys.executable, "-m", "broker.coordination.node_main", "--group", self.group, "--node", n,
-                   "--peers", ",".join(self.nodes), "--data", str(self.data_dir), "--host", self.bus.host,
+                   *how, "--data", str(self.data_dir), "--host", self.bus.host,
                    "--port", str(self.bus.port), "--root", self.bus.root, "--tick-ms", str(self.tick_ms),
                    "--election-ticks", str(self.election_ticks), "--log-level", self.log_level]
             if self.bus.username:
@@ -84,6 +87,11 @@ class GroupWatcher:
         session.subscribe(self.topics.all_node_status(), self._on_status)
 
     def _on_status(self, msg: ReceivedMessage) -> None:
+        if not msg.payload:  # the leader cleared a removed node's status
+            with self._cond:
+                self.statuses.pop(msg.topic.split("/")[-2], None)
+                self._cond.notify_all()
+            return
         try:
             body = json.loads(msg.payload)
         except ValueError:

@@ -1,5 +1,11 @@
 """``python -m broker.coordination.node_main``: run one Raft node until SIGTERM/SIGINT.
 
+A new group: start every node with the same ``--peers``. A node for a group
+that is already running: start it with ``--join`` (no ``--peers``) first, then
+``edge-bus raft add-member --group G NODE``; until it is added it only listens,
+and it never starts an election of its own. Restart it with ``--join`` too:
+its log holds the membership from then on.
+
 The broker password is read from ``EDGEBUS_BROKER_PASSWORD`` (never from argv,
 which other users can read).
 """
@@ -27,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="edge-bus-raft-node", description=__doc__)
     p.add_argument("--group", required=True)
     p.add_argument("--node", required=True)
-    p.add_argument("--peers", required=True, help="comma-separated node ids, the same on every node")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--peers", help="a new group: comma-separated node ids, the same on every node")
+    how.add_argument("--join", action="store_true",
+                     help="a node for a running group: wait to be added (edge-bus raft add-member) and "
+                          "learn the members from the leader")
     p.add_argument("--data", required=True, type=Path, help="directory for the node's SQLite log")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
@@ -44,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = DriverConfig(
-        group=args.group, node=args.node, peers=tuple(p for p in args.peers.split(",") if p),
-        data_dir=args.data, tick_ms=args.tick_ms, election_ticks=args.election_ticks,
+        group=args.group, node=args.node, peers=tuple(p for p in (args.peers or "").split(",") if p),
+        join=args.join, data_dir=args.data, tick_ms=args.tick_ms, election_ticks=args.election_ticks,
         snapshot_threshold=args.snapshot_threshold,
     )
     bus = BusConfig(host=args.host, port=args.port, username=args.username,

@@ -7,6 +7,13 @@ them the leader, else (and on every retry) to ``{root}/_sys/lock/{group}/req``,
 which every node hears and only the leader acts on and hear answers and lock
 events on ``{root}/_sys/lock/{group}/reply/{client}``. A node's presence is the
 ordinary device status of ``raft-{group}-{node}``, whose will says ``offline``.
+
+Operators' membership requests (:class:`broker.coordination.wire.AdminRequest`)
+follow the same pattern under the Raft group: ``{root}/_sys/raft/{group}/admin/req``
+(every node hears it, only the leader acts), ``.../admin/req/{node}`` (one node;
+a follower answers "not leader" with its hint) and answers on
+``.../admin/reply/{client}``. These are three and four levels below the group,
+so they never collide with a node's inbox (one level) or status (two).
 """
 
 from __future__ import annotations
@@ -41,6 +48,16 @@ class CoordinationTopics:
 
     def reply(self, client: str) -> str:
         return self.tree.sys("lock", self.group, "reply", client)
+
+    def admin_requests(self) -> str:
+        return self.tree.sys("raft", self.group, "admin", "req")
+
+    def admin_requests_for(self, node: str) -> str:
+        """Admin requests for one node: it answers even as a follower (not leader, with its hint)."""
+        return self.tree.sys("raft", self.group, "admin", "req", node)
+
+    def admin_reply(self, client: str) -> str:
+        return self.tree.sys("raft", self.group, "admin", "reply", client)
 
     def lock_events(self) -> str:
         return self.tree.sys("lock", self.group, "events")

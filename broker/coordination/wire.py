@@ -1,7 +1,8 @@
 """The one wire format of the coordination topics: msgpack inside the edgebus envelope.
 
 Every payload is ``envelope([WIRE_VERSION, kind, field, ...])``. Raft's frozen
-message dataclasses and the client request/reply records all go through
+message dataclasses, the client request/reply records and the operator's
+membership requests (:class:`AdminRequest` / :class:`AdminReplyMsg`) all go through
 :func:`encode` and come back through :func:`decode`; a payload of another
 version is refused with :class:`UnsupportedVersion` and anything malformed with
 :class:`CodecError`, so a driver can drop it and carry on (Raft tolerates loss).
@@ -29,7 +30,11 @@ from schemas.errors import CodecError, UnsupportedVersion
 from schemas.messages import DEFAULT_CODEC
 
 __all__ = [
+    "ADMIN_ACTIONS",
     "WIRE_VERSION",
+    "AdminReplyMsg",
+    "AdminRequest",
+    "AdminStatus",
     "ClientReplyMsg",
     "ClientRequest",
     "LockEventMsg",
@@ -75,6 +80,46 @@ class LockEventMsg:
     reason: str = ""
 
 
+ADMIN_ACTIONS = ("add", "remove", "transfer", "step_down", "members")
+
+
+class AdminStatus:
+    """The ``status`` of an :class:`AdminReplyMsg`."""
+
+    OK = "ok"  # done (or already so): the change is committed / the target leads
+    PENDING = "pending"  # accepted; the final answer follows (``reason`` says what it waits for)
+    NOT_LEADER = "not_leader"  # ask ``leader`` instead (empty: nobody known yet)
+    BUSY = "busy"  # not now (a change or transfer in progress, a fresh leader): retry later
+    REFUSED = "refused"  # never, as asked: ``reason`` says what to do instead
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """An operator's request to the leader, retried with the same ``seq`` until answered.
+
+    ``action``: ``add`` / ``remove`` a voter ``node``; ``transfer`` leadership to
+    ``node``; ``step_down`` (leadership off ``node``, to the most caught-up
+    follower); ``members`` (a query). Every action is stated as the outcome
+    wanted, so a retry that finds it done is answered ``ok``.
+    """
+
+    client_id: str
+    seq: int
+    action: str
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminReplyMsg:
+    """The answer to ``seq``: an :class:`AdminStatus`, the replier's leader and member set."""
+
+    seq: int
+    status: str
+    leader: str
+    reason: str = ""
+    members: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class MessageBatch:
     """Several Raft messages for one node in one MQTT publish (one Ready's worth, in order)."""
@@ -82,7 +127,8 @@ class MessageBatch:
     messages: tuple[Message, ...]
 
 
-WireObject = Message | ClientRequest | ClientReplyMsg | LockEventMsg | MessageBatch
+WireObject = (Message | ClientRequest | ClientReplyMsg | LockEventMsg | MessageBatch | AdminRequest
+              | AdminReplyMsg)
 _RAFT_TYPES = (VoteRequest, VoteResponse, AppendRequest, AppendResponse, SnapshotRequest, TimeoutNow)
 
 
@@ -128,6 +174,10 @@ def _to_list(obj: WireObject) -> list[Any]:
         return ["lock_event", obj.kind, obj.lock_name, obj.token, obj.lease_deadline_ms, obj.reason]
     if isinstance(obj, MessageBatch):
         return ["batch", [_to_list(m) for m in obj.messages]]
+    if isinstance(obj, AdminRequest):
+        return ["admin", obj.client_id, obj.seq, obj.action, obj.node]
+    if isinstance(obj, AdminReplyMsg):
+        return ["admin_reply", obj.seq, obj.status, obj.leader, obj.reason, list(obj.members)]
     raise CodecError(f"not a coordination wire object: {type(obj).__name__}")
 
 
@@ -155,6 +205,15 @@ def _from_list(kind: str, f: list[Any]) -> WireObject:
         return ClientReplyMsg(seq, index, leader, bytes(result))
     if kind == "lock_event":
         return LockEventMsg(*f)
+    if kind == "admin":
+        client_id, seq, action, node = f
+        if not (isinstance(client_id, str) and type(seq) is int and action in ADMIN_ACTIONS
+                and isinstance(node, str)):
+            raise CodecError("malformed admin request")
+        return AdminRequest(client_id, seq, action, node)
+    if kind == "admin_reply":
+        seq, status, leader, reason, members = f
+        return AdminReplyMsg(seq, str(status), str(leader), str(reason), tuple(str(m) for m in members))
     if kind == "batch":
         (items,) = f
         messages = []

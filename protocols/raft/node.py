@@ -56,6 +56,10 @@ class Role(enum.Enum):
 class RaftNode:
     """One member of a Raft group. ``members`` is the bootstrap configuration (the same on every node).
 
+    A node that joins a running group starts with no members at all: it never
+    campaigns, and learns the configuration (including the CONFIG entry that
+    adds it) from the leader's appends or snapshot.
+
     The few rules that make Raft safe live in small methods (``_grants_vote``,
     ``_matches_prev``, ``_commit_allowed``, ``sessions_class``) so tests can break
     one on purpose and show that the simulator's checkers catch it.
@@ -180,6 +184,8 @@ class RaftNode:
             return Rejected("give exactly one of add/remove")
         if remove == self.id:
             return Rejected("a leader cannot remove itself; transfer leadership first")
+        if self._transferee is not None:
+            return Rejected("leadership transfer in progress")
         if self.log.term_at(self.commit) != self.term:
             return Rejected("leader has not committed an entry of its term yet")
         if any(e.kind is EntryKind.CONFIG for e in self.log.entries(self.commit + 1)):
@@ -209,6 +215,25 @@ class RaftNode:
         else:
             self._send_append(target)
         return True
+
+    @property
+    def transferee(self) -> str | None:
+        """The node a leadership transfer is handing over to (None: no transfer in progress)."""
+        return self._transferee
+
+    def transfer_candidate(self) -> str | None:
+        """Leader only: the follower to hand over to when the operator named none.
+
+        The most caught-up member heard from in the current lease window, so the
+        transfer finishes quickly and does not pick a dead node.
+        """
+        if self.role is not Role.LEADER:
+            return None
+        ranked = sorted(
+            ((pr.recent_active, pr.match, p) for p, pr in self._progress.items() if p in self.members),
+            key=lambda t: (not t[0], -t[1], t[2]),
+        )
+        return ranked[0][2] if ranked else None
 
     def leader_gone(self, leader: str) -> None:
         """A hint that ``leader``'s session died (its MQTT will arrived): stop waiting for it.
