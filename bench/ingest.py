@@ -1,6 +1,6 @@
 """Samples per second through one coordinator process, beside mosquitto_sub as the ceiling.
 
-    python bench/ingest.py [--devices 50] [--batches 200] [--samples 100] [--decode-only]
+    python bench/ingest.py [--devices 50] [--batches 200] [--samples 100] [--decode-only | --view]
 
 A publisher process sends pre-encoded metrics batches (``--devices`` x
 ``--batches`` messages of ``--samples`` samples, consecutive sequence numbers)
@@ -10,7 +10,9 @@ other, with the same publisher:
 * ceiling: ``mosquitto_sub -q 1 -C N`` receiving the same N messages (discarding them);
 * edgebus: :class:`~coordinator.ingest.Ingest` in this process decoding, de-duplicating
   and accounting every sample, scoring each with the anomaly engine and storing it in
-  SQLite (the coordinator's default path; ``--decode-only`` leaves out scoring and store).
+  SQLite (the coordinator's default path; ``--decode-only`` leaves out scoring and store;
+  ``--view`` adds the live view's sink, as ``edge-coordinator`` runs it). The clock stops
+  when the last sample is stored (the processor stores on a writer thread).
 
 Printed: messages/s and samples/s of both, the ratio, and whether every sample
 arrived exactly once (sequence accounting: missing and duplicates must be 0).
@@ -110,15 +112,16 @@ class Counter:
         self.target = target
 
     def __call__(self, batch: IngestBatch) -> None:
-        if self.first is None and batch.samples:
+        count = batch.sample_count  # not len(batch.samples): that would build a row per sample
+        if self.first is None and count:
             self.first = time.perf_counter()
-        self.samples += len(batch.samples)
+        self.samples += count
         if self.samples >= self.target:
             self.done.set()
 
 
 def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
-            full: bool) -> tuple[float, Ingest]:
+            full: bool, view: bool = False) -> tuple[float, Ingest]:
     bus = BusSession(BusConfig(port=port, client_id="bench-coordinator", clean_start=True,
                                protocol="3.1.1"))
     counter = Counter(total_samples)
@@ -130,8 +133,13 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
         from coordinator.store.base import open_store
 
         store = open_store({}, data_dir=workdir)
-        ingest.sinks.append(FleetProcessor(bus, ingest, store, AnomalyEngine(), data_dir=workdir,
-                                           checkpoint_interval=1e9))
+        processor = FleetProcessor(bus, ingest, store, AnomalyEngine(), data_dir=workdir,
+                                   checkpoint_interval=1e9)
+        ingest.sinks.append(processor)
+        if view:
+            from coordinator.fleet_view import FleetView
+
+            ingest.sinks.append(FleetView(ingest.sequence_snapshot, forecast=processor.forecast))
     ingest.sinks.append(counter)
     ingest.start()
     bus.start()
@@ -139,7 +147,11 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     time.sleep(0.5)
     pub = publish(port, stream)
     finished = counter.done.wait(300)
+    # The processor stores on its own thread: the clock stops when the last sample is stored.
+    stored_all = ingest.drain(120)
     end = time.perf_counter()
+    if not stored_all:
+        raise SystemExit("edgebus ingest did not finish storing within 120 s")
     pub.wait(120)
     bus.stop(flush_timeout=0)
     ingest.stop()
@@ -158,8 +170,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--samples", type=int, default=100, help="samples per message (default 100)")
-    parser.add_argument("--decode-only", action="store_true",
-                        help="measure decoding and accounting only (no scoring, no store)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--decode-only", action="store_true",
+                      help="measure decoding and accounting only (no scoring, no store)")
+    mode.add_argument("--view", action="store_true",
+                      help="also feed the live view, as edge-coordinator does (a row object per sample)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -171,7 +186,7 @@ def main() -> None:
         broker, port = start_mosquitto(workdir)
         try:
             sub_rate = ceiling(port, stream, messages)
-            rate, ingest = edgebus(port, stream, total, workdir, not args.decode_only)
+            rate, ingest = edgebus(port, stream, total, workdir, not args.decode_only, args.view)
         finally:
             stop(broker)
     stats = ingest.stats()
@@ -180,6 +195,7 @@ def main() -> None:
     received = sum(s.received for s in snapshot.values())
     print(f"mosquitto_sub (ceiling):  {sub_rate:9.0f} messages/s = {sub_rate * args.samples:10.0f} samples/s")
     what = "decode + accounting" if args.decode_only else "decode + score + store (SQLite)"
+    what += " + live view" if args.view else ""
     print(f"edgebus ingest ({what}): {rate / args.samples:9.0f} messages/s = {rate:10.0f} samples/s")
     print(f"ratio edgebus / mosquitto_sub: {rate / (sub_rate * args.samples):.2f}")
     print(f"exactly once: received {received} of {total}, missing {missing}, "

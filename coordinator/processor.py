@@ -1,13 +1,22 @@
 """What the coordinator does with each ingest batch: score, store, announce.
 
-Per batch, on the ingest's decoder thread, in this order:
+Per batch, in this order:
 
-1. every new sample is scored by the anomaly engine (score before learn);
+1. every new sample is scored by the anomaly engine (score before learn), on
+   the ingest's decoder thread;
 2. samples, detections, events, births, statuses, dead letters, the alerts and
    the touched streams' sequence accounting go to the store in ONE transaction,
    so after a crash the store and the accounting agree on what arrived;
 3. only then are the alerts published, as JSON on
    ``{root}/_anomaly/{device}/{metric}``, and shown in the live view.
+
+Steps 2 and 3 run on a writer thread (``pipeline=True``, the default), so
+the store's own work (SQLite runs without the GIL) overlaps the scoring of
+the next batch; the hand-over queue is short, so a slow store holds up the
+decoder (and the broker) rather than piling up batches in memory. Batches
+that queued up while the writer was busy share one transaction (one commit),
+each written as it would be alone. :meth:`FleetProcessor.flush` waits for
+the writer (``Ingest.drain`` and ``Ingest.stop`` call it).
 
 The anomaly engine's state is checkpointed to ``anomaly.ckpt`` in the data
 directory every ``checkpoint_interval`` seconds and on stop, and restored at
@@ -25,9 +34,10 @@ import json
 import logging
 import math
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.session import BusSession
@@ -44,6 +54,10 @@ __all__ = ["FleetProcessor"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "anomaly.ckpt"
+#: Scored batches waiting for the writer thread at most; then the decoder waits.
+WRITE_QUEUE = 2
+#: Queued batches written in one transaction at most (on a store with shared transactions).
+WRITES_PER_TRANSACTION = 8
 #: The longest forecast the live view asks for, in samples.
 MAX_FORECAST_STEPS = 3600
 
@@ -53,7 +67,7 @@ class FleetProcessor:
 
     def __init__(self, session: BusSession, ingest: Ingest, store: Store, engine: AnomalyEngine, *,
                  data_dir: Path, on_alert: Callable[[Alert], None] | None = None,
-                 checkpoint_interval: float = 60.0,
+                 checkpoint_interval: float = 60.0, pipeline: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.ingest = ingest
@@ -71,6 +85,13 @@ class FleetProcessor:
         self._last_checkpoint = clock()
         self.alerts = 0
         self.stored_samples = 0
+        #: Batches the writer thread failed to store (logged; their alerts are not published).
+        self.write_errors = 0
+        self.pipeline = pipeline
+        self._writes: queue.Queue[tuple[WriteBatch, list[Alert]] | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._unwritten = 0
+        self._written = threading.Condition()
+        self._writer: threading.Thread | None = None
 
     def restore(self) -> None:
         """Load the anomaly checkpoint and the stored sequence accounting, if any."""
@@ -86,21 +107,98 @@ class FleetProcessor:
         logger.info("sequence accounting restored for %d streams", len(states))
 
     def __call__(self, batch: IngestBatch) -> None:
+        runs = batch.metric_runs
         with self.engine_lock:
-            alerts = self.engine.observe_many(
-                (s.device, s.name, s.time_ms, float(s.value)) for s in batch.samples)
-            for device, name in {(s.device, s.name) for s in batch.samples}:
-                self.metric_names.setdefault(device, set()).add(name)
-        streams = {s.device for s in batch.samples} | {f"{d.device}/{d.camera}" for d in batch.detections}
-        with self.write_lock:
-            result = self.store.write_batch(WriteBatch(
-                samples=batch.samples, detections=batch.detections, events=batch.events,
-                births=batch.births, statuses=batch.statuses, anomalies=alerts,
-                dead_letters=batch.dead_letters, sequence_state=self.ingest.sequence_snapshot(streams)))
-        self.stored_samples += result.samples_new
-        self._announce(alerts)
+            alerts = self.engine.observe_columns(runs)
+            for run in runs:
+                names = run.names
+                seen = self.metric_names.setdefault(run.device, set())
+                seen.update(names if len(names) == 1 else map(names.__getitem__, set(run.name_index)))
+        streams = {run.device for run in runs} | {f"{d.device}/{d.camera}" for d in batch.detections}
+        write = WriteBatch(sample_columns=runs, detections=batch.detections, events=batch.events,
+                           births=batch.births, statuses=batch.statuses, anomalies=alerts,
+                           dead_letters=batch.dead_letters,
+                           sequence_state=self.ingest.sequence_snapshot(streams))
+        if self.pipeline:
+            self._hand_over(write, alerts)
+        else:
+            self._write([(write, alerts)])
         if self._clock() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every batch handed over so far is stored and its alerts published."""
+        with self._written:
+            return self._written.wait_for(lambda: self._unwritten == 0, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Store what is queued, then end the writer thread (a later batch starts it again)."""
+        writer = self._writer
+        if writer is None:
+            return
+        self._writes.put(None)
+        writer.join(timeout)
+        self._writer = None
+
+    def _hand_over(self, write: WriteBatch, alerts: list[Alert]) -> None:
+        with self._written:
+            self._unwritten += 1
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(target=self._write_loop, name="edgebus-store-writer", daemon=True)
+            self._writer.start()
+        self._writes.put((write, alerts))
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            items = [item]
+            stop = False
+            most = WRITES_PER_TRANSACTION if getattr(self.store, "shared_transactions", False) else 1
+            while len(items) < most:
+                try:
+                    more = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                items.append(more)
+            try:
+                self._write(items)
+            except Exception:  # the writer must outlive any one batch
+                self.write_errors += 1
+                logger.exception("store writer failed on %d batches", len(items))
+            finally:
+                with self._written:
+                    self._unwritten -= len(items)
+                    self._written.notify_all()
+            if stop:
+                return
+
+    def _write(self, items: Sequence[tuple[WriteBatch, list[Alert]]]) -> None:
+        """Store ``items`` in one transaction, then publish their alerts in order.
+
+        If that fails, each is tried on its own, so one bad batch costs only itself.
+        """
+        try:
+            with self.write_lock:
+                results = self.store.write_batches([write for write, _ in items])
+        except Exception:
+            if len(items) > 1:
+                for item in items:
+                    self._write([item])
+                return
+            if not self.pipeline:
+                raise  # the ingest counts and logs a failing sink
+            self.write_errors += 1
+            logger.exception("storing a batch of %d samples failed; its %d alerts are not published",
+                             sum(len(c.times) for c in items[0][0].sample_columns), len(items[0][1]))
+            return
+        for result, (_, alerts) in zip(results, items, strict=True):
+            self.stored_samples += result.samples_new
+            self._announce(alerts)
 
     def record_alerts(self, alerts: list[Alert]) -> None:
         """Store and announce alerts found outside ingest (the periodic batch detector)."""
@@ -156,8 +254,12 @@ class FleetProcessor:
                                      alert.metric)
 
     def checkpoint(self) -> None:
-        """Write the anomaly engine's state atomically (write, fsync, rename)."""
+        """Write the anomaly engine's state atomically (write, fsync, rename).
+
+        Waits for the writer first, so the checkpoint never knows samples the store does not.
+        """
         self._last_checkpoint = self._clock()
+        self.flush()
         tmp = self.checkpoint_path.with_suffix(".tmp")
         with self.engine_lock:
             data = self.engine.checkpoint()

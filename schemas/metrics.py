@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, ClassVar
 
 from schemas.errors import CodecError
@@ -24,6 +25,8 @@ from schemas.float_columns import MAX_DECIMAL_EXPONENT, MAX_EXACT_INT, decimal_p
 from schemas.record_base import (
     INT64_MAX,
     INT64_MIN,
+    TYPE_KEY,
+    VERSION_KEY,
     SequencedBatch,
     WireFields,
     check_device,
@@ -35,7 +38,7 @@ from schemas.record_base import (
     register_record,
 )
 
-__all__ = ["MetricSample", "MetricsBatch"]
+__all__ = ["MetricColumns", "MetricSample", "MetricsBatch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,3 +222,146 @@ def _scale_decimal_metrics(name_count: int, indices: list[int],
         if exponents[index] is not None:
             values[i] = scaled[i]
     return exponents
+
+
+_COLUMN_KEYS = MetricsBatch.WIRE_KEYS | {TYPE_KEY, VERSION_KEY}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricColumns:
+    """The samples of a metrics batch as columns, for a receiver that handles many per second.
+
+    Sample ``i`` is ``MetricSample(times[i], names[name_index[i]], v)`` with
+    ``v = (wire_values or values)[i]``, numbered ``first_seq + i``; ``values``
+    holds every value as a float (``wire_values`` is None when they all are on
+    the wire, else it keeps the ints as ints, as :class:`MetricSample` does).
+    Built by :meth:`from_body` without an object per sample; the lists are
+    shared, not copied, so nobody changes them.
+    """
+
+    device: str
+    epoch: int
+    first_seq: int
+    names: list[str]
+    name_index: list[int]
+    times: list[int]
+    values: list[float]
+    wire_values: list[int | float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def slice(self, start: int, stop: int) -> MetricColumns:
+        """Samples ``start`` to ``stop`` (exclusive), keeping their sequence numbers."""
+        wire = None if self.wire_values is None else self.wire_values[start:stop]
+        return MetricColumns(self.device, self.epoch, self.first_seq + start, self.names,
+                             self.name_index[start:stop], self.times[start:stop],
+                             self.values[start:stop], wire)
+
+    def samples(self) -> list[MetricSample]:
+        """The samples as :class:`MetricSample` objects (what the batch record holds)."""
+        names, wire = self.names, self.wire_values or self.values
+        return [MetricSample(t, names[k], v)
+                for t, k, v in zip(self.times, self.name_index, wire, strict=True)]
+
+    @classmethod
+    def from_body(cls, body: Any) -> MetricColumns | None:
+        """The columns of a decoded metrics record body, or None to use the record path instead.
+
+        Only a body that ``record_from_body`` turns into a :class:`MetricsBatch`
+        without an ``extra`` is accepted, with the same checks and the same
+        values; anything else (another type or version, extra keys, anything
+        malformed) returns None, and ``record_from_body`` gives the record or
+        the exact error.
+        """
+        if type(body) is not dict or body.get(TYPE_KEY) != MetricsBatch.TYPE:
+            return None
+        if not body.keys() <= _COLUMN_KEYS:
+            return None
+        version = body.get(VERSION_KEY)
+        if type(version) is not int or not 1 <= version <= MetricsBatch.VERSION:
+            return None
+        device, epoch, first_seq, t0 = body.get("device"), body.get("epoch"), body.get("seq"), body.get("t0")
+        names, scales, index = body.get("names"), body.get("scale"), body.get("idx")
+        deltas, wire = body.get("dt"), body.get("vals")
+        if (type(device) is not str or type(epoch) is not int or type(first_seq) is not int
+                or type(t0) is not int or type(names) is not list or type(scales) is not list
+                or type(index) is not list or type(deltas) is not list or type(wire) is not list):
+            return None
+        count, width = len(index), len(names)
+        if (len(scales) != width or len(deltas) != count or len(wire) != count
+                or not 0 <= epoch <= INT64_MAX or not 0 <= first_seq <= INT64_MAX - count
+                or not 0 <= t0 <= INT64_MAX):
+            return None
+        if count and (not set(map(type, index)) <= _INT or min(index) < 0 or max(index) >= width
+                      or not set(map(type, deltas)) <= _INT or min(deltas) < INT64_MIN
+                      or max(deltas) > INT64_MAX):
+            return None
+        if not set(map(type, names)) <= _STR or not set(map(type, scales)) <= _INT_OR_NONE:
+            return None
+        divisors: list[int | None] = []
+        for scale in scales:
+            if scale is not None and not 0 <= scale <= MAX_DECIMAL_EXPONENT:
+                return None
+            divisors.append(None if scale is None else 10**scale)
+        times = list(accumulate(deltas, initial=t0))
+        del times[0]
+        if count and (min(times) < 0 or max(times) > INT64_MAX):
+            return None
+        try:
+            check_device("metrics device", device)
+            for k in set(index):
+                check_name("metric sample name", names[k])
+        except CodecError:
+            return None
+        values = _column_values(divisors, index, wire)
+        if values is None:
+            return None
+        return cls(device, epoch, first_seq, names, index, times, values[0], values[1])
+
+
+_INT = frozenset({int})
+_STR = frozenset({str})
+_INT_OR_NONE = frozenset({int, type(None)})
+_NUMBER = frozenset({int, float})
+
+
+def _column_values(divisors: list[int | None], index: list[int],
+                   wire: list[Any]) -> tuple[list[float], list[int | float] | None] | None:
+    """``(floats, typed)``: each value as :meth:`MetricsBatch.from_wire` and :class:`MetricSample`
+    check and compute it, as a float, and with its type (None when all are floats); None if any fails."""
+    if not wire:
+        return [], None
+    kinds = set(map(type, wire))
+    if None not in divisors:  # every metric a decimal: integer mantissas within +-2**53
+        if kinds != _INT or min(wire) < -MAX_EXACT_INT or max(wire) > MAX_EXACT_INT:
+            return None
+        if len(set(divisors)) == 1:
+            divisor = divisors[0]
+            return [m / divisor for m in wire], None
+        return [m / d for m, d in zip(wire, map(divisors.__getitem__, index), strict=True)], None
+    if divisors.count(None) == len(divisors):  # no decimal metric: 64-bit ints and finite floats as they are
+        if not kinds <= _NUMBER:
+            return None
+        if int in kinds:
+            ints = [v for v in wire if type(v) is int]
+            if min(ints) < INT64_MIN or max(ints) > INT64_MAX:
+                return None
+        if float in kinds and not all(map(math.isfinite, wire)):
+            return None
+        return (wire, None) if int not in kinds else ([float(v) for v in wire], wire)
+    typed: list[int | float] = []
+    for k, value in zip(index, wire, strict=True):
+        divisor = divisors[k]
+        kind = type(value)
+        if divisor is not None:
+            if kind is not int or not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                return None
+            typed.append(value / divisor)
+        elif (kind is float and math.isfinite(value)) or (kind is int and INT64_MIN <= value <= INT64_MAX):
+            typed.append(value)
+        else:
+            return None
+    if any(type(v) is int for v in typed):
+        return [float(v) for v in typed], typed
+    return typed, None  # all floats

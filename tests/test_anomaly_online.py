@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -180,3 +181,91 @@ def test_forecast_follows_the_daily_cycle_with_an_interval() -> None:
     assert np.abs(means - truth).mean() < 2.0
     assert all(p.low < p.mean < p.high for p in points)
     assert engine.forecast("gw-9", "cpu", 5) == []
+
+
+# -- the batch path: step_many and observe_columns give what step gives ------------------------------
+
+
+def state_of(obj: object) -> object:
+    """Every bit of a detector's state (floats by their hex, so -0.0 and NaN compare too)."""
+    if isinstance(obj, float):
+        return "nan" if math.isnan(obj) else obj.hex()
+    if isinstance(obj, list):
+        return [state_of(v) for v in obj]
+    slots = getattr(type(obj), "__slots__", None)
+    if slots:
+        return {k: state_of(getattr(obj, k)) for k in slots if k != "opts"}
+    return obj
+
+
+def eventful(n: int, seed: int) -> list[tuple[int, float]]:
+    """A stream with spikes, level shifts, drifts, stuck runs, odd gaps, repeated times, non-finite values."""
+    rng = np.random.default_rng(seed)
+    t, out = 0, []
+    for i in range(n):
+        t = max(t + int(rng.choice([MINUTE, MINUTE, MINUTE, 0, MINUTE // 2, 2 * MINUTE, -5])), 0)
+        x = 50 + 10 * math.sin(2 * math.pi * t / (DAY_SAMPLES * MINUTE)) + float(rng.normal(0, 1))
+        kind = (i // 300) % 6
+        if kind == 1 and rng.random() < 0.02:
+            x += float(rng.choice([-1, 1]) * rng.uniform(5, 60))
+        x += 15 if kind == 2 else (i % 300) * 0.05 if kind == 3 else 0.0
+        if kind == 4 and i % 300 > 100:
+            x = 42.0
+        if kind == 5 and rng.random() < 0.01:
+            x = float(rng.choice([math.nan, math.inf, 7.0, 0.0, -0.0]))
+        out.append((t, round(x) if rng.random() < 0.05 else x))
+    return out
+
+
+@pytest.mark.parametrize("opts", [
+    RobustZScoreOptions(),
+    RobustZScoreOptions(warmup=30, season_ms=0),
+    RobustZScoreOptions(warmup=20, season_ms=3_600_000, season_bins=1, adapt_after=5, close_after=3,
+                        stuck_samples=5),
+    RobustZScoreOptions(warmup=40, season_ms=600_000, season_bins=7, min_threshold=1.0),
+])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_step_many_is_step_bit_for_bit(opts: RobustZScoreOptions, seed: int) -> None:
+    samples = eventful(2400, seed)
+    one, many = RobustZScoreDetector("gw-1", "cpu", opts), RobustZScoreDetector("gw-1", "cpu", opts)
+    expected = [(i, a) for i, (t, v) in enumerate(samples) if (a := one.step(t, v)) is not None]
+    got, start = [], 0
+    rng = np.random.default_rng(seed)
+    while start < len(samples):
+        chunk = samples[start:start + int(rng.integers(1, 400))]
+        got += [(start + i, a) for i, a in many.step_many([t for t, _ in chunk], [v for _, v in chunk])]
+        start += len(chunk)
+    assert expected and got == expected
+    assert state_of(many) == state_of(one)
+
+
+def test_observe_columns_is_observe_in_sample_order() -> None:
+    @dataclass
+    class Columns:
+        device: str
+        names: list[str]
+        name_index: list[int]
+        times: list[int]
+        values: list[float]
+
+    streams = {("gw-1", "cpu"): eventful(900, 4), ("gw-1", "temp"): eventful(900, 5),
+               ("gw-2", "cpu"): eventful(900, 6)}
+    parts, flat = [], []
+    for k in range(0, 900, 60):  # gw-1's batches in a fixed name order, gw-2's one metric
+        for device, names in (("gw-1", ["cpu", "temp"]), ("gw-2", ["cpu"])):
+            index = [j % len(names) for j in range(60 * len(names))]
+            if device == "gw-1" and k % 120:
+                index = [1 - j for j in index]  # another order: grouped the slow way
+            rows = [(names[j], streams[(device, names[j])][k + i // len(names)]) for i, j in enumerate(index)]
+            parts.append(Columns(device, names, index, [t for _, (t, _) in rows], [v for _, (_, v) in rows]))
+            flat += [(device, name, t, v) for name, (t, v) in rows]
+    config = {"detector": {"warmup": 30}}
+    one_by_one, columns = AnomalyEngine(config), AnomalyEngine(config)
+    expected = [a for s in flat for a in one_by_one.observe(*s)]
+    got = [a for start in range(0, len(parts), 7) for a in columns.observe_columns(parts[start:start + 7])]
+    assert len(expected) > 5 and got == expected
+    assert list(columns._streams) == list(one_by_one._streams)
+    for key, detector in one_by_one._streams.items():
+        assert state_of(columns._streams[key]) == state_of(detector)
+    grouped = AnomalyEngine(config)
+    assert grouped.observe_many(flat) == expected

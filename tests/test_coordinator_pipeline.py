@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from broker.session import BusSession
 from coordinator.anomaly.engine import AnomalyEngine
-from coordinator.ingest import Ingest
+from coordinator.ingest import Ingest, IngestBatch, SampleRow
 from coordinator.processor import FleetProcessor
 from coordinator.store.base import Store, open_store
+from coordinator.store.errors import StoreError
+from coordinator.store.records import WriteBatch, WriteResult
 from schemas.messages import MetricSample, MetricsBatch, encode_record
+from schemas.topics import TopicTree
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, config_for, observer, wait_until
 
@@ -93,3 +97,64 @@ def test_samples_stored_once_and_anomalies_announced_across_a_restart(
         stop_coordinator(*parts)
         sender.stop()
         watcher.stop()
+
+
+class FakeSession:
+    """Just enough of a BusSession for a processor that is handed batches directly."""
+
+    def __init__(self) -> None:
+        self.topics = TopicTree("edgebus")
+        self.published: list[str] = []
+
+    def publish(self, topic: str, payload: object, **_: object) -> None:
+        self.published.append(topic)
+
+
+class GatedStore:
+    """A store whose writes wait for ``gate`` and refuse any batch from device ``bad``."""
+
+    shared_transactions = True
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[int] = []
+
+    def write_batches(self, batches: list[WriteBatch]) -> list[WriteResult]:
+        self.entered.set()
+        self.gate.wait(WAIT)
+        self.calls.append(len(batches))
+        if any(c.device == "bad" for b in batches for c in b.sample_columns):
+            raise StoreError("refused")
+        return self.store.write_batches(batches)
+
+
+def test_the_writer_thread_stores_in_order_and_a_failing_batch_costs_only_itself(tmp_path: Path) -> None:
+    store = open_store({}, data_dir=tmp_path)
+    gated = GatedStore(store)
+    session = FakeSession()
+    processor = FleetProcessor(session, Ingest(session), gated, AnomalyEngine(  # type: ignore[arg-type]
+        {"detector": {"warmup": 30}}), data_dir=tmp_path)
+    try:
+        def rows(device: str, first: int, values: list[float]) -> list[SampleRow]:
+            return [SampleRow(device, 1, first + i, 1_763_900_000_000 + (first + i) * 1000, "cpu", v)
+                    for i, v in enumerate(values)]
+
+        processor(IngestBatch(samples=rows("gw-1", 0, normal(50, 0))))  # held at the gate
+        assert gated.entered.wait(WAIT)
+        processor(IngestBatch(samples=rows("gw-1", 50, [97.0])))  # these two queue up behind it
+        processor(IngestBatch(samples=rows("bad", 0, [1.0])))
+        assert processor.flush(0.05) is False
+        gated.gate.set()
+        assert processor.flush(WAIT)
+        assert gated.calls == [1, 2, 1, 1]  # the two shared a transaction, which failed: each alone
+        processor(IngestBatch(samples=rows("gw-1", 51, [20.0])))
+        assert processor.flush(WAIT)
+        assert store.count_samples("gw-1") == 52 and store.count_samples("bad") == 0
+        assert processor.write_errors == 1 and processor.stored_samples == 52
+        assert processor.alerts == 1 and session.published == ["edgebus/_anomaly/gw-1/cpu"]
+        assert len(store.anomalies("gw-1")) == 1
+    finally:
+        processor.stop()
+        store.close()

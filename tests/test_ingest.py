@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 import threading
 
 import pytest
@@ -11,7 +13,10 @@ from broker.telemetry import MetricsPublisher
 from coordinator.ingest import Ingest, IngestBatch
 from schemas.detections import Detection, DetectionsBatch, FrameDetections
 from schemas.envelope import EnvelopeCodec
+from schemas.errors import CodecError
 from schemas.messages import Birth, MetricSample, MetricsBatch, encode_record
+from schemas.metrics import MetricColumns
+from schemas.record_base import record_from_body
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, config_for, wait_until
 
@@ -116,3 +121,54 @@ def test_bad_messages_become_dead_letters_and_ingest_goes_on(broker: RunningBrok
         sender.stop()
         bus.stop()
         ingest.stop()
+
+
+def test_the_column_decoder_accepts_exactly_what_the_record_decoder_does() -> None:
+    """Whatever the body, MetricColumns.from_body gives the record's samples or leaves it to the records."""
+    rng = random.Random(5)
+    breakages = [("vals", math.nan), ("vals", math.inf), ("vals", True), ("vals", "x"), ("vals", 2**60),
+                 ("vals", 1.5), ("vals", 2**64), ("idx", -1), ("idx", 99), ("idx", 1.0), ("dt", -2**50),
+                 ("dt", 2**64), ("t0", -5), ("t0", 2**63), ("names", "bad/name"), ("names", 5),
+                 ("scale", 23), ("scale", True), ("scale", None), ("extra", 1), ("device", "_x"), ("v", 2),
+                 ("seq", 2**63 - 2)]
+    fast = 0
+    for trial in range(600):
+        names = [f"m{i}" for i in range(rng.randint(1, 4))]
+        def value(decimals: bool = trial % 3 == 0) -> int | float:
+            if decimals:
+                return round(rng.uniform(0, 100), 2)
+            return rng.choice([round(rng.uniform(-50, 50), rng.randint(0, 3)), rng.randint(-2**63, 2**63 - 1),
+                               rng.randint(-9, 9), rng.uniform(-1e300, 1e300), -0.0, rng.random()])
+
+        t = rng.randint(0, 2**40)
+        samples = []
+        for _ in range(rng.randint(0, 30)):
+            t += rng.choice([0, 5, 1000])
+            samples.append(MetricSample(t, rng.choice(names), value()))
+        record = MetricsBatch(device="gw-1", epoch=rng.randint(0, 3), first_seq=rng.randint(0, 99),
+                              samples=samples)
+        body = EnvelopeCodec().decode(encode_record(record))
+        if trial % 2 and body["vals"]:
+            key, bad = rng.choice(breakages)
+            if key in ("vals", "idx", "dt", "names", "scale"):
+                body[key][0] = bad
+            else:
+                body["zz" if key == "extra" else key] = bad
+        try:
+            expected: MetricsBatch | None = record_from_body(body)  # type: ignore[assignment]
+        except CodecError:
+            expected = None
+        columns = MetricColumns.from_body(body)
+        if columns is None:
+            continue
+        fast += 1
+        assert expected is not None
+        assert (columns.device, columns.epoch, columns.first_seq) == \
+            (expected.device, expected.epoch, expected.first_seq)
+        got = columns.samples()
+        assert got == list(expected.samples)
+        assert [(type(s.value), math.copysign(1, s.value)) for s in got] == \
+            [(type(s.value), math.copysign(1, s.value)) for s in expected.samples]
+        assert columns.values == [float(s.value) for s in expected.samples]
+        assert {type(v) for v in columns.values} <= {float}
+    assert fast > 250

@@ -15,6 +15,7 @@ from coordinator.store import (
     WriteBatch,
 )
 from schemas.birth import Birth
+from schemas.metrics import MetricColumns
 from schemas.sequence import DeviceSequence, SequenceTracker
 from tests.test_store_support import StoreFactory, backend, open_backend
 
@@ -194,3 +195,39 @@ def test_alerts_from_the_anomaly_engine_are_stored_as_they_are(open_backend: Sto
     store.write_batch(WriteBatch(anomalies=[alert]))
     assert store.anomalies() == [AnomalyRecord("gw-1", "cpu", T0, 9.5, 97.0, 4.0, 10.0, 30.0,
                                                "cpu 97 far above 10..30", "critical", "deviation")]
+
+
+def columns(device: str, first: int, count: int, names: tuple[str, ...] = ("cpu", "mem")) -> MetricColumns:
+    """Samples as ingest hands them over: columns, a name index per sample."""
+    index = [i % len(names) for i in range(count)]
+    times = [T0 + (first + i) * 1000 for i in range(count)]
+    values = [(first + i) * 0.25 for i in range(count)]
+    return MetricColumns(device, 1, first, list(names), index, times, values)
+
+
+def test_sample_columns_are_stored_like_sample_rows(open_backend: StoreFactory) -> None:
+    store = open_backend()
+    runs = [columns("gw-1", 0, 7000), columns("gw-2", 5, 3), columns("gw-1", 7000, 1)]  # > one chunk
+    rows = [Sample(c.device, c.epoch, c.first_seq + i, c.times[i], c.names[c.name_index[i]], c.values[i])
+            for c in runs for i in range(len(c.times))]
+    result = store.write_batch(WriteBatch(sample_columns=runs, statuses=[("gw-2", "online", T0)]))
+    assert (result.samples_new, result.samples_duplicate, result.devices) == (7004, 0, 2)
+    for device, name in (("gw-1", "cpu"), ("gw-1", "mem"), ("gw-2", "cpu"), ("gw-2", "mem")):
+        assert store.samples(device, name) == [r for r in rows if (r.device, r.name) == (device, name)]
+    gw1, gw2 = store.devices()
+    assert (gw1.first_seen_ms, gw1.last_seen_ms) == (T0, T0 + 7000 * 1000)
+    assert (gw2.first_seen_ms, gw2.last_seen_ms, gw2.last_status) == (T0, T0 + 7000, "online")
+    again = store.write_batch(WriteBatch(sample_columns=[columns("gw-2", 6, 4)]))
+    assert (again.samples_new, again.samples_duplicate) == (2, 2)
+
+
+def test_write_batches_is_one_transaction_of_batches_written_as_alone(open_backend: StoreFactory) -> None:
+    store = open_backend()
+    results = store.write_batches([WriteBatch(samples=samples("gw-1", 0, 5)), WriteBatch(),
+                                   WriteBatch(samples=samples("gw-1", 3, 5))])
+    assert [(r.samples_new, r.samples_duplicate) for r in results] == [(5, 0), (0, 0), (3, 2)]
+    no_score = AnomalyRecord("gw-1", "cpu", T0, None)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        store.write_batches([WriteBatch(samples=samples("gw-2", 0, 5)),
+                             WriteBatch(samples=samples("gw-3", 0, 5), anomalies=[no_score])])
+    assert store.count_samples() == 8  # neither of the failed pair

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -54,6 +54,21 @@ class StreamDetector(abc.ABC):
     @abc.abstractmethod
     def step(self, time_ms: int, value: float) -> Alert | None:
         """Score ``value`` against what was learned so far, then learn from it."""
+
+    def step_many(self, times: Sequence[int], values: Sequence[float]) -> list[tuple[int, Alert]]:
+        """:meth:`step` over a run of this stream's samples in order; ``(index, alert)`` per alert.
+
+        The engine scores a batch stream by stream through this, so a detector
+        can override it with a loop over local variables (the per-sample method
+        calls are most of the cost); the result must be what ``step`` gives.
+        """
+        found = []
+        step = self.step
+        for i, (time_ms, value) in enumerate(zip(times, values, strict=True)):
+            alert = step(time_ms, value)
+            if alert is not None:
+                found.append((i, alert))
+        return found
 
     @abc.abstractmethod
     def peek(self, time_ms: int, value: float) -> float:

@@ -16,9 +16,10 @@ The engine does no I/O: the caller publishes and stores the alerts and writes
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from coordinator.anomaly.alert import Alert
 from coordinator.anomaly.base import DEFAULT_TYPE, ForecastPoint, StreamDetector, create_factory
@@ -26,7 +27,7 @@ from coordinator.anomaly.checkpoint import decode_checkpoint, encode_checkpoint
 from coordinator.anomaly.options import check_keys
 from schemas.errors import CodecError, ConfigError
 
-__all__ = ["AnomalyEngine", "Sample"]
+__all__ = ["AnomalyEngine", "Sample", "SampleColumns"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,60 @@ logger = logging.getLogger(__name__)
 Sample = tuple[str, str, int, float]
 
 _KNOWN = {"detector", "metrics"}
+
+
+class SampleColumns(Protocol):
+    """One device's samples as columns (ingest's decoded metrics): sample ``i`` is metric
+    ``names[name_index[i]]`` at ``times[i]`` with ``values[i]``."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def names(self) -> Sequence[str]: ...
+    @property
+    def name_index(self) -> Sequence[int]: ...
+    @property
+    def times(self) -> Sequence[int]: ...
+    @property
+    def values(self) -> Sequence[float]: ...
+
+
+class _StreamRun:
+    """A stream's samples gathered from a batch, and where each came from (to order the alerts)."""
+
+    __slots__ = ("origins", "starts", "times", "values")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.values: list[float] = []
+        self.starts: list[int] = []  # index in times where each origin's samples begin
+        self.origins: list[tuple[int, Sequence[int]]] = []  # (part, positions within the part)
+
+    def add(self, part: int, positions: Sequence[int], times: Sequence[int], values: Sequence[float]) -> None:
+        self.starts.append(len(self.times))
+        self.origins.append((part, positions))
+        self.times += times
+        self.values += values
+
+    def origin(self, index: int) -> tuple[int, int]:
+        """(part, position in the part) of the stream's ``index``-th sample."""
+        k = bisect.bisect_right(self.starts, index) - 1
+        part, positions = self.origins[k]
+        return part, positions[index - self.starts[k]]
+
+
+_CYCLES: dict[tuple[int, int], list[int]] = {}
+
+
+def _cycle(width: int, count: int) -> list[int]:
+    """``[0, 1, .., width-1, 0, 1, ..]`` of length ``count``: the usual name order of a batch."""
+    key = (width, count)
+    cycle = _CYCLES.get(key)
+    if cycle is None:
+        if len(_CYCLES) > 256:
+            _CYCLES.clear()
+        cycle = _CYCLES[key] = (list(range(width)) * (count // width + 1))[:count]
+    return cycle
 
 
 def _table(where: str, value: object) -> Mapping[str, Any]:
@@ -87,15 +142,65 @@ class AnomalyEngine:
         return [alert]
 
     def observe_many(self, samples: Iterable[Sample]) -> list[Alert]:
-        """Score a batch of samples in order; the alerts they open."""
-        alerts: list[Alert] = []
-        streams = self._streams
-        for device, metric, time_ms, value in samples:
-            detector = streams.get((device, metric)) or self.detector(device, metric)
-            alert = detector.step(time_ms, value)
-            if alert is not None:
-                logger.info("anomaly %s/%s: %s", device, metric, alert.explanation)
-                alerts.append(alert)
+        """Score a batch of samples in order; the alerts they open, in sample order.
+
+        Streams are independent, so the batch is scored stream by stream (each
+        in its own order) through :meth:`StreamDetector.step_many`.
+        """
+        streams: dict[tuple[str, str], tuple[list[int], list[float], list[int]]] = {}
+        for position, (device, metric, time_ms, value) in enumerate(samples):
+            run = streams.get((device, metric))
+            if run is None:
+                run = streams[(device, metric)] = ([], [], [])
+            run[0].append(time_ms)
+            run[1].append(value)
+            run[2].append(position)
+        found: list[tuple[int, Alert]] = []
+        for key, (times, values, positions) in streams.items():
+            detector = self._streams.get(key) or self.detector(*key)
+            found += [(positions[i], alert) for i, alert in detector.step_many(times, values)]
+        return self._ordered(found)
+
+    def observe_columns(self, parts: Sequence[SampleColumns]) -> list[Alert]:
+        """Score ``parts`` (in order, each in sample order); the alerts, in sample order.
+
+        The same as :meth:`observe_many` over every part's samples, without a
+        tuple per sample: each stream's samples are sliced out of the columns
+        (one slice per metric when the names repeat in a fixed order, the usual
+        layout of a batch) and scored in one :meth:`StreamDetector.step_many`.
+        """
+        streams: dict[tuple[str, str], _StreamRun] = {}
+        for part_no, part in enumerate(parts):
+            names, index, times, values = part.names, part.name_index, part.times, part.values
+            count, width = len(times), len(names)
+            if width and count >= width and index == _cycle(width, count):
+                slices: Iterable[tuple[int, Sequence[int], Sequence[int], Sequence[float]]] = (
+                    (k, range(k, count, width), times[k::width], values[k::width]) for k in range(width))
+            else:
+                where: dict[int, list[int]] = {}
+                for i, k in enumerate(index):
+                    found_at = where.get(k)
+                    if found_at is None:
+                        where[k] = [i]
+                    else:
+                        found_at.append(i)
+                slices = ((k, p, [times[i] for i in p], [values[i] for i in p]) for k, p in where.items())
+            for k, positions, stream_times, stream_values in slices:
+                key = (part.device, names[k])
+                run = streams.get(key)
+                if run is None:
+                    run = streams[key] = _StreamRun()
+                run.add(part_no, positions, stream_times, stream_values)
+        found: list[tuple[tuple[int, int], Alert]] = []
+        for key, run in streams.items():
+            detector = self._streams.get(key) or self.detector(*key)
+            found += [(run.origin(i), alert) for i, alert in detector.step_many(run.times, run.values)]
+        return self._ordered(found)
+
+    def _ordered(self, found: Sequence[tuple[Any, Alert]]) -> list[Alert]:
+        alerts = [alert for _, alert in sorted(found, key=lambda item: item[0])]
+        for alert in alerts:
+            logger.info("anomaly %s/%s: %s", alert.device, alert.metric, alert.explanation)
         return alerts
 
     def forecast(self, device: str, metric: str, horizon: int) -> list[ForecastPoint]:

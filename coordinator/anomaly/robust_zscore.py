@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +247,270 @@ class RobustZScoreDetector(StreamDetector):
             self.threshold.learn(deviation)
         if drift is not None:
             self.drift_threshold.learn(drift)
+
+    # -- a run of samples (the ingest hot path) ---------------------------------------------------
+
+    def step_many(self, times: Sequence[int], values: Sequence[float]) -> list[tuple[int, Alert]]:
+        """:meth:`step` for each sample in order, computed in one loop over local variables.
+
+        The same arithmetic in the same order as ``step`` with its helpers
+        (profile, thresholds, stuck run, episode gate) inlined, so the results
+        are bit-identical (``tests/test_anomaly_online.py`` holds the two equal):
+        the helpers' method and attribute lookups were most of the per-sample
+        cost. ``max``/``min`` are written as comparisons that return the same
+        operand the builtins would, ties included. Alerts are rare, so state is
+        written back before one is built and the usual ``_*_alert`` methods run.
+        """
+        opts = self.opts
+        warmup, half_warmup, season_ms = opts.warmup, opts.warmup // 2, opts.season_ms
+        clip, level_alpha, adapt_after = opts.clip, opts.level_alpha, opts.adapt_after
+        scale_alpha, off_scale_alpha = opts.scale_alpha, opts.scale_alpha / 10
+        profile = self.profile
+        pvalues, pcounts, period, bin_ms = profile.values, profile.counts, profile.period_ms, profile.bin_ms
+        nbins = len(pvalues)
+        rate_div = profile.bin_ms * profile.memory_periods
+        th, dr, gate, stuck = self.threshold, self.drift_threshold, self.gate, self.stuck
+        th_u, th_me, th_cr, th_exc, th_run, th_cmax = (th.u, th.mean_excess, th.cluster_rate, th.excesses,
+                                                       th.run, th.cluster_max)
+        th_bq, th_floor, th_rate, th_risk, th_down = th.base_quantile, th.floor, th.rate, th.risk, \
+            1.0 - th.base_quantile
+        dr_u, dr_me, dr_cr, dr_exc, dr_run, dr_cmax = (dr.u, dr.mean_excess, dr.cluster_rate, dr.excesses,
+                                                       dr.run, dr.cluster_max)
+        dr_bq, dr_floor, dr_rate, dr_risk, dr_down = dr.base_quantile, dr.floor, dr.rate, dr.risk, \
+            1.0 - dr.base_quantile
+        g_open, g_normal, g_breach, close_after = gate.is_open, gate.normal_run, gate.breach_run, \
+            gate.close_after
+        s_last, s_run, s_rr, s_changes = stuck.last, stuck.run, stuck.repeat_rate, stuck.changes
+        s_min, s_log_improbability = stuck.min_samples, math.log(stuck.improbability)
+        n, last_ms, first_ms, dt_ms = self.n, self.last_ms, self.first_ms, self.dt_ms
+        offset, scale, offset_scale, run_shift = self.offset, self.scale, self.offset_scale, self.run_shift
+        stuck_open = self.stuck_open
+        isfinite, isnan, floor, log, inf = math.isfinite, math.isnan, math.floor, math.log, math.inf
+        found: list[tuple[int, Alert]] = []
+        i = -1
+        try:
+            for time_ms, value in zip(times, values, strict=True):
+                i += 1
+                if not isfinite(value):
+                    continue
+                if last_ms is not None and time_ms > last_ms:
+                    gap = float(time_ms - last_ms)
+                    dt_ms = gap if dt_ms == 0.0 else dt_ms + 0.05 * (gap - dt_ms)
+                last_ms = time_ms
+                if first_ms is None:
+                    first_ms = time_ms
+                n += 1
+                warm = n > warmup
+                seasoned = warm and time_ms - first_ms >= season_ms
+
+                # _judge, with SeasonalProfile.value / _neighbours
+                if period:
+                    position = (time_ms % period) / bin_ms - 0.5
+                    below = floor(position)
+                    w = position - below
+                    lo, hi = below % nbins, (below + 1) % nbins
+                else:
+                    lo = hi = 0
+                    w = 0.0
+                seen_lo, seen_hi = pcounts[lo] > 0, pcounts[hi] > 0
+                if seen_lo and seen_hi:
+                    base = pvalues[lo] * (1.0 - w) + pvalues[hi] * w
+                elif seen_lo:
+                    base = pvalues[lo]
+                elif seen_hi:
+                    base = pvalues[hi]
+                else:
+                    base = value - offset
+                expected = base + offset
+                x = 1e-9 + 1e-6 * abs(expected)
+                sc = x if x > scale else scale
+                residual = value - expected
+                deviation = abs(residual) / sc
+                cs = clip * sc
+                x = residual if residual < cs else cs
+                clipped = x if x > -cs else -cs
+                new_offset = offset + level_alpha * clipped
+                m = offset_scale
+                x = 0.05 * sc
+                if x > m:
+                    m = x
+                x = 1e-9 + 1e-6 * abs(base)
+                if x > m:
+                    m = x
+                drift = abs(new_offset) / m
+
+                # StuckRun.update
+                same = value == s_last
+                if same:
+                    s_run += 1
+                else:
+                    s_run = 1
+                    if not isnan(s_last):
+                        s_changes = 1_000_000 if s_changes + 1 > 1_000_000 else s_changes + 1
+                s_last = value
+                if s_run <= 3:
+                    s_rr += 0.02 * ((1.0 if same else 0.0) - s_rr)
+
+                alert: Alert | None = None
+                if stuck_open and s_run == 1:
+                    stuck_open = False
+                # StuckRun.required is never below min_samples, so shorter runs need not compute it.
+                if warm and not stuck_open and s_run >= s_min and s_changes >= 10 and s_rr < 0.99:
+                    required = s_min if s_rr <= 0.0 else \
+                        max(s_min, math.ceil(s_log_improbability / log(s_rr)))
+                    if s_run >= required:
+                        stuck_open = True
+                        th.u, th.mean_excess, th.cluster_rate = th_u, th_me, th_cr
+                        self.scale = scale
+                        alert = self._stuck_alert(time_ms, value, s_run, required, expected)
+
+                # PeaksOverThreshold.value, only where step's breach test reads it
+                breach = False
+                if warm and not stuck_open:
+                    x = th_u + th_me * log((th_risk if th_risk > th_cr else th_cr) / th_risk)
+                    if deviation > (x if x > th_floor else th_floor):
+                        breach = True
+                    elif seasoned:
+                        x = dr_u + dr_me * log((dr_risk if dr_risk > dr_cr else dr_cr) / dr_risk)
+                        breach = drift > (x if x > dr_floor else dr_floor)
+
+                # EpisodeGate.update
+                opened = False
+                if breach:
+                    g_normal = 0
+                    g_breach += 1
+                    if not g_open:
+                        g_open = opened = True
+                else:
+                    g_breach = 0
+                    if g_open:
+                        g_normal += 1
+                        if g_normal >= close_after:
+                            g_open = False
+                if opened and alert is None:
+                    th.u, th.mean_excess, th.cluster_rate = th_u, th_me, th_cr
+                    dr.u, dr.mean_excess, dr.cluster_rate = dr_u, dr_me, dr_cr
+                    self.scale = scale
+                    alert = self._value_alert(time_ms, value, deviation, drift, expected, base, new_offset)
+                if alert is not None:
+                    found.append((i, alert))
+
+                # _learn
+                offset = new_offset
+                if stuck_open:
+                    continue
+                if breach:
+                    run_shift += (value - base - run_shift) / g_breach
+                    if g_breach >= adapt_after:
+                        logger.debug("%s/%s: accepting a new level (%+.4g) after %d anomalous samples",
+                                     self.device, self.metric, run_shift, g_breach)
+                        profile.shift(run_shift)
+                        pvalues = profile.values
+                        offset = 0.0
+                        g_breach = 0
+                        run_shift = 0.0
+                    continue
+                run_shift = 0.0
+                limit = cs if n > 2 else inf
+                x = 1.0 / n
+                alpha = scale_alpha if scale_alpha > x else x
+                y = abs(residual)
+                scale += alpha * (_GAUSS_MAD * (limit if limit < y else y) - scale)
+                off_limit = 2.0 * offset_scale if n > warmup else inf
+                alpha = off_scale_alpha if off_scale_alpha > x else x
+                y = abs(offset)
+                offset_scale += alpha * (_GAUSS_MAD * (off_limit if off_limit < y else y) - offset_scale)
+                x = base + limit
+                y = value if value < x else x
+                x = base - limit
+                target = y if y > x else x
+                # SeasonalProfile.sample_rate and .learn
+                if period:
+                    x = dt_ms / rate_div
+                    rate = x if x < 0.5 else 0.5
+                else:
+                    rate = 0.0
+                share = 1.0 - w
+                count = pcounts[lo]
+                if not (share <= 0.0 and count > 0):
+                    count = 1_000_000 if count + 1 > 1_000_000 else count + 1
+                    pcounts[lo] = count
+                    x = 1.0 / count
+                    pvalues[lo] += (rate if rate > x else x) * (share if count > 1 else 1.0) * \
+                        (target - pvalues[lo])
+                count = pcounts[hi]
+                if not (w <= 0.0 and count > 0):
+                    count = 1_000_000 if count + 1 > 1_000_000 else count + 1
+                    pcounts[hi] = count
+                    x = 1.0 / count
+                    pvalues[hi] += (rate if rate > x else x) * (w if count > 1 else 1.0) * \
+                        (target - pvalues[hi])
+
+                # PeaksOverThreshold.learn, deviation then drift
+                if n > half_warmup:
+                    m = th_me
+                    x = 0.02 * th_u
+                    if x > m:
+                        m = x
+                    if m < 1e-3:
+                        m = 1e-3
+                    step = th_rate * m
+                    if deviation > th_u:
+                        th_cr *= 0.999
+                        th_run += 1
+                        x = deviation - th_u
+                        if x > th_cmax:
+                            th_cmax = x
+                        if th_run <= 3 or th_exc < 20:
+                            th_u += step * th_bq
+                    else:
+                        ended = th_run > 0
+                        th_cr += 0.001 * ((1.0 if ended else 0.0) - th_cr)
+                        if ended:
+                            th_exc += 1
+                            x = 1.0 / th_exc
+                            th_me += (th_rate if th_rate > x else x) * (th_cmax - th_me)
+                            th_run = 0
+                            th_cmax = 0.0
+                        th_u -= step * th_down
+                if seasoned:
+                    m = dr_me
+                    x = 0.02 * dr_u
+                    if x > m:
+                        m = x
+                    if m < 1e-3:
+                        m = 1e-3
+                    step = dr_rate * m
+                    if drift > dr_u:
+                        dr_cr *= 0.999
+                        dr_run += 1
+                        x = drift - dr_u
+                        if x > dr_cmax:
+                            dr_cmax = x
+                        if dr_run <= 3 or dr_exc < 20:
+                            dr_u += step * dr_bq
+                    else:
+                        ended = dr_run > 0
+                        dr_cr += 0.001 * ((1.0 if ended else 0.0) - dr_cr)
+                        if ended:
+                            dr_exc += 1
+                            x = 1.0 / dr_exc
+                            dr_me += (dr_rate if dr_rate > x else x) * (dr_cmax - dr_me)
+                            dr_run = 0
+                            dr_cmax = 0.0
+                        dr_u -= step * dr_down
+        finally:
+            th.u, th.mean_excess, th.cluster_rate, th.excesses, th.run, th.cluster_max = \
+                th_u, th_me, th_cr, th_exc, th_run, th_cmax
+            dr.u, dr.mean_excess, dr.cluster_rate, dr.excesses, dr.run, dr.cluster_max = \
+                dr_u, dr_me, dr_cr, dr_exc, dr_run, dr_cmax
+            gate.is_open, gate.normal_run, gate.breach_run = g_open, g_normal, g_breach
+            stuck.last, stuck.run, stuck.repeat_rate, stuck.changes = s_last, s_run, s_rr, s_changes
+            self.n, self.last_ms, self.first_ms, self.dt_ms = n, last_ms, first_ms, dt_ms
+            self.offset, self.scale = offset, scale
+            self.offset_scale, self.run_shift = offset_scale, run_shift
+            self.stuck_open = stuck_open
+        return found
 
     # -- alerts -----------------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ table strictly. Only ``sql`` (SQLite or PostgreSQL through SQLAlchemy) ships.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from broker.config_values import section_table
 from coordinator.store.config import text
@@ -48,6 +48,14 @@ class Store(ABC):
     @abstractmethod
     def write_batch(self, batch: WriteBatch) -> WriteResult:
         """Store everything in ``batch`` in one transaction; redelivered rows are counted, not stored."""
+
+    #: :meth:`write_batches` is one transaction (all or nothing), not one per batch.
+    shared_transactions: ClassVar[bool] = False
+
+    def write_batches(self, batches: Sequence[WriteBatch]) -> list[WriteResult]:
+        """Write several batches, each as :meth:`write_batch` would; one transaction for all of
+        them where :attr:`shared_transactions` says so, else one after another."""
+        return [self.write_batch(batch) for batch in batches]
 
     @abstractmethod
     def count_samples(self, device: str | None = None) -> int: ...

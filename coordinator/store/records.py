@@ -18,7 +18,7 @@ from schemas.sequence import DeviceSequence
 __all__ = [
     "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord", "DetectionLike",
     "DetectionRecord", "DeviceInfo", "EventLike", "EventRecord", "RetentionResult", "Rollup",
-    "Sample", "SampleLike", "WriteBatch", "WriteResult",
+    "Sample", "SampleColumnsLike", "SampleLike", "WriteBatch", "WriteResult",
 ]
 
 
@@ -35,6 +35,26 @@ class SampleLike(Protocol):
     def name(self) -> str: ...
     @property
     def value(self) -> float | int: ...
+
+
+class SampleColumnsLike(Protocol):
+    """Samples ``first_seq, first_seq + 1, ...`` of one device as columns (ingest's metric runs):
+    sample ``i`` is metric ``names[name_index[i]]`` at ``times[i]`` with ``values[i]``."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def first_seq(self) -> int: ...
+    @property
+    def names(self) -> Sequence[str]: ...
+    @property
+    def name_index(self) -> Sequence[int]: ...
+    @property
+    def times(self) -> Sequence[int]: ...
+    @property
+    def values(self) -> Sequence[float]: ...
 
 
 class DetectionLike(Protocol):
@@ -202,9 +222,12 @@ class WriteBatch:
     (device, ``online``/``offline``, ms) its last status, the newer one winning.
     ``sequence_state`` (stream -> accounting) is saved in the same transaction
     as the samples it accounts for, so the two cannot disagree after a crash.
+    ``sample_columns`` are more samples, stored like ``samples`` (the ingest
+    hot path hands them over as columns, without an object per sample).
     """
 
     samples: Sequence[SampleLike] = field(default_factory=list)
+    sample_columns: Sequence[SampleColumnsLike] = field(default_factory=list)
     detections: Sequence[DetectionLike] = field(default_factory=list)
     events: Sequence[EventLike] = field(default_factory=list)
     births: Sequence[Birth] = field(default_factory=list)
@@ -215,8 +238,8 @@ class WriteBatch:
     seen_ms: int | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.samples or self.detections or self.events or self.births or self.statuses
-                    or self.anomalies or self.dead_letters or self.sequence_state)
+        return bool(self.samples or self.sample_columns or self.detections or self.events or self.births
+                    or self.statuses or self.anomalies or self.dead_letters or self.sequence_state)
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ Configuration (every key optional)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,15 @@ class SqlStore(Store):
             return WriteResult()
         with self._guard("write a batch"), self.engine.begin() as conn:
             return write_batch(conn, batch)
+
+    shared_transactions = True
+
+    def write_batches(self, batches: Sequence[WriteBatch]) -> list[WriteResult]:
+        """Each batch as :meth:`write_batch` writes it, all in one transaction (one commit)."""
+        if not any(batches):
+            return [WriteResult() for _ in batches]
+        with self._guard("write batches"), self.engine.begin() as conn:
+            return [write_batch(conn, batch) if batch else WriteResult() for batch in batches]
 
     def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None:
         with self._guard("save sequence state"), self.engine.begin() as conn:

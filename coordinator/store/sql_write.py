@@ -10,7 +10,10 @@ inserted are the new ones; the rest were already stored.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from coordinator.store import tables as t
-from coordinator.store.records import DetectionLike, SampleLike, WriteBatch, WriteResult
+from coordinator.store.records import DetectionLike, SampleColumnsLike, SampleLike, WriteBatch, WriteResult
 from schemas.sequence import DeviceSequence
 
 __all__ = ["write_batch", "write_sequence_state"]
@@ -29,6 +32,10 @@ _DETECTION_COLUMNS = ("device", "camera", "epoch", "seq", "idx", "time_ms", "lab
                       "x1", "y1", "x2", "y2", "track_id")
 _DETECTION_TYPES = ("text", "text", "bigint", "bigint", "integer", "bigint", "text", "float8",
                     "float8", "float8", "float8", "float8", "bigint")
+
+
+# Parameters per multi-row INSERT on SQLite (within the connection's limit, 32766 by default).
+_MAX_VARIABLES = 32766
 
 
 def _insert(conn: Connection) -> Callable[[sa.Table], Any]:
@@ -48,9 +55,32 @@ def _bulk_insert_ignore(conn: Connection, table: sa.Table, columns: Sequence[str
         params = {f"c{i}": list(column) for i, column in enumerate(zip(*rows, strict=True))}
         options = {"preserve_rowcount": True}
         return int(conn.execute(sa.text(statement), params, execution_options=options).rowcount)
-    marks = ", ".join("?" * len(columns))
-    statement = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-    return int(conn.exec_driver_sql(statement, rows).rowcount)
+    # Multi-row VALUES in chunks of fixed sizes (so the driver's statement cache keeps them
+    # prepared): one bind and one step per chunk instead of per row. Each step releases the GIL,
+    # and getting it back from a busy thread costs up to a switch interval (5 ms) each time.
+    chunk = max(_variable_limit(conn) // len(columns), 1)
+    inserted = 0
+    start = 0
+    while start < len(rows):
+        while chunk > len(rows) - start:
+            chunk //= 2
+        statement = _multi_insert(table.name, names, len(columns), chunk)
+        inserted += int(conn.exec_driver_sql(statement, tuple(chain.from_iterable(rows[start:start + chunk])))
+                        .rowcount)
+        start += chunk
+    return inserted
+
+
+def _variable_limit(conn: Connection) -> int:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    return min(driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_VARIABLES)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_insert(table: str, names: str, width: int, rows: int) -> str:
+    row = f"({', '.join('?' * width)})"
+    return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * rows)} ON CONFLICT DO NOTHING"
 
 
 def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
@@ -64,8 +94,15 @@ def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
     return int(conn.execute(sqlite.insert(table).on_conflict_do_nothing(), rows).rowcount)
 
 
-def _sample_rows(samples: Sequence[SampleLike]) -> list[tuple[Any, ...]]:
-    return [(s.device, s.epoch, s.seq, s.time_ms, s.name, float(s.value)) for s in samples]
+def _sample_rows(samples: Sequence[SampleLike],
+                 columns: Sequence[SampleColumnsLike]) -> list[tuple[Any, ...]]:
+    rows = [(s.device, s.epoch, s.seq, s.time_ms, s.name, float(s.value)) for s in samples]
+    for c in columns:
+        n = len(c.times)
+        # zip builds the rows in C: no Python code runs per sample.
+        rows += zip(repeat(c.device, n), repeat(c.epoch, n), range(c.first_seq, c.first_seq + n), c.times,
+                    map(c.names.__getitem__, c.name_index), c.values, strict=True)
+    return rows
 
 
 def _detection_rows(detections: Sequence[DetectionLike]) -> list[tuple[Any, ...]]:
@@ -105,6 +142,8 @@ def _device_rows(batch: WriteBatch) -> list[dict[str, Any]]:
 
     stamped: Iterable[tuple[str, int]] = (
         *((s.device, s.time_ms) for s in batch.samples),
+        # first and last seen are a minimum and a maximum: a run's extremes stand for all its samples
+        *((c.device, ms) for c in batch.sample_columns if c.times for ms in (min(c.times), max(c.times))),
         *((d.device, d.time_ms) for d in batch.detections),
         *((e.device, e.received_ms) for e in batch.events),
     )
@@ -121,13 +160,29 @@ def _device_rows(batch: WriteBatch) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str,
+            updates: Callable[[Any], dict[str, Any]]) -> None:
+    """``INSERT .. ON CONFLICT (key) DO UPDATE SET updates(excluded)`` for ``rows``.
+
+    On SQLite as multi-row VALUES, a statement per chunk rather than per row
+    (see :func:`_bulk_insert_ignore` for why the number of steps matters).
+    """
+    if conn.dialect.name != "sqlite":
+        statement = _insert(conn)(table)
+        conn.execute(statement.on_conflict_do_update(index_elements=[key], set_=updates(statement.excluded)),
+                     rows)
+        return
+    chunk = max(_variable_limit(conn) // len(table.columns), 1)
+    for start in range(0, len(rows), chunk):
+        statement = sqlite.insert(table).values(rows[start:start + chunk])
+        conn.execute(statement.on_conflict_do_update(index_elements=[key], set_=updates(statement.excluded)))
+
+
 def _upsert_devices(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     table = t.devices
-    statement = _insert(conn)(table)
-    ex = statement.excluded
-    statement = statement.on_conflict_do_update(index_elements=["id"], set_={
+    _upsert(conn, table, rows, "id", lambda ex: {
         "first_seen_ms": sa.case((ex.first_seen_ms < table.c.first_seen_ms, ex.first_seen_ms),
                                  else_=table.c.first_seen_ms),
         "last_seen_ms": sa.case((ex.last_seen_ms > table.c.last_seen_ms, ex.last_seen_ms),
@@ -138,7 +193,6 @@ def _upsert_devices(conn: Connection, rows: list[dict[str, Any]]) -> None:
         "agent_version": _newer(table, ex, "birth_ms", "agent_version"),
         "birth_ms": _newer(table, ex, "birth_ms", "birth_ms"),
     })
-    conn.execute(statement, rows)
 
 
 def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence]) -> None:
@@ -147,20 +201,17 @@ def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence])
     rows = [{"stream": stream, "epoch": s.epoch, "ranges": [list(r) for r in s.ranges],
              "received": s.received, "duplicates": s.duplicates, "epochs_seen": s.epochs_seen}
             for stream, s in states.items()]
-    statement = _insert(conn)(t.sequence_state)
-    ex = statement.excluded
-    statement = statement.on_conflict_do_update(index_elements=["stream"], set_={
+    _upsert(conn, t.sequence_state, rows, "stream", lambda ex: {
         name: ex[name] for name in ("epoch", "ranges", "received", "duplicates", "epochs_seen")})
-    conn.execute(statement, rows)
 
 
 def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
     """Write ``batch`` on ``conn`` (inside the caller's transaction)."""
     result = WriteResult()
-    if batch.samples:
-        new = _bulk_insert_ignore(conn, t.metric_samples, _SAMPLE_COLUMNS, _SAMPLE_TYPES,
-                                  _sample_rows(batch.samples))
-        result.samples_new, result.samples_duplicate = new, len(batch.samples) - new
+    if batch.samples or batch.sample_columns:
+        sample_rows = _sample_rows(batch.samples, batch.sample_columns)
+        new = _bulk_insert_ignore(conn, t.metric_samples, _SAMPLE_COLUMNS, _SAMPLE_TYPES, sample_rows)
+        result.samples_new, result.samples_duplicate = new, len(sample_rows) - new
     if batch.detections:
         new = _bulk_insert_ignore(conn, t.detections, _DETECTION_COLUMNS, _DETECTION_TYPES,
                                   _detection_rows(batch.detections))
