@@ -74,10 +74,13 @@ class FleetView:
             for birth in batch.births:
                 self._row(birth.device).agent_version = birth.agent_version
             per_device: dict[str, int] = {}
-            for s in batch.samples:
-                row = self._row(s.device)
-                row.last_values[s.name] = float(s.value)
-                per_device[s.device] = per_device.get(s.device, 0) + 1
+            # Column runs, not a row per sample: this sink sees every sample at ingest rate.
+            for run in batch.metric_runs:
+                last = dict(zip(run.name_index, run.values, strict=True))  # the last value of each name
+                values = self._row(run.device).last_values
+                for k, value in last.items():
+                    values[run.names[k]] = value
+                per_device[run.device] = per_device.get(run.device, 0) + len(run.times)
             for device, n in per_device.items():
                 row = self._row(device)
                 row.samples += n

@@ -269,3 +269,8 @@ def test_observe_columns_is_observe_in_sample_order() -> None:
         assert state_of(columns._streams[key]) == state_of(detector)
     grouped = AnomalyEngine(config)
     assert grouped.observe_many(flat) == expected
+
+
+def test_a_zero_minimum_threshold_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="min_threshold"):
+        AnomalyEngine({"detector": {"min_threshold": 0}})

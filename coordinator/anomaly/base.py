@@ -8,6 +8,7 @@ A detector is a class registered under a name; the engine builds one per
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,12 +90,17 @@ def register_detector(cls: D) -> D:
 
 
 _BUILTIN_MODULES = ("coordinator.anomaly.robust_zscore",)
+#: Detectors whose dependencies are an extra: registered when the extra is installed.
+_OPTIONAL_MODULES = {"coordinator.anomaly.river_holt": "river"}
 
 
 def detector_types() -> list[str]:
-    """The registered detector names, sorted."""
+    """The registered detector names, sorted (optional ones only when their extra is installed)."""
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+    for module in _OPTIONAL_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
     return sorted(_REGISTRY)
 
 
@@ -103,6 +109,10 @@ def create_factory(config: Mapping[str, Any], where: str) -> Callable[[str, str]
     known = detector_types()
     kind = config.get("type", DEFAULT_TYPE)
     if not isinstance(kind, str) or kind not in _REGISTRY:
-        raise ConfigError(f"{where}.type: unknown anomaly detector type {kind!r}; known: {', '.join(known)}")
+        extras = [f"{module.rsplit('.', 1)[1]} (pip install 'edgebus[{extra}]')"
+                  for module, extra in _OPTIONAL_MODULES.items() if module.rsplit(".", 1)[1] not in known]
+        hint = f"; not installed: {', '.join(extras)}" if extras else ""
+        raise ConfigError(f"{where}.type: unknown anomaly detector type {kind!r}; known: {', '.join(known)}"
+                          f"{hint}")
     options = {k: v for k, v in config.items() if k != "type"}
     return _REGISTRY[kind].factory(options, where)

@@ -85,7 +85,8 @@ class RiverHoltOptions:
             base_quantile=float_option(where, options, "base_quantile", d.base_quantile, low=0.5,
                                        high=0.999),
             threshold_rate=unit("threshold_rate", d.threshold_rate),
-            min_threshold=float_option(where, options, "min_threshold", d.min_threshold, low=0, high=1e6),
+            min_threshold=float_option(where, options, "min_threshold", d.min_threshold, low=0, high=1e6,
+                                       low_open=True),  # a threshold of 0 would divide by zero
             close_after=int_option(where, options, "close_after", d.close_after, low=1, high=1_000_000),
             adapt_after=int_option(where, options, "adapt_after", d.adapt_after, low=1, high=1_000_000),
             stuck_samples=int_option(where, options, "stuck_samples", d.stuck_samples, low=2,

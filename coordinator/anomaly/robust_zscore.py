@@ -89,7 +89,8 @@ class RobustZScoreOptions:
                                        high=0.999),
             threshold_rate=float_option(where, options, "threshold_rate", d.threshold_rate, low=0,
                                         high=1, low_open=True),
-            min_threshold=float_option(where, options, "min_threshold", d.min_threshold, low=0, high=1e6),
+            min_threshold=float_option(where, options, "min_threshold", d.min_threshold, low=0, high=1e6,
+                                       low_open=True),  # a threshold of 0 would divide by zero
             close_after=int_option(where, options, "close_after", d.close_after, low=1, high=1_000_000),
             adapt_after=int_option(where, options, "adapt_after", d.adapt_after, low=1, high=1_000_000),
             stuck_samples=int_option(where, options, "stuck_samples", d.stuck_samples, low=2,
