@@ -56,6 +56,8 @@ bench: $(VENV)/.installed-dev
 	PATH="$$PATH:/usr/sbin" $(PY) bench/agent.py
 	$(PY) bench/anomaly.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/ingest.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/coordination.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/ota.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
