@@ -7,7 +7,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker.coordination.storage import RaftStorage
+from broker.coordination.storage import RaftStorage, StorageError
 from broker.coordination.wire import (
     AdminReplyMsg,
     AdminRequest,
@@ -24,6 +24,7 @@ from protocols.raft import (
     Entry,
     EntryKind,
     HardState,
+    PersistentState,
     Ready,
     Snapshot,
     SnapshotRequest,
@@ -68,6 +69,15 @@ def test_unknown_version_and_garbage_are_refused() -> None:
         decode(DEFAULT_CODEC.encode([1, "batch", [["req", "c1", 1, "lock", b""]]]))
 
 
+def reload(path: Path) -> PersistentState:
+    """What a restarted node reads (the log is exclusive: the reader lets go at once)."""
+    store = RaftStorage(path)
+    try:
+        return store.load()
+    finally:
+        store.close()
+
+
 def test_storage_follows_the_ready_contract_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "raft.db"
     store = RaftStorage(path)
@@ -75,7 +85,7 @@ def test_storage_follows_the_ready_contract_and_survives_reopen(tmp_path: Path) 
     store.persist(Ready(hard_state=HardState(1, "a", 3), entries=tuple(e)))
     store.persist(Ready(entries=(Entry(2, 4), Entry(2, 5), Entry(2, 6))))  # replaces from index 4 on
     store.close()
-    loaded = RaftStorage(path).load()
+    loaded = reload(path)
     assert loaded.hard_state == HardState(1, "a", 3)
     assert [(x.term, x.index) for x in loaded.entries] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6)]
     store = RaftStorage(path)
@@ -100,5 +110,17 @@ def test_only_a_commit_only_hard_state_skips_the_fsync(tmp_path: Path) -> None:
     store.persist(Ready(hard_state=HardState(2, "b", 2), entries=(Entry(2, 3),)))  # entries: synced
     assert (store.fsyncs, store.unsynced_commits) == (4, 1)
     store.close()
-    loaded = RaftStorage(path).load()
+    loaded = reload(path)
     assert loaded.hard_state == HardState(2, "b", 2) and len(loaded.entries) == 3
+
+
+def test_a_second_node_on_the_same_log_is_refused(tmp_path: Path) -> None:
+    """Two processes appending to one node's log would break every guarantee: the log is exclusive."""
+    path = tmp_path / "raft.db"
+    first = RaftStorage(path)
+    first.load()
+    first.persist(Ready(hard_state=HardState(1, "a", 0), entries=(Entry(1, 1),)))
+    with pytest.raises(StorageError, match="locked"):
+        RaftStorage(path).load()
+    first.close()
+    assert reload(path).hard_state == HardState(1, "a", 0)
