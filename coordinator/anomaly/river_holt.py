@@ -35,7 +35,7 @@ from river import stats, time_series
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector
 from coordinator.anomaly.episode import EpisodeGate
-from coordinator.anomaly.options import check_keys, float_option, int_option
+from coordinator.anomaly.options import alerting_options, check_keys, float_option, int_option
 from coordinator.anomaly.stuck import StuckRun
 from coordinator.anomaly.threshold import PeaksOverThreshold
 
@@ -81,20 +81,7 @@ class RiverHoltOptions:
             alpha=unit("alpha", d.alpha), beta=unit("beta", d.beta),
             scale_alpha=unit("scale_alpha", d.scale_alpha),
             clip=float_option(where, options, "clip", d.clip, low=1, high=100),
-            risk=float_option(where, options, "risk", d.risk, low=0, high=0.1, low_open=True),
-            base_quantile=float_option(where, options, "base_quantile", d.base_quantile, low=0.5,
-                                       high=0.999),
-            threshold_rate=unit("threshold_rate", d.threshold_rate),
-            min_threshold=float_option(where, options, "min_threshold", d.min_threshold, low=0, high=1e6,
-                                       low_open=True),  # a threshold of 0 would divide by zero
-            close_after=int_option(where, options, "close_after", d.close_after, low=1, high=1_000_000),
-            adapt_after=int_option(where, options, "adapt_after", d.adapt_after, low=1, high=1_000_000),
-            stuck_samples=int_option(where, options, "stuck_samples", d.stuck_samples, low=2,
-                                     high=10_000_000),
-            stuck_improbability=float_option(where, options, "stuck_improbability", d.stuck_improbability,
-                                             low=0, high=0.5, low_open=True),
-            critical_ratio=float_option(where, options, "critical_ratio", d.critical_ratio, low=1, high=1e6),
-            forecast_z=float_option(where, options, "forecast_z", d.forecast_z, low=0, high=100),
+            **alerting_options(where, options, d),
         )
 
 
