@@ -19,32 +19,11 @@ from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.topics import TopicTree
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, config_for, observer, wait_until
+from tests.coordinator_helpers import start_coordinator, stop_coordinator
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "gw-9"
-
-
-def start_coordinator(broker: RunningBroker, data_dir: Path) -> tuple[BusSession, Ingest, FleetProcessor,
-                                                                      Store]:
-    store = open_store({}, data_dir=data_dir)
-    bus = BusSession(config_for(broker, client_id="coordinator"))
-    ingest = Ingest(bus, batch_wait=0.01)
-    processor = FleetProcessor(bus, ingest, store, AnomalyEngine({"detector": {"warmup": 30}}),
-                               data_dir=data_dir)
-    processor.restore()
-    ingest.sinks.append(processor)
-    ingest.start()
-    bus.start()
-    assert bus.wait_connected(WAIT)
-    return bus, ingest, processor, store
-
-
-def stop_coordinator(bus: BusSession, ingest: Ingest, processor: FleetProcessor, store: Store) -> None:
-    bus.stop()
-    ingest.stop()
-    processor.checkpoint()
-    store.close()
 
 
 def batch(first_seq: int, values: list[float]) -> bytes:
@@ -78,7 +57,7 @@ def test_samples_stored_once_and_anomalies_announced_across_a_restart(
         assert wait_until(lambda: len(parts[3].dead_letters()) == 1)
         assert len(parts[3].anomalies(DEVICE)) == 1
     finally:
-        stop_coordinator(*parts)
+        stop_coordinator(parts)
     # A restarted coordinator gets redeliveries (the same batches again) and new samples.
     parts = start_coordinator(broker, tmp_path)
     try:
@@ -94,7 +73,7 @@ def test_samples_stored_once_and_anomalies_announced_across_a_restart(
         state = parts[1].sequence_snapshot()[DEVICE]
         assert (state.received, state.missing) == (71, 0)
     finally:
-        stop_coordinator(*parts)
+        stop_coordinator(parts)
         sender.stop()
         watcher.stop()
 

@@ -13,48 +13,20 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from broker.session import BusSession
-from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.ingest import Ingest
-from coordinator.processor import FleetProcessor
-from coordinator.store.base import Store, open_store
 from coordinator.store.sql_store import DEFAULT_DB_NAME
 from tests.agent_helpers import agent_toml, spawn_agent
 from tests.brokers import MosquittoUnderTest
-from tests.bus_helpers import WAIT, config_for, observer, wait_until
+from tests.bus_helpers import WAIT, observer, wait_until
+from tests.coordinator_helpers import start_coordinator, stop_coordinator
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "restart-gw"
-Parts = tuple[BusSession, Ingest, FleetProcessor, Store]
-
-
-def start_coordinator(broker: MosquittoUnderTest, data_dir: Path) -> Parts:
-    """The coordinator's ingest path with a persistent session, as `edge-coordinator start` runs it."""
-    store = open_store({}, data_dir=data_dir)
-    bus = BusSession(replace(config_for(broker, client_id="coordinator-e2e"), clean_start=False))
-    ingest = Ingest(bus, batch_wait=0.01)
-    processor = FleetProcessor(bus, ingest, store, AnomalyEngine({"detector": {"warmup": 30}}),
-                               data_dir=data_dir)
-    processor.restore()
-    ingest.sinks.append(processor)
-    ingest.start()
-    bus.start()
-    assert bus.wait_connected(WAIT)
-    return bus, ingest, processor, store
-
-
-def stop_coordinator(parts: Parts) -> None:
-    bus, ingest, processor, store = parts
-    bus.stop()
-    ingest.stop()
-    processor.checkpoint()
-    store.close()
 
 
 def stored_sequence(db: Path) -> tuple[int, int, int, int]:
@@ -68,7 +40,8 @@ def stored_sequence(db: Path) -> tuple[int, int, int, int]:
 def test_every_sample_stored_once_across_broker_and_coordinator_restarts(
         mosquitto_broker: MosquittoUnderTest, tmp_path: Path) -> None:
     data = tmp_path / "coordinator"
-    parts = start_coordinator(mosquitto_broker, data)
+    parts = start_coordinator(mosquitto_broker, data, client_id="coordinator-e2e",
+                              clean_start=False)
     config = agent_toml(mosquitto_broker, tmp_path, DEVICE, interval=0.05, batch_interval=0.2,
                         collectors=["cpu", "memory"])
     agent = spawn_agent(config)
@@ -91,7 +64,8 @@ def test_every_sample_stored_once_across_broker_and_coordinator_restarts(
         finally:
             watcher.stop()
         assert agent.poll() is None
-        parts = start_coordinator(mosquitto_broker, data)
+        parts = start_coordinator(mosquitto_broker, data, client_id="coordinator-e2e",
+                              clean_start=False)
         store = parts[3]
         assert wait_until(lambda: parts[1].stats().samples > 0), "nothing queued for the persistent session"
 
