@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.brokers import RunningBroker
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def agent_toml(broker: RunningBroker, tmp_path: Path, device: str, *, home_assistant: bool = False,
-               extra: str = "", **metrics: object) -> Path:
+               groups: Sequence[str] = (), extra: str = "", **metrics: object) -> Path:
     """An agent.toml for ``device`` on ``broker``; ``metrics`` keys go into ``[metrics]``."""
     metric_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in metrics.items())
     path = tmp_path / "agent.toml"
@@ -22,6 +23,7 @@ def agent_toml(broker: RunningBroker, tmp_path: Path, device: str, *, home_assis
 [device]
 id = "{device}"
 data_dir = "{tmp_path / 'agent-data'}"
+groups = {json.dumps(list(groups))}
 
 [broker]
 host = "{broker.host}"

@@ -40,7 +40,7 @@ from schemas.command import Command
 from schemas.errors import CodecError
 from schemas.messages import decode_record, encode_record
 from schemas.ota import OtaProgress, Phase, SignedManifest, UpdateManifest, decode_chunk
-from tests.agent_helpers import REPO
+from tests.agent_helpers import REPO, agent_toml
 from tests.brokers import RunningBroker
 from tests.bus_helpers import config_for
 
@@ -119,37 +119,13 @@ def ota_agent_toml(broker: RunningBroker, home: Path, device: str, *, prefix: Pa
                    groups: Sequence[str] = (), health_window: float = 2.0,
                    request_timeout: float = 1.0) -> Path:
     """An agent.toml with an ``[ota]`` section (home: the device's own folder)."""
-    path = home / "agent.toml"
-    path.write_text(f"""
-[device]
-id = "{device}"
-data_dir = "{home / 'agent-data'}"
-groups = {json.dumps(list(groups))}
-
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.username}"
-password = "{broker.password}"
-reconnect_min_delay = 0.05
-reconnect_max_delay = 0.5
-
-[metrics]
-interval = 5
-
-[home_assistant]
-enabled = false
-
-[shedding]
-enabled = false
-
+    return agent_toml(broker, home, device, groups=groups, interval=5, extra=f"""
 [ota]
 prefix = "{prefix}"
 trusted_keys = "{trusted_keys}"
 request_timeout = {request_timeout}
 health_window = {health_window}
 """)
-    return path
 
 
 class TestSystemd:
