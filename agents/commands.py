@@ -162,6 +162,16 @@ class _Failure(Exception):
         self.counted_as = counted_as or reason  # the REASONS counter (a handler's reason is its own)
 
 
+def _check_handler(name: str, handler: object, what: str) -> None:
+    """A valid command name and a callable, or a ConfigError saying which is wrong."""
+    try:
+        validate_command_name(name)
+    except TopicError as exc:
+        raise ConfigError(str(exc)) from None
+    if not callable(handler):
+        raise ConfigError(f"{what} is not callable")
+
+
 class CommandDispatcher:
     """Runs the commands sent to ``device`` through ``handlers`` (name -> callable).
 
@@ -207,12 +217,7 @@ class CommandDispatcher:
 
     def register(self, name: str, handler: CommandHandler) -> None:
         """Run ``handler`` for commands named ``name`` (replaces an earlier one)."""
-        try:
-            validate_command_name(name)
-        except TopicError as exc:
-            raise ConfigError(str(exc)) from None
-        if not callable(handler):
-            raise ConfigError(f"the handler for command {name!r} is not callable")
+        _check_handler(name, handler, f"the handler for command {name!r}")
         with self._lock:
             self._handlers[name] = handler
 
@@ -223,12 +228,7 @@ class CommandDispatcher:
         gets no de-duplication and sends no reply. It takes precedence over a
         command handler of the same name.
         """
-        try:
-            validate_command_name(name)
-        except TopicError as exc:
-            raise ConfigError(str(exc)) from None
-        if not callable(callback):
-            raise ConfigError(f"the raw handler for {name!r} is not callable")
+        _check_handler(name, callback, f"the raw handler for {name!r}")
         with self._lock:
             self._raw[self.session.topics.cmd(self.device, name)] = callback
 
