@@ -15,16 +15,14 @@ Credentials(username='cam-1', password='***')
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import secrets
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.atomic_file import write_atomic
 from schemas.errors import ConfigError
 
 __all__ = [
@@ -88,20 +86,7 @@ def write_private_text(path: Path, text: str) -> None:
 
     A crash mid-write leaves the old file (or none), never half a file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(Path(path), text.encode("utf-8"), 0o600)
 
 
 def write_credentials(path: Path, credentials: Credentials) -> None:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Readers see the old file or the new one, never a mix (shared with the broker's credential files).
+from broker.atomic_file import fsync_dir
+from broker.atomic_file import write_atomic as atomic_write
 from schemas.errors import CodecError
 
 __all__ = ["OtaPaths", "atomic_write", "fsync_dir", "read_json", "remove_quietly"]
@@ -70,32 +72,6 @@ class OtaPaths:
     @property
     def models(self) -> Path:
         return self.data_dir / "models"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
