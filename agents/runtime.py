@@ -31,9 +31,9 @@ from agents.scheduler import Scheduler
 from agents.shedding import Pressure, SheddingPolicy
 from agents.systemd import SystemdNotifier
 from broker.session import BusSession
-from broker.telemetry import MetricsPublisher
+from broker.telemetry import MetricsPublisher, birth_payload
 from schemas.errors import ConfigError
-from schemas.messages import Birth, MetricSample, encode_record
+from schemas.messages import MetricSample
 
 __all__ = ["EXIT_RESTART", "Agent", "agent_version"]
 
@@ -95,20 +95,16 @@ class Agent:
         self.batches_published = 0
         self.samples_collected = 0
         self.capabilities: list[str] = ["metrics"]
-        self._version = agent_version()
         #: Component versions in the birth; parts add theirs (the OTA part: slot and bundle).
         self.versions = {"python": platform.python_version(), "platform": platform.platform()}
+        self.birth = birth_payload(
+            self.device, self.metrics.epoch, agent_version=agent_version(),
+            capabilities=self.capabilities, versions=self.versions, groups=self.config.device.groups,
+            clock_ms=self._wall_ms)
         self.session.set_birth(self.birth)
         self._extensions: list[AgentExtension] = []
         #: What ``edge-agent run`` exits with; a part may ask for a restart (:data:`EXIT_RESTART`).
         self.exit_code = 0
-
-    def birth(self) -> bytes:
-        """A fresh birth record; capabilities appended by the parts up to the connection count."""
-        return encode_record(Birth(device=self.device, epoch=self.metrics.epoch,
-                                   agent_version=self._version, capabilities=tuple(self.capabilities),
-                                   versions=self.versions, groups=self.config.device.groups,
-                                   time_ms=self._wall_ms()))
 
     @staticmethod
     def _deadband_filter(mc: MetricsConfig) -> DeadbandFilter | None:

@@ -66,14 +66,19 @@ def birth_payload(
     agent_version: str,
     capabilities: Sequence[str] = (),
     versions: Mapping[str, str] | None = None,
+    groups: Sequence[str] = (),
     clock_ms: Callable[[], int] | None = None,
 ) -> Callable[[], bytes]:
-    """A callable that encodes a fresh birth record for each connection."""
+    """A callable that encodes a fresh birth record for each connection.
+
+    ``capabilities`` and ``versions`` are read at each call, so parts that add theirs
+    after this is made (before the connection) are in the birth.
+    """
     now = clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     def make() -> bytes:
         return encode_record(Birth(device=device, epoch=epoch, agent_version=agent_version,
-                                   capabilities=tuple(capabilities),
+                                   capabilities=tuple(capabilities), groups=tuple(groups),
                                    versions=dict(versions or {}), time_ms=now()))
 
     return make
