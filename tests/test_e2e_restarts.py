@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.ingest import Ingest
+from coordinator.store.blocks import decode_block
 from coordinator.store.sql_store import DEFAULT_DB_NAME
 from tests.agent_helpers import agent_toml, spawn_agent
 from tests.brokers import MosquittoUnderTest
@@ -30,11 +31,15 @@ DEVICE = "restart-gw"
 
 
 def stored_sequence(db: Path) -> tuple[int, int, int, int]:
-    """(rows, epochs, lowest seq, highest seq) of the device's stored samples."""
+    """(samples, epochs, lowest seq, highest seq) of the device's stored samples; fails on a stored repeat."""
     with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT COUNT(*), COUNT(DISTINCT epoch), MIN(seq), MAX(seq) FROM metric_samples "
-                           "WHERE device = ?", (DEVICE,)).fetchone()
-    return row[0], row[1], row[2] if row[2] is not None else -1, row[3] if row[3] is not None else -1
+        rows = conn.execute("SELECT epoch, first_seq, body FROM metric_blocks WHERE device = ?",
+                            (DEVICE,)).fetchall()
+    seqs = [(epoch, seq) for epoch, first_seq, body in rows
+            for seq, *_ in decode_block(DEVICE, epoch, first_seq, body).samples()]
+    assert len(seqs) == len(set(seqs)), "a sample is stored twice"
+    numbers = [seq for _, seq in seqs]
+    return len(seqs), len({epoch for epoch, _ in seqs}), min(numbers, default=-1), max(numbers, default=-1)
 
 
 def test_every_sample_stored_once_across_broker_and_coordinator_restarts(

@@ -15,7 +15,7 @@ from tests.test_store_support import StoreFactory, backend, open_backend, table_
 
 __all__ = ["backend", "open_backend"]
 
-TABLES = {"devices", "births", "metric_samples", "metric_rollups", "detections", "events", "anomalies",
+TABLES = {"devices", "births", "metric_blocks", "metric_rollups", "detections", "events", "anomalies",
           "dead_letters", "sequence_state", "store_meta"}
 
 
@@ -48,7 +48,8 @@ def test_migrations_match_the_table_definitions(open_backend: StoreFactory) -> N
 def test_every_revision_is_shipped_inside_the_package() -> None:
     versions = Path(__file__).resolve().parents[1] / "coordinator" / "store" / "migrations" / "versions"
     assert (versions / "0001_initial.py").is_file()
-    assert head_revision() == "0001"
+    assert (versions / "0002_metric_blocks.py").is_file()
+    assert head_revision() == "0002"
 
 
 def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:

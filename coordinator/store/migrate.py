@@ -8,6 +8,7 @@ coordinators that start together against one database.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -17,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-__all__ = ["MIGRATIONS", "current_revision", "head_revision", "upgrade"]
+__all__ = ["MIGRATIONS", "current_revision", "downgrade", "head_revision", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,24 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: Engine) -> None:
-    """Upgrade the database behind ``engine`` to the head revision (raises SQLAlchemy/Alembic errors)."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database behind ``engine`` to ``revision`` (raises SQLAlchemy/Alembic errors)."""
+    _migrate(engine, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema (and the data in it) back to ``revision``, for an operator rolling back."""
+    _migrate(engine, lambda config: command.downgrade(config, revision))
+
+
+def _migrate(engine: Engine, step: Callable[[Config], None]) -> None:
     config = _config()
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         before = MigrationContext.configure(connection).get_current_revision()
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        step(config)
         after = MigrationContext.configure(connection).get_current_revision()
     if before != after:
         logger.info("store schema migrated from %s to %s", before or "empty", after)

@@ -8,6 +8,13 @@ keeps full resolution and older history survives as rollups until
 ``rollup_days``. Everything is a function of the stored rows and ``now_ms``:
 the same call on the same data gives the same result.
 
+Samples live in compressed blocks (:mod:`coordinator.store.blocks`), so both
+steps read blocks in Python: downsampling decodes the blocks that hold samples
+of the new stretch, and deletion drops whole blocks that are past
+``raw_days`` and rewrites the few that straddle the cut-off without their
+old samples. A block spans at most ``MAX_TIME_SPAN_MS``, which bounds how far
+back either step looks.
+
 Known limit: a sample that arrives after its bucket was summarised (a device
 that was offline for longer than ``downsample_after_days`` and then replays its
 outbox) is kept raw but not added to the rollup.
@@ -22,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from coordinator.store import tables as t
+from coordinator.store.blocks import MAX_TIME_SPAN_MS, Block, decode_block
 from coordinator.store.config import DAY_MS, RetentionConfig
 from coordinator.store.records import RetentionResult
 
@@ -52,22 +60,40 @@ def _downsample(conn: Connection, config: RetentionConfig, now_ms: int) -> tuple
         start = start // interval_ms * interval_ms
         if start >= cutoff:
             return 0, start
-    s = t.metric_samples
-    bucket = (s.c.time_ms - s.c.time_ms % interval_ms).label("bucket_ms")
-    where = [s.c.time_ms < cutoff] + ([s.c.time_ms >= start] if start is not None else [])
-    select = (sa.select(s.c.device, s.c.name, sa.literal(config.downsample_interval_s, sa.Integer),
-                        bucket, sa.func.count(), sa.func.avg(s.c.value), sa.func.min(s.c.value),
-                        sa.func.max(s.c.value))
-              .where(*where).group_by(s.c.device, s.c.name, bucket))
+    b = t.metric_blocks
+    where = [b.c.first_ms < cutoff]
+    if start is not None:
+        where.append(b.c.first_ms >= start - MAX_TIME_SPAN_MS)
+    # (count, sum, min, max) per bucket: the stretch can be long (a first run over old history).
+    buckets: dict[tuple[str, str, int], list[float]] = {}
+    query = sa.select(b.c.device, b.c.epoch, b.c.first_seq, b.c.body).where(*where)
+    for row in conn.execute(query.execution_options(yield_per=500)):
+        block = decode_block(row.device, row.epoch, row.first_seq, row.body)
+        for _, time_ms, name, value in block.samples():
+            if time_ms < cutoff and (start is None or time_ms >= start):
+                key = (block.device, name, time_ms - time_ms % interval_ms)
+                acc = buckets.get(key)
+                if acc is None:
+                    buckets[key] = [1, value, value, value]
+                else:
+                    acc[0] += 1
+                    acc[1] += value
+                    acc[2] = min(acc[2], value)
+                    acc[3] = max(acc[3], value)
+    rows = [{"device": device, "name": name, "interval_s": config.downsample_interval_s, "bucket_ms": bucket,
+             "count": int(count), "avg": total / count, "min": low, "max": high}
+            for (device, name, bucket), (count, total, low, high) in sorted(buckets.items())]
+    written = 0
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(t.metric_rollups).from_select(
-        ["device", "name", "interval_s", "bucket_ms", "count", "avg", "min", "max"], select)
-    ex = statement.excluded
-    # Only reached again for a bucket when the watermark was lost; recomputing replaces it.
-    statement = statement.on_conflict_do_update(
-        index_elements=["device", "name", "interval_s", "bucket_ms"],
-        set_={name: ex[name] for name in ("count", "avg", "min", "max")})
-    written = int(conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount)
+    for first in range(0, len(rows), 1000):
+        statement = insert(t.metric_rollups).values(rows[first:first + 1000])
+        ex = statement.excluded
+        # Only reached again for a bucket when the watermark was lost; recomputing replaces it.
+        statement = statement.on_conflict_do_update(
+            index_elements=["device", "name", "interval_s", "bucket_ms"],
+            set_={name: ex[name] for name in ("count", "avg", "min", "max")})
+        conn.execute(statement)
+        written += len(rows[first:first + 1000])
     _set_watermark(conn, cutoff)
     return written, cutoff
 
@@ -80,12 +106,34 @@ def _delete_before(conn: Connection, column: sa.Column[int], days: float, now_ms
     return int(conn.execute(sa.delete(table).where(column < now_ms - int(days * DAY_MS))).rowcount)
 
 
+def _delete_samples_before(conn: Connection, days: float, now_ms: int) -> int:
+    """Drop blocks whose every sample is older than ``days``, and trim those that straddle the cut-off."""
+    if days <= 0:
+        return 0
+    cutoff = now_ms - int(days * DAY_MS)
+    b = t.metric_blocks
+    deleted = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(b.c["count"]), 0))
+                               .where(b.c.last_ms < cutoff)).scalar_one())
+    conn.execute(sa.delete(b).where(b.c.last_ms < cutoff))
+    straddling = conn.execute(sa.select(b.c.device, b.c.epoch, b.c.first_seq, b.c.body)
+                              .where(b.c.first_ms < cutoff)).all()
+    for row in straddling:
+        block = decode_block(row.device, row.epoch, row.first_seq, row.body)
+        kept: Block | None = block.without([time_ms >= cutoff for time_ms in block.times])
+        assert kept is not None  # its newest sample is not past the cut-off
+        deleted += block.count - kept.count
+        conn.execute(sa.delete(b).where(b.c.device == row.device, b.c.epoch == row.epoch,
+                                        b.c.first_seq == row.first_seq))
+        conn.execute(sa.insert(b).values(dict(zip(b.c.keys(), kept.row(), strict=True))))
+    return deleted
+
+
 def apply_retention(conn: Connection, config: RetentionConfig, now_ms: int) -> RetentionResult:
     """Downsample, then delete what is past its retention (inside the caller's transaction)."""
     result = RetentionResult()
     if config.downsampling:
         result.rollups_written, result.rolled_up_until_ms = _downsample(conn, config, now_ms)
-    result.samples_deleted = _delete_before(conn, t.metric_samples.c.time_ms, config.raw_days, now_ms)
+    result.samples_deleted = _delete_samples_before(conn, config.raw_days, now_ms)
     result.rollups_deleted = _delete_before(conn, t.metric_rollups.c.bucket_ms, config.rollup_days, now_ms)
     result.detections_deleted = _delete_before(conn, t.detections.c.time_ms, config.detection_days, now_ms)
     result.events_deleted = _delete_before(conn, t.events.c.time_ms, config.detection_days, now_ms)

@@ -15,6 +15,7 @@ Configuration (every key optional)::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from broker.config_values import check_section_keys
 from coordinator.store import migrate as migrations
 from coordinator.store import tables as t
 from coordinator.store.base import Store, register_store
+from coordinator.store.blocks import MAX_TIME_SPAN_MS, decode_block
 from coordinator.store.config import RetentionConfig, number, text
 from coordinator.store.errors import StoreError
 from coordinator.store.records import (
@@ -147,18 +149,29 @@ class SqlStore(Store):
             return list(conn.execute(query))
 
     def count_samples(self, device: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(t.metric_samples)
+        b = t.metric_blocks
+        query = sa.select(sa.func.coalesce(sa.func.sum(b.c["count"]), 0))
         if device is not None:
-            query = query.where(t.metric_samples.c.device == device)
+            query = query.where(b.c.device == device)
         return int(self._rows("samples", query)[0][0])
 
     def samples(self, device: str, name: str, since_ms: int | None = None,
                 until_ms: int | None = None) -> list[Sample]:
-        s = t.metric_samples
-        query = (sa.select(s.c.device, s.c.epoch, s.c.seq, s.c.time_ms, s.c.name, s.c.value)
-                 .where(s.c.device == device, s.c.name == name, *_between(s.c.time_ms, since_ms, until_ms))
-                 .order_by(s.c.time_ms, s.c.epoch, s.c.seq))
-        return [Sample(*row) for row in self._rows("samples", query)]
+        b = t.metric_blocks
+        where = [b.c.device == device]
+        if since_ms is not None:  # a block starts at most MAX_TIME_SPAN_MS before its newest sample
+            where.append(b.c.first_ms >= since_ms - MAX_TIME_SPAN_MS)
+        if until_ms is not None:
+            where.append(b.c.first_ms < until_ms)
+        query = sa.select(b.c.device, b.c.epoch, b.c.first_seq, b.c.body).where(*where)
+        low = -math.inf if since_ms is None else since_ms
+        high = math.inf if until_ms is None else until_ms
+        found = [Sample(device, epoch, seq, time_ms, name, value)
+                 for _, epoch, first_seq, body in self._rows("samples", query)
+                 for seq, time_ms, metric, value in decode_block(device, epoch, first_seq, body).samples()
+                 if metric == name and low <= time_ms < high]
+        found.sort(key=lambda s: (s.time_ms, s.epoch, s.seq))
+        return found
 
     def rollups(self, device: str, name: str, since_ms: int | None = None,
                 until_ms: int | None = None) -> list[Rollup]:

@@ -1,6 +1,11 @@
 """The write path: one :class:`WriteBatch` in one transaction, redeliveries skipped by key.
 
-Samples and detections are the volume; they go in as one executemany of a
+Metric samples go in as compressed blocks (:mod:`coordinator.store.blocks`),
+one row per run; one query per batch finds stored blocks that overlap the
+new ones (none, unless something is redelivered), and only the samples not
+stored yet are written, so a sample is stored once whatever the batching.
+
+Detections and the blocks are the volume; they go in as one executemany of a
 prepared ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and as one
 ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING`` on
 PostgreSQL (one round trip for the whole batch; measured at about five times
@@ -12,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain, repeat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,13 +26,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from coordinator.store import tables as t
-from coordinator.store.records import DetectionLike, SampleColumnsLike, SampleLike, WriteBatch, WriteResult
+from coordinator.store.blocks import MAX_SEQ_SPAN, Block, blocks_of_rows, decode_block, split_run
+from coordinator.store.records import DetectionLike, WriteBatch, WriteResult
 from schemas.sequence import DeviceSequence
 
 __all__ = ["write_batch", "write_sequence_state"]
 
-_SAMPLE_COLUMNS = ("device", "epoch", "seq", "time_ms", "name", "value")
-_SAMPLE_TYPES = ("text", "bigint", "bigint", "bigint", "text", "float8")
+_BLOCK_COLUMNS = ("device", "epoch", "first_seq", "last_seq", "count", "first_ms", "last_ms", "body")
+_BLOCK_TYPES = ("text", "bigint", "bigint", "bigint", "integer", "bigint", "bigint", "bytea")
 _DETECTION_COLUMNS = ("device", "camera", "epoch", "seq", "idx", "time_ms", "label", "confidence",
                       "x1", "y1", "x2", "y2", "track_id")
 _DETECTION_TYPES = ("text", "text", "bigint", "bigint", "integer", "bigint", "text", "float8",
@@ -58,17 +64,27 @@ def _bulk_insert_ignore(conn: Connection, table: sa.Table, columns: Sequence[str
     # Multi-row VALUES in chunks of fixed sizes (so the driver's statement cache keeps them
     # prepared): one bind and one step per chunk instead of per row. Each step releases the GIL,
     # and getting it back from a busy thread costs up to a switch interval (5 ms) each time.
-    chunk = max(_variable_limit(conn) // len(columns), 1)
     inserted = 0
-    start = 0
-    while start < len(rows):
-        while chunk > len(rows) - start:
-            chunk //= 2
-        statement = _multi_insert(table.name, names, len(columns), chunk)
-        inserted += int(conn.exec_driver_sql(statement, tuple(chain.from_iterable(rows[start:start + chunk])))
+    for start, size in _chunks(conn, len(columns), len(rows)):
+        statement = _multi_insert(table.name, names, len(columns), size)
+        inserted += int(conn.exec_driver_sql(statement, tuple(chain.from_iterable(rows[start:start + size])))
                         .rowcount)
-        start += chunk
     return inserted
+
+
+def _chunks(conn: Connection, width: int, count: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of multi-row statements for ``count`` rows of ``width`` parameters on SQLite.
+
+    Sizes are the largest that fit the variable limit, then halves of it: few
+    distinct statements, so the driver's statement cache keeps them prepared.
+    """
+    chunk = max(_variable_limit(conn) // width, 1)
+    start = 0
+    while start < count:
+        while chunk > count - start:
+            chunk //= 2
+        yield start, chunk
+        start += chunk
 
 
 def _variable_limit(conn: Connection) -> int:
@@ -94,15 +110,81 @@ def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
     return int(conn.execute(sqlite.insert(table).on_conflict_do_nothing(), rows).rowcount)
 
 
-def _sample_rows(samples: Sequence[SampleLike],
-                 columns: Sequence[SampleColumnsLike]) -> list[tuple[Any, ...]]:
-    rows = [(s.device, s.epoch, s.seq, s.time_ms, s.name, float(s.value)) for s in samples]
-    for c in columns:
-        n = len(c.times)
-        # zip builds the rows in C: no Python code runs per sample.
-        rows += zip(repeat(c.device, n), repeat(c.epoch, n), range(c.first_seq, c.first_seq + n), c.times,
-                    map(c.names.__getitem__, c.name_index), c.values, strict=True)
-    return rows
+def _new_blocks(batch: WriteBatch) -> tuple[list[Block], int]:
+    """The batch's samples as blocks (a run of columns is one block), and repeats within the batch."""
+    blocks, repeats = blocks_of_rows([(s.device, s.epoch, s.seq, s.time_ms, s.name, s.value)
+                                      for s in batch.samples]) if batch.samples else ([], 0)
+    for c in batch.sample_columns:
+        if c.times:
+            blocks += split_run(Block(c.device, c.epoch, c.first_seq, None, c.names, c.name_index, c.times,
+                                      c.values))
+    return blocks, repeats
+
+
+def _stored_overlapping(conn: Connection, blocks: Sequence[Block]) -> dict[tuple[str, int], list[Block]]:
+    """Stored blocks that share a sequence number range with any of ``blocks``, by (device, epoch)."""
+    found: dict[tuple[str, int], list[Block]] = {}
+    join = ("SELECT DISTINCT b.device, b.epoch, b.first_seq, b.body FROM i JOIN metric_blocks b "
+            "ON b.device = i.d AND b.epoch = i.e AND b.first_seq <= i.hi "
+            f"AND b.first_seq > i.lo - {MAX_SEQ_SPAN} AND b.last_seq >= i.lo")
+    keys = [(b.device, b.epoch, b.first_seq, b.last_seq) for b in blocks]
+    if conn.dialect.name == "postgresql":
+        columns = list(zip(*keys, strict=True))
+        statement = ("WITH i(d, e, lo, hi) AS (SELECT * FROM unnest(CAST(:d AS text[]), "
+                     "CAST(:e AS bigint[]), CAST(:lo AS bigint[]), CAST(:hi AS bigint[]))) " + join)
+        parts = [conn.execute(sa.text(statement), {"d": list(columns[0]), "e": list(columns[1]),
+                                                   "lo": list(columns[2]), "hi": list(columns[3])})]
+    else:
+        parts = []
+        for start, size in _chunks(conn, 4, len(keys)):
+            values = ", ".join(["(?, ?, ?, ?)"] * size)
+            parts.append(conn.exec_driver_sql(f"WITH i(d, e, lo, hi) AS (VALUES {values}) {join}",
+                                              tuple(chain.from_iterable(keys[start:start + size]))))
+    for rows in parts:
+        for device, epoch, first_seq, body in rows:
+            found.setdefault((device, epoch), []).append(decode_block(device, epoch, first_seq, bytes(body)))
+    return found
+
+
+def _unstored(blocks: Sequence[Block], stored: dict[tuple[str, int], list[Block]]) -> list[Block]:
+    """``blocks`` less every sample already stored or earlier in ``blocks`` (by device, epoch, seq)."""
+    accepted: list[Block] = []
+    spans: dict[tuple[str, int], list[tuple[int, int, Block]]] = {}
+    for block in blocks:
+        key = (block.device, block.epoch)
+        lo, hi = block.first_seq, block.last_seq
+        earlier = spans.setdefault(key, [])
+        clashes = [b for b in stored.get(key, ()) if b.first_seq <= hi and b.last_seq >= lo]
+        clashes += [b for first, last, b in earlier if first <= hi and last >= lo]
+        if clashes:
+            taken = set(chain.from_iterable(b.seq_list() for b in clashes))
+            kept = block.without([seq not in taken for seq in block.seq_list()])
+            if kept is None:
+                continue
+            block = kept
+        earlier.append((block.first_seq, block.last_seq, block))
+        accepted.append(block)
+    return accepted
+
+
+def _insert_blocks(conn: Connection, blocks: Sequence[Block]) -> int:
+    """Insert blocks (skipping any whose key a concurrent writer just took); samples inserted."""
+    rows = [block.row() for block in blocks]
+    if not rows:
+        return 0
+    names = ", ".join(_BLOCK_COLUMNS)
+    if conn.dialect.name == "postgresql":
+        arrays = ", ".join(f"CAST(:c{i} AS {kind}[])" for i, kind in enumerate(_BLOCK_TYPES))
+        statement = (f"INSERT INTO metric_blocks ({names}) SELECT * FROM unnest({arrays}) "
+                     "ON CONFLICT DO NOTHING RETURNING count")
+        params = {f"c{i}": list(column) for i, column in enumerate(zip(*rows, strict=True))}
+        return sum(count for (count,) in conn.execute(sa.text(statement), params))
+    inserted = 0
+    for start, size in _chunks(conn, len(_BLOCK_COLUMNS), len(rows)):
+        statement = _multi_insert("metric_blocks", names, len(_BLOCK_COLUMNS), size) + " RETURNING count"
+        part = tuple(chain.from_iterable(rows[start:start + size]))
+        inserted += sum(count for (count,) in conn.exec_driver_sql(statement, part))
+    return inserted
 
 
 def _detection_rows(detections: Sequence[DetectionLike]) -> list[tuple[Any, ...]]:
@@ -209,9 +291,10 @@ def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
     """Write ``batch`` on ``conn`` (inside the caller's transaction)."""
     result = WriteResult()
     if batch.samples or batch.sample_columns:
-        sample_rows = _sample_rows(batch.samples, batch.sample_columns)
-        new = _bulk_insert_ignore(conn, t.metric_samples, _SAMPLE_COLUMNS, _SAMPLE_TYPES, sample_rows)
-        result.samples_new, result.samples_duplicate = new, len(sample_rows) - new
+        blocks, repeats = _new_blocks(batch)
+        new = _insert_blocks(conn, _unstored(blocks, _stored_overlapping(conn, blocks)))
+        result.samples_new = new
+        result.samples_duplicate = sum(block.count for block in blocks) + repeats - new
     if batch.detections:
         new = _bulk_insert_ignore(conn, t.detections, _DETECTION_COLUMNS, _DETECTION_TYPES,
                                   _detection_rows(batch.detections))

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 __all__ = [
     "anomalies", "births", "dead_letters", "detections", "devices", "events", "metadata",
-    "metric_rollups", "metric_samples", "sequence_state", "store_meta",
+    "metric_blocks", "metric_rollups", "sequence_state", "store_meta",
 ]
 
 metadata = sa.MetaData()
@@ -46,17 +46,22 @@ births = sa.Table(
     sa.UniqueConstraint("device", "epoch", "time_ms", name="uq_births_device_epoch_time"),
 )
 
-# (device, epoch, seq) is the identity of a sample: a redelivery hits the key and is skipped.
-metric_samples = sa.Table(
-    "metric_samples", metadata,
+# Metric samples in compressed blocks (coordinator/store/blocks.py), one row per run of a device's samples.
+# (device, epoch, seq) is the identity of a sample; a block holds seqs first_seq..last_seq (all of them, or
+# those its body lists) and spans at most blocks.MAX_SEQ_SPAN seqs and MAX_TIME_SPAN_MS, so the write path's
+# overlap check and time-range reads look back a bounded distance from first_seq and first_ms.
+metric_blocks = sa.Table(
+    "metric_blocks", metadata,
     sa.Column("device", sa.String(128), primary_key=True),
     sa.Column("epoch", Ms, primary_key=True),
-    sa.Column("seq", Ms, primary_key=True),
-    sa.Column("time_ms", Ms, nullable=False),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("value", sa.Float(53), nullable=False),
-    sa.Index("ix_metric_samples_device_name_time", "device", "name", "time_ms"),
-    sa.Index("ix_metric_samples_time", "time_ms"),
+    sa.Column("first_seq", Ms, primary_key=True),
+    sa.Column("last_seq", Ms, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("first_ms", Ms, nullable=False),
+    sa.Column("last_ms", Ms, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Index("ix_metric_blocks_device_first_ms", "device", "first_ms"),
+    sa.Index("ix_metric_blocks_first_ms", "first_ms"),
     sqlite_with_rowid=False,
 )
 

@@ -1,0 +1,129 @@
+"""Metric samples in compressed blocks: the codec, the limits, and exactly-once whatever the batching."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+import sqlalchemy as sa
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.store import Sample, StoreError, WriteBatch
+from coordinator.store import migrate as migrations
+from coordinator.store.blocks import (
+    MAX_SEQ_SPAN,
+    MAX_TIME_SPAN_MS,
+    Block,
+    blocks_of_rows,
+    decode_block,
+    split_run,
+)
+from schemas.metrics import MetricColumns
+from tests.test_store_support import StoreFactory, backend, open_backend
+
+__all__ = ["backend", "open_backend"]
+
+T0 = 1_763_900_000_000
+
+
+def block(first: int, count: int, *, seqs: list[int] | None = None, step_ms: int = 1000) -> Block:
+    return Block("gw-1", 1, first if seqs is None else seqs[0], seqs, ["cpu", "mem"],
+                 [i % 2 for i in range(count)], [T0 + i * step_ms for i in range(count)],
+                 [i * 0.1 - 3e9 if i % 3 else float(i) for i in range(count)])
+
+
+@pytest.mark.parametrize("seqs", [None, [3, 5, 6, 90]])
+def test_a_block_round_trips_through_its_stored_body(seqs: list[int] | None) -> None:
+    original = block(3, 4, seqs=seqs)
+    device, epoch, first_seq, last_seq, count, first_ms, last_ms, body = original.row()
+    assert (first_seq, last_seq, count, first_ms, last_ms) == (3, 6 if seqs is None else 90, 4, T0, T0 + 3000)
+    decoded = decode_block(device, epoch, first_seq, body)
+    assert list(decoded.samples()) == list(original.samples())
+    assert decoded.last_seq == original.last_seq
+
+
+def test_a_body_of_another_format_or_garbage_is_refused_clearly() -> None:
+    future = zstandard.ZstdCompressor().compress(msgpack.packb([2, ["cpu"], None, ["H", b""], b"", b""]))
+    with pytest.raises(StoreError, match=r"format 2.*reads format 1"):
+        decode_block("gw-1", 1, 0, future)
+    with pytest.raises(StoreError, match="cannot be read"):
+        decode_block("gw-1", 1, 0, b"not a block")
+
+
+@given(st.lists(st.tuples(st.integers(0, 3 * MAX_SEQ_SPAN), st.integers(0, 3 * MAX_TIME_SPAN_MS)),
+                min_size=1, max_size=60, unique_by=lambda p: p[0]))
+def test_split_run_keeps_every_sample_once_within_the_limits(points: list[tuple[int, int]]) -> None:
+    points.sort()
+    seqs = [s for s, _ in points]
+    whole = Block("gw-1", 1, seqs[0], seqs, ["cpu"], [0] * len(points), [t for _, t in points],
+                  [float(s) for s in seqs])
+    parts = split_run(whole)
+    assert [s for part in parts for s in part.samples()] == list(whole.samples())
+    for part in parts:
+        assert part.last_seq - part.first_seq < MAX_SEQ_SPAN
+        assert max(part.times) - min(part.times) <= MAX_TIME_SPAN_MS
+
+
+def test_rows_become_blocks_in_sequence_order_with_repeats_counted() -> None:
+    rows = [("gw-1", 1, 5, T0 + 5, "cpu", 5), ("gw-1", 1, 4, T0 + 4, "mem", 4.5),
+            ("gw-1", 1, 5, T0 + 5, "cpu", 5), ("gw-1", 2, 0, T0, "cpu", 1.0)]
+    blocks, repeats = blocks_of_rows(rows)
+    assert repeats == 1
+    assert [(b.epoch, list(b.samples())) for b in blocks] == [
+        (1, [(4, T0 + 4, "mem", 4.5), (5, T0 + 5, "cpu", 5.0)]), (2, [(0, T0, "cpu", 1.0)])]
+
+
+def test_redeliveries_in_any_batching_store_each_sample_once(open_backend: StoreFactory) -> None:
+    """Random overlapping runs, as rows and as columns, over two epochs: the store holds their union."""
+    store = open_backend()
+    rng = random.Random(7)
+    expected: set[tuple[int, int]] = set()
+    new_total = 0
+    for _ in range(40):
+        epoch, first, count = rng.choice((1, 2)), rng.randrange(0, 300), rng.randrange(1, 60)
+        seqs = range(first, first + count)
+        if rng.random() < 0.5:
+            batch = WriteBatch(sample_columns=[MetricColumns(
+                "gw-1", epoch, first, ["cpu"], [0] * count, [T0 + s for s in seqs], [s * 0.5 for s in seqs])])
+        else:
+            picked = [s for s in seqs if rng.random() < 0.7] or [first]
+            count = len(picked)
+            batch = WriteBatch(samples=[Sample("gw-1", epoch, s, T0 + s, "cpu", s * 0.5) for s in picked])
+            seqs = range(0)
+            expected_now = {(epoch, s) for s in picked}
+        expected_now = expected_now if not seqs else {(epoch, s) for s in seqs}
+        result = store.write_batch(batch)
+        assert result.samples_new == len(expected_now - expected)
+        assert result.samples_new + result.samples_duplicate == count
+        new_total += result.samples_new
+        expected |= expected_now
+    stored = store.samples("gw-1", "cpu")
+    assert sorted((s.epoch, s.seq) for s in stored) == sorted(expected)
+    assert all(s.value == s.seq * 0.5 and s.time_ms == T0 + s.seq for s in stored)
+    assert store.count_samples() == len(expected) == new_total
+
+
+def test_migration_carries_row_samples_into_blocks_and_back(open_backend: StoreFactory) -> None:
+    store = open_backend(migrate=False)
+    if store.schema is not None:  # PostgreSQL: the test's own schema, as SqlStore.migrate makes it
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{store.schema}"'))
+    migrations.upgrade(store.engine, "0001")
+    rows = [{"device": d, "epoch": 1, "seq": s, "time_ms": T0 + s, "name": ("cpu", "mem")[s % 2],
+             "value": s / 4} for d in ("gw-1", "gw-2") for s in range(2500) if s % 7]
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO metric_samples (device, epoch, seq, time_ms, name, value) "
+            "VALUES (:device, :epoch, :seq, :time_ms, :name, :value)"), rows)
+    store.migrate()
+    assert store.count_samples() == len(rows)
+    assert [(s.seq, s.value) for s in store.samples("gw-2", "mem")] == [
+        (r["seq"], r["value"]) for r in rows if r["device"] == "gw-2" and r["name"] == "mem"]
+    migrations.downgrade(store.engine, "0001")
+    with store.engine.connect() as conn:
+        back = conn.execute(sa.text(
+            "SELECT device, epoch, seq, time_ms, name, value FROM metric_samples ORDER BY device, seq")).all()
+    assert [tuple(r) for r in back] == [tuple(r.values()) for r in rows]
