@@ -52,6 +52,10 @@ class StreamDetector(abc.ABC):
     def factory(cls, options: Mapping[str, Any], where: str) -> Callable[[str, str], StreamDetector]:
         """Validate ``options`` once (unknown keys are errors) and return a builder of fresh detectors."""
 
+    @classmethod  # noqa: B027 - a hook: most detectors have nothing to prepare
+    def prepare(cls) -> None:
+        """Get ready before the first sample (compile a kernel, say): called when an engine is configured."""
+
     @abc.abstractmethod
     def step(self, time_ms: int, value: float) -> Alert | None:
         """Score ``value`` against what was learned so far, then learn from it."""
@@ -115,4 +119,6 @@ def create_factory(config: Mapping[str, Any], where: str) -> Callable[[str, str]
         raise ConfigError(f"{where}.type: unknown anomaly detector type {kind!r}; known: {', '.join(known)}"
                           f"{hint}")
     options = {k: v for k, v in config.items() if k != "type"}
-    return _REGISTRY[kind].factory(options, where)
+    factory = _REGISTRY[kind].factory(options, where)
+    _REGISTRY[kind].prepare()
+    return factory

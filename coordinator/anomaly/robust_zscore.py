@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 _GAUSS_MAD = 1.2533  # E|N(0,1)| = 0.7979; dividing by it turns a mean absolute residual into an sd
 _DAY_MS = 86_400_000
+_KERNEL_MIN_RUN = 8  # shortest run step_many hands to the compiled kernel (it breaks even at about 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,13 @@ class RobustZScoreDetector(StreamDetector):
         opts = RobustZScoreOptions.from_mapping(options, where)
         return lambda device, metric: cls(device, metric, opts)
 
+    @classmethod
+    def prepare(cls) -> None:
+        """Compile (or load) the scoring kernel at start-up rather than on the first batch."""
+        from coordinator.anomaly import zscore_kernel  # imports numba, when installed
+
+        zscore_kernel.warm_up()
+
     # -- scoring (pure) ---------------------------------------------------------------------------
 
     def _floor(self, reference: float) -> float:
@@ -191,11 +199,14 @@ class RobustZScoreDetector(StreamDetector):
             self.stuck_open = False
         if warm and required is not None and run >= required and not self.stuck_open:
             self.stuck_open = True
-            alert = self._stuck_alert(time_ms, value, run, required, expected)
+            alert = self._stuck_alert(time_ms, value, run, required, expected, scale=self.scale,
+                                      threshold=self.threshold.value)
         breach = warm and not self.stuck_open and (deviation > dev_threshold
                                                         or (seasoned and drift > drift_threshold))
         if self.gate.update(breach) and alert is None:
-            alert = self._value_alert(time_ms, value, deviation, drift, expected, base, offset)
+            alert = self._value_alert(time_ms, value, deviation, drift, expected, base, offset,
+                                      scale=self.scale, threshold=self.threshold.value,
+                                      drift_threshold=self.drift_threshold.value)
 
         self._learn(time_ms, value, breach, expected, base, offset, deviation, drift if seasoned else None)
         return alert
@@ -238,6 +249,20 @@ class RobustZScoreDetector(StreamDetector):
     # -- a run of samples (the ingest hot path) ---------------------------------------------------
 
     def step_many(self, times: Sequence[int], values: Sequence[float]) -> list[tuple[int, Alert]]:
+        """:meth:`step` for each sample in order: the compiled kernel for longer runs, else the Python loop.
+
+        Both are bit-identical to ``step`` (:mod:`coordinator.anomaly.zscore_kernel`
+        holds the kernel and why); below ``_KERNEL_MIN_RUN`` samples packing the
+        state for the kernel costs more than it saves.
+        """
+        if len(times) >= _KERNEL_MIN_RUN:
+            from coordinator.anomaly import zscore_kernel  # imports numba: only once a long run comes
+
+            if zscore_kernel.AVAILABLE:
+                return zscore_kernel.run_kernel(self, times, values)
+        return self._step_many_python(times, values)
+
+    def _step_many_python(self, times: Sequence[int], values: Sequence[float]) -> list[tuple[int, Alert]]:
         """:meth:`step` for each sample in order, computed in one loop over local variables.
 
         The same arithmetic in the same order as ``step`` with its helpers
@@ -349,7 +374,8 @@ class RobustZScoreDetector(StreamDetector):
                         stuck_open = True
                         th.u, th.mean_excess, th.cluster_rate = th_u, th_me, th_cr
                         self.scale = scale
-                        alert = self._stuck_alert(time_ms, value, s_run, required, expected)
+                        alert = self._stuck_alert(time_ms, value, s_run, required, expected, scale=self.scale,
+                                                  threshold=th.value)
 
                 # PeaksOverThreshold.value, only where step's breach test reads it
                 breach = False
@@ -378,7 +404,8 @@ class RobustZScoreDetector(StreamDetector):
                     th.u, th.mean_excess, th.cluster_rate = th_u, th_me, th_cr
                     dr.u, dr.mean_excess, dr.cluster_rate = dr_u, dr_me, dr_cr
                     self.scale = scale
-                    alert = self._value_alert(time_ms, value, deviation, drift, expected, base, new_offset)
+                    alert = self._value_alert(time_ms, value, deviation, drift, expected, base, new_offset,
+                                              scale=self.scale, threshold=th.value, drift_threshold=dr.value)
                 if alert is not None:
                     found.append((i, alert))
 
@@ -504,18 +531,21 @@ class RobustZScoreDetector(StreamDetector):
     def _severity(self, score: float, threshold: float) -> Severity:
         return Severity.CRITICAL if score >= self.opts.critical_ratio * threshold else Severity.WARNING
 
+    # The builders take what they would read from self (scale, threshold values) as arguments:
+    # the compiled kernel passes the numbers it had at the alerting sample.
+
     def _value_alert(self, time_ms: int, value: float, deviation: float, drift: float,
-                     expected: float, base: float, offset: float) -> Alert:
-        scale = max(self.scale, self._floor(expected))
-        threshold = self.threshold.value
-        if deviation / threshold >= drift / self.drift_threshold.value:
+                     expected: float, base: float, offset: float, *, scale: float, threshold: float,
+                     drift_threshold: float) -> Alert:
+        scale = max(scale, self._floor(expected))
+        if deviation / threshold >= drift / drift_threshold:
             kind, score = AlertKind.DEVIATION, deviation
             side = "above" if value > expected else "below"
             text = (f"value {_fmt(value)} is {deviation:.1f} robust sd {side} the expected "
                     f"{_fmt(expected)} ± {_fmt(scale)}")
             centre = expected
         else:
-            kind, score, threshold = AlertKind.DRIFT, drift, self.drift_threshold.value
+            kind, score, threshold = AlertKind.DRIFT, drift, drift_threshold
             side = "above" if offset > 0 else "below"
             text = (f"recent level {_fmt(base + offset)} has drifted {drift:.1f} sd {side} the usual "
                     f"{_fmt(base)} for this time")
@@ -525,8 +555,9 @@ class RobustZScoreDetector(StreamDetector):
                      threshold=threshold, expected_low=centre - half, expected_high=centre + half,
                      explanation=text, severity=self._severity(score, threshold), kind=kind)
 
-    def _stuck_alert(self, time_ms: int, value: float, run: int, required: int, expected: float) -> Alert:
-        half = self.threshold.value * max(self.scale, self._floor(expected))
+    def _stuck_alert(self, time_ms: int, value: float, run: int, required: int, expected: float, *,
+                     scale: float, threshold: float) -> Alert:
+        half = threshold * max(scale, self._floor(expected))
         return Alert(device=self.device, metric=self.metric, time_ms=time_ms, value=value, score=float(run),
                      threshold=float(required), expected_low=expected - half, expected_high=expected + half,
                      explanation=f"stuck at {_fmt(value)} for {run} samples", severity=Severity.WARNING,

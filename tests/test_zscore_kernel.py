@@ -1,0 +1,306 @@
+"""The compiled step_many kernel against ``step`` per sample: alerts, logs and state, bits and types."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from coordinator.anomaly import AlertKind, AnomalyEngine, robust_zscore, zscore_kernel
+from coordinator.anomaly.alert import Alert
+from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+
+MINUTE = 60_000
+DAY_MS = 86_400_000
+ROOT = Path(__file__).resolve().parent.parent
+DETECTOR_LOG = "coordinator.anomaly.robust_zscore"
+RUN_KERNEL = zscore_kernel.run_kernel  # the kernel whatever the run's length (tests patch the attribute)
+
+OPTIONS = {
+    "defaults": RobustZScoreOptions(),
+    "flat": RobustZScoreOptions(warmup=30, season_ms=0),
+    "one-bin": RobustZScoreOptions(warmup=20, season_ms=3_600_000, season_bins=1, adapt_after=5,
+                                   close_after=3, stuck_samples=5),
+    "seven-bins": RobustZScoreOptions(warmup=40, season_ms=600_000, season_bins=7, min_threshold=1.0),
+    # adapt_after=1: a level is accepted on the very sample that opens the episode (two events there).
+    "eager": RobustZScoreOptions(warmup=10, season_ms=0, adapt_after=1, close_after=1, stuck_samples=2),
+    "fast": RobustZScoreOptions(warmup=16, season_ms=7_200_000, season_bins=48, season_memory=0.1, risk=0.05,
+                                base_quantile=0.5, threshold_rate=1.0, clip=1.0, level_alpha=1.0,
+                                scale_alpha=1.0),
+}
+SEEDS = range(30)
+
+
+def typed(obj: object) -> object:
+    """A value with the type of every leaf (floats by their hex, so -0.0 and NaN compare too)."""
+    if isinstance(obj, float):
+        return (type(obj).__name__, "nan" if math.isnan(obj) else obj.hex())
+    if isinstance(obj, list | tuple):
+        return [type(obj).__name__, *(typed(v) for v in obj)]
+    if isinstance(obj, Alert):
+        return [(f.name, typed(getattr(obj, f.name))) for f in dataclasses.fields(obj)]
+    slots = getattr(type(obj), "__slots__", None)
+    if slots and not isinstance(obj, RobustZScoreOptions):
+        return {k: typed(getattr(obj, k)) for k in slots}
+    return (type(obj).__name__, obj)
+
+
+def stream(n: int, seed: int) -> list[tuple[int, float]]:
+    """Segments of calm, spikes, level shifts, drifts, stuck runs, quantised (int) values and non-finite
+    values in a seeded order, with odd gaps and repeated or backward times."""
+    rng = np.random.default_rng(seed)
+    t = int(rng.choice([0, 1_700_000_000_123, -36_000_000]))  # negative times exercise the floor modulo
+    every = int(rng.choice([MINUTE, 10_000, 5 * MINUTE]))
+    noise = float(rng.choice([0.01, 1.0, 4.0]))
+    level, out, size = 50.0, [], max(noise, 1.0)  # the size of anomalies
+    while len(out) < n:
+        kind = rng.choice(["calm", "spikes", "shift", "drift", "stuck", "quantised", "bad"])
+        length = int(rng.integers(30, 400))
+        slope = float(rng.uniform(0.02, 0.2)) * noise
+        stuck_at: float = round(level) if rng.random() < 0.5 else level + 0.25
+        if kind == "shift":
+            level += float(rng.choice([-1, 1]) * rng.uniform(10, 30)) * size
+        for j in range(length):
+            t += int(rng.choice([every, every, every, 0, every // 2, 2 * every, -5, 50 * every]))
+            x: float = level + 10 * math.sin(2 * math.pi * t / DAY_MS) + float(rng.normal(0, noise))
+            if kind == "spikes" and rng.random() < 0.03:
+                x += float(rng.choice([-1, 1]) * rng.uniform(5, 80)) * size
+            elif kind == "drift":
+                x += j * slope
+            elif kind == "stuck" and j > 10:
+                x = stuck_at
+            elif kind == "quantised":
+                x = round(x)
+            elif kind == "bad" and rng.random() < 0.03:
+                x = float(rng.choice([math.nan, math.inf, -math.inf]))
+            if rng.random() < 0.02:
+                x = round(x) if math.isfinite(x) else x
+            out.append((t, x))
+        if kind == "drift":
+            level += length * slope
+    return out[:n]
+
+
+def chunks(n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Chunk bounds below, at and above the dispatch threshold, empty ones included."""
+    bounds, start, at = [], 0, robust_zscore._KERNEL_MIN_RUN
+    while start < n:
+        size = int(rng.choice([rng.integers(0, at), rng.integers(at - 2, at + 3), rng.integers(at, 600)]))
+        bounds.append((start, min(n, start + size)))
+        start += size
+    return bounds
+
+
+class Logs(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+@pytest.fixture
+def detector_logs() -> Any:
+    logs, log = Logs(), logging.getLogger(DETECTOR_LOG)
+    level = log.level
+    log.addHandler(logs)
+    log.setLevel(logging.DEBUG)
+    yield logs
+    log.removeHandler(logs)
+    log.setLevel(level)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the runs step_many handed to the kernel."""
+    calls: list[int] = []
+    real = zscore_kernel.run_kernel
+
+    def counting(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float]) -> Any:
+        calls.append(len(times))
+        return real(det, times, values)
+
+    monkeypatch.setattr(zscore_kernel, "run_kernel", counting)
+    return calls
+
+
+def test_warm_up_compiles_the_kernel() -> None:
+    assert zscore_kernel.AVAILABLE
+    assert zscore_kernel.warm_up()
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kernel_is_step_bit_for_bit(name: str, seed: int, detector_logs: Logs,
+                                    kernel_calls: list[int]) -> None:
+    opts = OPTIONS[name]
+    samples = stream(2000, seed)
+    one, many, direct = (RobustZScoreDetector("gw-1", "cpu", opts) for _ in range(3))
+    rng = np.random.default_rng(seed)
+    alerts = 0
+    for start, end in chunks(len(samples), rng):
+        times, values = [t for t, _ in samples[start:end]], [v for _, v in samples[start:end]]
+        expected = [(i, a) for i, (t, v) in enumerate(zip(times, values, strict=True))
+                    if (a := one.step(t, v)) is not None]
+        expected_logs = detector_logs.take()
+        got = many.step_many(times, values)  # dispatches by length
+        assert typed(got) == typed(expected), (start, end)
+        assert detector_logs.take() == expected_logs
+        assert typed(many) == typed(one), (start, end)
+        got = RUN_KERNEL(direct, times, values)
+        assert typed(got) == typed(expected), (start, end)
+        assert detector_logs.take() == expected_logs
+        assert typed(direct) == typed(one), (start, end)
+        alerts += len(expected)
+    assert alerts
+    assert kernel_calls and min(kernel_calls) >= robust_zscore._KERNEL_MIN_RUN
+
+
+def test_the_streams_hold_every_kind_of_event(detector_logs: Logs) -> None:
+    """What the bit-for-bit test covers: every alert kind, level acceptances, int and non-finite values."""
+    kinds: set[AlertKind] = set()
+    accepted = ints = bad = 0
+    for name in ("defaults", "one-bin", "eager"):
+        for seed in SEEDS[:10]:
+            det = RobustZScoreDetector("gw-1", "cpu", OPTIONS[name])
+            samples = stream(2000, seed)
+            kinds |= {a.kind for t, v in samples if (a := det.step(t, v)) is not None}
+            ints += sum(isinstance(v, int) for _, v in samples)
+            bad += sum(not math.isfinite(v) for _, v in samples)
+            accepted += sum("accepting a new level" in line for line in detector_logs.take())
+    assert kinds == {AlertKind.DEVIATION, AlertKind.DRIFT, AlertKind.STUCK}
+    assert accepted > 10 and ints > 100 and bad > 10
+
+
+def test_short_runs_and_a_disabled_kernel_take_the_python_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("the kernel ran")
+
+    monkeypatch.setattr(zscore_kernel, "run_kernel", refuse)
+    det = RobustZScoreDetector("gw-1", "cpu", OPTIONS["flat"])
+    short = robust_zscore._KERNEL_MIN_RUN - 1
+    det.step_many(list(range(short)), [1.0] * short)
+    with pytest.raises(AssertionError, match="the kernel ran"):
+        det.step_many(list(range(short + 1)), [1.0] * (short + 1))
+    monkeypatch.setattr(zscore_kernel, "AVAILABLE", False)
+    det.step_many(list(range(1000)), [1.0] * 1000)
+
+
+def run_python(code: str, **env: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+CHECK_PURE = """
+import sys
+{setup}
+from coordinator.anomaly import zscore_kernel
+from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+det = RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions(warmup=10, season_ms=0))
+found = det.step_many([i * 1000 for i in range(200)], [1.0 + i % 3 for i in range(199)] + [99.0])
+print(zscore_kernel.AVAILABLE, zscore_kernel.warm_up(), sys.modules.get("numba") is not None,
+      [i for i, _ in found])
+"""
+
+
+def test_edgebus_jit_0_keeps_numba_out() -> None:
+    assert run_python(CHECK_PURE.format(setup=""), EDGEBUS_JIT="0") == "False False False [199]"
+
+
+def test_without_numba_the_module_imports_and_the_loop_runs() -> None:
+    setup = "sys.modules['numba'] = None  # import numba now raises ImportError"
+    assert run_python(CHECK_PURE.format(setup=setup)) == "False False False [199]"
+
+
+def test_the_first_call_logs_the_compilation(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(zscore_kernel, "_compiled", False)
+    with caplog.at_level(logging.INFO, logger=zscore_kernel.__name__):
+        zscore_kernel.run_kernel(RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions()), [0], [1.0])
+        zscore_kernel.run_kernel(RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions()), [0], [1.0])
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == \
+        ["compiling the anomaly scoring kernel (numba; cached after the first run)"]
+
+
+def test_a_checkpoint_taken_after_the_kernel_restores_to_the_python_paths_future() -> None:
+    config = {"detector": {"warmup": 30}, "metrics": {"temp": {"season_ms": 3_600_000, "season_bins": 6}}}
+    past = [("gw-1", metric, t, v) for metric, seed in (("cpu", 3), ("temp", 4))
+            for t, v in stream(3000, seed)]
+    future = [("gw-1", metric, t, v) for metric, seed in (("cpu", 3), ("temp", 4))
+              for t, v in stream(6000, seed)[3000:]]
+    kernel, reference = AnomalyEngine(config), AnomalyEngine(config)
+    assert typed(kernel.observe_many(past)) == typed([a for s in past for a in reference.observe(*s)])
+    blob = kernel.checkpoint()
+    assert b"numpy" not in blob  # plain Python state: no numpy scalars or arrays were left behind
+    restored = AnomalyEngine(config)
+    restored.restore(blob)
+    for key, det in reference._streams.items():
+        assert typed(restored._streams[key]) == typed(det)
+    again = AnomalyEngine(config)
+    again.restore(blob)
+    expected = [a for s in future for a in reference.observe(*s)]
+    got = [a for s in future for a in restored.observe(*s)]
+    assert len(expected) > 3 and typed(got) == typed(expected)
+    assert typed(again.observe_many(future)) == typed(expected)  # the kernel from restored state too
+    for key, det in reference._streams.items():
+        assert typed(again._streams[key]) == typed(det)
+
+
+def same_outcome(feed: Callable[[Any], object], warm: list[tuple[int, float]]) -> None:
+    """``feed`` gives (or raises) the same on the kernel as on the Python loop, and leaves the same state."""
+    pure, jit = (RobustZScoreDetector("gw-1", "cpu", OPTIONS["flat"]) for _ in range(2))
+    for det in (pure, jit):
+        det._step_many_python([t for t, _ in warm], [v for _, v in warm])
+    outcomes = []
+    for step_many in (pure._step_many_python, lambda t, v: RUN_KERNEL(jit, t, v)):
+        try:
+            outcomes.append(typed(feed(step_many)))
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, str(exc)))
+    assert outcomes[0] == outcomes[1]
+    assert typed(jit) == typed(pure)
+
+
+@pytest.mark.parametrize("case", ["none-value", "str-value", "lengths", "float-times", "huge-ints",
+                                  "infinite-score", "empty"])
+def test_odd_inputs_behave_as_the_python_loop(case: str) -> None:
+    warm = [(i * MINUTE, 50.0 + 0.001 * math.sin(i)) for i in range(200)]  # a tiny scale: scores can overflow
+    times = [(200 + i) * MINUTE for i in range(40)]
+    values: list[Any] = [50.0 + 0.001 * math.cos(i) for i in range(40)]
+    feeds: dict[str, Callable[[Any], object]] = {
+        "none-value": lambda f: f(times, [*values[:20], None, *values[21:]]),
+        "str-value": lambda f: f(times, [*values[:20], "51.0", *values[21:]]),
+        "lengths": lambda f: f(times, values[:-1]),
+        "float-times": lambda f: f([t + 0.5 for t in times], values),
+        "huge-ints": lambda f: f(times, [2 ** 60 + i // 3 for i in range(40)]),  # equal as doubles
+        "infinite-score": lambda f: f(times, [*values[:30], 1e308, *values[31:]]),
+        "empty": lambda f: f([], []),
+    }
+    same_outcome(feeds[case], warm)
+
+
+def test_numpy_array_input_scores_as_lists() -> None:
+    samples = stream(3000, 5)
+    lists, arrays = (RobustZScoreDetector("gw-1", "cpu", OPTIONS["defaults"]) for _ in range(2))
+    expected = lists._step_many_python([t for t, _ in samples], [v for _, v in samples])
+    got = RUN_KERNEL(arrays, np.array([t for t, _ in samples]), np.array([float(v) for _, v in samples]))
+    assert [(i, a.score, a.kind) for i, a in got] == [(i, a.score, a.kind) for i, a in expected]
+    assert typed(arrays.profile) == typed(lists.profile) and typed(arrays.threshold) == typed(lists.threshold)
