@@ -14,8 +14,9 @@ other, with the same publisher:
   ``--view`` adds the live view's sink, as ``edge-coordinator`` runs it). The clock stops
   when the last sample is stored (the processor stores on a writer thread).
 
-Printed: messages/s and samples/s of both, the ratio, and whether every sample
-arrived exactly once (sequence accounting: missing and duplicates must be 0).
+Printed: messages/s and samples/s of both, the ratio, the store's size on disk
+per sample (beside the wire's), and whether every sample arrived exactly once
+(sequence accounting: missing and duplicates must be 0).
 Targets: >= 100,000 samples/s with zero loss at QoS 1, and >= half the
 mosquitto_sub message rate.
 """
@@ -39,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from coordinator.ingest import Ingest, IngestBatch  # noqa: E402
+from coordinator.store.sql_store import DEFAULT_DB_NAME  # noqa: E402
 from schemas.messages import MetricSample, MetricsBatch, encode_record  # noqa: E402
 
 PUBLISHER = textwrap.dedent("""
@@ -121,7 +123,7 @@ class Counter:
 
 
 def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
-            full: bool, view: bool = False) -> tuple[float, Ingest]:
+            full: bool, view: bool = False) -> tuple[float, Ingest, int | None]:
     bus = BusSession(BusConfig(port=port, client_id="bench-coordinator", clean_start=True,
                                protocol="3.1.1"))
     counter = Counter(total_samples)
@@ -155,14 +157,16 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     pub.wait(120)
     bus.stop(flush_timeout=0)
     ingest.stop()
+    size = None
     if store is not None:
         stored = store.count_samples()
         store.close()
         if stored != total_samples:
             raise SystemExit(f"stored {stored} of {total_samples} samples")
+        size = sum(f.stat().st_size for f in workdir.glob(f"{DEFAULT_DB_NAME}*"))
     if not finished or counter.first is None:
         raise SystemExit(f"edgebus ingest saw only {counter.samples} of {total_samples} samples")
-    return counter.samples / (end - counter.first), ingest
+    return counter.samples / (end - counter.first), ingest, size
 
 
 def main() -> None:
@@ -181,12 +185,13 @@ def main() -> None:
         stream = workdir / "stream.bin"
         messages = make_stream(stream, args.devices, args.batches, args.samples)
         total = messages * args.samples
+        stream_bytes = stream.stat().st_size
         print(f"stream: {messages} messages x {args.samples} samples = {total} samples, "
               f"{stream.stat().st_size / messages:.0f} B/message, QoS 1, cpus={os.cpu_count()}")
         broker, port = start_mosquitto(workdir)
         try:
             sub_rate = ceiling(port, stream, messages)
-            rate, ingest = edgebus(port, stream, total, workdir, not args.decode_only, args.view)
+            rate, ingest, size = edgebus(port, stream, total, workdir, not args.decode_only, args.view)
         finally:
             stop(broker)
     stats = ingest.stats()
@@ -198,6 +203,9 @@ def main() -> None:
     what += " + live view" if args.view else ""
     print(f"edgebus ingest ({what}): {rate / args.samples:9.0f} messages/s = {rate:10.0f} samples/s")
     print(f"ratio edgebus / mosquitto_sub: {rate / (sub_rate * args.samples):.2f}")
+    if size is not None:
+        print(f"store on disk: {size / 1e6:.1f} MB = {size / total:.1f} bytes/sample "
+              f"(wire: {stream_bytes / total:.1f} bytes/sample)")
     print(f"exactly once: received {received} of {total}, missing {missing}, "
           f"duplicates {stats.duplicates}, dead letters {sum(stats.dead_letters.values())}")
     ok_rate = rate >= 100_000
