@@ -49,6 +49,7 @@ from paho.mqtt.properties import Properties
 from broker.buffered_socket import BufferedSocket
 from broker.config_values import check_section_keys
 from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
+from broker.paho_client import FewerSyscallsClient
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
 from schemas.errors import BusError, ConfigError, NotConnected, TopicError
 from schemas.topics import TopicTree, validate_device_id, validate_publish_topic
@@ -351,7 +352,7 @@ class BusSession:
         kwargs: dict[str, Any] = {}
         if not mqtt5:
             kwargs["clean_session"] = cfg.clean_start
-        client = _BufferedClient(
+        client = FewerSyscallsClient(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.resolved_client_id(),
             protocol=protocol,
@@ -599,13 +600,6 @@ class BusSession:
         if not self._connected.is_set():
             raise NotConnected(f"not connected to {self.config.host}:{self.config.port}: "
                                f"{self._stats.last_error or 'connecting'}")
-
-
-class _BufferedClient(mqtt.Client):
-    """paho's client on a :class:`BufferedSocket` (fewer system calls a message; see there)."""
-
-    def _create_socket(self) -> Any:
-        return BufferedSocket(super()._create_socket())
 
 
 def _disable_nagle(client: mqtt.Client) -> None:

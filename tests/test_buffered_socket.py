@@ -9,6 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from broker.buffered_socket import HOLD_LIMIT, BufferedSocket
+from broker.paho_client import FewerSyscallsClient, _LoopWaker
+from broker.session import BusSession
+from tests.brokers import MosquittoUnderTest
+from tests.bus_helpers import WAIT, config_for, wait_until
 
 
 @pytest.fixture
@@ -117,3 +121,25 @@ def test_a_full_send_buffer_keeps_bytes_held_and_paho_polling(
         buffered.pending()
     assert buffered.pending() == 0
     assert buffered.send(b"Q" * 100) == 100
+
+
+@pytest.mark.integration
+def test_the_session_runs_paho_on_the_buffered_socket_without_self_wakeups(
+        mosquitto_broker: MosquittoUnderTest) -> None:
+    """The hooks into paho's private parts engage with the pinned paho, and messages flow both ways."""
+    bus = BusSession(config_for(mosquitto_broker, client_id="buffered-check"))
+    got: list[bytes] = []
+    bus.subscribe("edgebus/buffered/#", lambda m: got.append(bytes(m.payload)))
+    bus.start()
+    try:
+        assert bus.wait_connected(WAIT)
+        client = bus._conn.client if bus._conn is not None else None
+        assert isinstance(client, FewerSyscallsClient)
+        assert isinstance(client.socket(), BufferedSocket)
+        assert wait_until(lambda: isinstance(client._sockpairW, _LoopWaker))
+        for i in range(200):
+            assert bus.publish(f"edgebus/buffered/{i % 3}", str(i).encode(), qos=1)
+        assert wait_until(lambda: len(got) == 200), f"received {len(got)} of 200"
+        assert sorted(int(p) for p in got) == list(range(200))
+    finally:
+        bus.stop()
