@@ -86,11 +86,19 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 class SubscriptionRouter:
-    """The session's routes; thread-safe to add and remove while connected."""
+    """The session's routes; thread-safe to add and remove while connected.
+
+    Which routes a topic matches is remembered per topic (a fleet's topics are
+    a bounded set, read thousands of times a second), and forgotten whenever
+    the routes change or more than :attr:`CACHE_TOPICS` topics were seen.
+    """
+
+    CACHE_TOPICS = 10_000
 
     def __init__(self) -> None:
         self._routes: list[Route] = []
         self._lock = threading.Lock()
+        self._matches: dict[str, tuple[Route, ...]] = {}
 
     def add(self, topic_filter: str, handler: Handler, qos: int = 1) -> Route:
         validate_topic_filter(strip_share(topic_filter))
@@ -99,12 +107,14 @@ class SubscriptionRouter:
         route = Route(topic_filter, qos, handler)
         with self._lock:
             self._routes.append(route)
+            self._matches = {}
         return route
 
     def remove(self, route: Route) -> bool:
         """Drop ``route``; True when no other route still uses its filter."""
         with self._lock:
             self._routes.remove(route)
+            self._matches = {}
             return all(r.topic_filter != route.topic_filter for r in self._routes)
 
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -117,8 +127,14 @@ class SubscriptionRouter:
 
     def dispatch(self, message: ReceivedMessage) -> int:
         """Call every matching handler; a failing handler is logged, never fatal."""
-        with self._lock:
-            routes = [r for r in self._routes if topic_matches(r.match_filter, message.topic)]
+        topic = message.topic
+        routes = self._matches.get(topic)
+        if routes is None:
+            with self._lock:
+                routes = tuple(r for r in self._routes if topic_matches(r.match_filter, topic))
+                if len(self._matches) >= self.CACHE_TOPICS:
+                    self._matches = {}
+                self._matches[topic] = routes
         for route in routes:
             try:
                 route.handler(message)

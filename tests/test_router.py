@@ -63,3 +63,23 @@ def test_bad_filters_are_refused() -> None:
         router.add("a/#/b", lambda m: None)
     with pytest.raises(ValueError, match="qos"):
         router.add("a", lambda m: None, qos=5)
+
+
+def test_remembered_matches_follow_routes_added_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = SubscriptionRouter()
+    got: list[str] = []
+    first = router.add("edgebus/+/metrics", lambda m: got.append("first"))
+    message = ReceivedMessage("edgebus/a/metrics", b"", 1, False)
+    assert router.dispatch(message) == 1
+    second = router.add("edgebus/a/#", lambda m: got.append("second"))
+    assert router.dispatch(message) == 2  # a route added after the topic was seen gets it
+    router.remove(first)
+    assert router.dispatch(message) == 1
+    router.remove(second)
+    assert router.dispatch(message) == 0
+    assert got == ["first", "first", "second", "second"]
+    monkeypatch.setattr(SubscriptionRouter, "CACHE_TOPICS", 3)
+    router.add("edgebus/#", lambda m: None)
+    for i in range(10):  # many distinct topics: what is remembered stays bounded, matching stays right
+        assert router.dispatch(ReceivedMessage(f"edgebus/d{i}/metrics", b"", 1, False)) == 1
+    assert len(router._matches) <= 3
