@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from typing import Any
 
 from broker.router import ReceivedMessage
 from broker.session import BusSession
+from coordinator.batch_queue import BatchQueue
 from schemas.errors import CodecError, TopicError, UnsupportedVersion
 from schemas.messages import DEFAULT_CODEC, Birth, DetectionsBatch, MetricsBatch
 from schemas.metrics import MetricColumns
@@ -165,7 +165,7 @@ class Ingest:
     """Subscribes a coordinator session to the fleet's streams and feeds the sinks."""
 
     def __init__(self, session: BusSession, sinks: Sequence[Sink] = (), *, shared_group: str | None = None,
-                 queue_size: int = 20_000, batch_messages: int = 2_000, batch_wait: float = 0.05,
+                 queue_size: int = 20_000, batch_messages: int = 2_000, batch_wait: float = 0.2,
                  clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
                  sequences: SequenceTracker | None = None) -> None:
         self.session = session
@@ -173,9 +173,8 @@ class Ingest:
         self.sinks = list(sinks)
         self.shared_group = shared_group
         self.sequences = sequences or SequenceTracker()
-        self._queue: queue.Queue[ReceivedMessage | None] = queue.Queue(maxsize=queue_size)
-        self._batch_messages = batch_messages
-        self._batch_wait = batch_wait
+        self._queue: BatchQueue[ReceivedMessage] = BatchQueue(
+            maxsize=queue_size, batch_items=batch_messages, window=batch_wait)
         self._clock_ms = clock_ms
         self._stats = IngestStats()
         self._stats_lock = threading.Lock()
@@ -196,6 +195,10 @@ class Ingest:
 
     def start(self) -> Ingest:
         """Start the decoder and subscribe (before or after the session starts)."""
+        if self._queue.closed:  # started again after a stop
+            q = self._queue
+            self._queue = BatchQueue(maxsize=q.maxsize, batch_items=q.batch_items, window=q.window)
+            self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="edgebus-ingest", daemon=True)
         self._thread.start()
         for topic_filter in self.subscriptions():
@@ -207,7 +210,7 @@ class Ingest:
         if self._thread is None:
             return
         self._stopping.set()
-        self._queue.put(None)
+        self._queue.close()
         self._thread.join(timeout)
         self._thread = None
         self._flush_sinks(timeout)
@@ -249,7 +252,7 @@ class Ingest:
         with self._stats_lock:
             snap = IngestStats(**{f: getattr(self._stats, f) for f in IngestStats.__slots__})
             snap.dead_letters = Counter(self._stats.dead_letters)
-        snap.queue_depth = self._queue.qsize()
+        snap.queue_depth = len(self._queue)
         return snap
 
     # -- network thread ------------------------------------------------
@@ -258,12 +261,10 @@ class Ingest:
         with self._idle:
             self._pending += 1
         while not self._stopping.is_set():
-            try:
-                self._queue.put(message, timeout=0.5)
+            if self._queue.put(message, timeout=0.5):
                 return
-            except queue.Full:
-                logger.warning("ingest queue full (%d); holding the network thread",
-                               self._queue.maxsize)
+            if not self._stopping.is_set():
+                logger.warning("ingest queue full (%d); holding the network thread", self._queue.maxsize)
         with self._idle:
             self._pending -= 1
             self._idle.notify_all()
@@ -271,27 +272,8 @@ class Ingest:
     # -- decoder thread ------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                break
-            messages = [first]
-            deadline = time.monotonic() + self._batch_wait
-            stop = False
-            while len(messages) < self._batch_messages:
-                remaining = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else \
-                        self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                messages.append(item)
+        while (messages := self._queue.get_batch()) is not None:
             self._process(messages)
-            if stop:
-                break
 
     def _process(self, messages: list[ReceivedMessage]) -> None:
         batch = IngestBatch()
