@@ -2,10 +2,11 @@
 
 ``queue.Queue`` wakes its consumer for every item put. The ingest's decoder
 wants batches (a window of ``window`` seconds or ``batch_items`` messages,
-whichever fills first), and thousands of wake-ups a second cost it the GIL
-handovers that the network thread needs: here the producer wakes the
+whichever fills first, or sooner when nothing more arrived for ``idle``
+seconds: the burst is over), and thousands of wake-ups a second cost it the
+GIL handovers that the network thread needs: here the producer wakes the
 consumer only when the queue stops being empty and when a full batch is
-waiting.
+waiting; the consumer looks in every ``idle`` seconds meanwhile.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ class BatchQueue(Generic[T]):
     ([1, 2], [3])
     """
 
-    def __init__(self, *, maxsize: int, batch_items: int, window: float) -> None:
-        if maxsize < 1 or batch_items < 1 or window < 0:
-            raise ValueError("maxsize and batch_items must be positive and window not negative")
-        self.maxsize, self.batch_items, self.window = maxsize, batch_items, window
+    def __init__(self, *, maxsize: int, batch_items: int, window: float, idle: float | None = None) -> None:
+        if maxsize < 1 or batch_items < 1 or window < 0 or (idle is not None and idle <= 0):
+            raise ValueError("maxsize, batch_items and idle must be positive and window not negative")
+        self.maxsize, self.batch_items, self.window, self.idle = maxsize, batch_items, window, idle
+        self._appended = 0
         self._items: deque[T] = deque()
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -55,6 +57,7 @@ class BatchQueue(Generic[T]):
             if self._closed or len(self._items) >= self.maxsize:
                 return False
             self._items.append(item)
+            self._appended += 1
             count = len(self._items)
             if count == 1 or count == self.batch_items:
                 self._ready.notify()
@@ -74,7 +77,11 @@ class BatchQueue(Generic[T]):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._ready.wait(remaining)
+                seen = self._appended
+                if self.idle is None:
+                    self._ready.wait(remaining)
+                elif not self._ready.wait(min(remaining, self.idle)) and self._appended == seen:
+                    break  # nothing arrived for `idle` seconds: the burst is over
             items = self._items
             batch = [items.popleft() for _ in range(min(len(items), self.batch_items))]
             self._room.notify_all()

@@ -43,6 +43,9 @@ from schemas.topics import ParsedTopic, TopicKind
 
 __all__ = ["DeadLetter", "DetectionRow", "Ingest", "IngestBatch", "IngestStats", "SampleRow"]
 
+# A batch is handed to the decoder after batch_wait, or sooner once no message came for this long.
+BATCH_IDLE = 0.02
+
 logger = logging.getLogger(__name__)
 
 
@@ -174,7 +177,7 @@ class Ingest:
         self.shared_group = shared_group
         self.sequences = sequences or SequenceTracker()
         self._queue: BatchQueue[ReceivedMessage] = BatchQueue(
-            maxsize=queue_size, batch_items=batch_messages, window=batch_wait)
+            maxsize=queue_size, batch_items=batch_messages, window=batch_wait, idle=BATCH_IDLE)
         self._clock_ms = clock_ms
         self._stats = IngestStats()
         self._stats_lock = threading.Lock()
@@ -197,7 +200,8 @@ class Ingest:
         """Start the decoder and subscribe (before or after the session starts)."""
         if self._queue.closed:  # started again after a stop
             q = self._queue
-            self._queue = BatchQueue(maxsize=q.maxsize, batch_items=q.batch_items, window=q.window)
+            self._queue = BatchQueue(maxsize=q.maxsize, batch_items=q.batch_items, window=q.window,
+                                     idle=q.idle)
             self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="edgebus-ingest", daemon=True)
         self._thread.start()

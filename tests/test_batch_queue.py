@@ -59,3 +59,11 @@ def test_close_hands_over_what_is_queued_then_none_and_wakes_everyone() -> None:
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError):
         BatchQueue(maxsize=0, batch_items=1, window=0.0)
+
+
+@pytest.mark.timeout(30)
+def test_a_burst_that_ended_is_handed_over_without_waiting_for_the_window() -> None:
+    q: BatchQueue[int] = BatchQueue(maxsize=100, batch_items=50, window=3600.0, idle=0.01)
+    for i in range(5):
+        q.put(i)
+    assert q.get_batch() == [0, 1, 2, 3, 4]  # an hour-long window, but nothing more is coming

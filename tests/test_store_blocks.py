@@ -18,6 +18,7 @@ from coordinator.store.blocks import (
     MAX_TIME_SPAN_MS,
     Block,
     blocks_of_rows,
+    blocks_of_runs,
     decode_block,
     split_run,
 )
@@ -127,3 +128,17 @@ def test_migration_carries_row_samples_into_blocks_and_back(open_backend: StoreF
         back = conn.execute(sa.text(
             "SELECT device, epoch, seq, time_ms, name, value FROM metric_samples ORDER BY device, seq")).all()
     assert [tuple(r) for r in back] == [tuple(r.values()) for r in rows]
+
+
+def test_consecutive_runs_of_a_device_are_joined_into_one_block_and_read_back_alike() -> None:
+    runs = [MetricColumns("gw-1", 1, 0, ["cpu", "mem"], [0, 1, 0], [T0, T0, T0 + 1], [1.0, 2.0, 3.0]),
+            MetricColumns("gw-2", 1, 7, ["cpu"], [0], [T0], [9.0]),
+            MetricColumns("gw-1", 1, 3, ["mem", "disk"], [1, 0], [T0 + 2, T0 + 2], [4.0, 5.0]),
+            MetricColumns("gw-1", 1, 9, ["cpu"], [0], [T0 + 3], [6.0]),  # a gap: a new block
+            MetricColumns("gw-1", 2, 10, ["cpu"], [0], [T0 + 4], [7.0])]  # a new epoch: a new block
+    blocks = sorted(blocks_of_runs(runs), key=lambda b: (b.device, b.epoch, b.first_seq))
+    assert [(b.device, b.epoch, b.first_seq, b.count) for b in blocks] == [
+        ("gw-1", 1, 0, 5), ("gw-1", 1, 9, 1), ("gw-1", 2, 10, 1), ("gw-2", 1, 7, 1)]
+    assert list(blocks[0].samples()) == [(0, T0, "cpu", 1.0), (1, T0, "mem", 2.0), (2, T0 + 1, "cpu", 3.0),
+                                         (3, T0 + 2, "disk", 4.0), (4, T0 + 2, "mem", 5.0)]
+    assert runs[0].times == [T0, T0, T0 + 1]  # the runs themselves are left as they were

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from coordinator.store import tables as t
-from coordinator.store.blocks import MAX_SEQ_SPAN, Block, blocks_of_rows, decode_block, split_run
+from coordinator.store.blocks import MAX_SEQ_SPAN, Block, blocks_of_rows, blocks_of_runs, decode_block
 from coordinator.store.records import DetectionLike, WriteBatch, WriteResult
 from schemas.sequence import DeviceSequence
 
@@ -111,14 +111,10 @@ def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
 
 
 def _new_blocks(batch: WriteBatch) -> tuple[list[Block], int]:
-    """The batch's samples as blocks (a run of columns is one block), and repeats within the batch."""
+    """The batch's samples as blocks (each device's consecutive runs joined), and repeats within the batch."""
     blocks, repeats = blocks_of_rows([(s.device, s.epoch, s.seq, s.time_ms, s.name, s.value)
                                       for s in batch.samples]) if batch.samples else ([], 0)
-    for c in batch.sample_columns:
-        if c.times:
-            blocks += split_run(Block(c.device, c.epoch, c.first_seq, None, c.names, c.name_index, c.times,
-                                      c.values))
-    return blocks, repeats
+    return blocks + blocks_of_runs(batch.sample_columns), repeats
 
 
 def _stored_overlapping(conn: Connection, blocks: Sequence[Block]) -> dict[tuple[str, int], list[Block]]:
