@@ -213,7 +213,8 @@ def eventful(n: int, seed: int) -> list[tuple[int, float]]:
             x = 42.0
         if kind == 5 and rng.random() < 0.01:
             x = float(rng.choice([math.nan, math.inf, 7.0, 0.0, -0.0]))
-        out.append((t, round(x) if rng.random() < 0.05 else x))
+        as_int = rng.random() < 0.05
+        out.append((t, round(x) if as_int and math.isfinite(x) else x))
     return out
 
 
@@ -271,6 +272,66 @@ def test_observe_columns_is_observe_in_sample_order() -> None:
     assert grouped.observe_many(flat) == expected
 
 
+@dataclass
+class LayoutColumns:
+    device: str
+    names: list[str]
+    name_index: list[int]
+    times: list[int]
+    values: list[float]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_observe_columns_is_observe_whatever_the_layout_of_the_parts(seed: int) -> None:
+    """Name tables that change, repeat a name, cover part of a cycle or are shuffled: same alerts, state."""
+    rng = np.random.default_rng(seed)
+    metrics = ["cpu", "temp", "disk"]
+    streams = {(d, m): iter(eventful(4000, seed * 10 + i)) for i, (d, m) in
+               enumerate((d, m) for d in ("gw-1", "gw-2") for m in metrics)}
+    parts: list[LayoutColumns] = []
+    flat: list[tuple[str, str, int, float]] = []
+    for _ in range(500):
+        device = str(rng.choice(["gw-1", "gw-2"]))
+        layout = int(rng.integers(0, 5))
+        names = list(rng.permutation(metrics)[:int(rng.integers(1, 4))])
+        if layout == 4 and len(names) > 1:
+            names[-1] = names[0]  # a repeated name in the table
+        cycles = int(rng.integers(1, 20))
+        index = [j % len(names) for j in range(cycles * len(names))]
+        if layout == 1:
+            index = index[:-1] or index  # part of a cycle
+        elif layout == 2:
+            index = [int(k) for k in rng.permutation(index)]  # shuffled
+        rows = [(names[k], next(streams[(device, names[k])])) for k in index]
+        parts.append(LayoutColumns(device, names, index, [t for _, (t, _) in rows],
+                                   [v for _, (_, v) in rows]))
+        flat += [(device, name, t, v) for name, (t, v) in rows]
+    config = {"detector": {"warmup": 30, "season_ms": 0}}
+    one_by_one, columns = AnomalyEngine(config), AnomalyEngine(config)
+    expected = [a for s in flat for a in one_by_one.observe(*s)]
+    got: list[object] = []
+    start = 0
+    while start < len(parts):
+        size = int(rng.integers(1, 25))
+        got += columns.observe_columns(parts[start:start + size])
+        start += size
+    assert len(expected) > 3 and got == expected
+    for key, detector in one_by_one._streams.items():
+        assert state_of(columns._streams[key]) == state_of(detector)
+
+
 def test_a_zero_minimum_threshold_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="min_threshold"):
         AnomalyEngine({"detector": {"min_threshold": 0}})
+
+
+def test_joined_parts_map_each_stream_sample_back_to_its_part_and_position() -> None:
+    """How alerts from a batch are put in sample order: (part, position) of every sample of a joined run."""
+    from coordinator.anomaly.engine import _DeviceRun
+
+    run = _DeviceRun(["cpu", "temp"])
+    run.add(3, [0, 0, 1, 1], [0.0] * 4)  # part 3: cpu, temp, cpu, temp
+    run.add(5, [2, 2], [0.0] * 2)        # part 5: cpu, temp
+    run.add(8, [3, 3, 4, 4, 5, 5], [0.0] * 6)
+    assert [run.where(0, i) for i in range(6)] == [(3, 0), (3, 2), (5, 0), (8, 0), (8, 2), (8, 4)]
+    assert [run.where(1, i) for i in range(6)] == [(3, 1), (3, 3), (5, 1), (8, 1), (8, 3), (8, 5)]

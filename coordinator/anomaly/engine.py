@@ -53,6 +53,57 @@ class SampleColumns(Protocol):
     def values(self) -> Sequence[float]: ...
 
 
+class _PartSlice:
+    """Samples taken from one part: the stream's ``i``-th of them is at ``positions[i]`` in part ``part``."""
+
+    __slots__ = ("part", "positions")
+
+    def __init__(self, part: int, positions: Sequence[int]) -> None:
+        self.part, self.positions = part, positions
+
+    def where(self, i: int) -> tuple[int, int]:
+        return self.part, self.positions[i]
+
+
+class _DeviceRun:
+    """A device's parts that all list the same distinct names in cyclic order, joined end to end.
+
+    Metric ``k``'s samples are then ``times[k::width]`` of the joined columns:
+    one slice per metric per batch instead of one per metric per part.
+    """
+
+    __slots__ = ("names", "parts", "starts", "times", "values")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+        self.parts: list[int] = []
+        self.starts: list[int] = []  # where each part begins in the joined columns
+        self.times: list[int] = []
+        self.values: list[float] = []
+
+    def add(self, part: int, times: Sequence[int], values: Sequence[float]) -> None:
+        self.parts.append(part)
+        self.starts.append(len(self.times))
+        self.times += times
+        self.values += values
+
+    def where(self, metric: int, i: int) -> tuple[int, int]:
+        """(part, position in the part) of metric ``metric``'s ``i``-th sample."""
+        joined = metric + i * len(self.names)
+        p = bisect.bisect_right(self.starts, joined) - 1
+        return self.parts[p], joined - self.starts[p]
+
+
+class _JoinedSlice:
+    __slots__ = ("metric", "run")
+
+    def __init__(self, run: _DeviceRun, metric: int) -> None:
+        self.run, self.metric = run, metric
+
+    def where(self, i: int) -> tuple[int, int]:
+        return self.run.where(self.metric, i)
+
+
 class _StreamRun:
     """A stream's samples gathered from a batch, and where each came from (to order the alerts)."""
 
@@ -62,19 +113,18 @@ class _StreamRun:
         self.times: list[int] = []
         self.values: list[float] = []
         self.starts: list[int] = []  # index in times where each origin's samples begin
-        self.origins: list[tuple[int, Sequence[int]]] = []  # (part, positions within the part)
+        self.origins: list[_PartSlice | _JoinedSlice] = []
 
-    def add(self, part: int, positions: Sequence[int], times: Sequence[int], values: Sequence[float]) -> None:
+    def add(self, origin: _PartSlice | _JoinedSlice, times: Sequence[int], values: Sequence[float]) -> None:
         self.starts.append(len(self.times))
-        self.origins.append((part, positions))
+        self.origins.append(origin)
         self.times += times
         self.values += values
 
     def origin(self, index: int) -> tuple[int, int]:
         """(part, position in the part) of the stream's ``index``-th sample."""
         k = bisect.bisect_right(self.starts, index) - 1
-        part, positions = self.origins[k]
-        return part, positions[index - self.starts[k]]
+        return self.origins[k].where(index - self.starts[k])
 
 
 _CYCLES: dict[tuple[int, int], list[int]] = {}
@@ -166,31 +216,54 @@ class AnomalyEngine:
 
         The same as :meth:`observe_many` over every part's samples, without a
         tuple per sample: each stream's samples are sliced out of the columns
-        (one slice per metric when the names repeat in a fixed order, the usual
-        layout of a batch) and scored in one :meth:`StreamDetector.step_many`.
+        and scored in one :meth:`StreamDetector.step_many`. In the usual layout
+        (a device's names repeating in a fixed order, message after message)
+        the device's parts are joined and each metric is sliced once.
         """
         streams: dict[tuple[str, str], _StreamRun] = {}
+
+        def stream(device: str, name: str) -> _StreamRun:
+            run = streams.get((device, name))
+            if run is None:
+                run = streams[(device, name)] = _StreamRun()
+            return run
+
+        def flush(device: str, joined: _DeviceRun) -> None:
+            width = len(joined.names)
+            for k, name in enumerate(joined.names):
+                stream(device, name).add(_JoinedSlice(joined, k), joined.times[k::width],
+                                         joined.values[k::width])
+
+        joining: dict[str, _DeviceRun] = {}
         for part_no, part in enumerate(parts):
-            names, index, times, values = part.names, part.name_index, part.times, part.values
+            device, names, index = part.device, part.names, part.name_index
+            times, values = part.times, part.values
             count, width = len(times), len(names)
-            if width and count >= width and index == _cycle(width, count):
-                slices: Iterable[tuple[int, Sequence[int], Sequence[int], Sequence[float]]] = (
-                    (k, range(k, count, width), times[k::width], values[k::width]) for k in range(width))
-            else:
-                where: dict[int, list[int]] = {}
-                for i, k in enumerate(index):
-                    found_at = where.get(k)
-                    if found_at is None:
-                        where[k] = [i]
-                    else:
-                        found_at.append(i)
-                slices = ((k, p, [times[i] for i in p], [values[i] for i in p]) for k, p in where.items())
-            for k, positions, stream_times, stream_values in slices:
-                key = (part.device, names[k])
-                run = streams.get(key)
-                if run is None:
-                    run = streams[key] = _StreamRun()
-                run.add(part_no, positions, stream_times, stream_values)
+            joined = joining.get(device)
+            if width and count and not count % width and index == _cycle(width, count):
+                if joined is not None and joined.names == names:
+                    joined.add(part_no, times, values)
+                    continue
+                if joined is not None:
+                    flush(device, joining.pop(device))
+                if len(set(names)) == width:  # distinct names: one stream per position
+                    joining[device] = _DeviceRun(names)
+                    joining[device].add(part_no, times, values)
+                    continue
+            elif joined is not None:  # keep each stream's samples in part order
+                flush(device, joining.pop(device))
+            where: dict[str, list[int]] = {}  # by name: a table may list a name twice
+            for i, k in enumerate(index):
+                found_at = where.get(names[k])
+                if found_at is None:
+                    where[names[k]] = [i]
+                else:
+                    found_at.append(i)
+            for name, positions in where.items():
+                stream(device, name).add(_PartSlice(part_no, positions), [times[i] for i in positions],
+                                         [values[i] for i in positions])
+        for device, joined in joining.items():
+            flush(device, joined)
         found: list[tuple[tuple[int, int], Alert]] = []
         for key, run in streams.items():
             detector = self._streams.get(key) or self.detector(*key)
