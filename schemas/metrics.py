@@ -38,7 +38,7 @@ from schemas.record_base import (
     register_record,
 )
 
-__all__ = ["MetricColumns", "MetricSample", "MetricsBatch"]
+__all__ = ["MetricColumns", "MetricSample", "MetricsBatch", "cycle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,10 +293,18 @@ class MetricColumns:
                 or not 0 <= epoch <= INT64_MAX or not 0 <= first_seq <= INT64_MAX - count
                 or not 0 <= t0 <= INT64_MAX):
             return None
-        if count and (not set(map(type, index)) <= _INT or min(index) < 0 or max(index) >= width
-                      or not set(map(type, deltas)) <= _INT or min(deltas) < INT64_MIN
-                      or max(deltas) > INT64_MAX):
-            return None
+        # The usual table order (0, 1, .., width-1, 0, 1, ..) is checked by one comparison, once its
+        # entries are known to be ints (== alone would also take 1.0 or True for 1).
+        cyclic = False
+        if count:
+            if not set(map(type, index)) <= _INT or not set(map(type, deltas)) <= _INT:
+                return None
+            cyclic = bool(width) and index == cycle(width, count)
+            if not cyclic and (min(index) < 0 or max(index) >= width):
+                return None
+            low_delta = min(deltas)
+            if low_delta < INT64_MIN or max(deltas) > INT64_MAX:
+                return None
         if not set(map(type, names)) <= _STR or not set(map(type, scales)) <= _INT_OR_NONE:
             return None
         divisors: list[int | None] = []
@@ -306,18 +314,41 @@ class MetricColumns:
             divisors.append(None if scale is None else 10**scale)
         times = list(accumulate(deltas, initial=t0))
         del times[0]
-        if count and (min(times) < 0 or max(times) > INT64_MAX):
-            return None
+        if count:
+            # Times that never go back start at their minimum and end at their maximum.
+            if low_delta >= 0:
+                if times[0] < 0 or times[-1] > INT64_MAX:
+                    return None
+            elif min(times) < 0 or max(times) > INT64_MAX:
+                return None
         try:
             check_device("metrics device", device)
-            for k in set(index):
-                check_name("metric sample name", names[k])
+            # Only names that samples use are checked, as the record path checks them.
+            for name in names if cyclic and count >= width else [names[k] for k in set(index)]:
+                check_name("metric sample name", name)
         except CodecError:
             return None
         values = _column_values(divisors, index, wire)
         if values is None:
             return None
         return cls(device, epoch, first_seq, names, index, times, values[0], values[1])
+
+
+_CYCLES: dict[tuple[int, int], list[int]] = {}
+
+
+def cycle(width: int, count: int) -> list[int]:
+    """``[0, 1, .., width-1, 0, 1, ..]`` of length ``count``: the usual name index of a batch.
+
+    Shared and cached: compare with it, never change it.
+    """
+    key = (width, count)
+    found = _CYCLES.get(key)
+    if found is None:
+        if len(_CYCLES) > 256:
+            _CYCLES.clear()
+        found = _CYCLES[key] = (list(range(width)) * (count // width + 1))[:count]
+    return found
 
 
 _INT = frozenset({int})

@@ -130,7 +130,8 @@ def test_the_column_decoder_accepts_exactly_what_the_record_decoder_does() -> No
                  ("vals", 1.5), ("vals", 2**64), ("idx", -1), ("idx", 99), ("idx", 1.0), ("dt", -2**50),
                  ("dt", 2**64), ("t0", -5), ("t0", 2**63), ("names", "bad/name"), ("names", 5),
                  ("scale", 23), ("scale", True), ("scale", None), ("extra", 1), ("device", "_x"), ("v", 2),
-                 ("seq", 2**63 - 2)]
+                 ("seq", 2**63 - 2), ("names_last", "bad/name"), ("idx", True), ("dt_last", -2**62),
+                 ("dt_last", 2**63 - 1)]
     fast = 0
     for trial in range(600):
         names = [f"m{i}" for i in range(rng.randint(1, 4))]
@@ -142,15 +143,18 @@ def test_the_column_decoder_accepts_exactly_what_the_record_decoder_does() -> No
 
         t = rng.randint(0, 2**40)
         samples = []
-        for _ in range(rng.randint(0, 30)):
+        cyclic = trial % 4 == 1  # the usual layout: the names in table order, over and over
+        for i in range(rng.randint(0, 30)):
             t += rng.choice([0, 5, 1000])
-            samples.append(MetricSample(t, rng.choice(names), value()))
+            samples.append(MetricSample(t, names[i % len(names)] if cyclic else rng.choice(names), value()))
         record = MetricsBatch(device="gw-1", epoch=rng.randint(0, 3), first_seq=rng.randint(0, 99),
                               samples=samples)
         body = EnvelopeCodec().decode(encode_record(record))
         if trial % 2 and body["vals"]:
             key, bad = rng.choice(breakages)
-            if key in ("vals", "idx", "dt", "names", "scale"):
+            if key in ("names_last", "dt_last"):
+                body[key[:-5]][-1] = bad
+            elif key in ("vals", "idx", "dt", "names", "scale"):
                 body[key][0] = bad
             else:
                 body["zz" if key == "extra" else key] = bad

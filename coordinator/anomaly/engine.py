@@ -26,6 +26,7 @@ from coordinator.anomaly.base import DEFAULT_TYPE, ForecastPoint, StreamDetector
 from coordinator.anomaly.checkpoint import decode_checkpoint, encode_checkpoint
 from coordinator.anomaly.options import check_keys
 from schemas.errors import CodecError, ConfigError
+from schemas.metrics import cycle
 
 __all__ = ["AnomalyEngine", "Sample", "SampleColumns"]
 
@@ -127,20 +128,6 @@ class _StreamRun:
         return self.origins[k].where(index - self.starts[k])
 
 
-_CYCLES: dict[tuple[int, int], list[int]] = {}
-
-
-def _cycle(width: int, count: int) -> list[int]:
-    """``[0, 1, .., width-1, 0, 1, ..]`` of length ``count``: the usual name order of a batch."""
-    key = (width, count)
-    cycle = _CYCLES.get(key)
-    if cycle is None:
-        if len(_CYCLES) > 256:
-            _CYCLES.clear()
-        cycle = _CYCLES[key] = (list(range(width)) * (count // width + 1))[:count]
-    return cycle
-
-
 def _table(where: str, value: object) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -240,7 +227,7 @@ class AnomalyEngine:
             times, values = part.times, part.values
             count, width = len(times), len(names)
             joined = joining.get(device)
-            if width and count and not count % width and index == _cycle(width, count):
+            if width and count and not count % width and index == cycle(width, count):
                 if joined is not None and joined.names == names:
                     joined.add(part_no, times, values)
                     continue
