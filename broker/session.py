@@ -581,7 +581,7 @@ class BusSession:
             user_props = tuple(getattr(props, "UserProperty", ()) or ())
         received = ReceivedMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
                                    content_type, user_props)
-        self._count("received")
+        self._stats.received += 1  # only this (the network) thread writes it: no lock needed
         self.router.dispatch(received)
 
     # -- helpers -------------------------------------------------------

@@ -45,6 +45,8 @@ __all__ = ["DeadLetter", "DetectionRow", "Ingest", "IngestBatch", "IngestStats",
 
 # A batch is handed to the decoder after batch_wait, or sooner once no message came for this long.
 BATCH_IDLE = 0.02
+# Parsed topics remembered (a fleet's topics are a bounded set); forgotten all at once beyond this.
+PARSED_TOPICS = 10_000
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,7 @@ class Ingest:
         self._idle = threading.Condition()
         self._pending = 0
         self._seq_lock = threading.Lock()
+        self._parsed: dict[str, ParsedTopic] = {}
 
     # -- subscriptions -------------------------------------------------
 
@@ -308,11 +311,16 @@ class Ingest:
                                              bytes(message.payload[:65536])))
 
     def _decode_into(self, message: ReceivedMessage, batch: IngestBatch) -> None:
-        try:
-            parsed = self.topics.parse(message.topic)
-        except TopicError as exc:
-            self._dead(batch, message, "bad_topic", str(exc))
-            return
+        parsed = self._parsed.get(message.topic)
+        if parsed is None:
+            try:
+                parsed = self.topics.parse(message.topic)
+            except TopicError as exc:
+                self._dead(batch, message, "bad_topic", str(exc))
+                return
+            if len(self._parsed) >= PARSED_TOPICS:
+                self._parsed.clear()
+            self._parsed[message.topic] = parsed
         device = parsed.device or ""
         if parsed.kind is TopicKind.STATUS:
             batch.statuses.append((device, bytes(message.payload).decode("utf-8", "replace")[:32],

@@ -48,6 +48,7 @@ from coordinator.ingest import Ingest, IngestBatch
 from coordinator.store.base import Store
 from coordinator.store.records import WriteBatch
 from schemas.errors import BusError, CodecError, UnsupportedVersion
+from schemas.metrics import cycle
 
 __all__ = ["FleetProcessor"]
 
@@ -113,7 +114,11 @@ class FleetProcessor:
             for run in runs:
                 names = run.names
                 seen = self.metric_names.setdefault(run.device, set())
-                seen.update(names if len(names) == 1 else map(names.__getitem__, set(run.name_index)))
+                index = run.name_index
+                if len(names) == 1 or (len(index) >= len(names) and index == cycle(len(names), len(index))):
+                    seen.update(names)  # every name of the table is in use
+                else:
+                    seen.update(map(names.__getitem__, set(index)))
         streams = {run.device for run in runs} | {f"{d.device}/{d.camera}" for d in batch.detections}
         write = WriteBatch(sample_columns=runs, detections=batch.detections, events=batch.events,
                            births=batch.births, statuses=batch.statuses, anomalies=alerts,
