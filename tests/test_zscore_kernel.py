@@ -237,7 +237,7 @@ def test_the_first_call_logs_the_compilation(monkeypatch: pytest.MonkeyPatch,
         zscore_kernel.run_kernel(RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions()), [0], [1.0])
         zscore_kernel.run_kernel(RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions()), [0], [1.0])
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == \
-        ["compiling the anomaly scoring kernel (numba; cached after the first run)"]
+        ["preparing the anomaly scoring kernel (numba: compiled once, then loaded from its cache)"]
 
 
 def test_a_checkpoint_taken_after_the_kernel_restores_to_the_python_paths_future() -> None:

@@ -375,7 +375,7 @@ def warm_up() -> bool:
         return False
     if _compiled:
         return True
-    logger.info("compiling the anomaly scoring kernel (numba; cached after the first run)")
+    logger.info("preparing the anomaly scoring kernel (numba: compiled once, then loaded from its cache)")
     started = time.perf_counter()
     try:  # an empty run has the argument types of every run: the one signature compiled
         _kernel(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(F_SIZE + C_SIZE + 1, np.float64),
