@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+from typing import Any
 
 import msgpack
 import pytest
@@ -142,3 +144,30 @@ def test_consecutive_runs_of_a_device_are_joined_into_one_block_and_read_back_al
     assert list(blocks[0].samples()) == [(0, T0, "cpu", 1.0), (1, T0, "mem", 2.0), (2, T0 + 1, "cpu", 3.0),
                                          (3, T0 + 2, "disk", 4.0), (4, T0 + 2, "mem", 5.0)]
     assert runs[0].times == [T0, T0, T0 + 1]  # the runs themselves are left as they were
+
+
+def test_two_writers_storing_overlapping_runs_of_a_device_store_each_sample_once(
+        open_backend: StoreFactory) -> None:
+    """Two coordinators on one database (a shared subscription after a takeover): no sample twice."""
+    stores = [open_backend(), open_backend()]
+    errors: list[BaseException] = []
+
+    def writer(store: Any, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(40):
+                first, count = rng.randrange(0, 400), rng.randrange(1, 40)
+                store.write_batch(WriteBatch(sample_columns=[MetricColumns(
+                    "gw-1", 1, first, ["cpu"], [0] * count, [T0 + s for s in range(first, first + count)],
+                    [float(s) for s in range(first, first + count)])]))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(store, seed)) for seed, store in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    seqs = [s.seq for s in stores[0].samples("gw-1", "cpu")]
+    assert len(seqs) == len(set(seqs)) == stores[0].count_samples()

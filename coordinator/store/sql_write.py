@@ -286,6 +286,12 @@ def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence])
 def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
     """Write ``batch`` on ``conn`` (inside the caller's transaction)."""
     result = WriteResult()
+    # Device rows first: upserting them locks them (PostgreSQL: the rows; SQLite: the database) until
+    # commit, so a second writer storing samples of the same device waits, and its overlap check below
+    # then sees what this transaction stored. Sorted, so that two writers lock in the same order.
+    devices = sorted(_device_rows(batch), key=lambda row: row["id"])
+    _upsert_devices(conn, devices)
+    result.devices = len(devices)
     if batch.samples or batch.sample_columns:
         blocks, repeats = _new_blocks(batch)
         new = _insert_blocks(conn, _unstored(blocks, _stored_overlapping(conn, blocks)))
@@ -319,8 +325,5 @@ def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
             {"received_ms": d.received_ms, "topic": d.topic, "reason": d.reason, "error": d.error,
              "payload": bytes(d.payload)} for d in batch.dead_letters])
         result.dead_letters = len(batch.dead_letters)
-    devices = _device_rows(batch)
-    _upsert_devices(conn, devices)
-    result.devices = len(devices)
     write_sequence_state(conn, batch.sequence_state)
     return result
