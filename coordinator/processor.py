@@ -46,6 +46,7 @@ from coordinator.anomaly.base import ForecastPoint
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.ingest import Ingest, IngestBatch
 from coordinator.store.base import Store
+from coordinator.store.errors import StoreError
 from coordinator.store.records import WriteBatch
 from schemas.errors import BusError, CodecError, UnsupportedVersion
 from schemas.metrics import cycle
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "anomaly.ckpt"
 #: Scored batches waiting for the writer thread at most; then the decoder waits.
 WRITE_QUEUE = 2
+#: Pauses between attempts while the store is unavailable: the first, and the longest.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
 #: Queued batches written in one transaction at most (on a store with shared transactions).
 WRITES_PER_TRANSACTION = 8
 #: The longest forecast the live view asks for, in samples.
@@ -88,6 +92,9 @@ class FleetProcessor:
         self.stored_samples = 0
         #: Batches the writer thread failed to store (logged; their alerts are not published).
         self.write_errors = 0
+        #: Attempts the writer repeated because the store was unavailable.
+        self.write_retries = 0
+        self._stopping = threading.Event()
         self.pipeline = pipeline
         self._writes: queue.Queue[tuple[WriteBatch, list[Alert]] | None] = queue.Queue(maxsize=WRITE_QUEUE)
         self._unwritten = 0
@@ -141,6 +148,7 @@ class FleetProcessor:
         writer = self._writer
         if writer is None:
             return
+        self._stopping.set()  # a writer waiting for an unavailable store gives up
         self._writes.put(None)
         writer.join(timeout)
         self._writer = None
@@ -149,6 +157,7 @@ class FleetProcessor:
         with self._written:
             self._unwritten += 1
         if self._writer is None or not self._writer.is_alive():
+            self._stopping.clear()
             self._writer = threading.Thread(target=self._write_loop, name="edgebus-store-writer", daemon=True)
             self._writer.start()
         self._writes.put((write, alerts))
@@ -185,25 +194,44 @@ class FleetProcessor:
     def _write(self, items: Sequence[tuple[WriteBatch, list[Alert]]]) -> None:
         """Store ``items`` in one transaction, then publish their alerts in order.
 
-        If that fails, each is tried on its own, so one bad batch costs only itself.
+        While the store is unavailable (locked, unreachable, out of space) the
+        writer waits and tries again, with growing pauses: the queues behind it
+        fill and ingest holds the network thread, so the broker keeps what is
+        not read yet and nothing is lost. Any other failure is the batch's own:
+        each is then tried alone, so one bad batch costs only itself.
         """
-        try:
-            with self.write_lock:
-                results = self.store.write_batches([write for write, _ in items])
-        except Exception:
-            if len(items) > 1:
-                for item in items:
-                    self._write([item])
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                with self.write_lock:
+                    results = self.store.write_batches([write for write, _ in items])
+                break
+            except StoreError as exc:
+                if not (exc.transient and self.pipeline) or self._stopping.is_set():
+                    self._write_failed(items, exc)
+                    return
+                self.write_retries += 1
+                logger.warning("store unavailable, holding %d batches and trying again in %.1f s: %s",
+                               len(items), delay, exc)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception as exc:
+                self._write_failed(items, exc)
                 return
-            if not self.pipeline:
-                raise  # the ingest counts and logs a failing sink
-            self.write_errors += 1
-            logger.exception("storing a batch of %d samples failed; its %d alerts are not published",
-                             sum(len(c.times) for c in items[0][0].sample_columns), len(items[0][1]))
-            return
         for result, (_, alerts) in zip(results, items, strict=True):
             self.stored_samples += result.samples_new
             self._announce(alerts)
+
+    def _write_failed(self, items: Sequence[tuple[WriteBatch, list[Alert]]], exc: Exception) -> None:
+        if len(items) > 1:
+            for item in items:
+                self._write([item])
+            return
+        if not self.pipeline:
+            raise exc  # the ingest counts and logs a failing sink
+        self.write_errors += 1
+        logger.error("storing a batch of %d samples failed; its %d alerts are not published",
+                     sum(len(c.times) for c in items[0][0].sample_columns), len(items[0][1]), exc_info=exc)
 
     def record_alerts(self, alerts: list[Alert]) -> None:
         """Store and announce alerts found outside ingest (the periodic batch detector)."""

@@ -4,6 +4,7 @@ start` wires it, for tests on a real broker."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from broker.session import BusSession
 from coordinator.anomaly.engine import AnomalyEngine
@@ -17,9 +18,10 @@ Parts = tuple[BusSession, Ingest, FleetProcessor, Store]
 
 
 def start_coordinator(broker: RunningBroker, data_dir: Path, *, client_id: str = "coordinator",
-                      clean_start: bool = True) -> Parts:
-    """Connected and restored from ``data_dir`` (the detector warms up after 30 samples)."""
-    store = open_store({}, data_dir=data_dir)
+                      clean_start: bool = True, store_config: dict[str, Any] | None = None) -> Parts:
+    """Connected and restored from ``data_dir`` (the detector warms up after 30 samples);
+    ``store_config`` is the ``[store]`` table (default: SQLite in ``data_dir``)."""
+    store = open_store(store_config or {}, data_dir=data_dir)
     bus = BusSession(config_for(broker, client_id=client_id, clean_start=clean_start))
     ingest = Ingest(bus, batch_wait=0.01)
     processor = FleetProcessor(bus, ingest, store, AnomalyEngine({"detector": {"warmup": 30}}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from coordinator.processor import FleetProcessor
 from coordinator.store.base import Store, open_store
 from coordinator.store.errors import StoreError
 from coordinator.store.records import WriteBatch, WriteResult
+from coordinator.store.sql_store import DEFAULT_DB_NAME
 from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.topics import TopicTree
 from tests.brokers import RunningBroker
@@ -107,6 +109,32 @@ class GatedStore:
         if any(c.device == "bad" for b in batches for c in b.sample_columns):
             raise StoreError("refused")
         return self.store.write_batches(batches)
+
+
+def test_a_locked_store_holds_ingest_and_loses_nothing(broker: RunningBroker, tmp_path: Path) -> None:
+    """The database is unavailable for a while (locked by another program): the writer waits, retries."""
+    sender = BusSession(config_for(broker, client_id="sender"))
+    sender.start()
+    assert sender.wait_connected(WAIT)
+    parts = start_coordinator(broker, tmp_path, store_config={"busy_timeout_ms": 50})
+    try:
+        sender.publish(f"edgebus/{DEVICE}/metrics", batch(0, normal(50, 0)))
+        assert wait_until(lambda: parts[3].count_samples(DEVICE) == 50)
+        locker = sqlite3.connect(tmp_path / DEFAULT_DB_NAME, timeout=10)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            for first in range(50, 80, 10):
+                sender.publish(f"edgebus/{DEVICE}/metrics", batch(first, normal(10, first)))
+            assert sender.flush(WAIT)
+            assert wait_until(lambda: parts[2].write_retries > 0), "the writer never met the lock"
+        finally:
+            locker.rollback()
+            locker.close()
+        assert wait_until(lambda: parts[3].count_samples(DEVICE) == 80)
+        assert parts[2].write_errors == 0
+    finally:
+        stop_coordinator(parts)
+        sender.stop()
 
 
 def test_the_writer_thread_stores_in_order_and_a_failing_batch_costs_only_itself(tmp_path: Path) -> None:

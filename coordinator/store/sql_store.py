@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.util import CommandError
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from broker.config_values import check_section_keys
 from coordinator.store import migrate as migrations
@@ -101,7 +101,11 @@ class SqlStore(Store):
         try:
             yield
         except (SQLAlchemyError, CommandError) as exc:
-            raise StoreError(f"store: cannot {what} ({redacted(self.engine.url)}): {exc}") from exc
+            # Operational: locked, unreachable, disk full; a dropped connection is the same.
+            transient = isinstance(exc, OperationalError | InterfaceError) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated)
+            raise StoreError(f"store: cannot {what} ({redacted(self.engine.url)}): {exc}",
+                             transient=transient) from exc
 
     def migrate(self) -> None:
         with self._guard("migrate the schema"):
