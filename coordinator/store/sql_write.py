@@ -49,27 +49,33 @@ def _insert(conn: Connection) -> Callable[[sa.Table], Any]:
 
 
 def _bulk_insert_ignore(conn: Connection, table: sa.Table, columns: Sequence[str], types: Sequence[str],
-                        rows: list[tuple[Any, ...]]) -> int:
-    """Insert tuples, skipping rows whose key exists; returns how many were inserted."""
+                        rows: list[tuple[Any, ...]], *, weight: str | None = None) -> int:
+    """Insert tuples, skipping rows whose key exists; returns how many were inserted, or with
+    ``weight`` the sum of that column over the rows inserted (a block's sample count)."""
     if not rows:
         return 0
     names = ", ".join(columns)
+    returning = f" RETURNING {weight}" if weight else ""
+
+    def inserted(result: Any) -> int:
+        return sum(value for (value,) in result) if weight else int(result.rowcount)
+
     if conn.dialect.name == "postgresql":
         arrays = ", ".join(f"CAST(:c{i} AS {kind}[])" for i, kind in enumerate(types))
         statement = (f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) "
-                     "ON CONFLICT DO NOTHING")
+                     f"ON CONFLICT DO NOTHING{returning}")
         params = {f"c{i}": list(column) for i, column in enumerate(zip(*rows, strict=True))}
         options = {"preserve_rowcount": True}
-        return int(conn.execute(sa.text(statement), params, execution_options=options).rowcount)
+        return inserted(conn.execute(sa.text(statement), params, execution_options=options))
     # Multi-row VALUES in chunks of fixed sizes (so the driver's statement cache keeps them
     # prepared): one bind and one step per chunk instead of per row. Each step releases the GIL,
     # and getting it back from a busy thread costs up to a switch interval (5 ms) each time.
-    inserted = 0
+    total = 0
     for start, size in _chunks(conn, len(columns), len(rows)):
-        statement = _multi_insert(table.name, names, len(columns), size)
-        inserted += int(conn.exec_driver_sql(statement, tuple(chain.from_iterable(rows[start:start + size])))
-                        .rowcount)
-    return inserted
+        statement = _multi_insert(table.name, names, len(columns), size) + returning
+        part = tuple(chain.from_iterable(rows[start:start + size]))
+        total += inserted(conn.exec_driver_sql(statement, part))
+    return total
 
 
 def _chunks(conn: Connection, width: int, count: int) -> Iterator[tuple[int, int]]:
@@ -165,22 +171,8 @@ def _unstored(blocks: Sequence[Block], stored: dict[tuple[str, int], list[Block]
 
 def _insert_blocks(conn: Connection, blocks: Sequence[Block]) -> int:
     """Insert blocks (skipping any whose key a concurrent writer just took); samples inserted."""
-    rows = [block.row() for block in blocks]
-    if not rows:
-        return 0
-    names = ", ".join(_BLOCK_COLUMNS)
-    if conn.dialect.name == "postgresql":
-        arrays = ", ".join(f"CAST(:c{i} AS {kind}[])" for i, kind in enumerate(_BLOCK_TYPES))
-        statement = (f"INSERT INTO metric_blocks ({names}) SELECT * FROM unnest({arrays}) "
-                     "ON CONFLICT DO NOTHING RETURNING count")
-        params = {f"c{i}": list(column) for i, column in enumerate(zip(*rows, strict=True))}
-        return sum(count for (count,) in conn.execute(sa.text(statement), params))
-    inserted = 0
-    for start, size in _chunks(conn, len(_BLOCK_COLUMNS), len(rows)):
-        statement = _multi_insert("metric_blocks", names, len(_BLOCK_COLUMNS), size) + " RETURNING count"
-        part = tuple(chain.from_iterable(rows[start:start + size]))
-        inserted += sum(count for (count,) in conn.exec_driver_sql(statement, part))
-    return inserted
+    return _bulk_insert_ignore(conn, t.metric_blocks, _BLOCK_COLUMNS, _BLOCK_TYPES,
+                               [block.row() for block in blocks], weight="count")
 
 
 def _detection_rows(detections: Sequence[DetectionLike]) -> list[tuple[Any, ...]]:
