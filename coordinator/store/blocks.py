@@ -98,6 +98,13 @@ class Block:
     times: Sequence[int]
     values: Sequence[float]
 
+    @classmethod
+    def numbered(cls, device: str, epoch: int, seqs: list[int], names: Sequence[str],
+                 name_index: Sequence[int], times: Sequence[int], values: Sequence[float]) -> Block:
+        """The block of samples numbered ``seqs`` (ascending), stored as a run when they are one."""
+        contiguous = seqs[-1] - seqs[0] == len(seqs) - 1
+        return cls(device, epoch, seqs[0], None if contiguous else seqs, names, name_index, times, values)
+
     @property
     def count(self) -> int:
         return len(self.times)
@@ -137,11 +144,9 @@ class Block:
         if len(positions) == len(self.times):
             return self
         seqs = self.seq_list()
-        kept = [seqs[i] for i in positions]
-        contiguous = kept[-1] - kept[0] == len(kept) - 1
-        return Block(self.device, self.epoch, kept[0], None if contiguous else kept, self.names,
-                     [self.name_index[i] for i in positions], [self.times[i] for i in positions],
-                     [self.values[i] for i in positions])
+        return Block.numbered(self.device, self.epoch, [seqs[i] for i in positions], self.names,
+                              [self.name_index[i] for i in positions], [self.times[i] for i in positions],
+                              [self.values[i] for i in positions])
 
 
 def decode_block(device: str, epoch: int, first_seq: int, body: bytes) -> Block:
@@ -189,10 +194,8 @@ def split_run(block: Block) -> list[Block]:
             if seqs[i] - seqs[start] < MAX_SEQ_SPAN and nhigh - nlow <= MAX_TIME_SPAN_MS:
                 low, high = nlow, nhigh
                 continue
-        kept = list(seqs[start:i])
-        contiguous = kept[-1] - kept[0] == len(kept) - 1
-        parts.append(Block(block.device, block.epoch, kept[0], None if contiguous else kept, block.names,
-                           block.name_index[start:i], times[start:i], block.values[start:i]))
+        parts.append(Block.numbered(block.device, block.epoch, list(seqs[start:i]), block.names,
+                                    block.name_index[start:i], times[start:i], block.values[start:i]))
         if i < len(times):
             start, low, high = i, times[i], times[i]
     return parts
@@ -273,7 +276,6 @@ def blocks_of_rows(rows: Sequence[tuple[str, int, int, int, str, float]]) -> tup
         seqs = sorted(by_seq)
         names: dict[str, int] = {}
         index = [names.setdefault(by_seq[s][1], len(names)) for s in seqs]
-        contiguous = seqs[-1] - seqs[0] == len(seqs) - 1
-        blocks += split_run(Block(device, epoch, seqs[0], None if contiguous else seqs, list(names), index,
-                                  [by_seq[s][0] for s in seqs], [by_seq[s][2] for s in seqs]))
+        blocks += split_run(Block.numbered(device, epoch, seqs, list(names), index,
+                                           [by_seq[s][0] for s in seqs], [by_seq[s][2] for s in seqs]))
     return blocks, repeats
