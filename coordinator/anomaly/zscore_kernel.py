@@ -25,12 +25,10 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from coordinator.anomaly.alert import Alert
-
-if TYPE_CHECKING:
-    from coordinator.anomaly.robust_zscore import RobustZScoreDetector
+from coordinator.anomaly.robust_zscore import _GAUSS_MAD, RobustZScoreDetector  # it imports us lazily
 
 __all__ = ["AVAILABLE", "run_kernel", "warm_up"]
 
@@ -75,7 +73,6 @@ E_RUN_SHIFT, E_BREACH_RUN = 2, 3  # the level event's columns
 E_SIZE = 12
 EVENTS_PER_SAMPLE = 2  # an alert and a level acceptance (adapt_after == 1) can share a sample
 
-_GAUSS_MAD = 1.2533  # as in robust_zscore (a literal here: importing it would be a cycle)
 
 
 def _kernel_py(times: Any, values: Any, floats: Any, ints: Any, events: Any) -> int:
