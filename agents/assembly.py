@@ -77,7 +77,7 @@ def build_agent(config: AgentConfig) -> Agent:
     agent.add_extension(commands)
     agent.capabilities.append("commands")
     if config.ota.enabled:
-        from agents.ota_host import OtaHost
+        from agents.ota.host import OtaHost
 
         agent.add_extension(OtaHost(agent, config.ota, commands.dispatcher,
                                     on_model=host.reload_model if host is not None else None))

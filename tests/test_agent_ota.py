@@ -25,11 +25,11 @@ from agents.config import AgentConfig
 from agents.ota.compat import incompatibility, machine_matches
 from agents.ota.extract import safe_extract
 from agents.ota.files import OtaPaths
+from agents.ota.host import OtaHost
 from agents.ota.outcome import UpdateFailed
 from agents.ota.slots import SlotLayout
 from agents.ota.store import DownloadStore
 from agents.ota.trial import Health, StartupAction, Trial, Verdict, judge, on_start, trial_outcome
-from agents.ota_host import OtaHost
 from agents.runtime import EXIT_RESTART, Agent
 from broker.router import ReceivedMessage
 from broker.session import BusSession
@@ -564,9 +564,9 @@ def test_keys_then_model_updates_end_to_end_with_a_corrupt_chunk_re_requested(si
         assert done.received == done.total == model.manifest.chunk_count
         assert (site.paths.models / "tiny.onnx").read_bytes() == model_data
         assert site.server.requested.count(2) == 2  # asked for again after the corrupt frame
-        assert running.host.corrupt_total == 1
-        assert running.host.chunks_total == keys.manifest.chunk_count + model.manifest.chunk_count
-        assert running.host.bytes_total == len(keys_data) + len(model_data)
+        assert running.host.worker.corrupt_total == 1
+        assert running.host.worker.chunks_total == keys.manifest.chunk_count + model.manifest.chunk_count
+        assert running.host.worker.bytes_total == len(keys_data) + len(model_data)
         assert site.server.progress(model.manifest.update_id)[0].phase is Phase.DOWNLOADING
 
         # Offered again: answered from the record, nothing fetched again.
@@ -656,7 +656,7 @@ def test_bad_signatures_unknown_keys_and_broken_models_are_refused(site: Site) -
         reply = site.server.reply(site.server.offer(unfit))
         assert not reply["ok"] and reply["reason"] == "incompatible"
         assert site.server.wait_phase(unfit.manifest.update_id, Phase.REFUSED).reason == "incompatible"
-        assert running.host.chunks_total == broken.manifest.chunk_count
+        assert running.host.worker.chunks_total == broken.manifest.chunk_count
     finally:
         running.stop()
 
