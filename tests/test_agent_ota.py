@@ -349,6 +349,18 @@ def test_config_errors_name_the_key(tmp_path: Path, sections: dict[str, Any], me
         _config(tmp_path, **sections)
 
 
+def test_chunks_dropped_from_a_full_queue_are_reported_in_the_metrics(tmp_path: Path) -> None:
+    config = _config(tmp_path, ota={"prefix": str(tmp_path / "prefix"), "window": 2})
+    agent = Agent(config)
+    host = OtaHost(agent, config.ota, CommandDispatcher(agent.session, DEVICE))
+    frame = ReceivedMessage(f"edgebus/{DEVICE}/cmd/ota/chunk", b"frame", 1, False)
+    queue_limit = 4 * config.ota.window + 8  # the worker is not started: nothing takes them off
+    for _ in range(queue_limit + 3):
+        host.worker.on_chunk_message(frame)
+    figures = {s.name: s.value for s in host.collect(0)}
+    assert figures["agent_ota_dropped_chunks_total"] == 3
+
+
 def test_the_birth_carries_groups_and_the_ota_capability(tmp_path: Path) -> None:
     config = _config(tmp_path, device={"groups": ["lobby", "floor-2"]},
                      ota={"prefix": str(tmp_path / "prefix"), "health_window": 5})

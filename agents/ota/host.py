@@ -86,4 +86,6 @@ class OtaHost(AgentExtension):
         worker = self.worker
         return [MetricSample(time_ms, "agent_ota_chunks_total", worker.chunks_total),
                 MetricSample(time_ms, "agent_ota_bytes_total", worker.bytes_total),
-                MetricSample(time_ms, "agent_ota_corrupt_chunks_total", worker.corrupt_total)]
+                MetricSample(time_ms, "agent_ota_corrupt_chunks_total", worker.corrupt_total),
+                # Frames that found the queue full (the device asks for them again after request_timeout).
+                MetricSample(time_ms, "agent_ota_dropped_chunks_total", worker.dropped_total)]
