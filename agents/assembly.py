@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.collectors.base import CollectorContext, create_collector
-from agents.command_host import CommandHost
+from agents.commands.host import CommandHost
 from agents.config import AgentConfig
 from agents.home_assistant_host import HomeAssistantHost
 from agents.runtime import Agent, agent_version

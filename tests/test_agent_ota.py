@@ -19,8 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.assembly import build_agent
-from agents.command_host import CommandHost
-from agents.commands import CommandDispatcher
+from agents.commands.dispatcher import CommandDispatcher
+from agents.commands.host import CommandHost
 from agents.config import AgentConfig
 from agents.ota.compat import incompatibility, machine_matches
 from agents.ota.extract import safe_extract

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from agents.commands import CommandDispatcher
+from agents.commands.dispatcher import CommandDispatcher
 from agents.config import OtaConfig
 from agents.extension import AgentExtension
 from agents.ota.current import CurrentUpdate
