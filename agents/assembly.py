@@ -13,7 +13,7 @@ from typing import Any
 from agents.collectors.base import CollectorContext, create_collector
 from agents.commands.host import CommandHost
 from agents.config import AgentConfig
-from agents.home_assistant_host import HomeAssistantHost
+from agents.home_assistant.host import HomeAssistantHost
 from agents.runtime import Agent, agent_version
 from schemas.errors import ConfigError
 
