@@ -42,7 +42,7 @@ def parse_cameras(config: AgentConfig) -> list[Any]:
     if not config.cameras:
         return []
     try:
-        from agents.camera_host import parse_camera
+        from agents.camera.host import parse_camera
     except ImportError as exc:
         raise ConfigError(f"cameras are configured but the camera extra is missing ({exc}); "
                           "install it with: pip install 'edgebus[camera]'") from exc
@@ -57,7 +57,7 @@ def build_agent(config: AgentConfig) -> Agent:
     cameras = parse_cameras(config)
     host: Any = None
     try:
-        from agents.camera_host import CameraHost
+        from agents.camera.host import CameraHost
 
         host = CameraHost(agent.session, cameras)
     except ImportError:

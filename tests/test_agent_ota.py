@@ -504,7 +504,7 @@ class Site:
         agent = Agent(self.config(**ota))
         on_model = None
         if cameras:
-            from agents.camera_host import CameraHost, parse_camera
+            from agents.camera.host import CameraHost, parse_camera
 
             camera_host = CameraHost(agent.session, [parse_camera(t, f"cameras[{i}]")
                                                      for i, t in enumerate(cameras)])
