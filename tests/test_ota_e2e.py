@@ -20,14 +20,10 @@ import pytest
 
 from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.keys import init_keys
+from firmware_tools.ota.publish import PublishRequest, publish, publisher_session
+from firmware_tools.ota.report import PublishReport
+from firmware_tools.ota.rollout import OtaPublisher
 from firmware_tools.ota_artifact import Artifact, build_artifact
-from firmware_tools.ota_publish import (
-    OtaPublisher,
-    PublishReport,
-    PublishRequest,
-    publish,
-    publisher_session,
-)
 from protocols.ota.rollout import RolloutPolicy
 from schemas.birth import Birth
 from schemas.messages import decode_record
