@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.collectors.base import CollectorContext, create_collector
-from agents.command_host import CommandHost
+from agents.commands.host import CommandHost
 from agents.config import AgentConfig
-from agents.home_assistant_host import HomeAssistantHost
+from agents.home_assistant.host import HomeAssistantHost
 from agents.runtime import Agent, agent_version
 from schemas.errors import ConfigError
 
@@ -42,7 +42,7 @@ def parse_cameras(config: AgentConfig) -> list[Any]:
     if not config.cameras:
         return []
     try:
-        from agents.camera_host import parse_camera
+        from agents.camera.host import parse_camera
     except ImportError as exc:
         raise ConfigError(f"cameras are configured but the camera extra is missing ({exc}); "
                           "install it with: pip install 'edgebus[camera]'") from exc
@@ -57,7 +57,7 @@ def build_agent(config: AgentConfig) -> Agent:
     cameras = parse_cameras(config)
     host: Any = None
     try:
-        from agents.camera_host import CameraHost
+        from agents.camera.host import CameraHost
 
         host = CameraHost(agent.session, cameras)
     except ImportError:
@@ -77,7 +77,7 @@ def build_agent(config: AgentConfig) -> Agent:
     agent.add_extension(commands)
     agent.capabilities.append("commands")
     if config.ota.enabled:
-        from agents.ota_host import OtaHost
+        from agents.ota.host import OtaHost
 
         agent.add_extension(OtaHost(agent, config.ota, commands.dispatcher,
                                     on_model=host.reload_model if host is not None else None))

@@ -45,8 +45,10 @@ from broker.router import ReceivedMessage  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from firmware_tools.agent_config import BrokerTarget  # noqa: E402
 from firmware_tools.keys import init_keys  # noqa: E402
+from firmware_tools.ota.publish import publisher_session  # noqa: E402
+from firmware_tools.ota.report import PublishReport  # noqa: E402
+from firmware_tools.ota.rollout import OtaPublisher  # noqa: E402
 from firmware_tools.ota_artifact import Artifact, build_artifact  # noqa: E402
-from firmware_tools.ota_publish import OtaPublisher, PublishReport, publisher_session  # noqa: E402
 from protocols.ota.rollout import RolloutPolicy  # noqa: E402
 from schemas.birth import Birth  # noqa: E402
 from schemas.messages import decode_record  # noqa: E402

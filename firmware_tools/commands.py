@@ -18,7 +18,7 @@ from firmware_tools.bundle import PYTHON_VERSION, TARGETS, BundleRequest, build_
 from firmware_tools.image import DEVICE_COLUMNS, seed_device_list, seed_image
 from firmware_tools.keys import init_keys, load_trusted, rotate_keys
 from firmware_tools.manifest import BundleInvalid, verify_bundle
-from firmware_tools.ota_publish import PublishRequest, parse_fraction, publish
+from firmware_tools.ota.publish import PublishRequest, parse_fraction, publish
 from firmware_tools.seed import SeedOptions
 from protocols.ota.rollout import RolloutPolicy
 from schemas.errors import ConfigError

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from agents.commands import REASONS, CommandDispatcher, rebirth_handler
-from agents.home_assistant import HomeAssistantPublisher
+from agents.commands.dispatcher import REASONS, CommandDispatcher
+from agents.commands.handlers import rebirth_handler
+from agents.home_assistant.publisher import HomeAssistantPublisher
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
 from broker.telemetry import birth_payload

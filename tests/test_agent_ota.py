@@ -19,17 +19,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.assembly import build_agent
-from agents.command_host import CommandHost
-from agents.commands import CommandDispatcher
+from agents.commands.dispatcher import CommandDispatcher
+from agents.commands.host import CommandHost
 from agents.config import AgentConfig
 from agents.ota.compat import incompatibility, machine_matches
 from agents.ota.extract import safe_extract
 from agents.ota.files import OtaPaths
+from agents.ota.host import OtaHost
 from agents.ota.outcome import UpdateFailed
 from agents.ota.slots import SlotLayout
 from agents.ota.store import DownloadStore
 from agents.ota.trial import Health, StartupAction, Trial, Verdict, judge, on_start, trial_outcome
-from agents.ota_host import OtaHost
 from agents.runtime import EXIT_RESTART, Agent
 from broker.router import ReceivedMessage
 from broker.session import BusSession
@@ -349,6 +349,18 @@ def test_config_errors_name_the_key(tmp_path: Path, sections: dict[str, Any], me
         _config(tmp_path, **sections)
 
 
+def test_chunks_dropped_from_a_full_queue_are_reported_in_the_metrics(tmp_path: Path) -> None:
+    config = _config(tmp_path, ota={"prefix": str(tmp_path / "prefix"), "window": 2})
+    agent = Agent(config)
+    host = OtaHost(agent, config.ota, CommandDispatcher(agent.session, DEVICE))
+    frame = ReceivedMessage(f"edgebus/{DEVICE}/cmd/ota/chunk", b"frame", 1, False)
+    queue_limit = 4 * config.ota.window + 8  # the worker is not started: nothing takes them off
+    for _ in range(queue_limit + 3):
+        host.worker.on_chunk_message(frame)
+    figures = {s.name: s.value for s in host.collect(0)}
+    assert figures["agent_ota_dropped_chunks_total"] == 3
+
+
 def test_the_birth_carries_groups_and_the_ota_capability(tmp_path: Path) -> None:
     config = _config(tmp_path, device={"groups": ["lobby", "floor-2"]},
                      ota={"prefix": str(tmp_path / "prefix"), "health_window": 5})
@@ -492,7 +504,7 @@ class Site:
         agent = Agent(self.config(**ota))
         on_model = None
         if cameras:
-            from agents.camera_host import CameraHost, parse_camera
+            from agents.camera.host import CameraHost, parse_camera
 
             camera_host = CameraHost(agent.session, [parse_camera(t, f"cameras[{i}]")
                                                      for i, t in enumerate(cameras)])
@@ -564,9 +576,9 @@ def test_keys_then_model_updates_end_to_end_with_a_corrupt_chunk_re_requested(si
         assert done.received == done.total == model.manifest.chunk_count
         assert (site.paths.models / "tiny.onnx").read_bytes() == model_data
         assert site.server.requested.count(2) == 2  # asked for again after the corrupt frame
-        assert running.host.corrupt_total == 1
-        assert running.host.chunks_total == keys.manifest.chunk_count + model.manifest.chunk_count
-        assert running.host.bytes_total == len(keys_data) + len(model_data)
+        assert running.host.worker.corrupt_total == 1
+        assert running.host.worker.chunks_total == keys.manifest.chunk_count + model.manifest.chunk_count
+        assert running.host.worker.bytes_total == len(keys_data) + len(model_data)
         assert site.server.progress(model.manifest.update_id)[0].phase is Phase.DOWNLOADING
 
         # Offered again: answered from the record, nothing fetched again.
@@ -656,7 +668,7 @@ def test_bad_signatures_unknown_keys_and_broken_models_are_refused(site: Site) -
         reply = site.server.reply(site.server.offer(unfit))
         assert not reply["ok"] and reply["reason"] == "incompatible"
         assert site.server.wait_phase(unfit.manifest.update_id, Phase.REFUSED).reason == "incompatible"
-        assert running.host.chunks_total == broken.manifest.chunk_count
+        assert running.host.worker.chunks_total == broken.manifest.chunk_count
     finally:
         running.stop()
 

@@ -20,14 +20,10 @@ import pytest
 
 from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.keys import init_keys
+from firmware_tools.ota.publish import PublishRequest, publish, publisher_session
+from firmware_tools.ota.report import PublishReport
+from firmware_tools.ota.rollout import OtaPublisher
 from firmware_tools.ota_artifact import Artifact, build_artifact
-from firmware_tools.ota_publish import (
-    OtaPublisher,
-    PublishReport,
-    PublishRequest,
-    publish,
-    publisher_session,
-)
 from protocols.ota.rollout import RolloutPolicy
 from schemas.birth import Birth
 from schemas.messages import decode_record
@@ -139,6 +135,16 @@ def _last_phase(fleet: Fleet, device: str, update_id: str) -> OtaProgress | None
     return mine[-1] if mine else None
 
 
+def _reaches(fleet: Fleet, device: str, update_id: str, phase: Phase, timeout: float = 15.0) -> bool:
+    """The watcher's last ``state/ota`` of the update says ``phase`` (waited for, bounded).
+
+    The publisher's session may hear the outcome before the watcher's does: both
+    are subscribers of their own, and the broker delivers to each in its own time.
+    """
+    return fleet.inbox.wait_for(lambda _m: (p := _last_phase(fleet, device, update_id)) is not None
+                                and p.phase is phase, timeout)
+
+
 def test_good_update_commits_on_both_agents(fleet: Fleet) -> None:
     for name in ("gw-1", "gw-2"):
         fleet.add(name)
@@ -150,8 +156,7 @@ def test_good_update_commits_on_both_agents(fleet: Fleet) -> None:
     for name, device in fleet.devices.items():
         assert device.slot() == "slot-b"
         assert (device.prefix / "slot-b" / "VERSION").read_text().strip() == "2.0"
-        last = _last_phase(fleet, name, report.update_id)
-        assert last is not None and last.phase is Phase.COMMITTED
+        assert _reaches(fleet, name, report.update_id, Phase.COMMITTED), fleet.progress(name)
         assert 75 in device.systemd.exits  # the old agent handed over to the new slot
         assert report.resent_chunks[name] == 0
     # The new agents announced themselves with the slot and bundle version they run.
@@ -185,8 +190,7 @@ def test_bad_signature_is_refused(fleet: Fleet) -> None:
     assert report.outcomes["gw-1"] == "failed" and report.reasons["gw-1"] == "bad_signature", fleet.logs()
     assert report.bytes_sent.get("gw-1", 0) == 0  # not one chunk for a refused update
     assert device.slot() == "slot-a" and not (device.prefix / "slot-b").exists()
-    assert fleet.inbox.wait_for(lambda _m: (p := _last_phase(fleet, "gw-1", good.manifest.update_id))
-                                is not None and p.phase is Phase.REFUSED, 10)
+    assert _reaches(fleet, "gw-1", good.manifest.update_id, Phase.REFUSED, 10)
 
 
 def test_corrupt_chunk_is_asked_for_again(fleet: Fleet) -> None:
@@ -237,8 +241,7 @@ def test_failed_health_check_rolls_back(fleet: Fleet) -> None:
     assert code == 1, logs
     assert report.outcomes["gw-1"] == "failed" and report.reasons["gw-1"] == "health_check_failed", logs
     assert device.slot() == "slot-a"
-    last = _last_phase(fleet, "gw-1", report.update_id)
-    assert last is not None and last.phase is Phase.ROLLED_BACK
+    assert _reaches(fleet, "gw-1", report.update_id, Phase.ROLLED_BACK), fleet.progress("gw-1")
     # The old agent is back and running.
     assert wait_until(lambda: device.systemd.pid is not None, 15)
 
@@ -251,8 +254,7 @@ def test_crash_loop_rolls_back(fleet: Fleet) -> None:
     assert report.outcomes["gw-1"] == "failed" and report.reasons["gw-1"] == "crash_loop", logs
     assert device.slot() == "slot-a"
     assert device.systemd.exits.count(1) == 2  # two crashed starts; the third went back to slot-a
-    last = _last_phase(fleet, "gw-1", report.update_id)
-    assert last is not None and last.phase is Phase.ROLLED_BACK
+    assert _reaches(fleet, "gw-1", report.update_id, Phase.ROLLED_BACK), fleet.progress("gw-1")
 
 
 def test_canary_failure_halts_the_rollout(fleet: Fleet) -> None:

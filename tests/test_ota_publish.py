@@ -21,15 +21,11 @@ from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.cli import main
 from firmware_tools.keys import init_keys, rotate_keys
 from firmware_tools.manifest import BundleInvalid
+from firmware_tools.ota.publish import PublishRequest, parse_fraction, publish
+from firmware_tools.ota.report import PublishReport
+from firmware_tools.ota.transfer import DeviceTransfer
+from firmware_tools.ota.view import ProgressView
 from firmware_tools.ota_artifact import build_artifact, pack_directory
-from firmware_tools.ota_publish import (
-    DeviceTransfer,
-    ProgressView,
-    PublishReport,
-    PublishRequest,
-    parse_fraction,
-    publish,
-)
 from protocols.ota.download import ChunkOutcome
 from protocols.ota.rollout import RolloutPolicy
 from protocols.ota.sender import ChunkServer

@@ -1,17 +1,8 @@
 """Commands to this device: decode, de-duplicate, run the handler, answer - and survive bad input.
 
 Commands arrive as envelopes holding a :class:`~schemas.command.Command` on
-``{root}/{device}/cmd/{name}``. Built-in names, whose handlers the agent
-runtime registers:
-
-* ``config`` - apply settings in ``args``; the handler returns what changed or
-  raises :class:`~schemas.errors.ConfigError`;
-* ``assign`` / ``unassign`` - start / stop a camera: ``args`` = ``{"camera":
-  name, "source": ..., ...}``; assign's other args are the camera's
-  ``[[cameras]]`` keys (fps, detector, motion, ...);
-* ``rebirth`` - re-publish birth and discovery (see :func:`rebirth_handler`).
-
-The runtime may register more names (``ota``). Every command gets one
+``{root}/{device}/cmd/{name}``; the built-in names and their argument shapes
+are in :mod:`agents.commands.handlers`. Every command gets one
 JSON reply, readable by any MQTT client::
 
     {"id": "c-17", "name": "config", "device": "gw-1", "ok": true, "result": {...}}
@@ -71,17 +62,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
+from agents.commands.handlers import BUILTIN_COMMANDS, CommandHandler, builtin_args_problem
 from broker.router import ReceivedMessage, Route
-from broker.session import ENVELOPE_CONTENT_TYPE, BusSession
+from broker.session import BusSession
 from schemas.command import Command
 from schemas.envelope import EnvelopeCodec
 from schemas.errors import CodecError, ConfigError, EdgebusError, TopicError, UnsupportedVersion
 from schemas.messages import DEFAULT_CODEC, decode_record
 from schemas.record_base import jsonable
-from schemas.topics import TopicKind, validate_command_name, validate_device_id, validate_name
+from schemas.topics import TopicKind, validate_command_name, validate_device_id
 
 __all__ = [
-    "BUILTIN_COMMANDS",
     "LAST_COMMAND_STATE",
     "REASONS",
     "CommandDispatcher",
@@ -89,14 +80,11 @@ __all__ = [
     "CommandStats",
     "DeadLetter",
     "RawHandler",
-    "rebirth_handler",
 ]
 
 logger = logging.getLogger(__name__)
 
-CommandHandler = Callable[[Command], Any]
 RawHandler = Callable[[ReceivedMessage], None]
-BUILTIN_COMMANDS: Final = ("config", "assign", "unassign", "rebirth")
 LAST_COMMAND_STATE: Final = "last_command"
 JSON_CONTENT_TYPE: Final = "application/json"
 #: Why a command failed; each is a counter in :class:`CommandStats`.
@@ -383,7 +371,9 @@ class CommandDispatcher:
                 raise _Failure("no_handler", f"this agent has no handler for {command.name!r}")
             known = ", ".join(sorted(self._handlers)) or "none"
             raise _Failure("unknown_command", f"unknown command {command.name!r} (known: {known})")
-        _check_builtin_args(command)
+        problem = builtin_args_problem(command)
+        if problem is not None:
+            raise _Failure("bad_args", problem)
         try:
             return handler(command)
         except ConfigError as exc:
@@ -461,44 +451,3 @@ class CommandDispatcher:
             while len(self._replies) > self._remember:
                 self._replies.popitem(last=False)
 
-
-def _check_builtin_args(command: Command) -> None:
-    """The argument shapes of the built-in commands, so handlers get what they expect."""
-    args = command.args
-    if command.name in ("assign", "unassign"):
-        camera = args.get("camera")
-        if not isinstance(camera, str):
-            raise _Failure("bad_args", f"{command.name} needs args.camera (a camera name)")
-        try:
-            validate_name(camera, "camera")
-        except TopicError as exc:
-            raise _Failure("bad_args", str(exc)) from None
-        source = args.get("source")
-        if command.name == "assign" and source is not None and not isinstance(source, str | int):
-            raise _Failure("bad_args", "assign args.source must be a path, URL or device index")
-        # assign's other args are the camera's [[cameras]] keys, checked strictly by its handler.
-        extra = set(args) - {"camera"}
-        if command.name == "unassign" and extra:
-            raise _Failure("bad_args", f"{command.name}: unknown args {sorted(extra)}")
-    elif command.name == "config" and not args:
-        raise _Failure("bad_args", "config needs the settings to apply in args")
-
-
-def rebirth_handler(session: BusSession, birth: Callable[[], bytes],
-                    *also: Callable[[], object]) -> CommandHandler:
-    """A ``rebirth`` handler: publish a fresh birth (retained), then call each of ``also``.
-
-    Pass e.g. ``HomeAssistantPublisher.publish_discovery`` in ``also``; the
-    reply's result holds whether the birth was accepted and what each returned.
-    """
-    device = session.config.device
-    if device is None:
-        raise ConfigError("rebirth needs a device session (set broker.device)")
-    topic = session.topics.birth(device)
-
-    def handle(command: Command) -> dict[str, Any]:
-        accepted = session.publish(topic, birth(), qos=1, retain=True,
-                                   content_type=ENVELOPE_CONTENT_TYPE)
-        return {"birth": accepted, "also": [fn() for fn in also]}
-
-    return handle

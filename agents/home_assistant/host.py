@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from agents.config import AgentConfig
 from agents.extension import AgentExtension
-from agents.home_assistant import HomeAssistantPublisher
+from agents.home_assistant.publisher import HomeAssistantPublisher
 from broker.session import BusSession
 from schemas.ha_discovery import CameraEntities, DeviceDescription, describe_metric
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agents.commands import CommandDispatcher, rebirth_handler
+from agents.commands.dispatcher import CommandDispatcher
+from agents.commands.handlers import camera_handler, rebirth_handler
 from agents.extension import AgentExtension
 from agents.runtime import Agent
-from schemas.command import Command
-from schemas.errors import ConfigError
 from schemas.messages import MetricSample
 
 __all__ = ["CommandHost"]
@@ -30,19 +29,9 @@ class CommandHost(AgentExtension):
                  on_rebirth: tuple[Callable[[], object], ...] = ()) -> None:
         self.dispatcher = CommandDispatcher(agent.session, agent.device)
         self.dispatcher.register("config", lambda c: agent.apply_config(dict(c.args)))
-        self.dispatcher.register("assign", self._camera_handler("assign", assign))
-        self.dispatcher.register("unassign", self._camera_handler("unassign", unassign))
+        self.dispatcher.register("assign", camera_handler("assign", assign))
+        self.dispatcher.register("unassign", camera_handler("unassign", unassign))
         self.dispatcher.register("rebirth", rebirth_handler(agent.session, agent.birth, *on_rebirth))
-
-    @staticmethod
-    def _camera_handler(name: str, handler: Callable[[dict[str, Any]], Any] | None,
-                        ) -> Callable[[Command], Any]:
-        def handle(command: Command) -> Any:
-            if handler is None:
-                raise ConfigError(f"{name}: this agent runs no cameras (install edgebus[camera] "
-                                  "and configure [[cameras]] or assign one)")
-            return handler(dict(command.args))
-        return handle
 
     def start(self) -> None:
         self.dispatcher.start()

@@ -126,12 +126,6 @@ class HomeAssistantPublisher:
         accepted = self._publish_all(removals, "discovery_published")
         return accepted + self.publish_discovery()
 
-    def remove_discovery(self) -> int:
-        """Delete the device from Home Assistant (empty retained documents): decommissioning."""
-        with self._lock:
-            messages = removal_messages(self._description, None, self.mode, self.prefix)
-        return self._publish_all(messages, "discovery_published")
-
     # -- state topics --------------------------------------------------
 
     def publish_metrics_state(self, values: Mapping[str, float | int]) -> bool:
