@@ -12,6 +12,7 @@ agent. Time is passed in, so tests drive it without sleeping.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,16 +23,37 @@ __all__ = ["Job", "Scheduler"]
 logger = logging.getLogger(__name__)
 
 
+def _check_interval(name: str, interval: float) -> float:
+    # NaN or inf would stop the job (or, NaN, break the loop's arithmetic): refuse them here,
+    # whoever sets the interval, so a job with such an interval cannot exist.
+    if isinstance(interval, bool) or not isinstance(interval, int | float) \
+            or not math.isfinite(interval) or interval <= 0:
+        raise ValueError(f"job {name!r} needs a finite positive interval, not {interval!r}")
+    return float(interval)
+
+
 @dataclass
 class Job:
     name: str
-    interval: float
+    _interval: float
     priority: int
     run: Callable[[float], object]
     next_due: float = 0.0
     runs: int = 0
     shed: int = 0
     failures: int = 0
+
+    def __post_init__(self) -> None:
+        self._interval = _check_interval(self.name, self._interval)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between runs; always finite and positive (a bad value raises ValueError)."""
+        return self._interval
+
+    @interval.setter
+    def interval(self, value: float) -> None:
+        self._interval = _check_interval(self.name, value)
 
 
 @dataclass
@@ -41,8 +63,6 @@ class Scheduler:
 
     def add(self, name: str, interval: float, priority: int, run: Callable[[float], object],
             *, start: float = 0.0) -> Job:
-        if interval <= 0:
-            raise ValueError(f"job {name!r} needs a positive interval, not {interval}")
         job = Job(name, interval, priority, run, next_due=start)
         self.jobs.append(job)
         # Most important first, so under a slow tick core work still goes first.

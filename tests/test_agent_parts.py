@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,18 @@ def test_unknown_keys_are_named(data: dict[str, Any], named: str) -> None:
 @pytest.mark.parametrize(("data", "fragment"), [
     ({}, "device.id is required"),
     ({"device": {"id": "bad/id"}}, "device.id"),
-    (minimal(metrics={"interval": "fast"}), "metrics.interval must be a number"),
-    (minimal(metrics={"interval": 0}), "metrics.interval must be > 0"),
+    (minimal(metrics={"interval": "fast"}), "metrics: interval must be a number"),
+    (minimal(metrics={"interval": 0}), r"metrics: interval must be in \(0"),
+    (minimal(metrics={"interval": math.nan}), "metrics: interval must be a number"),
+    (minimal(metrics={"heartbeat": math.inf}), "metrics: heartbeat must be a number"),
+    (minimal(metrics={"interval": 1e300, "batch_interval": 1e300}), "metrics: interval must be in"),
+    (minimal(metrics={"deadband": math.nan}), "metrics: deadband must be a number"),
+    (minimal(shedding={"high": math.nan}), "shedding: high must be a number"),
+    (minimal(ota={"request_timeout": math.inf}), "ota: request_timeout must be a number"),
+    (minimal(ota={"window": 0}), "ota: window must be between 1 and 1024"),
     (minimal(metrics={"interval": 5, "batch_interval": 1}), "batch_interval"),
     (minimal(metrics={"collectors": "cpu"}), "metrics.collectors"),
-    (minimal(metrics={"deadbands": {"cpu_percent": -1}}), "deadbands.cpu_percent"),
+    (minimal(metrics={"deadbands": {"cpu_percent": -1}}), "metrics.deadbands: cpu_percent"),
     (minimal(home_assistant={"mode": "everything"}), "home_assistant.mode"),
     (minimal(broker={"device": "other"}), "device.id instead"),
     (minimal(cameras={"name": "x"}), "array of tables"),
@@ -184,3 +192,16 @@ def test_camera_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> 
     (camera,) = parse_cameras(config)
     assert camera.config.name == "door" and camera.priority == 2
     assert camera.config.detector["type"] == "ssdlite"
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_a_job_with_a_non_finite_or_non_positive_interval_cannot_exist(bad: float) -> None:
+    scheduler = Scheduler(SheddingPolicy())
+    with pytest.raises(ValueError, match="interval"):
+        scheduler.add("sample", bad, 0, lambda now: None)
+    job = scheduler.add("sample", 1.0, 0, lambda now: None)
+    with pytest.raises(ValueError, match="interval"):
+        job.interval = bad
+    assert job.interval == 1.0
+    scheduler.run_due(0.0)
+    assert scheduler.run_due(1.0) == 2.0 and job.runs == 2
