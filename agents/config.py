@@ -143,16 +143,24 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class SheddingConfig:
+    """``[shedding]``: thresholds on the agent's own pressure and the dwell (see agents/shedding.py)."""
+
     enabled: bool = True
     high: float = 0.90
     low: float = 0.75
+    #: Seconds a shedding level holds before it may change again, so noisy readings cannot flap it.
+    dwell: float = 10.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SheddingConfig:
-        check_section_keys("shedding", data, {"enabled", "high", "low"})
-        return cls(enabled=_bool("shedding", "enabled", data, True),
-                   high=float_option("shedding", data, "high", 0.90, low=0.0, high=1.0, low_open=True),
-                   low=float_option("shedding", data, "low", 0.75, low=0.0, high=1.0, low_open=True))
+        s = "shedding"
+        check_section_keys(s, data, {"enabled", "high", "low", "dwell"})
+        high = float_option(s, data, "high", 0.90, low=0.0, high=1.0, low_open=True)
+        low = float_option(s, data, "low", 0.75, low=0.0, high=1.0, low_open=True)
+        if low >= high:
+            raise ConfigError(f"shedding.low ({low}) must be below shedding.high ({high})")
+        return cls(enabled=_bool(s, "enabled", data, True), high=high, low=low,
+                   dwell=float_option(s, data, "dwell", 10.0, low=0.0, high=3600.0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import psutil
-
 from agents.collectors.base import Collector, CollectorContext, create_collector
 from agents.config import AgentConfig, MetricsConfig
 from agents.extension import AgentExtension
+from agents.pressure import PressureGauge
 from agents.report_by_exception import DeadbandFilter
 from agents.scheduler import Scheduler
 from agents.shedding import Pressure, SheddingPolicy
@@ -83,7 +82,9 @@ class Agent:
         config.device.data_dir.mkdir(parents=True, exist_ok=True)
         self.session = BusSession(config.broker)
         self.metrics = MetricsPublisher(self.session, clock_ms=wall_ms)
-        self.policy = SheddingPolicy(high=config.shedding.high, low=config.shedding.low)
+        self.policy = SheddingPolicy(high=config.shedding.high, low=config.shedding.low,
+                                     dwell_s=config.shedding.dwell)
+        self._pressure = PressureGauge(self.session.outbox)
         self.scheduler = Scheduler(self.policy)
         self.collectors: list[Collector] = [
             create_collector(name, config.metrics.collector_options.get(name, {}), _Health(self))
@@ -158,16 +159,15 @@ class Agent:
             "publish_latency_ms": round(stats.ack_latency_ms, 2),
             "connection_losses_total": stats.connection_losses,
             "shed_level": self.policy.level,
+            "shed_level_changes_total": self.policy.changes,
             "shed_total": self.scheduler.shed_total,
             "job_failures_total": self.scheduler.failures_total,
             **({"suppressed_total": self.deadband.suppressed} if self.deadband else {}),
         }
 
     def pressure(self) -> Pressure:
-        outbox = self.session.outbox
-        fill = max(len(outbox) / outbox.max_messages, outbox.size_bytes / outbox.max_bytes)
-        return Pressure(cpu=psutil.cpu_percent() / 100, memory=psutil.virtual_memory().percent / 100,
-                        outbox=fill)
+        """What shedding reads: this process's CPU share, memory, outbox fill (agents/pressure.py)."""
+        return self._pressure.read()
 
     # -- periodic jobs --------------------------------------------------
 
@@ -214,7 +214,7 @@ class Agent:
 
     def _update_shedding(self, now: float) -> None:
         before = self.policy.level
-        level = self.policy.update(self.pressure())
+        level = self.policy.update(self.pressure(), now)
         if level != before:
             logger.warning("load shedding level %d -> %d", before, level)
             self._each_extension("on_shedding", lambda ext: ext.on_shedding(self.policy))
