@@ -19,13 +19,14 @@ Example (``edge-agent example-config`` prints a complete one)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from broker.config_file import load_toml
-from broker.config_values import check_section_keys, section_table
+from broker.config_values import check_section_keys, float_option, int_option, section_table
 from broker.session import BusConfig
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import validate_device_id, validate_name
@@ -36,16 +37,14 @@ __all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig"
 DEFAULT_COLLECTORS = ("cpu", "memory", "disk", "temperature", "network", "battery", "agent")
 DEFAULT_OTA_PREFIX = "/opt/edgebus"
 DEFAULT_TRUSTED_KEYS = "/etc/edgebus/trusted_keys.json"
+#: The longest interval any periodic setting may have: a day. A longer one (or inf, which a
+#: ``config`` command can carry in msgpack) would silently stop the work it schedules.
+MAX_INTERVAL_S = 86_400.0
 
 
-def _number(section: str, key: str, data: Mapping[str, Any], default: float, *,
-            minimum: float = 0.0, strict_min: bool = True) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{section}.{key} must be a number, not {value!r}")
-    if value < minimum or (strict_min and value == minimum):
-        raise ConfigError(f"{section}.{key} must be {'>' if strict_min else '>='} {minimum}, not {value}")
-    return float(value)
+def _interval(section: str, key: str, data: Mapping[str, Any], default: float) -> float:
+    """A period in seconds: finite, in (0, :data:`MAX_INTERVAL_S`]."""
+    return float_option(section, data, key, default, low=0.0, high=MAX_INTERVAL_S, low_open=True)
 
 
 def _bool(section: str, key: str, data: Mapping[str, Any], default: bool) -> bool:
@@ -127,34 +126,41 @@ class MetricsConfig:
                 continue
             check_section_keys(s, {key: value}, plain | {f"{c} (table)" for c in DEFAULT_COLLECTORS})
         deadbands = section_table("metrics.deadbands", data.get("deadbands"))
-        for name, band in deadbands.items():
-            if isinstance(band, bool) or not isinstance(band, int | float) or band < 0:
-                raise ConfigError(f"metrics.deadbands.{name} must be a number >= 0, not {band!r}")
-        interval = _number(s, "interval", data, 1.0)
-        batch_interval = _number(s, "batch_interval", data, max(5.0, interval))
+        bands = {name: float_option("metrics.deadbands", deadbands, name, 0.0, low=0.0, high=math.inf)
+                 for name in deadbands}
+        interval = _interval(s, "interval", data, 1.0)
+        batch_interval = _interval(s, "batch_interval", data, max(5.0, interval))
         if batch_interval < interval:
             raise ConfigError(f"metrics.batch_interval ({batch_interval}) must be >= metrics.interval "
                               f"({interval})")
         return cls(interval=interval, batch_interval=batch_interval, collectors=tuple(collectors),
                    collector_options=options,
                    report_by_exception=_bool(s, "report_by_exception", data, False),
-                   deadband=_number(s, "deadband", data, 0.0, strict_min=False),
-                   deadbands={k: float(v) for k, v in deadbands.items()},
-                   heartbeat=_number(s, "heartbeat", data, 60.0))
+                   deadband=float_option(s, data, "deadband", 0.0, low=0.0, high=math.inf),
+                   deadbands=bands,
+                   heartbeat=_interval(s, "heartbeat", data, 60.0))
 
 
 @dataclass(frozen=True, slots=True)
 class SheddingConfig:
+    """``[shedding]``: thresholds on the agent's own pressure and the dwell (see agents/shedding.py)."""
+
     enabled: bool = True
     high: float = 0.90
     low: float = 0.75
+    #: Seconds a shedding level holds before it may change again, so noisy readings cannot flap it.
+    dwell: float = 10.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SheddingConfig:
-        check_section_keys("shedding", data, {"enabled", "high", "low"})
-        return cls(enabled=_bool("shedding", "enabled", data, True),
-                   high=_number("shedding", "high", data, 0.90),
-                   low=_number("shedding", "low", data, 0.75))
+        s = "shedding"
+        check_section_keys(s, data, {"enabled", "high", "low", "dwell"})
+        high = float_option(s, data, "high", 0.90, low=0.0, high=1.0, low_open=True)
+        low = float_option(s, data, "low", 0.75, low=0.0, high=1.0, low_open=True)
+        if low >= high:
+            raise ConfigError(f"shedding.low ({low}) must be below shedding.high ({high})")
+        return cls(enabled=_bool(s, "enabled", data, True), high=high, low=low,
+                   dwell=float_option(s, data, "dwell", 10.0, low=0.0, high=3600.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +199,14 @@ class OtaConfig:
         s = "ota"
         check_section_keys(s, data, {"enabled", "prefix", "trusted_keys", "window", "request_timeout",
                                      "health_window"})
-        window = data.get("window", 8)
-        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 1024:
-            raise ConfigError(f"ota.window must be an integer from 1 to 1024 (chunks in flight), "
-                              f"not {window!r}")
-        health = None if "health_window" not in data else _number(s, "health_window", data, 60.0)
+        health = None if "health_window" not in data else _interval(s, "health_window", data, 60.0)
         return cls(enabled=_bool(s, "enabled", data, True),
                    prefix=Path(_str(s, "prefix", data, DEFAULT_OTA_PREFIX) or DEFAULT_OTA_PREFIX),
                    trusted_keys=Path(_str(s, "trusted_keys", data, DEFAULT_TRUSTED_KEYS)
                                      or DEFAULT_TRUSTED_KEYS),
-                   window=window, request_timeout=_number(s, "request_timeout", data, 5.0),
+                   window=int_option(s, data, "window", 8, low=1, high=1024),  # chunks in flight
+                   request_timeout=float_option(s, data, "request_timeout", 5.0, low=0.0, high=3600.0,
+                                                low_open=True),
                    health_window=health)
 
 

@@ -1,6 +1,6 @@
 """The agent process: one device on the bus, its metrics, its cameras, its commands.
 
-Everything periodic runs on the main thread through :class:`~agents.scheduler.Scheduler`
+Everything periodic runs on the main thread through :class:`~broker.scheduler.Scheduler`
 (sampling, batching, readable state, shedding, the systemd watchdog); the bus
 session runs its own network thread, camera pipelines their own capture and
 detect threads. Stopping is graceful: cameras flush their current batch, the
@@ -21,15 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import psutil
-
 from agents.collectors.base import Collector, CollectorContext, create_collector
 from agents.config import AgentConfig, MetricsConfig
 from agents.extension import AgentExtension
+from agents.pressure import PressureGauge
 from agents.report_by_exception import DeadbandFilter
-from agents.scheduler import Scheduler
 from agents.shedding import Pressure, SheddingPolicy
 from agents.systemd import SystemdNotifier
+from broker.scheduler import Scheduler
 from broker.session import BusSession
 from broker.telemetry import MetricsPublisher, birth_payload
 from schemas.errors import ConfigError
@@ -83,7 +82,9 @@ class Agent:
         config.device.data_dir.mkdir(parents=True, exist_ok=True)
         self.session = BusSession(config.broker)
         self.metrics = MetricsPublisher(self.session, clock_ms=wall_ms)
-        self.policy = SheddingPolicy(high=config.shedding.high, low=config.shedding.low)
+        self.policy = SheddingPolicy(high=config.shedding.high, low=config.shedding.low,
+                                     dwell_s=config.shedding.dwell)
+        self._pressure = PressureGauge(self.session.outbox)
         self.scheduler = Scheduler(self.policy)
         self.collectors: list[Collector] = [
             create_collector(name, config.metrics.collector_options.get(name, {}), _Health(self))
@@ -158,16 +159,15 @@ class Agent:
             "publish_latency_ms": round(stats.ack_latency_ms, 2),
             "connection_losses_total": stats.connection_losses,
             "shed_level": self.policy.level,
+            "shed_level_changes_total": self.policy.changes,
             "shed_total": self.scheduler.shed_total,
             "job_failures_total": self.scheduler.failures_total,
             **({"suppressed_total": self.deadband.suppressed} if self.deadband else {}),
         }
 
     def pressure(self) -> Pressure:
-        outbox = self.session.outbox
-        fill = max(len(outbox) / outbox.max_messages, outbox.size_bytes / outbox.max_bytes)
-        return Pressure(cpu=psutil.cpu_percent() / 100, memory=psutil.virtual_memory().percent / 100,
-                        outbox=fill)
+        """What shedding reads: this process's CPU share, memory, outbox fill (agents/pressure.py)."""
+        return self._pressure.read()
 
     # -- periodic jobs --------------------------------------------------
 
@@ -214,7 +214,7 @@ class Agent:
 
     def _update_shedding(self, now: float) -> None:
         before = self.policy.level
-        level = self.policy.update(self.pressure())
+        level = self.policy.update(self.pressure(), now)
         if level != before:
             logger.warning("load shedding level %d -> %d", before, level)
             self._each_extension("on_shedding", lambda ext: ext.on_shedding(self.policy))
@@ -235,19 +235,20 @@ class Agent:
     def start(self) -> None:
         mc = self.config.metrics
         now = self._clock()
-        self.scheduler.add("sample", mc.interval, PRIORITY_CORE, self._sample, start=now)
-        self.scheduler.add("publish", mc.batch_interval, PRIORITY_CORE, self.publish_batch,
-                           start=now + mc.batch_interval)
-        self.scheduler.add("state", mc.batch_interval, PRIORITY_STATE, self._publish_state,
-                           start=now + mc.interval)
+        self.scheduler.add("sample", mc.interval, self._sample, start=now, priority=PRIORITY_CORE)
+        self.scheduler.add("publish", mc.batch_interval, self.publish_batch,
+                           start=now + mc.batch_interval, priority=PRIORITY_CORE)
+        self.scheduler.add("state", mc.batch_interval, self._publish_state, start=now + mc.interval,
+                           priority=PRIORITY_STATE)
         if self.config.shedding.enabled:
-            self.scheduler.add("shedding", mc.interval, PRIORITY_CORE, self._update_shedding,
-                               start=now)
-        self.scheduler.add("status", STATUS_LOG_INTERVAL, PRIORITY_CORE, self._log_status,
-                           start=now + STATUS_LOG_INTERVAL)
+            self.scheduler.add("shedding", mc.interval, self._update_shedding, start=now,
+                               priority=PRIORITY_CORE)
+        self.scheduler.add("status", STATUS_LOG_INTERVAL, self._log_status,
+                           start=now + STATUS_LOG_INTERVAL, priority=PRIORITY_CORE)
         if self.notifier.watchdog_interval:
-            self.scheduler.add("watchdog", self.notifier.watchdog_interval, PRIORITY_CORE,
-                               lambda _now: self.notifier.watchdog(), start=now)
+            self.scheduler.add("watchdog", self.notifier.watchdog_interval,
+                               lambda _now: self.notifier.watchdog(), start=now,
+                               priority=PRIORITY_CORE)
         # Parts subscribe before the first connection, so their subscriptions go out
         # ahead of the retained ``online``: whoever sees the device online can command it.
         self._each_extension("start", lambda ext: ext.start())
@@ -271,8 +272,10 @@ class Agent:
         self.start()
         try:
             while not self._stop.is_set():
-                due = self.scheduler.run_due(self._clock())
-                self._stop.wait(max(0.0, min(1.0, due - self._clock())))
+                self.scheduler.run_due(self._clock())
+                due = self.scheduler.next_due()
+                wait = 1.0 if due is None else due - self._clock()
+                self._stop.wait(max(0.0, min(1.0, wait)))
         finally:
             self.stop(stop_timeout)
 

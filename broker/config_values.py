@@ -51,8 +51,8 @@ def float_option(where: str, options: Mapping[str, Any], key: str, default: floa
 
 
 def int_option(where: str, options: Mapping[str, Any], key: str, default: int, *,
-               low: int, high: int) -> int:
-    """``options[key]`` as an integer in ``[low, high]``."""
+               low: int, high: int | float) -> int:
+    """``options[key]`` as an integer in ``[low, high]`` (``high`` may be ``math.inf``: no bound)."""
     value = options.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}: {key} must be an integer, not {value!r}")

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker.scheduler import SchedulerThread
 from broker.session import BusSession
 from coordinator.actions import ActionRule, Actions
 from coordinator.batch_job import BatchJob, BatchJobConfig
 from coordinator.ha_anomalies import AnomalySensors, HomeAssistantConfig
 from coordinator.known_devices import KnownDevices
-from coordinator.periodic import Scheduler
 from coordinator.processor import FleetProcessor
 from coordinator.store.base import Store
 
@@ -57,7 +57,7 @@ class Services:
         self.store = store
         self._now_ms = wall_clock_ms
         self.known = KnownDevices()
-        self.scheduler = Scheduler(clock)
+        self.scheduler = SchedulerThread(clock, name="coordinator-periodic")
         self.batch: BatchJob | None = None
         if config.batch.enabled:
             self.batch = BatchJob(config.batch, store, processor.metrics_by_device, processor.record_alerts,

@@ -335,10 +335,10 @@ def _config(tmp_path: Path, **sections: Any) -> AgentConfig:
 
 @pytest.mark.parametrize(("sections", "message"), [
     ({"ota": {"windw": 8}}, "unknown key ota.windw"),
-    ({"ota": {"window": 0}}, "ota.window"),
-    ({"ota": {"window": "8"}}, "ota.window"),
-    ({"ota": {"request_timeout": 0}}, "ota.request_timeout"),
-    ({"ota": {"health_window": "1m"}}, "ota.health_window"),
+    ({"ota": {"window": 0}}, "ota: window"),
+    ({"ota": {"window": "8"}}, "ota: window"),
+    ({"ota": {"request_timeout": 0}}, "ota: request_timeout"),
+    ({"ota": {"health_window": "1m"}}, "ota: health_window"),
     ({"ota": {"enabled": "yes"}}, "ota.enabled"),
     ({"ota": {"prefix": 5}}, "ota.prefix"),
     ({"device": {"groups": "lobby"}}, "device.groups"),

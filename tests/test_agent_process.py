@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import time
@@ -191,6 +192,41 @@ def test_discovery_and_commands_on_a_running_agent(broker: RunningBroker, tmp_pa
         births = len(inbox.payloads(f"edgebus/{DEVICE}/birth"))
         obs.publish(f"edgebus/{DEVICE}/cmd/rebirth", command("rebirth", "c-3"))
         assert inbox.wait_for(lambda ms: len(inbox.payloads(f"edgebus/{DEVICE}/birth")) > births)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=WAIT)
+        obs.stop()
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    ({"interval": math.nan}, "interval"),
+    ({"interval": math.inf, "batch_interval": math.inf}, "interval"),
+    ({"batch_interval": -1.0}, "batch_interval"),
+    ({"interval": 1e300, "batch_interval": 1e300}, "interval"),
+    ({"heartbeat": math.inf}, "heartbeat"),
+    ({"deadband": math.nan}, "deadband"),
+    ({"deadbands": {"cpu_percent": math.nan}}, "cpu_percent"),
+], ids=["nan", "inf", "negative", "huge", "inf-heartbeat", "nan-deadband", "nan-deadbands"])
+def test_config_command_with_a_bad_number_is_refused_and_the_agent_keeps_running(
+        mosquitto_broker: RunningBroker, tmp_path: Path, args: dict[str, object], key: str) -> None:
+    """NaN, inf, negative or huge values by ``config``: refused naming the key; sampling goes on."""
+    proc = spawn_agent(write_config(mosquitto_broker, tmp_path))
+    obs, inbox = observer(mosquitto_broker, f"edgebus/{DEVICE}/#")
+    metrics_topic = f"edgebus/{DEVICE}/metrics"
+    try:
+        assert inbox.wait_for(lambda ms: len(inbox.payloads(metrics_topic)) >= 1), "no metrics at all"
+        obs.publish(f"edgebus/{DEVICE}/cmd/config", command("config", "bad-1", metrics=args))
+        assert inbox.wait_for(lambda ms: last_reply(inbox, "bad-1") is not None)
+        reply = last_reply(inbox, "bad-1")
+        assert reply is not None and reply["ok"] is False, reply
+        assert reply["reason"] == "rejected" and key in str(reply["error"]), reply
+        # Still up, still sampling and publishing at the old interval.
+        count = len(inbox.payloads(metrics_topic))
+        assert inbox.wait_for(lambda ms: len(inbox.payloads(metrics_topic)) >= count + 3)
+        assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT) == 0
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -38,22 +39,27 @@ def test_full_table() -> None:
 
 @pytest.mark.parametrize(("overrides", "named"), [
     ({"fsp": 5}, "camera.fsp"),
-    ({"fps": -1}, "camera.fps"),
-    ({"fps": "fast"}, "camera.fps"),
-    ({"queue_size": 0}, "camera.queue_size"),
-    ({"queue_size": 2.5}, "camera.queue_size"),
+    ({"fps": -1}, "camera: fps"),
+    ({"fps": "fast"}, "camera: fps"),
+    ({"queue_size": 0}, "camera: queue_size"),
+    ({"queue_size": 2.5}, "camera: queue_size"),
     ({"loop": 1}, "camera.loop"),
-    ({"min_confidence": 1.5}, "camera.min_confidence"),
+    ({"min_confidence": 1.5}, "camera: min_confidence"),
     ({"labels": "person"}, "camera.labels"),
-    ({"track_timeout": True}, "camera.track_timeout"),
+    ({"track_timeout": True}, "camera: track_timeout"),
     ({"motion": {"treshold": 3}}, "camera.motion.treshold"),
-    ({"motion": {"min_area": 2}}, "camera.motion.min_area"),
+    ({"motion": {"min_area": 2}}, "camera.motion: min_area"),
     ({"motion": []}, "camera.motion"),
     ({"detector": "ssd"}, "camera.detector"),
     ({"name": "front door"}, "camera.name"),
     ({"source": ""}, "camera.source"),
     ({"source": -1}, "camera.source"),
     ({"reconnect_min_delay": 5, "reconnect_max_delay": 1}, "reconnect_min_delay"),
+    # msgpack carries NaN and inf in an ``assign`` command: refused like any bad number
+    ({"fps": math.inf}, "camera: fps must be a number"),
+    ({"batch_interval": math.inf}, "camera: batch_interval must be a number"),
+    ({"reconnect_max_delay": math.inf}, "camera: reconnect_max_delay must be a number"),
+    ({"motion": {"keepalive": math.nan}}, "camera.motion: keepalive must be a number"),
 ])
 def test_bad_values_name_the_key(overrides: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from broker.scheduler import SchedulerThread
 from coordinator.actions import parse_actions
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.batch_job import BatchJob, BatchJobConfig
 from coordinator.cli import CoordinatorConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.ingest import SampleRow
-from coordinator.periodic import Scheduler
 from coordinator.store.base import open_store
 from coordinator.store.records import WriteBatch
 from schemas.errors import ConfigError
@@ -31,7 +31,7 @@ class FakeClock:
 
 def test_scheduler_runs_due_jobs_and_survives_a_failing_one() -> None:
     clock = FakeClock()
-    scheduler = Scheduler(clock)
+    scheduler = SchedulerThread(clock)
     ran: list[str] = []
     scheduler.every("often", 10, lambda: ran.append("often"))
     broken = scheduler.every("broken", 10, lambda: 1 / 0)

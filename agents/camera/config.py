@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from broker.config_values import float_option, int_option
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import NAME_MAX_CHARS, validate_name
 
@@ -49,14 +50,13 @@ STATE_SUFFIX = "_objects"
 
 def _number(section: str, key: str, value: Any, *, minimum: float, maximum: float = math.inf,
             integer: bool = False) -> Any:
-    """``value`` if it is a number in range (bools are not numbers here), else ConfigError."""
-    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-    if (number is None or (integer and not isinstance(number, int))
-            or not minimum <= number <= maximum):
-        kind = "an integer" if integer else "a number"
-        bound = f">= {minimum:g}" if maximum == math.inf else f"in [{minimum:g}, {maximum:g}]"
-        raise ConfigError(f"{section}.{key} must be {kind} {bound}, not {value!r}")
-    return number if integer else float(number)
+    """``value`` through the shared readers: a finite number (bools are not) in range.
+
+    Cameras are also configured over the bus (``assign``), where msgpack can carry NaN and inf.
+    """
+    if integer:
+        return int_option(section, {key: value}, key, 0, low=int(minimum), high=maximum)
+    return float_option(section, {key: value}, key, 0.0, low=minimum, high=maximum)
 
 
 def _check_known(section: str, data: Mapping[str, Any], known: set[str]) -> None:
