@@ -10,7 +10,7 @@ import pytest
 from coordinator.actions import parse_actions
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.batch_job import BatchJob, BatchJobConfig
-from coordinator.cli import CoordinatorConfig
+from coordinator.config import CoordinatorConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.ingest import SampleRow
 from coordinator.periodic import Scheduler
