@@ -11,7 +11,7 @@ pytest.importorskip("river")
 
 from coordinator.anomaly import AlertKind, AnomalyEngine, Severity
 from coordinator.anomaly.base import detector_types
-from coordinator.anomaly.river_holt import RiverHoltDetector, RiverHoltOptions
+from coordinator.anomaly.plugins.river_holt import RiverHoltDetector, RiverHoltOptions
 from schemas.errors import ConfigError
 
 MINUTE = 60_000

@@ -15,8 +15,8 @@ from coordinator.ingest import Ingest, IngestBatch, SampleRow
 from coordinator.processor import FleetProcessor
 from coordinator.store.base import Store, open_store
 from coordinator.store.errors import StoreError
+from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 from coordinator.store.records import WriteBatch, WriteResult
-from coordinator.store.sql_store import DEFAULT_DB_NAME
 from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.topics import TopicTree
 from tests.brokers import RunningBroker

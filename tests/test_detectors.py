@@ -20,7 +20,7 @@ np = pytest.importorskip("numpy")
 from agents.detectors.base import Detector, create_detector, detector_types  # noqa: E402
 from agents.detectors.boxes import iou, nms  # noqa: E402
 from agents.detectors.frames import as_bgr  # noqa: E402
-from agents.detectors.yolo import names_from_metadata  # noqa: E402
+from agents.detectors.plugins.yolo import names_from_metadata  # noqa: E402
 from agents.detectors.yolo_decode import Letterbox, decode  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
 

@@ -17,14 +17,15 @@ import pytest
 
 pytest.importorskip("numba")
 
-from coordinator.anomaly import AlertKind, AnomalyEngine, robust_zscore, zscore_kernel
+from coordinator.anomaly import AlertKind, AnomalyEngine, zscore_kernel
 from coordinator.anomaly.alert import Alert
-from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from coordinator.anomaly.plugins import robust_zscore
+from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
 
 MINUTE = 60_000
 DAY_MS = 86_400_000
 ROOT = Path(__file__).resolve().parent.parent
-DETECTOR_LOG = "coordinator.anomaly.robust_zscore"
+DETECTOR_LOG = "coordinator.anomaly.plugins.robust_zscore"
 RUN_KERNEL = zscore_kernel.run_kernel  # the kernel whatever the run's length (tests patch the attribute)
 
 OPTIONS = {
@@ -213,7 +214,7 @@ CHECK_PURE = """
 import sys
 {setup}
 from coordinator.anomaly import zscore_kernel
-from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
 det = RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions(warmup=10, season_ms=0))
 found = det.step_many([i * 1000 for i in range(200)], [1.0 + i % 3 for i in range(199)] + [99.0])
 print(zscore_kernel.AVAILABLE, zscore_kernel.warm_up(), sys.modules.get("numba") is not None,

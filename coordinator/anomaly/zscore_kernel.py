@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from coordinator.anomaly.alert import Alert
-from coordinator.anomaly.robust_zscore import _GAUSS_MAD, RobustZScoreDetector  # it imports us lazily
+from coordinator.anomaly.plugins.robust_zscore import _GAUSS_MAD, RobustZScoreDetector  # it imports us lazily
 
 __all__ = ["AVAILABLE", "run_kernel", "warm_up"]
 

@@ -9,6 +9,7 @@ pass; redelivered rows are recognised by key and counted, not stored twice.
 from coordinator.store.base import DEFAULT_STORE_TYPE, Store, open_store, register_store, store_types
 from coordinator.store.config import RetentionConfig
 from coordinator.store.errors import StoreError
+from coordinator.store.plugins.sql import SqlStore
 from coordinator.store.records import (
     AnomalyLike,
     AnomalyRecord,
@@ -26,7 +27,6 @@ from coordinator.store.records import (
     WriteBatch,
     WriteResult,
 )
-from coordinator.store.sql_store import SqlStore
 
 __all__ = [
     "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord",

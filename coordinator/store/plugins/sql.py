@@ -64,9 +64,11 @@ def _between(column: sa.ColumnElement[int], since_ms: int | None, until_ms: int 
            ([column < until_ms] if until_ms is not None else [])
 
 
-@register_store("sql")
+@register_store
 class SqlStore(Store):
     """The coordinator's history in SQLite or PostgreSQL; safe to share between threads."""
+
+    TYPE = "sql"
 
     def __init__(self, engine: Engine, *, schema: str | None = None,
                  retention: RetentionConfig | None = None) -> None:
