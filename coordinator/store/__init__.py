@@ -13,24 +13,19 @@ from coordinator.store.plugins.sql import SqlStore
 from coordinator.store.records import (
     AnomalyLike,
     AnomalyRecord,
-    DeadLetterLike,
     DeadLetterRecord,
-    DetectionLike,
     DetectionRecord,
     DeviceInfo,
-    EventLike,
     EventRecord,
     RetentionResult,
     Rollup,
-    Sample,
-    SampleLike,
+    SampleRecord,
     WriteBatch,
     WriteResult,
 )
 
 __all__ = [
-    "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord",
-    "DetectionLike", "DetectionRecord", "DeviceInfo", "EventLike", "EventRecord", "RetentionConfig",
-    "RetentionResult", "Rollup", "Sample", "SampleLike", "SqlStore", "Store", "StoreError", "WriteBatch",
-    "WriteResult", "open_store", "register_store", "store_types",
+    "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterRecord", "DetectionRecord", "DeviceInfo",
+    "EventRecord", "RetentionConfig", "RetentionResult", "Rollup", "SampleRecord", "SqlStore", "Store",
+    "StoreError", "WriteBatch", "WriteResult", "open_store", "register_store", "store_types",
 ]

@@ -23,7 +23,7 @@ from coordinator.store.records import (
     DeviceInfo,
     RetentionResult,
     Rollup,
-    Sample,
+    SampleRecord,
     WriteBatch,
     WriteResult,
 )
@@ -66,7 +66,7 @@ class Store(ABC):
 
     @abstractmethod
     def samples(self, device: str, name: str, since_ms: int | None = None,
-                until_ms: int | None = None) -> list[Sample]: ...
+                until_ms: int | None = None) -> list[SampleRecord]: ...
 
     @abstractmethod
     def rollups(self, device: str, name: str, since_ms: int | None = None,
