@@ -121,22 +121,6 @@ def test_alert_fields_explain_the_anomaly() -> None:
     assert alert.to_json_dict()["expected"] == {"low": alert.expected_low, "high": alert.expected_high}
 
 
-def test_checkpoint_restore_gives_identical_future_scores() -> None:
-    engine = AnomalyEngine()
-    values = seasonal(DAY_SAMPLES, seed=2)
-    engine.observe_many(("gw-1", "cpu", i * MINUTE, float(v)) for i, v in enumerate(values))
-    restored = AnomalyEngine()
-    restored.restore(engine.checkpoint())
-    future = seasonal(300, seed=8)
-    future[100] += 60.0
-    for i, v in enumerate(future, start=DAY_SAMPLES):
-        a = engine.detector("gw-1", "cpu").peek(i * MINUTE, float(v))
-        b = restored.detector("gw-1", "cpu").peek(i * MINUTE, float(v))
-        assert a == b
-        assert engine.observe("gw-1", "cpu", i * MINUTE, float(v)) == \
-            restored.observe("gw-1", "cpu", i * MINUTE, float(v))
-
-
 def test_a_checkpoint_written_before_the_detectors_moved_to_plugins_restores(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import sys

@@ -69,13 +69,6 @@ def test_missing_and_unknown_type_are_config_errors() -> None:
         create_detector({"type": "hog"})
 
 
-def test_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="'treshold'"):
-        create_detector({"type": "ssdlite", "treshold": 0.4})
-    with pytest.raises(ConfigError, match="'confidence'"):
-        create_detector({"type": "yolo", "model": "x.onnx", "confidence": 0.4})
-
-
 @pytest.mark.parametrize(("key", "value"), [("threshold", 1.5), ("threshold", "high"), ("threshold", True),
                                             ("iou", 0.0), ("threads", 0), ("threads", 2.5),
                                             ("max_detections", -1)])
