@@ -148,7 +148,7 @@ class Tally:
 
 def _river_available() -> bool:
     try:
-        import coordinator.anomaly.river_holt  # noqa: F401  (registers type = "river_holt")
+        import coordinator.anomaly.plugins.river_holt  # noqa: F401  (registers type = "river_holt")
     except ImportError:
         return False
     return True

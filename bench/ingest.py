@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from coordinator.ingest import Ingest, IngestBatch  # noqa: E402
-from coordinator.store.sql_store import DEFAULT_DB_NAME  # noqa: E402
+from coordinator.store.plugins.sql import DEFAULT_DB_NAME  # noqa: E402
 from schemas.messages import MetricSample, MetricsBatch, encode_record  # noqa: E402
 
 PUBLISHER = textwrap.dedent("""

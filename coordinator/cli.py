@@ -18,24 +18,22 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from broker.cli_support import run_tool, setup_logging
-from broker.config_file import load_toml
 from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.session import BusConfig, BusSession
-from coordinator.actions import parse_actions
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.batch_job import BatchJobConfig
+from coordinator.config import DEFAULT_CLIENT_ID, CoordinatorConfig
 from coordinator.demo import SimulatedFleet
 from coordinator.fleet_view import FleetView
-from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.ingest import Ingest
 from coordinator.processor import FleetProcessor
-from coordinator.services import Services, ServicesConfig
+from coordinator.services import Services
 from coordinator.store.base import Store, open_store
 from schemas.errors import BusError, ConfigError
 
@@ -43,67 +41,9 @@ __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIENT_ID = "edgebus-coordinator"
 DEMO_ANOMALY: Mapping[str, Any] = {"detector": {"warmup": 30}}
 #: The demo runs for minutes, not hours: look at the last ten minutes every half minute.
 DEMO_BATCH: Mapping[str, Any] = {"interval_s": 30, "window_s": 600}
-
-
-
-@dataclass(frozen=True, slots=True)
-class CoordinatorConfig:
-    """The coordinator's configuration file (TOML). Unknown keys are errors."""
-
-    data_dir: Path = Path("data")
-    embedded_broker: bool = True
-    broker: BusConfig | None = None
-    #: ``[store]``: checked when the store opens (coordinator/store/config.py).
-    store: Mapping[str, Any] = field(default_factory=dict)
-    #: ``[anomaly]``: checked when the engine is built (coordinator/anomaly/engine.py).
-    anomaly: Mapping[str, Any] = field(default_factory=dict)
-    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
-    shared_group: str | None = None
-    #: ``[[actions]]``, ``[home_assistant]`` and ``[anomaly.batch]`` (coordinator/services.py).
-    services: ServicesConfig = field(default_factory=ServicesConfig)
-    #: Whether ``[anomaly.batch]`` was given (the demo uses a shorter schedule otherwise).
-    batch_configured: bool = False
-
-    @classmethod
-    def load(cls, path: Path) -> CoordinatorConfig:
-        return cls.from_mapping(load_toml(path))
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> CoordinatorConfig:
-        known = ({f.name for f in fields(cls)} - {"services", "batch_configured"}) | {"actions",
-                                                                                      "home_assistant"}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")
-        broker_section = data.get("broker")
-        if broker_section is not None and not isinstance(broker_section, dict):
-            raise ConfigError("broker must be a table ([broker])")
-        # A stable client id by default: the persistent session keeps what arrives during a restart.
-        broker = (BusConfig.from_mapping({"client_id": DEFAULT_CLIENT_ID, **broker_section})
-                  if broker_section is not None else None)
-        embedded = data.get("embedded_broker", broker is None)
-        if not isinstance(embedded, bool):
-            raise ConfigError(f"embedded_broker must be true or false, not {embedded!r}")
-        for section in ("store", "anomaly"):
-            if not isinstance(data.get(section, {}), dict):
-                raise ConfigError(f"{section} must be a table ([{section}])")
-        group = data.get("shared_group")
-        if group is not None and (not isinstance(group, str) or not group or "/" in group):
-            raise ConfigError(f"shared_group must be a name without '/', not {group!r}")
-        if group is not None and embedded:
-            raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
-                              "(Mosquitto, EMQX); the embedded broker does not")
-        anomaly = dict(data.get("anomaly", {}))
-        services = ServicesConfig(batch=BatchJobConfig.from_mapping(anomaly.get("batch")),
-                                  actions=tuple(parse_actions(data.get("actions"))),
-                                  home_assistant=HomeAssistantConfig.from_mapping(data.get("home_assistant")))
-        return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
-                   broker=broker, store=data.get("store", {}), anomaly=anomaly,
-                   shared_group=group, services=services, batch_configured="batch" in anomaly)
 
 
 def build_parser() -> argparse.ArgumentParser:

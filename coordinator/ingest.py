@@ -9,7 +9,7 @@ drops redelivered samples by sequence number, and passes one
 :class:`IngestBatch` to each sink (the store, the anomaly engine, the live
 view) in turn.
 
-Anything that cannot be used becomes a :class:`DeadLetter` with a reason
+Anything that cannot be used becomes a :class:`DeadLetterRecord` with a reason
 (``bad_topic``, ``malformed``, ``unsupported_version``, ``wrong_type``,
 ``device_mismatch``, ``bad_json``): counted, handed to the sinks like any other
 row, never fatal. A record whose device differs from the topic's is refused:
@@ -29,11 +29,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from broker.router import ReceivedMessage
 from broker.session import BusSession
 from coordinator.batch_queue import BatchQueue
+from coordinator.store.records import DeadLetterRecord, DetectionRecord, EventRecord, SampleRecord
 from schemas.errors import CodecError, TopicError, UnsupportedVersion
 from schemas.messages import DEFAULT_CODEC, Birth, DetectionsBatch, MetricsBatch
 from schemas.metrics import MetricColumns
@@ -41,7 +41,7 @@ from schemas.record_base import record_from_body
 from schemas.sequence import DeviceSequence, SequenceTracker
 from schemas.topics import ParsedTopic, TopicKind
 
-__all__ = ["DeadLetter", "DetectionRow", "Ingest", "IngestBatch", "IngestStats", "SampleRow"]
+__all__ = ["Ingest", "IngestBatch", "IngestStats"]
 
 # A batch is handed to the decoder after batch_wait, or sooner once no message came for this long.
 BATCH_IDLE = 0.02
@@ -51,46 +51,6 @@ PARSED_TOPICS = 10_000
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SampleRow:
-    device: str
-    epoch: int
-    seq: int
-    time_ms: int
-    name: str
-    value: float | int
-
-
-@dataclass(frozen=True, slots=True)
-class DetectionRow:
-    device: str
-    camera: str
-    epoch: int
-    seq: int
-    time_ms: int
-    label: str
-    confidence: float
-    box: tuple[float, float, float, float]
-    track_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    received_ms: int
-    topic: str
-    reason: str
-    error: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    device: str
-    camera: str
-    received_ms: int
-    event: dict[str, Any]
-
-
 class IngestBatch:
     """What one decoder pass produced; sinks read it, nobody changes it after hand-over.
 
@@ -98,7 +58,7 @@ class IngestBatch:
     :class:`~schemas.metrics.MetricColumns` per run of consecutive new samples
     of a metrics batch, so the processor scores and stores them without an
     object per sample (most of the decoder's cost at 100k samples/s).
-    ``samples`` builds the :class:`SampleRow` list from them on first use, for
+    ``samples`` builds the :class:`SampleRecord` list from them on first use, for
     sinks that want one object per sample. A batch built with ``samples=`` gets
     its runs from those rows.
     """
@@ -106,29 +66,29 @@ class IngestBatch:
     __slots__ = ("_samples", "births", "dead_letters", "detections", "duplicates", "events", "metric_runs",
                  "statuses")
 
-    def __init__(self, samples: Sequence[SampleRow] | None = None,
-                 detections: list[DetectionRow] | None = None, events: list[EventRow] | None = None,
+    def __init__(self, samples: Sequence[SampleRecord] | None = None,
+                 detections: list[DetectionRecord] | None = None, events: list[EventRecord] | None = None,
                  births: list[Birth] | None = None, statuses: list[tuple[str, str, int]] | None = None,
-                 dead_letters: list[DeadLetter] | None = None, duplicates: int = 0,
+                 dead_letters: list[DeadLetterRecord] | None = None, duplicates: int = 0,
                  metric_runs: list[MetricColumns] | None = None) -> None:
         self.metric_runs: list[MetricColumns] = metric_runs if metric_runs is not None else []
-        self._samples: list[SampleRow] | None = None
+        self._samples: list[SampleRecord] | None = None
         if samples:
             self._samples = list(samples) if not self.metric_runs else None  # else rebuilt from all runs
             self.metric_runs += [_row_columns(row) for row in samples]
-        self.detections: list[DetectionRow] = detections if detections is not None else []
-        self.events: list[EventRow] = events if events is not None else []
+        self.detections: list[DetectionRecord] = detections if detections is not None else []
+        self.events: list[EventRecord] = events if events is not None else []
         self.births: list[Birth] = births if births is not None else []
         #: (device, status, ms)
         self.statuses: list[tuple[str, str, int]] = statuses if statuses is not None else []
-        self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
+        self.dead_letters: list[DeadLetterRecord] = dead_letters if dead_letters is not None else []
         self.duplicates = duplicates
 
     @property
-    def samples(self) -> list[SampleRow]:
+    def samples(self) -> list[SampleRecord]:
         """Every new metric sample as a row, in arrival order (built once, on first use)."""
         if self._samples is None:
-            self._samples = [SampleRow(run.device, run.epoch, seq, time_ms, run.names[k], value)
+            self._samples = [SampleRecord(run.device, run.epoch, seq, time_ms, run.names[k], value)
                              for run in self.metric_runs
                              for seq, time_ms, k, value in zip(
                                  range(run.first_seq, run.first_seq + len(run.times)), run.times,
@@ -145,7 +105,7 @@ class IngestBatch:
                     or self.statuses or self.dead_letters or self.duplicates)
 
 
-def _row_columns(row: SampleRow) -> MetricColumns:
+def _row_columns(row: SampleRecord) -> MetricColumns:
     value = row.value
     return MetricColumns(row.device, row.epoch, row.seq, [row.name], [0], [row.time_ms], [float(value)],
                          None if type(value) is float else [value])
@@ -307,7 +267,7 @@ class Ingest:
             self._idle.notify_all()
 
     def _dead(self, batch: IngestBatch, message: ReceivedMessage, reason: str, error: str) -> None:
-        batch.dead_letters.append(DeadLetter(self._clock_ms(), message.topic, reason, error[:500],
+        batch.dead_letters.append(DeadLetterRecord(self._clock_ms(), message.topic, reason, error[:500],
                                              bytes(message.payload[:65536])))
 
     def _decode_into(self, message: ReceivedMessage, batch: IngestBatch) -> None:
@@ -414,7 +374,7 @@ class Ingest:
                 batch.duplicates += 1
                 continue
             for d in frame.detections:
-                batch.detections.append(DetectionRow(
+                batch.detections.append(DetectionRecord(
                     record.device, record.camera, record.epoch, record.first_seq + i, frame.time_ms,
                     d.label, d.confidence, d.box, d.track_id))
 
@@ -427,4 +387,4 @@ class Ingest:
         if not isinstance(event, dict):
             self._dead(batch, message, "bad_json", "an event is a JSON object")
             return
-        batch.events.append(EventRow(parsed.device or "", parsed.name or "", self._clock_ms(), event))
+        batch.events.append(EventRecord(parsed.device or "", parsed.name or "", self._clock_ms(), event))

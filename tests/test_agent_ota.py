@@ -602,7 +602,7 @@ def test_keys_then_model_updates_end_to_end_with_a_corrupt_chunk_re_requested(si
 @pytest.mark.integration
 def test_a_model_update_restarts_its_cameras_and_one_they_cannot_run_is_rolled_back(site: Site) -> None:
     pytest.importorskip("cv2")
-    from agents.detectors.ssdlite import DEFAULT_MODEL
+    from agents.detectors.plugins.ssdlite import DEFAULT_MODEL
 
     site.paths.models.mkdir(parents=True)
     model_path = site.paths.models / "person.onnx"

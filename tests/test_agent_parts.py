@@ -80,7 +80,7 @@ def test_collector_tables_are_checked_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"metrics\.disk: unknown key 'path'"):
         load_config(path)
     path.write_text('[device]\nid = "gw-1"\n[metrics]\ncollectors = ["cpu", "gpu"]\n')
-    with pytest.raises(ConfigError, match="unknown collector 'gpu'"):
+    with pytest.raises(ConfigError, match="unknown collector type 'gpu'"):
         load_config(path)
 
 

@@ -11,11 +11,10 @@ from broker.scheduler import SchedulerThread
 from coordinator.actions import parse_actions
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.batch_job import BatchJob, BatchJobConfig
-from coordinator.cli import CoordinatorConfig
+from coordinator.config import CoordinatorConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
-from coordinator.ingest import SampleRow
 from coordinator.store.base import open_store
-from coordinator.store.records import WriteBatch
+from coordinator.store.records import SampleRecord, WriteBatch
 from schemas.errors import ConfigError
 
 pytest.importorskip("pyod")
@@ -48,7 +47,7 @@ def test_scheduler_runs_due_jobs_and_survives_a_failing_one() -> None:
     assert broken.runs == 3 and broken.failures == 3
 
 
-def history(odd: int) -> tuple[list[SampleRow], list[int]]:
+def history(odd: int) -> tuple[list[SampleRecord], list[int]]:
     """CPU and network traffic follow load together; row ``odd`` breaks the relation."""
     rng = np.random.default_rng(0)
     n = 400
@@ -58,7 +57,7 @@ def history(odd: int) -> tuple[list[SampleRow], list[int]]:
     temp = 40 + rng.normal(0, 2, n)
     cpu[odd], net[odd], temp[odd] = 75.0, 6.0, 40.0
     times = [1_763_900_000_000 + i * 1000 for i in range(n)]
-    rows = [SampleRow("gw-1", 1, i * 3 + k, times[i], name, float(v))
+    rows = [SampleRecord("gw-1", 1, i * 3 + k, times[i], name, float(v))
             for i in range(n) for k, (name, v) in enumerate((("cpu", cpu[i]), ("net", net[i]),
                                                            ("temp", temp[i])))]
     return rows, times

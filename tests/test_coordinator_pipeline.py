@@ -11,12 +11,12 @@ import pytest
 
 from broker.session import BusSession
 from coordinator.anomaly.engine import AnomalyEngine
-from coordinator.ingest import Ingest, IngestBatch, SampleRow
+from coordinator.ingest import Ingest, IngestBatch
 from coordinator.processor import FleetProcessor
 from coordinator.store.base import Store, open_store
 from coordinator.store.errors import StoreError
-from coordinator.store.records import WriteBatch, WriteResult
-from coordinator.store.sql_store import DEFAULT_DB_NAME
+from coordinator.store.plugins.sql import DEFAULT_DB_NAME
+from coordinator.store.records import SampleRecord, WriteBatch, WriteResult
 from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.topics import TopicTree
 from tests.brokers import RunningBroker
@@ -144,8 +144,8 @@ def test_the_writer_thread_stores_in_order_and_a_failing_batch_costs_only_itself
     processor = FleetProcessor(session, Ingest(session), gated, AnomalyEngine(  # type: ignore[arg-type]
         {"detector": {"warmup": 30}}), data_dir=tmp_path)
     try:
-        def rows(device: str, first: int, values: list[float]) -> list[SampleRow]:
-            return [SampleRow(device, 1, first + i, 1_763_900_000_000 + (first + i) * 1000, "cpu", v)
+        def rows(device: str, first: int, values: list[float]) -> list[SampleRecord]:
+            return [SampleRecord(device, 1, first + i, 1_763_900_000_000 + (first + i) * 1000, "cpu", v)
                     for i, v in enumerate(values)]
 
         processor(IngestBatch(samples=rows("gw-1", 0, normal(50, 0))))  # held at the gate

@@ -70,7 +70,7 @@ def test_readme_coordinator_configuration_is_valid() -> None:
     import tomllib
 
     from coordinator.anomaly.engine import AnomalyEngine
-    from coordinator.cli import CoordinatorConfig
+    from coordinator.config import CoordinatorConfig
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"```toml\n(embedded_broker = false.*?)```", readme, re.S)

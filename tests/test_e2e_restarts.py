@@ -19,7 +19,7 @@ import pytest
 
 from coordinator.ingest import Ingest
 from coordinator.store.blocks import decode_block
-from coordinator.store.sql_store import DEFAULT_DB_NAME
+from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 from tests.agent_helpers import agent_toml, spawn_agent
 from tests.brokers import MosquittoUnderTest
 from tests.bus_helpers import WAIT, observer, wait_until

@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.store import Sample, StoreError, WriteBatch
+from coordinator.store import SampleRecord, StoreError, WriteBatch
 from coordinator.store import migrate as migrations
 from coordinator.store.blocks import (
     MAX_SEQ_SPAN,
@@ -94,7 +94,8 @@ def test_redeliveries_in_any_batching_store_each_sample_once(open_backend: Store
         else:
             picked = [s for s in seqs if rng.random() < 0.7] or [first]
             count = len(picked)
-            batch = WriteBatch(samples=[Sample("gw-1", epoch, s, T0 + s, "cpu", s * 0.5) for s in picked])
+            batch = WriteBatch(samples=[SampleRecord("gw-1", epoch, s, T0 + s, "cpu", s * 0.5)
+                                        for s in picked])
             seqs = range(0)
             expected_now = {(epoch, s) for s in picked}
         expected_now = expected_now if not seqs else {(epoch, s) for s in seqs}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from coordinator.store import RetentionConfig, SqlStore, open_store, register_store, store_types
-from coordinator.store.base import _REGISTRY
+from coordinator.store.base import STORES
 from schemas.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ def test_a_full_sql_section_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("section", "message"), [
     ({"urll": "sqlite://"}, "unknown key store.urll"),
     ({"retention": {"raw_day": 3}}, "unknown key store.retention.raw_day"),
-    ({"type": "mongo"}, "store.type 'mongo' is not a known store type"),
+    ({"type": "mongo"}, "store.type: unknown store type 'mongo'; known: sql"),
     ({"url": 5}, "store.url must be a string"),
     ({"url": ""}, "store.url must not be empty"),
     ({"url": "mysql://db/x"}, "supports sqlite and postgresql"),
@@ -66,11 +66,13 @@ def test_a_bare_postgresql_url_uses_psycopg3() -> None:
 
 def test_store_types_are_plugins() -> None:
     assert "sql" in store_types()
-    with pytest.raises(ValueError, match="already registered"):
-        register_store("sql")(type("Other", (SqlStore,), {}))
+    with pytest.raises(ConfigError, match="already registered"):
+        register_store(type("Other", (SqlStore,), {}))
 
-    @register_store("test-null")
+    @register_store
     class NullStore(SqlStore):
+        TYPE = "test-null"
+
         @classmethod
         def from_config(cls, section: Any, *, data_dir: Path) -> SqlStore:
             return SqlStore.open("sqlite://")
@@ -80,4 +82,4 @@ def test_store_types_are_plugins() -> None:
         with open_store({"type": "test-null"}) as store:
             assert store.count_samples() == 0
     finally:
-        _REGISTRY.pop("test-null")
+        STORES.unregister("test-null")

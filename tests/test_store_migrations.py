@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from coordinator.store import Sample, SqlStore, WriteBatch
+from coordinator.store import SampleRecord, SqlStore, WriteBatch
 from coordinator.store.migrate import head_revision
 from coordinator.store.tables import metadata
 from tests.test_store_support import StoreFactory, backend, open_backend, table_names
@@ -30,7 +30,7 @@ def test_migrate_creates_the_schema_from_empty(open_backend: StoreFactory) -> No
 
 def test_second_migrate_is_a_no_op_and_keeps_data(open_backend: StoreFactory) -> None:
     store = open_backend()
-    store.write_batch(WriteBatch(samples=[Sample("gw-1", 1, 0, 1_000, "cpu", 1.0)]))
+    store.write_batch(WriteBatch(samples=[SampleRecord("gw-1", 1, 0, 1_000, "cpu", 1.0)]))
     store.migrate()
     store.close()
     reopened = open_backend()

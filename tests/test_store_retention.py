@@ -8,7 +8,7 @@ from coordinator.store import (
     DetectionRecord,
     RetentionConfig,
     Rollup,
-    Sample,
+    SampleRecord,
     WriteBatch,
 )
 from coordinator.store.config import DAY_MS
@@ -21,9 +21,9 @@ POLICY = RetentionConfig(raw_days=7, downsample_after_days=1, downsample_interva
                          detection_days=2, anomaly_days=3, dead_letter_days=4)
 
 
-def three_minutes() -> list[Sample]:
+def three_minutes() -> list[SampleRecord]:
     """Nine samples, 20 s apart: three per minute, values 1..9."""
-    return [Sample("gw-1", 1, k, T0 + k * 20_000, "cpu", float(k + 1)) for k in range(9)]
+    return [SampleRecord("gw-1", 1, k, T0 + k * 20_000, "cpu", float(k + 1)) for k in range(9)]
 
 
 def test_complete_old_intervals_are_summarised_once(open_backend: StoreFactory) -> None:

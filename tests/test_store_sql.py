@@ -9,7 +9,7 @@ from coordinator.store import (
     DeadLetterRecord,
     DetectionRecord,
     EventRecord,
-    Sample,
+    SampleRecord,
     SqlStore,
     StoreError,
     WriteBatch,
@@ -24,8 +24,8 @@ __all__ = ["backend", "open_backend"]
 T0 = 1_763_900_000_000
 
 
-def samples(device: str, first: int, count: int, *, epoch: int = 1, name: str = "cpu") -> list[Sample]:
-    return [Sample(device, epoch, seq, T0 + seq * 1000, name, seq * 0.25)
+def samples(device: str, first: int, count: int, *, epoch: int = 1, name: str = "cpu") -> list[SampleRecord]:
+    return [SampleRecord(device, epoch, seq, T0 + seq * 1000, name, seq * 0.25)
             for seq in range(first, first + count)]
 
 
@@ -52,13 +52,14 @@ def test_same_seq_in_a_new_epoch_or_another_device_is_a_new_sample(open_backend:
 
 def test_samples_round_trip_in_time_order_within_a_half_open_range(open_backend: StoreFactory) -> None:
     store = open_backend()
-    mixed = [Sample("gw-1", 1, 2, T0 + 2000, "cpu", 7), Sample("gw-1", 1, 0, T0, "cpu", 1.5),
-             Sample("gw-1", 1, 1, T0 + 1000, "mem", -2.25e9), Sample("gw-1", 1, 3, T0 + 3000, "cpu", 0.1)]
+    mixed = [SampleRecord("gw-1", 1, 2, T0 + 2000, "cpu", 7), SampleRecord("gw-1", 1, 0, T0, "cpu", 1.5),
+             SampleRecord("gw-1", 1, 1, T0 + 1000, "mem", -2.25e9),
+             SampleRecord("gw-1", 1, 3, T0 + 3000, "cpu", 0.1)]
     store.write_batch(WriteBatch(samples=mixed))
     cpu = store.samples("gw-1", "cpu")
     assert [(s.seq, s.time_ms, s.value) for s in cpu] == [(0, T0, 1.5), (2, T0 + 2000, 7.0),
                                                           (3, T0 + 3000, 0.1)]
-    assert store.samples("gw-1", "mem") == [Sample("gw-1", 1, 1, T0 + 1000, "mem", -2.25e9)]
+    assert store.samples("gw-1", "mem") == [SampleRecord("gw-1", 1, 1, T0 + 1000, "mem", -2.25e9)]
     assert [s.seq for s in store.samples("gw-1", "cpu", since_ms=T0 + 1, until_ms=T0 + 3000)] == [2]
     assert store.samples("gw-9", "cpu") == []
 
@@ -208,7 +209,8 @@ def columns(device: str, first: int, count: int, names: tuple[str, ...] = ("cpu"
 def test_sample_columns_are_stored_like_sample_rows(open_backend: StoreFactory) -> None:
     store = open_backend()
     runs = [columns("gw-1", 0, 7000), columns("gw-2", 5, 3), columns("gw-1", 7000, 1)]  # > one chunk
-    rows = [Sample(c.device, c.epoch, c.first_seq + i, c.times[i], c.names[c.name_index[i]], c.values[i])
+    rows = [SampleRecord(c.device, c.epoch, c.first_seq + i, c.times[i], c.names[c.name_index[i]],
+                         c.values[i])
             for c in runs for i in range(len(c.times))]
     result = store.write_batch(WriteBatch(sample_columns=runs, statuses=[("gw-2", "online", T0)]))
     assert (result.samples_new, result.samples_duplicate, result.devices) == (7004, 0, 2)

@@ -17,15 +17,29 @@ import pytest
 
 pytest.importorskip("numba")
 
-from coordinator.anomaly import AlertKind, AnomalyEngine, robust_zscore, zscore_kernel
+from coordinator.anomaly import AlertKind, AnomalyEngine, zscore_kernel
 from coordinator.anomaly.alert import Alert
-from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from coordinator.anomaly.base import StreamDetector
+from coordinator.anomaly.plugins import robust_zscore
+from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
 
 MINUTE = 60_000
 DAY_MS = 86_400_000
 ROOT = Path(__file__).resolve().parent.parent
-DETECTOR_LOG = "coordinator.anomaly.robust_zscore"
+DETECTOR_LOG = "coordinator.anomaly.plugins.robust_zscore"
 RUN_KERNEL = zscore_kernel.run_kernel  # the kernel whatever the run's length (tests patch the attribute)
+
+
+def run_uncompiled(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float]) -> Any:
+    """The same kernel run as plain Python, as on a machine without numba."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zscore_kernel, "AVAILABLE", False)
+        return RUN_KERNEL(det, times, values)
+
+
+def step_each(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float]) -> Any:
+    """The reference: ``step`` per sample."""
+    return StreamDetector.step_many(det, times, values)
 
 OPTIONS = {
     "defaults": RobustZScoreOptions(),
@@ -151,7 +165,7 @@ def test_kernel_is_step_bit_for_bit(name: str, seed: int, detector_logs: Logs,
                                     kernel_calls: list[int]) -> None:
     opts = OPTIONS[name]
     samples = stream(2000, seed)
-    one, many, direct = (RobustZScoreDetector("gw-1", "cpu", opts) for _ in range(3))
+    one, many, direct, plain = (RobustZScoreDetector("gw-1", "cpu", opts) for _ in range(4))
     rng = np.random.default_rng(seed)
     alerts = 0
     for start, end in chunks(len(samples), rng):
@@ -167,6 +181,10 @@ def test_kernel_is_step_bit_for_bit(name: str, seed: int, detector_logs: Logs,
         assert typed(got) == typed(expected), (start, end)
         assert detector_logs.take() == expected_logs
         assert typed(direct) == typed(one), (start, end)
+        got = run_uncompiled(plain, times, values)
+        assert typed(got) == typed(expected), (start, end)
+        assert detector_logs.take() == expected_logs
+        assert typed(plain) == typed(one), (start, end)
         alerts += len(expected)
     assert alerts
     assert kernel_calls and min(kernel_calls) >= robust_zscore._KERNEL_MIN_RUN
@@ -188,7 +206,8 @@ def test_the_streams_hold_every_kind_of_event(detector_logs: Logs) -> None:
     assert accepted > 10 and ints > 100 and bad > 10
 
 
-def test_short_runs_and_a_disabled_kernel_take_the_python_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_short_runs_take_step_and_a_disabled_jit_runs_the_kernel_as_python(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> None:
         raise AssertionError("the kernel ran")
 
@@ -198,8 +217,23 @@ def test_short_runs_and_a_disabled_kernel_take_the_python_loop(monkeypatch: pyte
     det.step_many(list(range(short)), [1.0] * short)
     with pytest.raises(AssertionError, match="the kernel ran"):
         det.step_many(list(range(short + 1)), [1.0] * (short + 1))
+    monkeypatch.undo()
     monkeypatch.setattr(zscore_kernel, "AVAILABLE", False)
-    det.step_many(list(range(1000)), [1.0] * 1000)
+    monkeypatch.setattr(zscore_kernel, "_compiled_kernel", refuse)
+    plain_runs: list[int] = []
+    real = zscore_kernel.step_many_kernel
+
+    def counting(times: Any, *args: Any) -> int:
+        plain_runs.append(len(times))
+        return real(times, *args)
+
+    monkeypatch.setattr(zscore_kernel, "step_many_kernel", counting)
+    samples = stream(1000, 3)
+    reference, det = (RobustZScoreDetector("gw-1", "cpu", OPTIONS["flat"]) for _ in range(2))
+    expected = step_each(reference, [t for t, _ in samples], [v for _, v in samples])
+    assert typed(det.step_many([t for t, _ in samples], [v for _, v in samples])) == typed(expected)
+    assert typed(det) == typed(reference)
+    assert plain_runs == [1000]  # the plain Python kernel ran, the compiled one never
 
 
 def run_python(code: str, **env: str) -> str:
@@ -213,7 +247,7 @@ CHECK_PURE = """
 import sys
 {setup}
 from coordinator.anomaly import zscore_kernel
-from coordinator.anomaly.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
 det = RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions(warmup=10, season_ms=0))
 found = det.step_many([i * 1000 for i in range(200)], [1.0 + i % 3 for i in range(199)] + [99.0])
 print(zscore_kernel.AVAILABLE, zscore_kernel.warm_up(), sys.modules.get("numba") is not None,
@@ -265,23 +299,26 @@ def test_a_checkpoint_taken_after_the_kernel_restores_to_the_python_paths_future
 
 
 def same_outcome(feed: Callable[[Any], object], warm: list[tuple[int, float]]) -> None:
-    """``feed`` gives (or raises) the same on the kernel as on the Python loop, and leaves the same state."""
-    pure, jit = (RobustZScoreDetector("gw-1", "cpu", OPTIONS["flat"]) for _ in range(2))
-    for det in (pure, jit):
-        det._step_many_python([t for t, _ in warm], [v for _, v in warm])
+    """``feed`` gives (or raises) the same on the kernel, compiled or not, as ``step`` does, and leaves
+    the same state."""
+    pure, jit, plain = (RobustZScoreDetector("gw-1", "cpu", OPTIONS["flat"]) for _ in range(3))
+    for det in (pure, jit, plain):
+        step_each(det, [t for t, _ in warm], [v for _, v in warm])
     outcomes = []
-    for step_many in (pure._step_many_python, lambda t, v: RUN_KERNEL(jit, t, v)):
+    for step_many in (lambda t, v: step_each(pure, t, v), lambda t, v: RUN_KERNEL(jit, t, v),
+                      lambda t, v: run_uncompiled(plain, t, v)):
         try:
             outcomes.append(typed(feed(step_many)))
         except Exception as exc:
             outcomes.append((type(exc).__name__, str(exc)))
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
     assert typed(jit) == typed(pure)
+    assert typed(plain) == typed(pure)
 
 
 @pytest.mark.parametrize("case", ["none-value", "str-value", "lengths", "float-times", "huge-ints",
                                   "infinite-score", "empty"])
-def test_odd_inputs_behave_as_the_python_loop(case: str) -> None:
+def test_odd_inputs_behave_as_step(case: str) -> None:
     warm = [(i * MINUTE, 50.0 + 0.001 * math.sin(i)) for i in range(200)]  # a tiny scale: scores can overflow
     times = [(200 + i) * MINUTE for i in range(40)]
     values: list[Any] = [50.0 + 0.001 * math.cos(i) for i in range(40)]
@@ -300,7 +337,7 @@ def test_odd_inputs_behave_as_the_python_loop(case: str) -> None:
 def test_numpy_array_input_scores_as_lists() -> None:
     samples = stream(3000, 5)
     lists, arrays = (RobustZScoreDetector("gw-1", "cpu", OPTIONS["defaults"]) for _ in range(2))
-    expected = lists._step_many_python([t for t, _ in samples], [v for _, v in samples])
+    expected = step_each(lists, [t for t, _ in samples], [v for _, v in samples])
     got = RUN_KERNEL(arrays, np.array([t for t, _ in samples]), np.array([float(v) for _, v in samples]))
     assert [(i, a.score, a.kind) for i, a in got] == [(i, a.score, a.kind) for i, a in expected]
     assert typed(arrays.profile) == typed(lists.profile) and typed(arrays.threshold) == typed(lists.threshold)

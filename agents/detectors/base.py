@@ -1,8 +1,9 @@
 """The detector interface and the registry that picks a backend by its ``type``.
 
-A backend is a class registered under a name; the camera pipeline builds it
-from the operator's ``[cameras.detector]`` table with :func:`create_detector`,
-so adding a backend never touches the pipeline. Backends import their heavy
+A backend is a class registered under a name, one module in
+``agents/detectors/plugins/``; the camera pipeline builds it from the
+operator's ``[cameras.detector]`` table with :func:`create_detector`, so adding
+a backend is one new file and never touches the pipeline. Backends import their heavy
 dependencies (onnxruntime, ultralytics) lazily, inside ``from_config``, so a
 gateway that runs no camera never needs them.
 """
@@ -12,26 +13,22 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from broker.config_values import check_keys
+from broker.plugin_registry import PluginRegistry
 from schemas.detections import Detection
-from schemas.errors import ConfigError
 
-__all__ = ["Detector", "Frame", "check_keys", "create_detector", "detector_types",
+__all__ = ["DETECTORS", "Detector", "Frame", "check_keys", "create_detector", "detector_types",
            "register_detector"]
 
 logger = logging.getLogger(__name__)
 
 #: A BGR image as OpenCV gives it: ``uint8`` array of shape (height, width, 3).
 Frame = npt.NDArray[np.uint8]
-
-_REGISTRY: dict[str, type[Detector]] = {}
-
-D = TypeVar("D", bound="type[Detector]")
 
 
 class Detector(abc.ABC):
@@ -63,45 +60,18 @@ class Detector(abc.ABC):
         """Release what the backend holds (sessions, threads)."""
 
 
-def register_detector(cls: D) -> D:
-    """Class decorator: make ``cls`` selectable as ``type = cls.TYPE``."""
-    name = cls.TYPE
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"detector type {name!r} registered twice")
-    _REGISTRY[name] = cls
-    return cls
+#: The detector backends by ``type``, found in agents/detectors/plugins/.
+DETECTORS: PluginRegistry[Detector] = PluginRegistry("detector", "agents.detectors.plugins")
+#: Class decorator: make a backend selectable as ``type = cls.TYPE``.
+register_detector = DETECTORS.register
 
 
 def detector_types() -> list[str]:
     """The registered backend names, sorted."""
-    _load_builtin_backends()
-    return sorted(_REGISTRY)
+    return DETECTORS.names()
 
 
 def create_detector(config: Mapping[str, Any]) -> Detector:
     """The backend named by ``config["type"]`` built from the rest of ``config``."""
-    _load_builtin_backends()
-    kind = config.get("type")
-    if not isinstance(kind, str):
-        raise ConfigError(f"detector needs a type ({', '.join(sorted(_REGISTRY))})")
-    cls = _REGISTRY.get(kind)
-    if cls is None:
-        raise ConfigError(f"unknown detector type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-    options = {k: v for k, v in config.items() if k != "type"}
-    return cls.from_config(options)
-
-
-_BUILTIN_MODULES: tuple[str, ...] = ("agents.detectors.ssdlite", "agents.detectors.yolo")
-_loaded = False
-
-
-def _load_builtin_backends() -> None:
-    """Import the shipped backend modules once so their decorators register them."""
-    global _loaded
-    if _loaded:
-        return
-    import importlib
-
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    _loaded = True
+    cls = DETECTORS.lookup(config, "detector")
+    return cls.from_config({k: v for k, v in config.items() if k != "type"})

@@ -1,6 +1,6 @@
 """YOLO ``.pt`` models through the ``ultralytics`` package (the ``[yolo]`` extra, which brings torch).
 
-Chosen by :class:`agents.detectors.yolo.YoloDetector` when ``model`` ends in
+Chosen by :class:`agents.detectors.plugins.yolo.YoloDetector` when ``model`` ends in
 ``.pt``. Heavier and slower than the ONNX path (about 100 ms against 54 ms a
 640 x 640 frame for YOLOv8n on two cores) but takes any model Ultralytics can
 load, without an export step.
@@ -17,7 +17,7 @@ from schemas.detections import Detection
 from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
-    from agents.detectors.yolo import YoloSettings
+    from agents.detectors.plugins.yolo import YoloSettings
 
 __all__ = ["UltralyticsDetector"]
 
@@ -59,8 +59,8 @@ class UltralyticsDetector(Detector):
 
     @classmethod
     def from_config(cls, options: Any) -> Detector:
-        """Built through ``type = "yolo"`` with a ``.pt`` model; see :mod:`agents.detectors.yolo`."""
-        from agents.detectors.yolo import YoloDetector
+        """Built through ``type = "yolo"`` with a ``.pt`` model; see :mod:`agents.detectors.plugins.yolo`."""
+        from agents.detectors.plugins.yolo import YoloDetector
 
         return YoloDetector.from_config(options)
 

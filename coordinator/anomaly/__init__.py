@@ -8,7 +8,7 @@ Neither does I/O: the ingest path publishes, stores and checkpoints.
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.anomaly.base import ForecastPoint, StreamDetector, detector_types, register_detector
-from coordinator.anomaly.engine import AnomalyEngine, Sample
+from coordinator.anomaly.engine import AnomalyEngine, StreamSample
 
-__all__ = ["Alert", "AlertKind", "AnomalyEngine", "ForecastPoint", "Sample", "Severity", "StreamDetector",
-           "detector_types", "register_detector"]
+__all__ = ["Alert", "AlertKind", "AnomalyEngine", "ForecastPoint", "Severity", "StreamDetector",
+           "StreamSample", "detector_types", "register_detector"]

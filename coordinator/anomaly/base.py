@@ -1,30 +1,26 @@
 """The per-stream detector interface and the registry that picks one by its ``type``.
 
-A detector is a class registered under a name; the engine builds one per
+A detector is a class registered under a name, one module in
+``coordinator/anomaly/plugins/``; the engine builds one per
 (device, metric) stream from the operator's ``[anomaly.detector]`` table with
-:func:`create_factory`, so adding a detector never touches the engine.
+:func:`create_factory`, so adding a detector is one new file and never touches
+the engine.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
+from broker.plugin_registry import PluginRegistry
 from coordinator.anomaly.alert import Alert
-from schemas.errors import ConfigError
 
-__all__ = ["DEFAULT_TYPE", "ForecastPoint", "StreamDetector", "create_factory", "detector_types",
-           "register_detector"]
+__all__ = ["ANOMALY_DETECTORS", "DEFAULT_TYPE", "ForecastPoint", "StreamDetector", "create_factory",
+           "detector_types", "register_detector"]
 
 DEFAULT_TYPE = "robust_zscore"
-
-_REGISTRY: dict[str, type[StreamDetector]] = {}
-
-D = TypeVar("D", bound="type[StreamDetector]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,41 +80,21 @@ class StreamDetector(abc.ABC):
         """The next ``horizon`` samples' expected values and intervals (empty before any sample)."""
 
 
-def register_detector(cls: D) -> D:
-    """Class decorator: make ``cls`` selectable as ``type = cls.TYPE``."""
-    name = cls.TYPE
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"anomaly detector type {name!r} registered twice")
-    _REGISTRY[name] = cls
-    return cls
-
-
-_BUILTIN_MODULES = ("coordinator.anomaly.robust_zscore",)
-#: Detectors whose dependencies are an extra: registered when the extra is installed.
-_OPTIONAL_MODULES = {"coordinator.anomaly.river_holt": "river"}
+#: The stream detectors by ``type``, found in coordinator/anomaly/plugins/ (river_holt only with river).
+ANOMALY_DETECTORS: PluginRegistry[StreamDetector] = PluginRegistry(
+    "anomaly detector", "coordinator.anomaly.plugins", default=DEFAULT_TYPE)
+#: Class decorator: make a detector selectable as ``type = cls.TYPE``.
+register_detector = ANOMALY_DETECTORS.register
 
 
 def detector_types() -> list[str]:
     """The registered detector names, sorted (optional ones only when their extra is installed)."""
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    for module in _OPTIONAL_MODULES:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
-    return sorted(_REGISTRY)
+    return ANOMALY_DETECTORS.names()
 
 
 def create_factory(config: Mapping[str, Any], where: str) -> Callable[[str, str], StreamDetector]:
     """A builder of the detector named by ``config["type"]`` (default robust_zscore)."""
-    known = detector_types()
-    kind = config.get("type", DEFAULT_TYPE)
-    if not isinstance(kind, str) or kind not in _REGISTRY:
-        extras = [f"{module.rsplit('.', 1)[1]} (pip install 'edgebus[{extra}]')"
-                  for module, extra in _OPTIONAL_MODULES.items() if module.rsplit(".", 1)[1] not in known]
-        hint = f"; not installed: {', '.join(extras)}" if extras else ""
-        raise ConfigError(f"{where}.type: unknown anomaly detector type {kind!r}; known: {', '.join(known)}"
-                          f"{hint}")
-    options = {k: v for k, v in config.items() if k != "type"}
-    factory = _REGISTRY[kind].factory(options, where)
-    _REGISTRY[kind].prepare()
+    cls = ANOMALY_DETECTORS.lookup(config, where)
+    factory = cls.factory({k: v for k, v in config.items() if k != "type"}, where)
+    cls.prepare()
     return factory

@@ -9,6 +9,7 @@ from an untrusted source (unpickling runs code).
 
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any
 
@@ -19,6 +20,20 @@ __all__ = ["MAGIC", "VERSION", "decode_checkpoint", "encode_checkpoint"]
 MAGIC = b"EBANOM"
 #: Bump when any detector's pickled layout changes incompatibly.
 VERSION = 1
+
+#: Modules whose classes moved after checkpoints naming them were written: old name -> new name.
+#: Pickle stores a class by module path, so a checkpoint from before a move still restores.
+_MOVED_MODULES = {
+    "coordinator.anomaly.robust_zscore": "coordinator.anomaly.plugins.robust_zscore",
+    "coordinator.anomaly.river_holt": "coordinator.anomaly.plugins.river_holt",
+}
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    """An unpickler that finds classes under their current module when they have moved."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(_MOVED_MODULES.get(module, module), name)
 
 
 def encode_checkpoint(state: Any) -> bytes:
@@ -35,6 +50,6 @@ def decode_checkpoint(blob: bytes) -> Any:
         raise UnsupportedVersion(f"anomaly checkpoint version {version} is not supported by this build "
                                  f"(it reads version {VERSION}); delete it to start the detectors afresh")
     try:
-        return pickle.loads(blob[len(MAGIC) + 1:])
+        return _CheckpointUnpickler(io.BytesIO(blob[len(MAGIC) + 1:])).load()
     except Exception as exc:  # pickle raises many unrelated types on corrupt input
         raise CodecError(f"anomaly checkpoint is corrupt: {exc}") from exc

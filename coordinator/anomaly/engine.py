@@ -28,12 +28,12 @@ from coordinator.anomaly.options import check_keys
 from schemas.errors import CodecError, ConfigError
 from schemas.metrics import cycle
 
-__all__ = ["AnomalyEngine", "Sample", "SampleColumns"]
+__all__ = ["AnomalyEngine", "SampleColumns", "StreamSample"]
 
 logger = logging.getLogger(__name__)
 
 #: ``(device, metric, time_ms, value)``
-Sample = tuple[str, str, int, float]
+StreamSample = tuple[str, str, int, float]
 
 _KNOWN = {"detector", "metrics"}
 
@@ -178,7 +178,7 @@ class AnomalyEngine:
         logger.info("anomaly %s/%s: %s", device, metric, alert.explanation)
         return [alert]
 
-    def observe_many(self, samples: Iterable[Sample]) -> list[Alert]:
+    def observe_many(self, samples: Iterable[StreamSample]) -> list[Alert]:
         """Score a batch of samples in order; the alerts they open, in sample order.
 
         Streams are independent, so the batch is scored stream by stream (each

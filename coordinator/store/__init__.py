@@ -9,28 +9,23 @@ pass; redelivered rows are recognised by key and counted, not stored twice.
 from coordinator.store.base import DEFAULT_STORE_TYPE, Store, open_store, register_store, store_types
 from coordinator.store.config import RetentionConfig
 from coordinator.store.errors import StoreError
+from coordinator.store.plugins.sql import SqlStore
 from coordinator.store.records import (
     AnomalyLike,
     AnomalyRecord,
-    DeadLetterLike,
     DeadLetterRecord,
-    DetectionLike,
     DetectionRecord,
     DeviceInfo,
-    EventLike,
     EventRecord,
     RetentionResult,
     Rollup,
-    Sample,
-    SampleLike,
+    SampleRecord,
     WriteBatch,
     WriteResult,
 )
-from coordinator.store.sql_store import SqlStore
 
 __all__ = [
-    "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord",
-    "DetectionLike", "DetectionRecord", "DeviceInfo", "EventLike", "EventRecord", "RetentionConfig",
-    "RetentionResult", "Rollup", "Sample", "SampleLike", "SqlStore", "Store", "StoreError", "WriteBatch",
-    "WriteResult", "open_store", "register_store", "store_types",
+    "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterRecord", "DetectionRecord", "DeviceInfo",
+    "EventRecord", "RetentionConfig", "RetentionResult", "Rollup", "SampleRecord", "SqlStore", "Store",
+    "StoreError", "WriteBatch", "WriteResult", "open_store", "register_store", "store_types",
 ]

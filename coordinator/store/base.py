@@ -1,18 +1,20 @@
 """The store interface and its plugin registry: ``[store] type = "..."`` picks the class.
 
-A store type registers itself with :func:`register_store`; :func:`open_store`
-reads ``[store]``, looks the type up and lets the class parse the rest of the
-table strictly. Only ``sql`` (SQLite or PostgreSQL through SQLAlchemy) ships.
+A store type is a class in ``coordinator/store/plugins/`` that registers itself
+with :func:`register_store` under its ``TYPE``; :func:`open_store` reads
+``[store]``, looks the type up and lets the class parse the rest of the table
+strictly. Only ``sql`` (SQLite or PostgreSQL through SQLAlchemy) ships.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from broker.config_values import section_table
+from broker.plugin_registry import PluginRegistry
 from coordinator.store.config import text
 from coordinator.store.records import (
     AnomalyRecord,
@@ -21,20 +23,22 @@ from coordinator.store.records import (
     DeviceInfo,
     RetentionResult,
     Rollup,
-    Sample,
+    SampleRecord,
     WriteBatch,
     WriteResult,
 )
-from schemas.errors import ConfigError
 from schemas.sequence import DeviceSequence
 
-__all__ = ["DEFAULT_STORE_TYPE", "Store", "open_store", "register_store", "store_types"]
+__all__ = ["DEFAULT_STORE_TYPE", "STORES", "Store", "open_store", "register_store", "store_types"]
 
 DEFAULT_STORE_TYPE = "sql"
 
 
 class Store(ABC):
     """Where the coordinator keeps what it ingested; one writer thread, any number of readers."""
+
+    #: The ``[store] type`` value that selects this store.
+    TYPE: ClassVar[str]
 
     @classmethod
     @abstractmethod
@@ -62,7 +66,7 @@ class Store(ABC):
 
     @abstractmethod
     def samples(self, device: str, name: str, since_ms: int | None = None,
-                until_ms: int | None = None) -> list[Sample]: ...
+                until_ms: int | None = None) -> list[SampleRecord]: ...
 
     @abstractmethod
     def rollups(self, device: str, name: str, since_ms: int | None = None,
@@ -107,22 +111,16 @@ class Store(ABC):
         self.close()
 
 
-_S = TypeVar("_S", bound=type[Store])
-_REGISTRY: dict[str, type[Store]] = {}
-
-
-def register_store(name: str) -> Callable[[_S], _S]:
-    """Class decorator: make a store type selectable as ``[store] type = name``."""
-    def decorate(cls: _S) -> _S:
-        if _REGISTRY.get(name, cls) is not cls:
-            raise ValueError(f"store type {name!r} is already registered by {_REGISTRY[name].__name__}")
-        _REGISTRY[name] = cls
-        return cls
-    return decorate
+#: The store types by ``[store] type``, found in coordinator/store/plugins/.
+STORES: PluginRegistry[Store] = PluginRegistry("store", "coordinator.store.plugins",
+                                               default=DEFAULT_STORE_TYPE)
+#: Class decorator: make a store selectable as ``[store] type = cls.TYPE``.
+register_store = STORES.register
 
 
 def store_types() -> list[str]:
-    return sorted(_REGISTRY)
+    """The registered store types, sorted."""
+    return STORES.names()
 
 
 def open_store(section: Mapping[str, Any] | None = None, *, data_dir: Path = Path("data"),
@@ -130,9 +128,7 @@ def open_store(section: Mapping[str, Any] | None = None, *, data_dir: Path = Pat
     """The store ``[store]`` describes (SQLite under ``data_dir`` when empty), migrated by default."""
     section = section_table("store", section)
     kind = text("store", "type", section, DEFAULT_STORE_TYPE) or DEFAULT_STORE_TYPE
-    cls = _REGISTRY.get(kind)
-    if cls is None:
-        raise ConfigError(f"store.type {kind!r} is not a known store type; known: {', '.join(store_types())}")
+    cls = STORES.get(kind, "store.type")
     store = cls.from_config(section, data_dir=data_dir)
     if migrate:
         try:

@@ -1,9 +1,11 @@
-"""What goes into the store and comes out of it.
+"""What goes into the store and comes out of it: the rows of the fleet's streams.
 
-The row types are structural (:class:`typing.Protocol`): ingest and the
-anomaly engine hand over their own frozen dataclasses as they are, as long as
-the attribute names match; the dataclasses here satisfy the same protocols
-and are what queries return.
+Ingest decodes messages into these rows and hands them to the sinks; the store
+writes them and its queries return them, so each kind of row has one
+definition. Two inputs are structural (:class:`typing.Protocol`) because their
+concrete types live elsewhere: an anomaly is the engine's
+:class:`~coordinator.anomaly.alert.Alert`, and ingest's metric runs are
+:class:`~schemas.metrics.MetricColumns`.
 """
 
 from __future__ import annotations
@@ -16,25 +18,9 @@ from schemas.birth import Birth
 from schemas.sequence import DeviceSequence
 
 __all__ = [
-    "AnomalyLike", "AnomalyRecord", "DeadLetterLike", "DeadLetterRecord", "DetectionLike",
-    "DetectionRecord", "DeviceInfo", "EventLike", "EventRecord", "RetentionResult", "Rollup",
-    "Sample", "SampleColumnsLike", "SampleLike", "WriteBatch", "WriteResult",
+    "AnomalyLike", "AnomalyRecord", "DeadLetterRecord", "DetectionRecord", "DeviceInfo", "EventRecord",
+    "RetentionResult", "Rollup", "SampleColumnsLike", "SampleRecord", "WriteBatch", "WriteResult",
 ]
-
-
-class SampleLike(Protocol):
-    @property
-    def device(self) -> str: ...
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def time_ms(self) -> int: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def value(self) -> float | int: ...
 
 
 class SampleColumnsLike(Protocol):
@@ -55,40 +41,6 @@ class SampleColumnsLike(Protocol):
     def times(self) -> Sequence[int]: ...
     @property
     def values(self) -> Sequence[float]: ...
-
-
-class DetectionLike(Protocol):
-    @property
-    def device(self) -> str: ...
-    @property
-    def camera(self) -> str: ...
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def time_ms(self) -> int: ...
-    @property
-    def label(self) -> str: ...
-    @property
-    def confidence(self) -> float: ...
-    @property
-    def box(self) -> tuple[float, float, float, float]: ...
-    @property
-    def track_id(self) -> int | None: ...
-
-
-class EventLike(Protocol):
-    """A track event as published (``event`` is the JSON object; see agents/camera/events.py)."""
-
-    @property
-    def device(self) -> str: ...
-    @property
-    def camera(self) -> str: ...
-    @property
-    def received_ms(self) -> int: ...
-    @property
-    def event(self) -> Mapping[str, Any]: ...
 
 
 class AnomalyLike(Protocol):
@@ -118,21 +70,10 @@ class AnomalyLike(Protocol):
     def kind(self) -> str: ...
 
 
-class DeadLetterLike(Protocol):
-    @property
-    def received_ms(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def error(self) -> str: ...
-    @property
-    def payload(self) -> bytes: ...
-
-
 @dataclass(frozen=True, slots=True)
-class Sample:
+class SampleRecord:
+    """One metric sample of a device: sequence number ``seq`` of epoch ``epoch``."""
+
     device: str
     epoch: int
     seq: int
@@ -143,6 +84,8 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class DetectionRecord:
+    """One object a camera saw in one frame (box normalised to [0, 1])."""
+
     device: str
     camera: str
     epoch: int
@@ -156,6 +99,8 @@ class DetectionRecord:
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
+    """A track event as published (``event`` is the JSON object; see agents/camera/events.py)."""
+
     device: str
     camera: str
     received_ms: int
@@ -179,6 +124,8 @@ class AnomalyRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRecord:
+    """A message that could not be used, with the reason (``bad_topic``, ``malformed``, ...)."""
+
     received_ms: int
     topic: str
     reason: str
@@ -226,14 +173,14 @@ class WriteBatch:
     hot path hands them over as columns, without an object per sample).
     """
 
-    samples: Sequence[SampleLike] = field(default_factory=list)
+    samples: Sequence[SampleRecord] = field(default_factory=list)
     sample_columns: Sequence[SampleColumnsLike] = field(default_factory=list)
-    detections: Sequence[DetectionLike] = field(default_factory=list)
-    events: Sequence[EventLike] = field(default_factory=list)
+    detections: Sequence[DetectionRecord] = field(default_factory=list)
+    events: Sequence[EventRecord] = field(default_factory=list)
     births: Sequence[Birth] = field(default_factory=list)
     statuses: Sequence[tuple[str, str, int]] = field(default_factory=list)
     anomalies: Sequence[AnomalyLike] = field(default_factory=list)
-    dead_letters: Sequence[DeadLetterLike] = field(default_factory=list)
+    dead_letters: Sequence[DeadLetterRecord] = field(default_factory=list)
     sequence_state: Mapping[str, DeviceSequence] = field(default_factory=dict)
     seen_ms: int | None = None
 

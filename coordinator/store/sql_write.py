@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from coordinator.store import tables as t
 from coordinator.store.blocks import MAX_SEQ_SPAN, Block, blocks_of_rows, blocks_of_runs, decode_block
-from coordinator.store.records import DetectionLike, WriteBatch, WriteResult
+from coordinator.store.records import DetectionRecord, WriteBatch, WriteResult
 from schemas.sequence import DeviceSequence
 
 __all__ = ["write_batch", "write_sequence_state"]
@@ -175,7 +175,7 @@ def _insert_blocks(conn: Connection, blocks: Sequence[Block]) -> int:
                                [block.row() for block in blocks], weight="count")
 
 
-def _detection_rows(detections: Sequence[DetectionLike]) -> list[tuple[Any, ...]]:
+def _detection_rows(detections: Sequence[DetectionRecord]) -> list[tuple[Any, ...]]:
     rows = []
     index: dict[tuple[str, str, int, int], int] = {}
     for d in detections:

@@ -41,7 +41,7 @@ __all__ = ["DEFAULT_MODEL", "SSDLiteDetector"]
 logger = logging.getLogger(__name__)
 
 #: The model shipped with edgebus (about 6 MB).
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "ssdlite_mobilenet_v2_person.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "ssdlite_mobilenet_v2_person.onnx"
 
 _OPTIONS: dict[str, object] = {"model": DEFAULT_MODEL, "threshold": 0.5, "iou": 0.6,
                                "max_detections": 50, "threads": 2}

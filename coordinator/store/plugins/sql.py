@@ -40,7 +40,7 @@ from coordinator.store.records import (
     DeviceInfo,
     RetentionResult,
     Rollup,
-    Sample,
+    SampleRecord,
     WriteBatch,
     WriteResult,
 )
@@ -64,9 +64,11 @@ def _between(column: sa.ColumnElement[int], since_ms: int | None, until_ms: int 
            ([column < until_ms] if until_ms is not None else [])
 
 
-@register_store("sql")
+@register_store
 class SqlStore(Store):
     """The coordinator's history in SQLite or PostgreSQL; safe to share between threads."""
+
+    TYPE = "sql"
 
     def __init__(self, engine: Engine, *, schema: str | None = None,
                  retention: RetentionConfig | None = None) -> None:
@@ -160,7 +162,7 @@ class SqlStore(Store):
         return int(self._rows("samples", query)[0][0])
 
     def samples(self, device: str, name: str, since_ms: int | None = None,
-                until_ms: int | None = None) -> list[Sample]:
+                until_ms: int | None = None) -> list[SampleRecord]:
         b = t.metric_blocks
         where = [b.c.device == device]
         if since_ms is not None:  # a block starts at most MAX_TIME_SPAN_MS before its newest sample
@@ -170,7 +172,7 @@ class SqlStore(Store):
         query = sa.select(b.c.device, b.c.epoch, b.c.first_seq, b.c.body).where(*where)
         low = -math.inf if since_ms is None else since_ms
         high = math.inf if until_ms is None else until_ms
-        found = [Sample(device, epoch, seq, time_ms, name, value)
+        found = [SampleRecord(device, epoch, seq, time_ms, name, value)
                  for _, epoch, first_seq, body in self._rows("samples", query)
                  for seq, time_ms, metric, value in decode_block(device, epoch, first_seq, body).samples()
                  if metric == name and low <= time_ms < high]

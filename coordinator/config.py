@@ -1,0 +1,81 @@
+"""The coordinator's configuration file: what ``edge-coordinator start --config`` reads.
+
+Top-level keys are checked here; the ``[store]`` and ``[anomaly]`` tables are
+checked by the parts that use them when they are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from broker.config_file import load_toml
+from broker.session import BusConfig
+from coordinator.actions import parse_actions
+from coordinator.batch_job import BatchJobConfig
+from coordinator.ha_anomalies import HomeAssistantConfig
+from coordinator.services import ServicesConfig
+from schemas.errors import ConfigError
+
+__all__ = ["DEFAULT_CLIENT_ID", "CoordinatorConfig"]
+
+#: A stable client id: the broker's persistent session keeps what arrives while the coordinator restarts.
+DEFAULT_CLIENT_ID = "edgebus-coordinator"
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """The coordinator's configuration file (TOML). Unknown keys are errors."""
+
+    data_dir: Path = Path("data")
+    embedded_broker: bool = True
+    broker: BusConfig | None = None
+    #: ``[store]``: checked when the store opens (coordinator/store/config.py).
+    store: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[anomaly]``: checked when the engine is built (coordinator/anomaly/engine.py).
+    anomaly: Mapping[str, Any] = field(default_factory=dict)
+    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
+    shared_group: str | None = None
+    #: ``[[actions]]``, ``[home_assistant]`` and ``[anomaly.batch]`` (coordinator/services.py).
+    services: ServicesConfig = field(default_factory=ServicesConfig)
+    #: Whether ``[anomaly.batch]`` was given (the demo uses a shorter schedule otherwise).
+    batch_configured: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorConfig:
+        return cls.from_mapping(load_toml(path))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> CoordinatorConfig:
+        known = ({f.name for f in fields(cls)} - {"services", "batch_configured"}) | {"actions",
+                                                                                      "home_assistant"}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        broker_section = data.get("broker")
+        if broker_section is not None and not isinstance(broker_section, dict):
+            raise ConfigError("broker must be a table ([broker])")
+        # A stable client id by default: the persistent session keeps what arrives during a restart.
+        broker = (BusConfig.from_mapping({"client_id": DEFAULT_CLIENT_ID, **broker_section})
+                  if broker_section is not None else None)
+        embedded = data.get("embedded_broker", broker is None)
+        if not isinstance(embedded, bool):
+            raise ConfigError(f"embedded_broker must be true or false, not {embedded!r}")
+        for section in ("store", "anomaly"):
+            if not isinstance(data.get(section, {}), dict):
+                raise ConfigError(f"{section} must be a table ([{section}])")
+        group = data.get("shared_group")
+        if group is not None and (not isinstance(group, str) or not group or "/" in group):
+            raise ConfigError(f"shared_group must be a name without '/', not {group!r}")
+        if group is not None and embedded:
+            raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
+                              "(Mosquitto, EMQX); the embedded broker does not")
+        anomaly = dict(data.get("anomaly", {}))
+        services = ServicesConfig(batch=BatchJobConfig.from_mapping(anomaly.get("batch")),
+                                  actions=tuple(parse_actions(data.get("actions"))),
+                                  home_assistant=HomeAssistantConfig.from_mapping(data.get("home_assistant")))
+        return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
+                   broker=broker, store=data.get("store", {}), anomaly=anomaly,
+                   shared_group=group, services=services, batch_configured="batch" in anomaly)
