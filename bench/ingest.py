@@ -145,8 +145,7 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     ingest.sinks.append(counter)
     ingest.start()
     bus.start()
-    bus.wait_connected(10)
-    time.sleep(0.5)
+    bus.wait_subscribed(10)
     pub = publish(port, stream)
     finished = counter.done.wait(300)
     # The processor stores on its own thread: the clock stops when the last sample is stored.
