@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -156,7 +157,7 @@ class SessionStats:
 class _Connection:
     """One live paho client; replaced, never reused, after it drops."""
 
-    client: mqtt.Client
+    client: FewerSyscallsClient
     generation: int
     mqtt5: bool
     connack: threading.Event = field(default_factory=threading.Event)
@@ -212,6 +213,7 @@ class BusSession:
         self._pending_subacks: dict[int, list[Route]] = {}
         self._subacks: deque[tuple[int, int, list[Any]]] = deque()
         self._thread: threading.Thread | None = None
+        self._hooks_checked = False
 
     # -- lifecycle -----------------------------------------------------
 
@@ -466,6 +468,9 @@ class BusSession:
                 break
         if conn.connack.is_set() and not conn.refused:
             _disable_nagle(conn.client)
+            if not self._hooks_checked:
+                self._hooks_checked = True
+                _warn_unengaged_hooks(conn.client)
             return conn
         self._close(conn)
         no_answer = not conn.connack.is_set()
@@ -668,6 +673,16 @@ class BusSession:
         if not self._connected.is_set():
             raise NotConnected(f"not connected to {self.config.host}:{self.config.port}: "
                                f"{self._stats.last_error or 'connecting'}")
+
+
+def _warn_unengaged_hooks(client: FewerSyscallsClient) -> None:
+    """Say so when this paho no longer has what broker/paho_client.py hooks into."""
+    missing = client.unengaged_hooks()
+    if missing:
+        logger.warning(
+            "paho-mqtt %s: the hooks on its private %s did not engage (not the version pinned "
+            "in pyproject.toml?); running on plain paho, which works but costs more system "
+            "calls per message", paho.mqtt.__version__, " and ".join(missing))
 
 
 def _disable_nagle(client: mqtt.Client) -> None:
