@@ -370,13 +370,14 @@ class BusSession:
         if not self._subacks:
             return
         with self._subscribe_lock:
+            live = {id(r) for r in self.router.routes()}  # not those unsubscribed meanwhile
             while self._subacks:
                 gen, mid, reason_codes = self._subacks.popleft()
                 routes = self._pending_subacks.pop(mid, None) if gen == conn.generation else None
                 if not routes:
                     continue
                 refusal = next((rc for rc in reason_codes if rc.is_failure), None)
-                for route in routes:
+                for route in (r for r in routes if id(r) in live):
                     if refusal is None:
                         route.suback.mark_acknowledged()
                     else:
