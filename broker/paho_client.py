@@ -19,6 +19,18 @@ against the paho pinned exactly in ``pyproject.toml`` and checked against it by
 away on their own (paho's own socket and wake-ups are used, which work, only
 slower) and :meth:`FewerSyscallsClient.unengaged_hooks` names them, which the
 session logs as a warning at its first connection.
+
+Why paho and not gmqtt (37k/21k msg/s QoS 0/1 client to client against paho's
+13k/9.7k, DESIGN.md) on the coordinator's ingest path: through the whole path
+(``bench/ingest.py --client gmqtt``, same Mosquitto, runs back to back on the
+shared 2 cores, 2026-12) gmqtt gained nothing clear: paho 121k and 109k
+samples/s (0.42 and 0.42 of mosquitto_sub), gmqtt acknowledging after the
+handler 130k and 138k (0.44, 0.39), acknowledging before it 116k and 92k (0.63,
+0.59); decoding only, paho 0.91 and 0.70, gmqtt 0.90 and 0.41. Decoding, scoring
+and storing hold the GIL, not the client. gmqtt would also bring an asyncio loop
+thread, a task per message to acknowledge after the handler (0.8 never sends the
+PUBACK after a plain function), and reconnect, SUBACK, TLS and the outbox to
+build again.
 """
 
 from __future__ import annotations
