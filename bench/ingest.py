@@ -1,6 +1,7 @@
 """Samples per second through one coordinator process, beside mosquitto_sub as the ceiling.
 
     python bench/ingest.py [--devices 50] [--batches 200] [--samples 100] [--decode-only | --view]
+                           [--client paho|gmqtt]
 
 A publisher process sends pre-encoded metrics batches (``--devices`` x
 ``--batches`` messages of ``--samples`` samples, consecutive sequence numbers)
@@ -14,6 +15,12 @@ other, with the same publisher:
   ``--view`` adds the live view's sink, as ``edge-coordinator`` runs it). The clock stops
   when the last sample is stored (the processor stores on a writer thread).
 
+``--client gmqtt`` receives the stream with gmqtt (asyncio, acknowledging each
+message after the handler ran, as paho does; ``--client gmqtt-optimistic``
+acknowledges before it) instead of the session's paho
+client, to weigh a switch of the coordinator's ingest path (gmqtt must be
+installed; anomalies are still published through a paho session).
+
 Printed: messages/s and samples/s of both, the ratio, the store's size on disk
 per sample (beside the wire's), and whether every sample arrived exactly once
 (sequence accounting: missing and duplicates must be 0).
@@ -24,6 +31,7 @@ mosquitto_sub message rate.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import subprocess
@@ -38,10 +46,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
+from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from coordinator.ingest import Ingest, IngestBatch  # noqa: E402
 from coordinator.store.plugins.sql import DEFAULT_DB_NAME  # noqa: E402
 from schemas.messages import MetricSample, MetricsBatch, encode_record  # noqa: E402
+from schemas.topics import TopicTree  # noqa: E402
 
 PUBLISHER = textwrap.dedent("""
     import sys, time
@@ -106,6 +116,67 @@ def ceiling(port: int, stream: Path, messages: int) -> float:
     return (messages - 1) / elapsed
 
 
+class GmqttReceiver:
+    """What :class:`Ingest` uses of a session (``topics``, ``subscribe``) on a gmqtt client.
+
+    An event loop on a thread of its own; handlers run on it. For this benchmark only.
+    """
+
+    def __init__(self, port: int, *, optimistic: bool = False) -> None:
+        import gmqtt
+
+        self._gmqtt = gmqtt
+        self.port = port
+        self.topics = TopicTree("edgebus")
+        self.router = SubscriptionRouter()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gmqtt", daemon=True)
+        self._client = gmqtt.Client("bench-coordinator", clean_session=True,
+                                    optimistic_acknowledgement=optimistic)
+        self._client.on_message = self._on_message if optimistic else self._on_message_then_ack
+        self._subacks = 0
+        self._subscribed = threading.Event()
+        self._client.on_subscribe = self._on_subscribe
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Route:
+        return self.router.add(topic_filter, handler, qos)  # sent at start (Ingest subscribes first)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(10)
+
+    async def _connect(self) -> None:
+        from gmqtt.mqtt.constants import MQTTv311
+
+        await self._client.connect("127.0.0.1", self.port, version=MQTTv311)
+        for topic_filter, qos in self.router.subscriptions():
+            self._client.subscribe(self._gmqtt.Subscription(topic_filter, qos=qos))
+
+    def _on_subscribe(self, client: object, mid: int, qos: object, properties: object) -> None:
+        self._subacks += 1
+        if self._subacks == len(self.router.subscriptions()):
+            self._subscribed.set()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        return self._subscribed.wait(timeout)
+
+    def _on_message(self, client: object, topic: str, payload: bytes, qos: int,
+                    properties: dict[str, object]) -> int:
+        self.router.dispatch(ReceivedMessage(topic, payload, qos, bool(properties.get("retain"))))
+        return 0  # PUBACK reason code: success
+
+    async def _on_message_then_ack(self, client: object, topic: str, payload: bytes, qos: int,
+                                   properties: dict[str, object]) -> int:
+        # gmqtt 0.8 acknowledges after the handler only for a coroutine (a task per
+        # message); after a plain function it would never send the PUBACK.
+        return self._on_message(client, topic, payload, qos, properties)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._client.disconnect(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
 class Counter:
     def __init__(self, target: int) -> None:
         self.samples = 0
@@ -123,11 +194,13 @@ class Counter:
 
 
 def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
-            full: bool, view: bool = False) -> tuple[float, Ingest, int | None]:
-    bus = BusSession(BusConfig(port=port, client_id="bench-coordinator", clean_start=True,
+            full: bool, view: bool = False, client: str = "paho") -> tuple[float, Ingest, int | None]:
+    bus = BusSession(BusConfig(port=port, client_id="bench-coordinator-paho", clean_start=True,
                                protocol="3.1.1"))
+    receiver = (None if client == "paho"
+                else GmqttReceiver(port, optimistic=client == "gmqtt-optimistic"))
     counter = Counter(total_samples)
-    ingest = Ingest(bus)
+    ingest = Ingest(bus if receiver is None else receiver)  # type: ignore[arg-type]
     store = None
     if full:
         from coordinator.anomaly.engine import AnomalyEngine
@@ -145,8 +218,10 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     ingest.sinks.append(counter)
     ingest.start()
     bus.start()
-    bus.wait_connected(10)
-    time.sleep(0.5)
+    if receiver is not None:
+        receiver.start()
+        receiver.wait_subscribed(10)
+    bus.wait_subscribed(10)
     pub = publish(port, stream)
     finished = counter.done.wait(300)
     # The processor stores on its own thread: the clock stops when the last sample is stored.
@@ -155,6 +230,8 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     if not stored_all:
         raise SystemExit("edgebus ingest did not finish storing within 120 s")
     pub.wait(120)
+    if receiver is not None:
+        receiver.stop()
     bus.stop(flush_timeout=0)
     ingest.stop()
     size = None
@@ -179,6 +256,8 @@ def main() -> None:
                       help="measure decoding and accounting only (no scoring, no store)")
     mode.add_argument("--view", action="store_true",
                       help="also feed the live view, as edge-coordinator does (a row object per sample)")
+    parser.add_argument("--client", choices=("paho", "gmqtt", "gmqtt-optimistic"), default="paho",
+                        help="the MQTT client that receives the stream (default: the session's paho)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -191,7 +270,8 @@ def main() -> None:
         broker, port = start_mosquitto(workdir)
         try:
             sub_rate = ceiling(port, stream, messages)
-            rate, ingest, size = edgebus(port, stream, total, workdir, not args.decode_only, args.view)
+            rate, ingest, size = edgebus(port, stream, total, workdir, not args.decode_only, args.view,
+                                         args.client)
         finally:
             stop(broker)
     stats = ingest.stats()
@@ -201,6 +281,7 @@ def main() -> None:
     print(f"mosquitto_sub (ceiling):  {sub_rate:9.0f} messages/s = {sub_rate * args.samples:10.0f} samples/s")
     what = "decode + accounting" if args.decode_only else "decode + score + store (SQLite)"
     what += " + live view" if args.view else ""
+    what += f", {args.client}"
     print(f"edgebus ingest ({what}): {rate / args.samples:9.0f} messages/s = {rate:10.0f} samples/s")
     print(f"ratio edgebus / mosquitto_sub: {rate / (sub_rate * args.samples):.2f}")
     if size is not None:

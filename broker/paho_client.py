@@ -13,8 +13,24 @@ invisible on the wire:
   wake: its next loop iteration writes what is queued. Those wake-ups are
   skipped; packets queued by other threads still wake it.
 
-Both hook into paho's private ``_create_socket`` and ``_sockpairW``, checked by
-``tests/test_buffered_socket.py`` against the pinned paho (``<3``).
+Both hook into paho's private ``_create_socket`` and ``_sockpairW``, written
+against the paho pinned exactly in ``pyproject.toml`` and checked against it by
+``tests/test_paho_client.py``. Should a paho release move them, the hooks fall
+away on their own (paho's own socket and wake-ups are used, which work, only
+slower) and :meth:`FewerSyscallsClient.unengaged_hooks` names them, which the
+session logs as a warning at its first connection.
+
+Why paho and not gmqtt (37k/21k msg/s QoS 0/1 client to client against paho's
+13k/9.7k, DESIGN.md) on the coordinator's ingest path: through the whole path
+(``bench/ingest.py --client gmqtt``, same Mosquitto, runs back to back on the
+shared 2 cores, 2026-12) gmqtt gained nothing clear: paho 121k and 109k
+samples/s (0.42 and 0.42 of mosquitto_sub), gmqtt acknowledging after the
+handler 130k and 138k (0.44, 0.39), acknowledging before it 116k and 92k (0.63,
+0.59); decoding only, paho 0.91 and 0.70, gmqtt 0.90 and 0.41. Decoding, scoring
+and storing hold the GIL, not the client. gmqtt would also bring an asyncio loop
+thread, a task per message to acknowledge after the handler (0.8 never sends the
+PUBACK after a plain function), and reconnect, SUBACK, TLS and the outbox to
+build again.
 """
 
 from __future__ import annotations
@@ -27,7 +43,12 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from broker.buffered_socket import BufferedSocket
 
-__all__ = ["FewerSyscallsClient"]
+__all__ = ["SOCKET_FACTORY", "WAKE_SOCKET", "FewerSyscallsClient"]
+
+#: paho's private method that opens the connection's socket (overridden).
+SOCKET_FACTORY = "_create_socket"
+#: paho's private attribute holding the write end of its wake-up socket pair (wrapped).
+WAKE_SOCKET = "_sockpairW"
 
 
 class _LoopWaker:
@@ -60,7 +81,21 @@ class FewerSyscallsClient(mqtt.Client):
 
     def loop(self, timeout: float = 1.0) -> MQTTErrorCode:
         self.network_thread = threading.get_ident()
-        waker = self._sockpairW
+        rc = super().loop(timeout)
+        # After paho's loop: its first one is what creates the socket pair.
+        waker = getattr(self, WAKE_SOCKET, None)
         if waker is not None and not isinstance(waker, _LoopWaker):
-            self._sockpairW = _LoopWaker(waker, self)  # type: ignore[assignment]
-        return super().loop(timeout)
+            setattr(self, WAKE_SOCKET, _LoopWaker(waker, self))
+        return rc
+
+    def unengaged_hooks(self) -> list[str]:
+        """paho's private names whose hook is not in effect on this client (expected: none).
+
+        Meaningful once connected and looped (after CONNACK).
+        """
+        missing = []
+        if not isinstance(self.socket(), BufferedSocket):
+            missing.append(SOCKET_FACTORY)
+        if not isinstance(getattr(self, WAKE_SOCKET, None), _LoopWaker):
+            missing.append(WAKE_SOCKET)
+        return missing

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from schemas.errors import TopicError
+from schemas.errors import SubscriptionRefused, TopicError
 from schemas.topics import validate_topic_filter
 
-__all__ = ["ReceivedMessage", "Route", "SubscriptionRouter", "topic_matches"]
+__all__ = ["ReceivedMessage", "Route", "SubackState", "SubscriptionRouter", "topic_matches"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,44 @@ class ReceivedMessage:
 Handler = Callable[[ReceivedMessage], None]
 
 
+class SubackState:
+    """Whether the broker acknowledged a route's filter on the live connection.
+
+    The session marks it acknowledged or refused when that connection's SUBACK
+    arrives, and pending again when the connection ends (the next connection
+    subscribes anew), so a wait means "the broker routes this filter to us now".
+    """
+
+    __slots__ = ("_acknowledged", "_cond", "_refusal")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._acknowledged = False
+        self._refusal: str | None = None
+
+    def mark_pending(self) -> None:
+        with self._cond:
+            self._acknowledged, self._refusal = False, None
+
+    def mark_acknowledged(self) -> None:
+        with self._cond:
+            self._acknowledged, self._refusal = True, None
+            self._cond.notify_all()
+
+    def mark_refused(self, reason: str) -> None:
+        with self._cond:
+            self._acknowledged, self._refusal = False, reason
+            self._cond.notify_all()
+
+    def wait(self, topic_filter: str, timeout: float | None) -> bool:
+        with self._cond:
+            self._cond.wait_for(lambda: self._acknowledged or self._refusal is not None, timeout)
+            if self._refusal is not None:
+                raise SubscriptionRefused(
+                    f"the broker refused the subscription to {topic_filter!r}: {self._refusal}")
+            return self._acknowledged
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A topic filter, the QoS to subscribe with, and who gets the matches."""
@@ -44,11 +82,23 @@ class Route:
     topic_filter: str
     qos: int
     handler: Handler
+    suback: SubackState = field(default_factory=SubackState, compare=False, repr=False)
 
     @property
     def match_filter(self) -> str:
         """The filter without a ``$share/{group}/`` prefix."""
         return strip_share(self.topic_filter)
+
+    def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the broker acknowledged this filter on the live connection.
+
+        True once it did; False when ``timeout`` passed first (not connected, or
+        no SUBACK yet). Raises :class:`~schemas.errors.SubscriptionRefused` when
+        the broker refused it (e.g. its ACL). Do not call it on the session's
+        network thread (a handler or an ``on_connect`` listener): the SUBACK is
+        read by that thread, so the wait could only time out.
+        """
+        return self.suback.wait(self.topic_filter, timeout)
 
 
 def strip_share(topic_filter: str) -> str:
@@ -116,6 +166,16 @@ class SubscriptionRouter:
             self._routes.remove(route)
             self._matches = {}
             return all(r.topic_filter != route.topic_filter for r in self._routes)
+
+    def routes(self) -> list[Route]:
+        """Every route (a snapshot)."""
+        with self._lock:
+            return list(self._routes)
+
+    def routes_for(self, topic_filter: str) -> list[Route]:
+        """The routes that subscribe exactly ``topic_filter`` (a snapshot)."""
+        with self._lock:
+            return [r for r in self._routes if r.topic_filter == topic_filter]
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """Each distinct filter once, with the highest QoS any route asked for."""

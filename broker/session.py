@@ -24,7 +24,9 @@ What it promises:
   MQTT 5 a message's content type travels as a property. Nothing depends on it.
 
 Handlers registered with :meth:`BusSession.subscribe` run on the session's
-network thread: keep them short or hand work to a queue.
+network thread: keep them short or hand work to a queue. The route that
+:meth:`~BusSession.subscribe` returns can wait for the broker's SUBACK
+(:meth:`~broker.router.Route.wait_subscribed`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -154,7 +157,7 @@ class SessionStats:
 class _Connection:
     """One live paho client; replaced, never reused, after it drops."""
 
-    client: mqtt.Client
+    client: FewerSyscallsClient
     generation: int
     mqtt5: bool
     connack: threading.Event = field(default_factory=threading.Event)
@@ -202,7 +205,15 @@ class BusSession:
         self._stopping = threading.Event()
         self._drained = threading.Condition()
         self._connect_listeners: list[Callable[[BusSession], None]] = []
+        # Routes and the connection they are subscribed on change together under
+        # this lock: a route is either in the snapshot a new connection subscribes,
+        # or added after it and subscribed by subscribe() itself; never neither.
+        self._subscribe_lock = threading.Lock()
+        self._subscribed_conn: _Connection | None = None
+        self._pending_subacks: dict[int, list[Route]] = {}
+        self._subacks: deque[tuple[int, int, list[Any]]] = deque()
         self._thread: threading.Thread | None = None
+        self._hooks_checked = False
 
     # -- lifecycle -----------------------------------------------------
 
@@ -314,18 +325,66 @@ class BusSession:
     # -- subscribing ---------------------------------------------------
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Route:
-        """Route matching messages to ``handler``; resubscribed on every reconnect."""
-        route = self.router.add(topic_filter, handler, qos)
-        conn = self._conn
-        if conn is not None and self._connected.is_set():
-            conn.client.subscribe(topic_filter, qos)
+        """Route matching messages to ``handler``; resubscribed on every reconnect.
+
+        The returned route's :meth:`~broker.router.Route.wait_subscribed` waits
+        for the broker's SUBACK on the live connection.
+        """
+        with self._subscribe_lock:
+            route = self.router.add(topic_filter, handler, qos)
+            if self._subscribed_conn is not None:
+                self._send_subscribe(self._subscribed_conn, topic_filter)
         return route
 
+    def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the broker acknowledged every route on the live connection.
+
+        False when ``timeout`` passed first; raises
+        :class:`~schemas.errors.SubscriptionRefused` when it refused one.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for route in self.router.routes():
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not route.wait_subscribed(remaining):
+                return False
+        return True
+
     def unsubscribe(self, route: Route) -> None:
-        if self.router.remove(route):
-            conn = self._conn
-            if conn is not None and self._connected.is_set():
-                conn.client.unsubscribe(route.topic_filter)
+        with self._subscribe_lock:
+            if self.router.remove(route) and self._subscribed_conn is not None:
+                self._subscribed_conn.client.unsubscribe(route.topic_filter)
+            route.suback.mark_pending()
+
+    def _send_subscribe(self, conn: _Connection, topic_filter: str) -> None:
+        """SUBSCRIBE ``topic_filter`` at the highest QoS its routes ask for (lock held)."""
+        routes = self.router.routes_for(topic_filter)
+        if not routes:
+            return
+        rc, mid = conn.client.subscribe(topic_filter, max(r.qos for r in routes))
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks[mid] = routes
+        # else the connection is going down: the next one subscribes every route
+
+    def _process_subacks(self, conn: _Connection) -> None:
+        """Mark the routes a SUBACK answered (on the network thread, between loops)."""
+        if not self._subacks:
+            return
+        with self._subscribe_lock:
+            live = {id(r) for r in self.router.routes()}  # not those unsubscribed meanwhile
+            while self._subacks:
+                gen, mid, reason_codes = self._subacks.popleft()
+                routes = self._pending_subacks.pop(mid, None) if gen == conn.generation else None
+                if not routes:
+                    continue
+                refusal = next((rc for rc in reason_codes if rc.is_failure), None)
+                for route in (r for r in routes if id(r) in live):
+                    if refusal is None:
+                        route.suback.mark_acknowledged()
+                    else:
+                        route.suback.mark_refused(str(refusal))
+                if refusal is not None:
+                    logger.error("broker refused the subscription to %s: %s",
+                                 routes[0].topic_filter, refusal)
 
     # -- the supervisor thread -----------------------------------------
 
@@ -377,6 +436,9 @@ class BusSession:
             (gen, mid, rc.is_failure)
         )
         client.on_message = lambda c, u, msg: self._on_message(conn, msg)
+        client.on_subscribe = lambda c, u, mid, reason_codes, props: self._subacks.append(
+            (gen, mid, reason_codes)
+        )
         return conn
 
     def _connect_once(self) -> _Connection | None:
@@ -407,6 +469,9 @@ class BusSession:
                 break
         if conn.connack.is_set() and not conn.refused:
             _disable_nagle(conn.client)
+            if not self._hooks_checked:
+                self._hooks_checked = True
+                _warn_unengaged_hooks(conn.client)
             return conn
         self._close(conn)
         no_answer = not conn.connack.is_set()
@@ -439,8 +504,11 @@ class BusSession:
             self._stats.protocol = "5" if conn.mqtt5 else "3.1.1"
         logger.info("connected to %s:%d as %s (MQTT %s)", cfg.host, cfg.port,
                     cfg.resolved_client_id() or "(anonymous id)", "5" if conn.mqtt5 else "3.1.1")
-        for topic_filter, qos in self.router.subscriptions():
-            client.subscribe(topic_filter, qos)
+        with self._subscribe_lock:
+            self._subscribed_conn = conn
+            self._pending_subacks.clear()
+            for topic_filter, _ in self.router.subscriptions():
+                self._send_subscribe(conn, topic_filter)
         if cfg.device is not None:
             client.publish(self.topics.status(cfg.device), b"online", qos=1, retain=True)
             if self._birth is not None:
@@ -460,10 +528,16 @@ class BusSession:
         self._pump()
         while not self._stopping.is_set():
             rc = client.loop(timeout=0.2)
+            self._process_subacks(conn)
             self._process_acks(conn)
             if rc != mqtt.MQTT_ERR_SUCCESS or conn.lost:
                 break
         graceful = self._stopping.is_set() and not conn.lost
+        with self._subscribe_lock:
+            self._subscribed_conn = None
+            self._pending_subacks.clear()
+            for route in self.router.routes():
+                route.suback.mark_pending()
         with self._pump_lock:
             self._connected.clear()
             self._conn = None
@@ -600,6 +674,16 @@ class BusSession:
         if not self._connected.is_set():
             raise NotConnected(f"not connected to {self.config.host}:{self.config.port}: "
                                f"{self._stats.last_error or 'connecting'}")
+
+
+def _warn_unengaged_hooks(client: FewerSyscallsClient) -> None:
+    """Say so when this paho no longer has what broker/paho_client.py hooks into."""
+    missing = client.unengaged_hooks()
+    if missing:
+        logger.warning(
+            "paho-mqtt %s: the hooks on its private %s did not engage (not the version pinned "
+            "in pyproject.toml?); running on plain paho, which works but costs more system "
+            "calls per message", paho.mqtt.__version__, " and ".join(missing))
 
 
 def _disable_nagle(client: mqtt.Client) -> None:

@@ -14,6 +14,7 @@ boundary with ``raise ... from exc`` so the original stays in the traceback.
     └── BusError             talking to the broker failed
         ├── NotConnected     the operation needs a live connection
         ├── BrokerError      the embedded broker could not start or stop
+        ├── SubscriptionRefused  the broker refused a SUBSCRIBE (SUBACK failure code)
         └── OutboxError      the on-disk outbox could not be read or written
 
 The tree lives in ``schemas`` (the lowest layer) so that every layer can raise
@@ -31,6 +32,7 @@ __all__ = [
     "NotConnected",
     "OutboxError",
     "PayloadTooLarge",
+    "SubscriptionRefused",
     "TopicError",
     "UnsupportedVersion",
 ]
@@ -70,6 +72,10 @@ class NotConnected(BusError):
 
 class BrokerError(BusError):
     """The embedded broker could not be started, configured or stopped."""
+
+
+class SubscriptionRefused(BusError):
+    """The broker answered a SUBSCRIBE with a failure code (0x80 and up: ACL, bad filter, quota)."""
 
 
 class OutboxError(BusError):

@@ -53,7 +53,7 @@ def observer(broker: RunningBroker, topic_filter: str, name: str = "observer") -
     bus = BusSession(config_for(broker, client_id=name))
     bus.subscribe(topic_filter, inbox)
     bus.start()
-    assert bus.wait_connected(WAIT), bus.stats().last_error
+    assert bus.wait_subscribed(WAIT), bus.stats().last_error
     return bus, inbox
 
 

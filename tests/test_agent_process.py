@@ -98,8 +98,7 @@ def test_broker_outage_loses_no_sample(broker: RunningBroker,
         # restarted broker without persistence has forgotten) is listening before it resends.
         agent_process.send_signal(signal.SIGSTOP)
         broker.start()
-        assert wait_until(lambda: obs.is_connected)
-        time.sleep(0.5)  # the observer's resubscription is on the wire
+        assert obs.wait_subscribed(WAIT)  # listening again before the agent resends
         agent_process.send_signal(signal.SIGCONT)
         assert wait_until(lambda: len(metrics_batches(inbox)) >= 10, timeout=30)
         agent_process.send_signal(signal.SIGTERM)
@@ -149,7 +148,7 @@ def test_discovery_and_commands_on_a_running_agent(broker: RunningBroker, tmp_pa
     config = agent_toml(broker, tmp_path, DEVICE, home_assistant=True, interval=0.2,
                         batch_interval=0.4, collectors=["cpu", "memory", "agent"])
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
-    obs.subscribe(f"homeassistant/device/{DEVICE}/config", inbox)
+    assert obs.subscribe(f"homeassistant/device/{DEVICE}/config", inbox).wait_subscribed(WAIT)
     proc = spawn_agent(config)
     discovery_topic = f"homeassistant/device/{DEVICE}/config"
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.router import ReceivedMessage, SubscriptionRouter, strip_share, topic_matches
-from schemas.errors import TopicError
+from schemas.errors import SubscriptionRefused, TopicError
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,18 @@ def test_remembered_matches_follow_routes_added_and_removed(monkeypatch: pytest.
     for i in range(10):  # many distinct topics: what is remembered stays bounded, matching stays right
         assert router.dispatch(ReceivedMessage(f"edgebus/d{i}/metrics", b"", 1, False)) == 1
     assert len(router._matches) <= 3
+
+
+def test_a_route_waits_for_its_suback_and_a_refusal_raises() -> None:
+    router = SubscriptionRouter()
+    route = router.add("x/#", lambda m: None)
+    assert route.wait_subscribed(0) is False  # no session has subscribed it
+    route.suback.mark_acknowledged()
+    assert route.wait_subscribed(0) is True
+    route.suback.mark_pending()  # the connection ended
+    assert route.wait_subscribed(0) is False
+    route.suback.mark_refused("Not authorized")
+    with pytest.raises(SubscriptionRefused, match=r"'x/#'.*Not authorized"):
+        route.wait_subscribed(0)
+    assert [r.topic_filter for r in router.routes_for("x/#")] == ["x/#"]
+    assert router.routes_for("x/+") == []

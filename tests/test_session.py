@@ -8,17 +8,21 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from broker.router import ReceivedMessage
-from broker.session import BusSession
+from broker.credentials import Credentials
+from broker.embedded import EmbeddedBroker
+from broker.router import ReceivedMessage, Route
+from broker.session import BusConfig, BusSession
 from broker.telemetry import MetricsPublisher, birth_payload
+from schemas.errors import SubscriptionRefused
 from schemas.messages import Birth, MetricSample, decode_record
-from tests.brokers import RunningBroker
-from tests.bus_helpers import WAIT, config_for, observer, tracked, wait_until
+from tests.brokers import MosquittoUnderTest, RunningBroker
+from tests.bus_helpers import WAIT, Inbox, config_for, observer, tracked, wait_until
 from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.integration
@@ -161,8 +165,7 @@ def test_outbox_survives_broker_restart_and_process_restart(
     finally:
         dev.stop(flush_timeout=0)  # the process "exits" with 100 messages on disk
     broker.start()
-    assert wait_until(obs.wait_connected)
-    time.sleep(0.3)  # the observer's resubscription is on the wire
+    assert obs.wait_subscribed(WAIT)  # resubscribed on the restarted broker
     again = BusSession(config_for(broker, device="gw-2", client_id="gw-2", outbox_path=outbox))
     try:
         assert len(again.outbox) == 100
@@ -187,12 +190,11 @@ def test_resubscribes_after_broker_restart_without_persistence(broker: RunningBr
         broker.stop()
         assert wait_until(lambda: not obs.is_connected)
         broker.start()
-        assert obs.wait_connected(WAIT)
+        assert obs.wait_subscribed(WAIT)
         pub = BusSession(config_for(broker, client_id="late-pub"))
         pub.start()
         try:
             assert pub.wait_connected(WAIT)
-            time.sleep(0.2)
             pub.publish("edgebus/x/state/a", b"1")
             assert inbox.wait_for(lambda ms: len(ms) >= 1)
         finally:
@@ -219,12 +221,11 @@ def test_subscription_handler_queue_pattern(broker: RunningBroker) -> None:
     """Handlers run on the network thread; the documented hand-off to a queue works."""
     q: queue.Queue[ReceivedMessage] = queue.Queue()
     bus = BusSession(config_for(broker, client_id="q-sub"))
-    bus.subscribe("edgebus/+/metrics", q.put)
+    route = bus.subscribe("edgebus/+/metrics", q.put)
     bus.start()
     dev = device_session(broker, "gw-3")
     try:
-        assert bus.wait_connected(WAIT)
-        time.sleep(0.2)
+        assert route.wait_subscribed(WAIT)
         dev.start()
         pub = MetricsPublisher(dev)
         _publish_range(pub, 0, 5)
@@ -233,3 +234,93 @@ def test_subscription_handler_queue_pattern(broker: RunningBroker) -> None:
     finally:
         dev.stop()
         bus.stop()
+
+
+def test_a_route_added_while_a_connection_is_set_up_is_subscribed_on_it(
+        mosquitto_broker: MosquittoUnderTest) -> None:
+    """The race: a route added after the new connection took its snapshot of the routes,
+    but before it was published as live, used to be subscribed on no connection at all.
+
+    The birth callable runs in exactly that gap; it has another thread subscribe
+    and waits for it. The retained message shows the subscription reached the broker.
+    """
+    with BusSession(config_for(mosquitto_broker, client_id="retainer")) as pub:
+        assert pub.publish("edgebus/race/state/mode", b"day", retain=True)
+        assert pub.flush(WAIT)
+    dev = BusSession(config_for(mosquitto_broker, device="race-1", client_id="race-1"))
+    inbox = Inbox()
+    routes: list[Route] = []
+    birth = birth_payload("race-1", 1, agent_version="test")
+
+    def birth_that_subscribes_meanwhile() -> bytes:
+        if not routes:
+            other = threading.Thread(
+                target=lambda: routes.append(dev.subscribe("edgebus/race/state/#", inbox)))
+            other.start()
+            other.join(WAIT)
+        return birth()
+
+    dev.set_birth(birth_that_subscribes_meanwhile)
+    dev.start()
+    try:
+        assert inbox.wait_for(lambda ms: [m.payload for m in ms] == [b"day"]), \
+            "the route added during connection set-up was never subscribed"
+        assert routes[0].wait_subscribed(WAIT)
+    finally:
+        dev.stop()
+
+
+def test_wait_subscribed_follows_the_connection(broker: RunningBroker) -> None:
+    """A SUBACK counts for the connection it came on: pending while cut, again after."""
+    proxy = CuttableProxy(broker.host, broker.port)
+    bus = BusSession(config_for(broker, port=proxy.port, client_id="suback-watch",
+                                protocol="auto" if broker.speaks_mqtt5 else "3.1.1"))
+    inbox = Inbox()
+    first = bus.subscribe("edgebus/sub/state/a", inbox)
+    assert not first.wait_subscribed(0)  # not started: nothing acknowledged
+    pub = BusSession(config_for(broker, client_id="suback-pub"))
+    try:
+        bus.start()
+        pub.start()
+        assert first.wait_subscribed(WAIT) and bus.wait_subscribed(WAIT)
+        proxy.cut()
+        assert wait_until(lambda: not bus.is_connected)
+        assert not first.wait_subscribed(0)
+        second = bus.subscribe("edgebus/sub/state/b", inbox)  # added while disconnected
+        assert not second.wait_subscribed(0)
+        proxy.restore()
+        assert bus.wait_subscribed(WAIT)
+        assert first.wait_subscribed(0) and second.wait_subscribed(0)
+        pub.publish("edgebus/sub/state/a", b"1")
+        pub.publish("edgebus/sub/state/b", b"2")
+        assert inbox.wait_for(lambda ms: sorted(m.payload for m in ms) == [b"1", b"2"])
+        bus.unsubscribe(second)
+        assert not second.wait_subscribed(0)
+    finally:
+        pub.stop()
+        bus.stop()
+        proxy.close()
+
+
+def test_a_refused_subscription_is_an_edgebus_error(tmp_path: Path) -> None:
+    """A SUBACK failure code (0x80 here, from the embedded broker's ACL) raises; the session lives on.
+
+    (Mosquitto 2.0 grants every SUBSCRIBE and applies its ACL on delivery instead.)
+    """
+    user = Credentials("cam-1", "pw-cam-1")
+    acl = {"cam-1": {"publish": ["edgebus/cam-1/#"], "subscribe": ["edgebus/cam-1/#"]}}
+    with EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[user], acl=acl) as embedded:
+        bus = BusSession(BusConfig(port=embedded.port, username=user.username,
+                                   password=user.password, client_id="refused", clean_start=True,
+                                   protocol="3.1.1", reconnect_min_delay=0.05))
+        inbox = Inbox()
+        allowed = bus.subscribe("edgebus/cam-1/state/#", inbox)
+        with bus:
+            refused = bus.subscribe("edgebus/cam-2/cmd/#", inbox)
+            with pytest.raises(SubscriptionRefused, match="edgebus/cam-2/cmd/#"):
+                refused.wait_subscribed(WAIT)
+            with pytest.raises(SubscriptionRefused):
+                bus.wait_subscribed(WAIT)
+            assert allowed.wait_subscribed(WAIT)
+            assert bus.publish("edgebus/cam-1/state/x", b"still works")
+            assert inbox.wait_for(lambda ms: [m.payload for m in ms] == [b"still works"])
