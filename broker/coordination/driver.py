@@ -472,7 +472,7 @@ class RaftDriver:
                 return
             self.ready_batches += 1
             self._send_messages(rd.early_messages)  # a leader's appends: followers write as we do
-            if self.storage.must_sync(rd):
+            if rd.must_sync:
                 self.storage.persist(rd)  # durable first (raises StorageError: nothing more is sent)
                 self.node.advance(rd)  # only now does the leader count its own entries
                 self._send(rd)
