@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from broker.coordination.storage import RaftStorage, StorageError
-from broker.coordination.wire import (
+from protocols.coordination.wire import (
     AdminReplyMsg,
     AdminRequest,
     ClientReplyMsg,

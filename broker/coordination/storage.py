@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from broker.coordination.wire import entry_from_list, entry_to_list
+from protocols.coordination.wire import entry_from_list, entry_to_list
 from protocols.raft.messages import Entry, HardState, PersistentState, Snapshot
 from protocols.raft.ready import Ready
 from schemas.errors import OutboxError
