@@ -47,8 +47,9 @@ from agents.ota.store import DownloadStore
 from agents.ota.trial import Health, StartupAction, Trial, Verdict, judge, on_start, trial_outcome
 from agents.runtime import EXIT_RESTART, Agent
 from broker.router import ReceivedMessage
-from broker.trust import KeyRing, UpdateRefused, load_trusted, verify_offer
+from broker.trust import load_trusted
 from protocols.ota.download import ChunkOutcome, Download
+from protocols.ota.trust import KeyRing, UpdateRefused, verify_offer
 from schemas.command import Command
 from schemas.errors import CodecError, ConfigError, EdgebusError
 from schemas.messages import MetricSample
