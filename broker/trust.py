@@ -1,120 +1,15 @@
-"""The signing keys a fleet trusts, and the check that an offered update was signed by one of them.
-
-Lives at the broker layer because both sides need it: ``edge-flash`` (firmware
-tools) writes and rotates the list, agents verify every OTA offer against it.
-The list (``trusted_keys.json``) names every public key agents accept, newest
-first; rotated-out keys stay listed with ``"status": "superseded"``, so an
-update signed before a rotation still verifies on a device that already got the
-new list, and one signed after it verifies once the new list (a "keys" update)
-was delivered.
-"""
+"""Reading the fleet's list of trusted signing keys from disk (the checks are in protocols.ota.trust)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from protocols.ota.trust import KeyRing, parse_trusted
+from schemas.errors import ConfigError
 
-from schemas.errors import ConfigError, EdgebusError
-from schemas.ota import SignedManifest, UpdateManifest
-
-__all__ = ["TRUSTED_KEYS", "KeyRing", "TrustedKey", "UpdateRefused", "key_id", "load_trusted",
-           "parse_trusted", "verify_offer"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["TRUSTED_KEYS", "load_trusted"]
 
 TRUSTED_KEYS = "trusted_keys.json"
-_FORMAT = 1
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """A short stable name for a public key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    return hashlib.sha256(_raw(public)).hexdigest()[:16]
-
-
-def _raw(public: Ed25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-@dataclass(frozen=True, slots=True)
-class TrustedKey:
-    """One entry of the rotation list."""
-
-    id: str
-    public_key: Ed25519PublicKey
-    status: str  # "active" or "superseded"
-    created: str
-    superseded: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"id": self.id, "public_key": base64.b64encode(_raw(self.public_key)).decode(),
-                               "status": self.status, "created": self.created}
-        if self.superseded:
-            doc["superseded"] = self.superseded
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: Any, where: str) -> TrustedKey:
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{where}: each key must be an object")
-        try:
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"], validate=True))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: bad or missing public_key: {exc}") from exc
-        status = doc.get("status", "active")
-        if status not in ("active", "superseded"):
-            raise ConfigError(f"{where}: status must be 'active' or 'superseded', not {status!r}")
-        if doc.get("id") != key_id(public):
-            raise ConfigError(f"{where}: id {doc.get('id')!r} does not match its public key")
-        return cls(id=key_id(public), public_key=public, status=status,
-                   created=str(doc.get("created", "")), superseded=doc.get("superseded"))
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRing:
-    """The rotation list: verify against any listed key."""
-
-    keys: tuple[TrustedKey, ...]
-
-    def find(self, kid: str) -> TrustedKey | None:
-        return next((k for k in self.keys if k.id == kid), None)
-
-    def verify(self, kid: str, signature: bytes, data: bytes) -> bool:
-        """True when ``kid`` is listed and its key made ``signature`` over ``data``."""
-        key = self.find(kid)
-        if key is None:
-            return False
-        try:
-            key.public_key.verify(signature, data)
-        except InvalidSignature:
-            return False
-        return True
-
-    def to_bytes(self) -> bytes:
-        doc = {"format": _FORMAT, "keys": [k.to_json() for k in self.keys]}
-        return (json.dumps(doc, indent=2) + "\n").encode()
-
-
-def parse_trusted(data: bytes, where: str) -> KeyRing:
-    """A rotation list from bytes (a delivered "keys" update); ``where`` names it in errors."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("keys"), list):
-        raise ConfigError(f"{where}: expected {{\"format\": {_FORMAT}, \"keys\": [...]}}")
-    keys = tuple(TrustedKey.from_json(k, f"{where} keys[{i}]") for i, k in enumerate(doc["keys"]))
-    if not keys:
-        raise ConfigError(f"{where}: lists no keys")
-    return KeyRing(keys)
 
 
 def load_trusted(path: Path) -> KeyRing:
@@ -126,33 +21,3 @@ def load_trusted(path: Path) -> KeyRing:
     except OSError as exc:
         raise ConfigError(f"cannot read trusted keys {path}: {exc}") from exc
     return parse_trusted(data, str(path))
-
-
-class UpdateRefused(EdgebusError):
-    """An offered update is not to be installed; ``reason`` is the machine-readable why.
-
-    Reasons from here: ``unknown_key`` (the signer is not in the ring) and
-    ``bad_signature``; callers use the same class for their own refusals
-    (``incompatible``, ``hash_mismatch``).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def verify_offer(ring: KeyRing, signed: SignedManifest) -> UpdateManifest:
-    """The offered manifest, once its signature checks out against ``ring``."""
-    key = ring.find(signed.key_id)
-    if key is None:
-        known = ", ".join(k.id for k in ring.keys)
-        raise UpdateRefused("unknown_key", f"update signed by key {signed.key_id!r}, which is not "
-                                           f"trusted here (trusted: {known})")
-    try:
-        key.public_key.verify(signed.signature, signed.manifest_bytes)
-    except InvalidSignature:
-        raise UpdateRefused("bad_signature", f"the signature of update {signed.manifest.update_id!r} "
-                                             f"does not verify with key {key.id}") from None
-    if key.status != "active":
-        logger.info("update %s is signed by superseded key %s; accepted", signed.manifest.update_id, key.id)
-    return signed.manifest

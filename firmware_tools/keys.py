@@ -24,9 +24,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-# The rotation list and its checks moved to broker.trust (agents verify OTA offers with them);
-# re-exported here for the firmware tools and their callers.
-from broker.trust import TRUSTED_KEYS, KeyRing, TrustedKey, key_id, load_trusted
+# The rotation list and its checks live in protocols.ota.trust (agents verify OTA offers with them),
+# reading it from a file in broker.trust; re-exported here for the firmware tools and their callers.
+from broker.trust import TRUSTED_KEYS, load_trusted
+from protocols.ota.trust import KeyRing, TrustedKey, key_id
 from schemas.errors import ConfigError
 
 __all__ = ["PRIVATE_KEY", "PUBLIC_KEY", "TRUSTED_KEYS", "KeyRing", "TrustedKey", "init_keys",

@@ -30,11 +30,11 @@ from pathlib import Path
 
 from broker.router import ReceivedMessage
 from broker.session import BusSession
-from broker.trust import KeyRing, UpdateRefused, verify_offer
 from firmware_tools.keys import load_signing_key
 from firmware_tools.manifest import write_manifest
 from firmware_tools.units import slot_script
 from protocols.ota.download import ChunkOutcome, Download
+from protocols.ota.trust import KeyRing, UpdateRefused, verify_offer
 from schemas.birth import Birth
 from schemas.command import Command
 from schemas.errors import CodecError

@@ -33,9 +33,9 @@ from agents.ota.trial import Health, StartupAction, Trial, Verdict, judge, on_st
 from agents.runtime import EXIT_RESTART, Agent
 from broker.router import ReceivedMessage
 from broker.session import BusSession
-from broker.trust import KeyRing, TrustedKey, key_id
 from protocols.ota.download import ChunkOutcome, Download
 from protocols.ota.sender import ChunkServer
+from protocols.ota.trust import KeyRing, TrustedKey, key_id
 from schemas.command import Command
 from schemas.errors import ConfigError
 from schemas.messages import Birth, decode_record, encode_record

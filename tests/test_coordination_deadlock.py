@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.coordination import CoordinationTopics, DeadlockVictim, LockClient
+from broker.coordination import DeadlockVictim, LockClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
+from protocols.coordination.topics import CoordinationTopics
 from tests.brokers import MosquittoUnderTest
 
 NODES = ["n1", "n2", "n3"]

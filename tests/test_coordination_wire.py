@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from broker.coordination.storage import RaftStorage, StorageError
-from broker.coordination.wire import (
+from protocols.coordination.wire import (
     AdminReplyMsg,
     AdminRequest,
     ClientReplyMsg,
@@ -95,16 +95,13 @@ def test_storage_follows_the_ready_contract_and_survives_reopen(tmp_path: Path) 
     assert loaded.hard_state == HardState(2, None, 6)
 
 
-def test_only_a_commit_only_hard_state_skips_the_fsync(tmp_path: Path) -> None:
-    """etcd's MustSync: term, vote, entries and snapshots are fsync'd; a bare commit advance is not."""
+def test_storage_fsyncs_only_what_the_ready_says_must_be_synced(tmp_path: Path) -> None:
+    """The node decides (``Ready.must_sync``, etcd's MustSync); storage skips the fsync when told to."""
     path = tmp_path / "raft.db"
     store = RaftStorage(path)
     store.load()
     store.persist(Ready(hard_state=HardState(1, "a", 0), entries=(Entry(1, 1), Entry(1, 2))))
-    assert not store.must_sync(Ready(hard_state=HardState(1, "a", 2)))  # the driver may answer first
-    assert store.must_sync(Ready(hard_state=HardState(1, "b", 2)))
-    assert store.must_sync(Ready(entries=(Entry(1, 3),)))
-    store.persist(Ready(hard_state=HardState(1, "a", 2)))  # commit only
+    store.persist(Ready(hard_state=HardState(1, "a", 2), must_sync=False))  # commit only
     store.persist(Ready(hard_state=HardState(2, None, 2)))  # new term: synced
     store.persist(Ready(hard_state=HardState(2, "b", 2)))  # new vote: synced
     store.persist(Ready(hard_state=HardState(2, "b", 2), entries=(Entry(2, 3),)))  # entries: synced

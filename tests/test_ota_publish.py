@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.trust import UpdateRefused, load_trusted, verify_offer
+from broker.trust import load_trusted
 from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.cli import main
 from firmware_tools.keys import init_keys, rotate_keys
@@ -29,6 +29,7 @@ from firmware_tools.ota_artifact import build_artifact, pack_directory
 from protocols.ota.download import ChunkOutcome
 from protocols.ota.rollout import RolloutPolicy
 from protocols.ota.sender import ChunkServer
+from protocols.ota.trust import UpdateRefused, verify_offer
 from schemas.birth import Birth
 from schemas.errors import ConfigError
 from schemas.messages import encode_record

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from protocols.raft import (
     Accepted,
     AppendRequest,
     ClientReply,
     Entry,
     EntryKind,
+    HardState,
     Message,
     NotLeader,
     RaftConfig,
@@ -16,7 +19,9 @@ from protocols.raft import (
     Rejected,
     Role,
     VoteRequest,
+    VoteResponse,
 )
+from protocols.raft.ready import must_sync
 from protocols.sim import AppendRegister, DurableStore, SplitMix64, replay
 from protocols.sim.cluster import SimConfig
 
@@ -37,6 +42,7 @@ class Net:
         self.down: set[str] = set()
         self.queue: list[Message] = []
         self.replies: list[ClientReply] = []
+        self.readies: list[tuple[str, Ready]] = []  # every node's batches, in order
         self._seed = 1
         for i in ids:
             self.start(i)
@@ -55,6 +61,7 @@ class Net:
     def flush(self, i: str) -> None:
         """The driver contract: early appends, write, advance, the rest; again until nothing is left."""
         while not (rd := self.nodes[i].ready()).empty:
+            self.readies.append((i, rd))
             self.queue.extend(rd.early_messages)
             self.stores[i].persist(rd)
             self.nodes[i].advance(rd)
@@ -346,3 +353,43 @@ def test_votes_and_a_new_terms_messages_wait_for_the_write() -> None:
             break
     assert rd.hard_state is not None and rd.hard_state.voted_for == "a"
     assert rd.messages and all(isinstance(m, VoteRequest) for m in rd.messages) and not rd.early_messages
+
+
+@pytest.mark.parametrize(
+    ("hard_state", "entries", "snapshot", "expected"),
+    [
+        (HardState(2, "a", 7), 0, False, False),  # the commit index moved: volatile
+        (None, 0, False, False),  # nothing durable changed (messages, replies only)
+        (HardState(3, None, 5), 0, False, True),  # a new term
+        (HardState(2, "b", 5), 0, False, True),  # a vote
+        (None, 1, False, True),  # an entry
+        (HardState(2, "a", 7), 0, True, True),  # a snapshot
+    ],
+)
+def test_must_sync_rule(hard_state: HardState | None, entries: int, snapshot: bool, expected: bool) -> None:
+    assert must_sync(hard_state, HardState(2, "a", 5), entries, snapshot) is expected
+
+
+def test_only_batches_that_move_the_commit_index_alone_skip_the_sync() -> None:
+    """The core marks each Ready; a leader's reply to a client may leave before its (unsynced) write."""
+    net = Net(["a", "b", "c"], RaftConfig(election_ticks=10, heartbeat_ticks=2, pre_vote=False))
+    net.ticks(40)
+    lead = net.leader()
+    assert isinstance(lead.propose(b"x", "c1", 1), Accepted)
+    lead.propose(b"y", "c1", 2)
+    net.flush(lead.id)
+    net.deliver()
+    net.ticks(5)
+    previous = {i: HardState() for i in net.ids}
+    for node_id, rd in net.readies:
+        hs, before = rd.hard_state, previous[node_id]
+        durable_change = bool(rd.entries) or rd.snapshot is not None or (
+            hs is not None and (hs.term, hs.voted_for) != (before.term, before.voted_for))
+        assert rd.must_sync is durable_change, (node_id, rd)
+        if hs is not None:
+            previous[node_id] = hs
+    votes = [rd for _, rd in net.readies if rd.hard_state and rd.hard_state.voted_for and
+             any(isinstance(m, VoteResponse) for m in rd.messages)]
+    assert votes and all(rd.must_sync for rd in votes)
+    commit_only = [rd for _, rd in net.readies if not rd.must_sync and rd.hard_state is not None]
+    assert commit_only and any(rd.replies for rd in commit_only)

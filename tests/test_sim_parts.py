@@ -32,6 +32,21 @@ def test_store_replaces_the_log_tail_and_a_snapshot_replaces_the_log() -> None:
     assert [e.index for e in s.load().entries] == [6, 7]
 
 
+def test_a_crash_loses_what_was_written_without_a_sync_until_a_synced_write_carries_it() -> None:
+    s = DurableStore()
+    s.persist(Ready(hard_state=HardState(1, "a", 0), entries=(Entry(1, 1), Entry(1, 2))))
+    s.persist(Ready(hard_state=HardState(1, "a", 1), must_sync=False))
+    s.crash()
+    assert s.load().hard_state == HardState(1, "a", 0)  # the commit index is relearned, not needed
+    s.persist(Ready(hard_state=HardState(1, "a", 2), must_sync=False))
+    s.persist(Ready(entries=(Entry(1, 3),)))  # a synced write carries the earlier one (WAL order)
+    s.crash()
+    loaded = s.load()
+    assert loaded.hard_state == HardState(1, "a", 2) and len(loaded.entries) == 3
+    s.persist(Ready(hard_state=HardState(1, "a", 3), must_sync=False))
+    assert s.load().hard_state == HardState(1, "a", 3)  # no crash: the page cache holds it
+
+
 def test_network_partitions_and_calm_profile() -> None:
     net = Network(SplitMix64(1), CALM)
     assert all(len(net.delays("a", "b")) == 1 for _ in range(100))

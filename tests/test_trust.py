@@ -1,4 +1,4 @@
-"""broker/trust.py: the trusted key ring and the signature check on OTA offers."""
+"""protocols/ota/trust.py (key ring, signature check on OTA offers) and broker/trust.py (reading it)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 
 import broker.trust
 import firmware_tools.keys
-from broker.trust import UpdateRefused, load_trusted, parse_trusted, verify_offer
+import protocols.ota.trust
+from broker.trust import load_trusted
 from firmware_tools.keys import init_keys, load_signing_key, rotate_keys
+from protocols.ota.trust import UpdateRefused, parse_trusted, verify_offer
 from schemas.errors import ConfigError, EdgebusError
 from schemas.ota import SignedManifest, UpdateManifest
 
@@ -23,7 +25,7 @@ def manifest(update_id: str = "u-1") -> UpdateManifest:
 def sign(keys: Path, m: UpdateManifest) -> SignedManifest:
     key = load_signing_key(keys)
     data = m.to_bytes()
-    return SignedManifest(data, broker.trust.key_id(key.public_key()), key.sign(data))
+    return SignedManifest(data, protocols.ota.trust.key_id(key.public_key()), key.sign(data))
 
 
 def test_a_good_signature_yields_the_manifest(tmp_path: Path) -> None:
@@ -96,5 +98,7 @@ def test_a_tampered_key_id_is_refused(tmp_path: Path) -> None:
 
 
 def test_firmware_tools_reexports_the_moved_names() -> None:
-    for name in ("TRUSTED_KEYS", "KeyRing", "TrustedKey", "key_id", "load_trusted"):
+    for name in ("TRUSTED_KEYS", "load_trusted"):
         assert getattr(firmware_tools.keys, name) is getattr(broker.trust, name)
+    for name in ("KeyRing", "TrustedKey", "key_id"):
+        assert getattr(firmware_tools.keys, name) is getattr(protocols.ota.trust, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from broker.trust import UpdateRefused
+from protocols.ota.trust import UpdateRefused
 from schemas.ota import Phase
 
 __all__ = ["CurrentUpdate"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agents.ota.files import atomic_write, fsync_dir
 from agents.ota.outcome import UpdateFailed
-from broker.trust import KeyRing, parse_trusted
+from protocols.ota.trust import KeyRing, parse_trusted
 from schemas.errors import ConfigError
 from schemas.ota import Phase
 

@@ -19,7 +19,8 @@ from agents.ota.files import OtaPaths
 from agents.ota.outcome import read_outcome
 from agents.ota.progress import ProgressReport
 from agents.ota.slots import SlotLayout
-from broker.trust import KeyRing, UpdateRefused, load_trusted, verify_offer
+from broker.trust import load_trusted
+from protocols.ota.trust import KeyRing, UpdateRefused, verify_offer
 from schemas.command import Command
 from schemas.errors import ConfigError
 from schemas.ota import OtaProgress, Phase, SignedManifest

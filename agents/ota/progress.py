@@ -15,7 +15,7 @@ from typing import Final
 from agents.ota.files import OtaPaths
 from agents.ota.outcome import UpdateFailed, write_outcome
 from broker.session import BusSession
-from broker.trust import UpdateRefused
+from protocols.ota.trust import UpdateRefused
 from schemas.ota import OtaProgress, Phase, UpdateManifest
 
 __all__ = ["DETAIL_CHARS", "JSON", "PROGRESS_INTERVAL", "ProgressReport", "failure_of", "wall_ms"]

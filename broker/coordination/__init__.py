@@ -6,6 +6,9 @@
   (``async with client.lock("camera-7/ptz") as token:``); :class:`RaftClient`
   is the generic request/reply client (and the append register the fault tests use),
   and the operator's: add or remove a member, transfer leadership.
+
+The wire format, the topic layout and the replicated state machine are pure and
+live in :mod:`protocols.coordination`.
 """
 
 from broker.coordination.client import RaftClient
@@ -17,40 +20,18 @@ from broker.coordination.errors import (
     DeadlockVictim,
     LockUnavailable,
 )
-from broker.coordination.group_state import GroupStateMachine
 from broker.coordination.lock_client import LockClient
 from broker.coordination.storage import RaftStorage
-from broker.coordination.topics import CoordinationTopics
-from broker.coordination.wire import (
-    WIRE_VERSION,
-    AdminReplyMsg,
-    AdminRequest,
-    ClientReplyMsg,
-    ClientRequest,
-    LockEventMsg,
-    decode,
-    encode,
-)
 
 __all__ = [
-    "WIRE_VERSION",
     "AdminRefused",
-    "AdminReplyMsg",
-    "AdminRequest",
-    "ClientReplyMsg",
-    "ClientRequest",
     "CoordinationError",
     "CoordinationTimeout",
-    "CoordinationTopics",
     "DeadlockVictim",
     "DriverConfig",
-    "GroupStateMachine",
     "LockClient",
-    "LockEventMsg",
     "LockUnavailable",
     "RaftClient",
     "RaftDriver",
     "RaftStorage",
-    "decode",
-    "encode",
 ]

@@ -26,9 +26,9 @@ import uuid
 from broker.coordination.client import RaftClient
 from broker.coordination.errors import AdminRefused, CoordinationError
 from broker.coordination.lock_client import LockClient
-from broker.coordination.topics import CoordinationTopics
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
+from protocols.coordination.topics import CoordinationTopics
 from protocols.locks import LockStatus, Release
 
 __all__ = ["lock_main", "raft_main", "raft_status_main"]
@@ -110,7 +110,7 @@ def lock_main(argv: list[str] | None = None) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     from broker.coordination.client import RaftClient
-    from broker.coordination.group_state import decode_lock_result
+    from protocols.coordination.group_state import decode_lock_result
     from protocols.locks import encode_command
 
     session = BusSession(_bus(args, f"{args.session}-rel"))

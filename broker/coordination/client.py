@@ -32,9 +32,11 @@ from collections.abc import Callable
 import msgpack
 
 from broker.coordination.errors import AdminRefused, CoordinationError, CoordinationTimeout
-from broker.coordination.topics import CoordinationTopics
 from broker.coordination.transport import PeerTransport
-from broker.coordination.wire import (
+from broker.router import ReceivedMessage
+from broker.session import BusSession
+from protocols.coordination.topics import CoordinationTopics
+from protocols.coordination.wire import (
     AdminReplyMsg,
     AdminRequest,
     AdminStatus,
@@ -44,8 +46,6 @@ from broker.coordination.wire import (
     decode,
     encode,
 )
-from broker.router import ReceivedMessage
-from broker.session import BusSession
 from schemas.errors import CodecError, TopicError
 from schemas.topics import validate_name
 

@@ -45,12 +45,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.coordination.group_state import GroupStateMachine, encode_op
-from broker.coordination.lock_events import deadlock_json, publishable_events
 from broker.coordination.storage import RaftStorage, StorageError
-from broker.coordination.topics import CoordinationTopics
 from broker.coordination.transport import PeerTransport
-from broker.coordination.wire import (
+from broker.router import ReceivedMessage
+from broker.session import BusConfig
+from protocols.coordination.group_state import GroupStateMachine, encode_op
+from protocols.coordination.lock_events import deadlock_json, publishable_events
+from protocols.coordination.topics import CoordinationTopics
+from protocols.coordination.wire import (
     AdminReplyMsg,
     AdminRequest,
     AdminStatus,
@@ -60,8 +62,6 @@ from broker.coordination.wire import (
     decode,
     encode,
 )
-from broker.router import ReceivedMessage
-from broker.session import BusConfig
 from protocols.locks import DeadlockEvent, Expire, LockError, LockEvent, decode_command, encode_entry
 from protocols.raft import (
     Accepted,
@@ -472,7 +472,7 @@ class RaftDriver:
                 return
             self.ready_batches += 1
             self._send_messages(rd.early_messages)  # a leader's appends: followers write as we do
-            if self.storage.must_sync(rd):
+            if rd.must_sync:
                 self.storage.persist(rd)  # durable first (raises StorageError: nothing more is sent)
                 self.node.advance(rd)  # only now does the leader count its own entries
                 self._send(rd)

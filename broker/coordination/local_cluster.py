@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.coordination.topics import CoordinationTopics
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
+from protocols.coordination.topics import CoordinationTopics
 
 __all__ = ["GroupWatcher", "LocalCluster"]
 

@@ -29,10 +29,10 @@ from typing import NoReturn
 
 from broker.coordination.client import RaftClient
 from broker.coordination.errors import CoordinationError, CoordinationTimeout, DeadlockVictim, LockUnavailable
-from broker.coordination.group_state import decode_lock_result
 from broker.coordination.transport import PeerTransport
-from broker.coordination.wire import LockEventMsg
 from broker.session import BusConfig
+from protocols.coordination.group_state import decode_lock_result
+from protocols.coordination.wire import LockEventMsg
 from protocols.locks import (
     Acquire,
     CancelWait,

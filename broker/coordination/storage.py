@@ -5,8 +5,8 @@ transaction, committed with ``synchronous=FULL`` in WAL mode, so when it
 returns the vote, term and entries survive a kill -9 or a power cut; only then
 may the driver send that Ready's messages and replies.
 
-One exception, etcd's ``MustSync`` rule: a Ready whose only durable change is
-a higher commit index (no entries, no snapshot, same term and vote) is
+One exception, etcd's ``MustSync`` rule, decided by the node: a Ready with
+``must_sync`` False (its only durable change is a higher commit index) is
 committed with ``synchronous=NORMAL``, i.e. written to the WAL without an
 fsync. The commit index is volatile state in Raft (a restarted node relearns
 it from the leader, and :class:`protocols.raft.RaftNode` restarts from
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from broker.coordination.wire import entry_from_list, entry_to_list
+from protocols.coordination.wire import entry_from_list, entry_to_list
 from protocols.raft.messages import Entry, HardState, PersistentState, Snapshot
 from protocols.raft.ready import Ready
 from schemas.errors import OutboxError
@@ -68,7 +68,6 @@ class RaftStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open raft storage {path}: {exc}") from exc
         self.path = path
-        self._synced: HardState | None = None  # the last term/vote made durable with an fsync
         self._sync_full = True
         self.fsyncs = 0
         self.unsynced_commits = 0
@@ -82,7 +81,6 @@ class RaftStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read raft storage {self.path}: {exc}") from exc
         hs = HardState(*hs_row) if hs_row else HardState()
-        self._synced = hs
         snap = None
         if snap_row:
             idx, term, members, data, sessions = snap_row
@@ -91,26 +89,12 @@ class RaftStorage:
         entries = tuple(entry_from_list(msgpack.unpackb(body)) for (body,) in rows)
         return PersistentState(hs, snap, entries)
 
-    def must_sync(self, rd: Ready) -> bool:
-        """Does ``rd`` change anything that must be fsync'd (entries, snapshot, term or vote)?
-
-        False for a batch that changes at most the commit index: :meth:`persist` writes that
-        without an fsync, and the driver may send such a batch's messages before writing it.
-        """
-        h = rd.hard_state
-        if rd.snapshot is not None or rd.entries:
-            return True
-        if h is None:
-            return False
-        return self._synced is None or h.term != self._synced.term or h.voted_for != self._synced.voted_for
-
     def persist(self, rd: Ready) -> None:
-        """Make ``rd``'s snapshot, entries and hard state durable (one fsync'd transaction)."""
+        """Write ``rd``'s snapshot, entries and hard state in one transaction, fsync'd if ``rd.must_sync``."""
         if rd.snapshot is None and not rd.entries and rd.hard_state is None:
             return
         db = self._db
-        h = rd.hard_state
-        must_sync = self.must_sync(rd)
+        must_sync = rd.must_sync
         try:
             if must_sync != self._sync_full:
                 db.execute("PRAGMA synchronous=FULL" if must_sync else "PRAGMA synchronous=NORMAL")
@@ -139,8 +123,6 @@ class RaftStorage:
             raise StorageError(f"cannot write raft storage {self.path}: {exc}") from exc
         if must_sync:
             self.fsyncs += 1
-            if h is not None:
-                self._synced = h
         else:
             self.unsynced_commits += 1
 

@@ -6,7 +6,7 @@
 * :class:`Rollout` (server): canary cohort first, halt on failures, then the rest.
 
 The messages themselves are in :mod:`schemas.ota`; signature checks in
-:mod:`broker.trust`.
+:mod:`protocols.ota.trust` (reading the key list from a file: :mod:`broker.trust`).
 """
 
 from protocols.ota.download import ChunkOutcome, Download

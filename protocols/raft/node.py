@@ -41,6 +41,7 @@ from protocols.raft.ready import (
     ProposeResult,
     Ready,
     Rejected,
+    must_sync,
 )
 from protocols.raft.sessions import Sessions
 from protocols.raft.status import RaftStatus
@@ -61,7 +62,7 @@ class RaftNode:
     adds it) from the leader's appends or snapshot.
 
     The few rules that make Raft safe live in small methods (``_grants_vote``,
-    ``_matches_prev``, ``_commit_allowed``, ``sessions_class``) so tests can break
+    ``_matches_prev``, ``_commit_allowed``, ``_must_sync``, ``sessions_class``) so tests can break
     one on purpose and show that the simulator's checkers catch it.
     """
 
@@ -253,7 +254,7 @@ class RaftNode:
         """Drain everything produced since the last call (see :class:`Ready` for the order rule)."""
         hs = HardState(self.term, self.voted_for, self.commit)
         hard_state = hs if hs != self._persisted_hs else None
-        self._persisted_hs = hs
+        previous, self._persisted_hs = self._persisted_hs, hs
         if (self.term, self.voted_for) == self._durable_term_vote:
             # a leader's appends may leave before its own write: only counting waits for it
             early: tuple[Message, ...] = tuple(m for m in self._msgs if isinstance(m, AppendRequest))
@@ -270,6 +271,7 @@ class RaftNode:
         rd = Ready(
             hard_state, snapshot, entries, late, tuple(self._replies),
             tuple(self._applied_out), tuple(self._events), early,
+            self._must_sync(hard_state, previous, entries, snapshot),
         )
         self._snapshot_dirty = False
         self._unstable_from = None
@@ -289,6 +291,13 @@ class RaftNode:
             self._persisted(last.index, last.term)
         elif rd.snapshot is not None:
             self._persisted(rd.snapshot.index, rd.snapshot.term)
+
+    def _must_sync(
+        self, hard_state: HardState | None, previous: HardState, entries: tuple[Entry, ...],
+        snapshot: Snapshot | None,
+    ) -> bool:
+        """The durability rule of a batch (a method so a test can break it on purpose)."""
+        return must_sync(hard_state, previous, len(entries), snapshot is not None)
 
     def _persisted(self, index: int, term: int) -> None:
         # The log may have changed since that Ready (a truncation lowers _stable); the same term at

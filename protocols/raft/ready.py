@@ -12,6 +12,13 @@ The driver MUST handle each batch, in order, like this:
    a commit quorum (so advance may commit: drain ``ready()`` again);
 4. only then send ``messages`` and ``replies``.
 
+Exception, etcd's ``MustSync``: when ``must_sync`` is False the batch changes
+nothing but the commit index (no entries, no snapshot, the same term and vote
+as the batch before). The commit index is volatile in Raft (a restarted node
+relearns it from the leader), so the driver may write such a batch without an
+fsync and send its ``messages`` and ``replies`` before writing it (still after
+every earlier batch's write); a crash that loses it does no harm.
+
 A vote or an append acknowledgement that leaves the node before its state is
 durable can be forgotten by a crash, and then a node votes twice in a term or
 a leader counts an entry that is not there. ``applied`` and ``events`` are
@@ -27,6 +34,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocols.raft.messages import Entry, EntryKind, HardState, Message, Snapshot
+
+
+def must_sync(hard_state: HardState | None, previous: HardState, entries: int, snapshot: bool) -> bool:
+    """Must a batch be fsync'd before its messages leave (etcd's ``MustSync``)?
+
+    Yes when it carries entries or a snapshot, or changes the term or the vote
+    relative to ``previous``, the hard state of the batch before; a batch that
+    moves only the commit index need not be.
+
+    >>> must_sync(HardState(2, "a", 7), HardState(2, "a", 5), entries=0, snapshot=False)
+    False
+    >>> must_sync(HardState(2, "b", 5), HardState(2, None, 5), entries=0, snapshot=False)
+    True
+    """
+    if entries or snapshot:
+        return True
+    if hard_state is None:
+        return False
+    return hard_state.term != previous.term or hard_state.voted_for != previous.voted_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +107,9 @@ class Ready:
     """One batch of effects; see the module docstring for the order rule.
 
     ``messages`` wait for the write; ``early_messages`` need not (a leader's appends).
+    ``must_sync`` False: nothing but the commit index changed; the write needs no
+    fsync and ``messages`` need not wait for it. Left at its default (True) by
+    whoever builds a Ready by hand, the safe choice.
     """
 
     hard_state: HardState | None = None
@@ -91,6 +120,7 @@ class Ready:
     applied: tuple[AppliedEntry, ...] = ()
     events: tuple[Event, ...] = ()
     early_messages: tuple[Message, ...] = ()
+    must_sync: bool = True
 
     @property
     def empty(self) -> bool:

@@ -8,7 +8,10 @@ an asynchronous disk: a leader's early appends leave at once, each write takes
 ``disk_delay`` and writes complete in order, while the node keeps stepping
 (so a follower's ack can overtake the leader's own write, which the leader
 must not count before ``advance``); a Ready's other messages and replies
-leave only when its write completes. A crash loses the writes in flight.
+leave only when its write completes, except for a Ready whose ``must_sync`` is
+False: its messages leave when its write starts (after every earlier write),
+as the MQTT driver sends them before writing. A crash loses the writes in
+flight and what was written without an fsync (DurableStore).
 """
 
 from __future__ import annotations
@@ -165,6 +168,7 @@ class Simulation:
         if h.node is None:
             return
         h.node, h.sm, h.paused_until = None, None, 0
+        h.store.crash()
         if not self._calm:
             self.at(self.now + self._fault_rng.between(*self.cfg.restart_delay), lambda: self._restart(h))
 
@@ -213,7 +217,12 @@ class Simulation:
             self._start_write(h)
 
     def _start_write(self, h: Host) -> None:
-        """Write the head of the disk queue; writes complete one at a time, in order."""
+        """Write the head of the disk queue; writes complete one at a time, in order.
+
+        The head's messages leave now if it need not be synced (the driver's other branch).
+        """
+        if not h.writes[0].must_sync:
+            self._send_all(h, h.writes[0])
         delay = self._disk_rng.between(*self.cfg.disk_delay)
         incarnation = h.incarnation
         if delay == 0:
@@ -238,7 +247,8 @@ class Simulation:
             return
         h.writes.popleft()
         h.node.advance(rd)
-        self._send_all(h, rd)
+        if rd.must_sync:
+            self._send_all(h, rd)
         if h.writes:
             self._start_write(h)  # with no delay it completes (or crashes) right here
         if h.node is not None and h.incarnation == incarnation:

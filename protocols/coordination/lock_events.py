@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from broker.coordination.wire import LockEventMsg
+from protocols.coordination.wire import LockEventMsg
 from protocols.locks import DeadlockEvent, Granted, LockEvent, WaitCancelled
 
 __all__ = ["deadlock_json", "publishable_events"]

@@ -8,7 +8,7 @@ which every node hears and only the leader acts on and hear answers and lock
 events on ``{root}/_sys/lock/{group}/reply/{client}``. A node's presence is the
 ordinary device status of ``raft-{group}-{node}``, whose will says ``offline``.
 
-Operators' membership requests (:class:`broker.coordination.wire.AdminRequest`)
+Operators' membership requests (:class:`protocols.coordination.wire.AdminRequest`)
 follow the same pattern under the Raft group: ``{root}/_sys/raft/{group}/admin/req``
 (every node hears it, only the leader acts), ``.../admin/req/{node}`` (one node;
 a follower answers "not leader" with its hint) and answers on
