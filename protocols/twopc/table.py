@@ -170,12 +170,16 @@ class TxTable:
             status = TxStatus.REFUSED if cmd.outcome is Outcome.COMMIT else TxStatus.OK
             return self._result(status, cmd.KIND, cmd.tx_id, "never begun")
         if cmd.outcome is Outcome.COMMIT:
-            missing = [p for p in tx.participants if p not in cmd.yes_votes]
+            missing = self._missing_votes(tx, cmd)
             if missing:
                 return self._result(TxStatus.REFUSED, cmd.KIND, cmd.tx_id,
                                     f"commit without a yes vote from {', '.join(missing)[:200]}")
         self._open[cmd.tx_id] = replace(tx, outcome=cmd.outcome, reason=cmd.reason, decided_ms=self._now)
         return self._result(TxStatus.OK, cmd.KIND, cmd.tx_id, cmd.reason)
+
+    def _missing_votes(self, tx: TxRecord, cmd: Decide) -> list[str]:
+        """Participants a commit lacks a yes vote from (it is refused unless there are none)."""
+        return [p for p in tx.participants if p not in cmd.yes_votes]
 
     def _end(self, cmd: End) -> TxResult:
         if cmd.tx_id in self._ended:
