@@ -117,8 +117,10 @@ class TxManager:
         if result.kind == "begin":
             if tx is not None and tx.outcome is None:
                 out += self._prepare(tx, now_ms, force=True)
-            elif result.status is TxStatus.REFUSED and tx is None:
+            elif result.status is TxStatus.REFUSED and tx is not None:
                 out.append(self._error("id_reused", result.tx_id, result.reason))
+            # REFUSED with no open record: a late copy of a Begin whose transaction already ended;
+            # the client hears the outcome when it asks again (see _on_begin).
         elif result.kind == "decide":
             if result.status is TxStatus.OK and result.outcome is not None:
                 out.append(TxDecided(result.tx_id, result.outcome, result.reason))
