@@ -55,7 +55,8 @@ class Propose:
 class PrepareResource:
     """Participant: prepare ``payload`` durably in the resource (take locks, PREPARE TRANSACTION, ...).
 
-    Answer later with ``Participant.resource_prepared(tx_id, ok, reason, now)``.
+    Always answer, later, with ``Participant.resource_prepared(tx_id, ok, reason, now)``: a
+    resource that cannot prepare in time answers ``ok=False`` (the participant then votes no).
     """
 
     tx_id: str

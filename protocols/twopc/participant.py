@@ -51,6 +51,8 @@ from protocols.twopc.records import ParticipantRecord
 
 __all__ = ["Participant", "ParticipantConfig"]
 
+_ABORTED_MEMORY = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class ParticipantConfig:
@@ -78,7 +80,7 @@ class Participant:
         self.errors: Counter[str] = Counter()
         self._records: dict[str, ParticipantRecord] = {r.tx_id: r for r in records}
         self._preparing: set[str] = set()  # PrepareResource out, no answer yet
-        self._aborted: set[str] = set()  # told abort with no durable record (nothing to persist)
+        self._aborted: dict[str, None] = {}  # aborted with no record here, oldest first (bounded)
         self._heard: dict[str, int] = {}  # in-doubt tx -> when we last heard of it or asked
 
     # ---- reading -----------------------------------------------------------------------------
@@ -120,7 +122,7 @@ class Participant:
             if message.outcome is None:
                 self._heard[message.tx_id] = now_ms  # pending: the group will tell us
                 return []
-            return self._on_outcome(message.tx_id, message.outcome, now_ms, asked=True)
+            return self._on_outcome(message.tx_id, message.outcome, now_ms)
         return [self._error("unexpected_message", message.tx_id, f"{message.TYPE} is not for a participant")]
 
     def resource_prepared(self, tx_id: str, ok: bool, reason: str, now_ms: int) -> list[Effect]:
@@ -132,9 +134,8 @@ class Participant:
             return out
         self._preparing.discard(tx_id)
         reason = reason[:256]
-        if tx_id in self._aborted:  # the group aborted it meanwhile
-            out = [ApplyOutcome(tx_id, Outcome.ABORT)] if ok else []
-            return [*out, Send(self.group, Ack(tx_id, self.id, Outcome.ABORT))]
+        if tx_id in self._aborted:  # the group aborted it meanwhile (and heard our ack)
+            return [ApplyOutcome(tx_id, Outcome.ABORT)] if ok else []
         if not ok:
             rec = ParticipantRecord(tx_id, False, reason or "refused", Outcome.ABORT, now_ms, now_ms)
             return [*self._persist(rec), Send(self.group, Vote(tx_id, self.id, False, rec.reason))]
@@ -172,6 +173,7 @@ class Participant:
         if m.tx_id in self._aborted:
             return [Send(self.group, Vote(m.tx_id, self.id, False, "already aborted"))]
         if now_ms >= m.deadline_ms:
+            self._remember_abort(m.tx_id)
             return [Send(self.group, Vote(m.tx_id, self.id, False, "deadline passed"))]
         self._preparing.add(m.tx_id)
         return [PrepareResource(m.tx_id, m.payload)]
@@ -180,14 +182,16 @@ class Participant:
         """The prepared record is durable before the yes vote leaves."""
         return [*self._persist(rec), Send(self.group, Vote(rec.tx_id, self.id, True, ""))]
 
-    def _on_outcome(self, tx_id: str, outcome: Outcome, now_ms: int, asked: bool = False) -> list[Effect]:
+    def _on_outcome(self, tx_id: str, outcome: Outcome, now_ms: int) -> list[Effect]:
         rec = self._records.get(tx_id)
         ack = Send(self.group, Ack(tx_id, self.id, outcome))
         if rec is None:
             if outcome is Outcome.COMMIT:
                 return [self._error("commit_never_prepared", tx_id, "commit of a tx not prepared here")]
-            self._aborted.add(tx_id)  # presumed abort: nothing here to undo
-            return [] if tx_id in self._preparing else [ack]
+            # No vote left here, so this participant is free to abort (presumed abort). Work still
+            # being prepared is rolled back when the resource answers (or by recover() after a crash).
+            self._remember_abort(tx_id)
+            return [ack]
         if rec.outcome is not None:
             if rec.outcome is outcome:
                 return [ack]
@@ -197,6 +201,12 @@ class Participant:
         decided = replace(rec, outcome=outcome, decided_ms=now_ms)
         # Apply first, then record: a crash between them repeats the (idempotent) apply after restart.
         return [ApplyOutcome(tx_id, outcome), *self._persist(decided), ack]
+
+    def _remember_abort(self, tx_id: str) -> None:
+        """Answer later prepares of ``tx_id`` with no. A hint only (presumed abort is the rule): bounded."""
+        self._aborted[tx_id] = None
+        if len(self._aborted) > _ABORTED_MEMORY:
+            del self._aborted[next(iter(self._aborted))]
 
     def _persist(self, rec: ParticipantRecord) -> list[Effect]:
         self._records[rec.tx_id] = rec
