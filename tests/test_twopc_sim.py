@@ -38,6 +38,8 @@ CRASHY = replace(DEFAULT, fault_weights=(
 ))
 # every message may be lost, duplicated (often) or overtaken
 LOSSY = replace(DEFAULT, network=NetworkProfile(loss=0.25, duplicate=0.3, spike_chance=0.2, spike_delay=300))
+# every message delivered twice (and some overtaken): nothing may change
+TWICE = replace(DEFAULT, network=NetworkProfile(loss=0.02, duplicate=1.0, spike_chance=0.1))
 # partitions that cut the group, participants and the client apart
 PARTITIONS = replace(DEFAULT, fault_weights=(("partition", 5), ("isolate_leader", 3), ("heal", 3)))
 # slow disks: writes queue up, crashes lose them
@@ -72,6 +74,12 @@ def test_crashes_at_every_dangerous_moment(seed: int) -> None:
 @given(SEEDS)
 def test_lossy_duplicating_network(seed: int) -> None:
     assert_seed_ok(seed, LOSSY)
+
+
+@settings(FAST, max_examples=30)
+@given(SEEDS)
+def test_every_message_duplicated(seed: int) -> None:
+    assert_seed_ok(seed, TWICE)
 
 
 @settings(FAST, max_examples=40)
@@ -113,7 +121,7 @@ def test_a_seed_replays_exactly() -> None:
 
 PROFILES = {
     "default": DEFAULT, "crashy": CRASHY, "lossy": LOSSY, "partitions": PARTITIONS, "slow-disk": SLOW_DISK,
-    "contended": CONTENDED,
+    "contended": CONTENDED, "twice": TWICE,
 }
 SLOW_SEEDS, SLOW_CHUNK = 600, 100  # per profile: 3,600 runs, in chunks that stay well inside the timeout
 
