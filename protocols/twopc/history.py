@@ -55,7 +55,7 @@ class FinalState:
 @dataclass
 class TwoPcHistory:
     submitted: dict[str, int] = field(default_factory=dict)  # tx -> first BeginRequest time
-    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tx -> participants (as begun)
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tx -> participants (as submitted)
     begun: dict[str, int] = field(default_factory=dict)  # tx -> first time a replica applied its Begin
     decided: dict[str, tuple[Outcome, int]] = field(default_factory=dict)  # first applied decision
     log_conflicts: list[str] = field(default_factory=list)

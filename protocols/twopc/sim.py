@@ -65,6 +65,7 @@ from protocols.twopc.messages import (
     Part,
     StatusReply,
     TxMessage,
+    TxState,
     Vote,
     decode_message,
     encode_message,
@@ -322,6 +323,8 @@ class TwoPcSimulation:
             return
         rd = g.node.ready()
         results, g.machine.results = g.machine.results, []
+        for r in results:
+            self._record_applied(g, r)  # applied means committed: the checkers' time of decision
         if not rd.empty:
             self._send_raft(rd.early_messages)  # a leader's appends need not wait for its disk
             g.writes.append(rd)
@@ -368,8 +371,6 @@ class TwoPcSimulation:
     def _manager_catch_up(self, g: _GroupHost, incarnation: int, results: list[TxResult]) -> None:
         if g.node is None or g.manager is None or g.incarnation != incarnation:
             return
-        for r in results:
-            self._record_applied(g, r)
         leads = g.node.role is Role.LEADER
         if leads and not g.manager.is_leader:
             self._run_manager(g, g.manager.became_leader(self.now))
@@ -385,11 +386,8 @@ class TwoPcSimulation:
 
     def _record_applied(self, g: _GroupHost, r: TxResult) -> None:
         h = self.history
-        if r.kind == "begin" and r.tx_id not in h.begun and g.machine is not None:
-            tx = g.machine.table.get(r.tx_id)
-            if tx is not None:
-                h.begun[r.tx_id] = self.now
-                h.parts[r.tx_id] = tx.participants
+        if r.kind == "begin" and r.state is TxState.PENDING:
+            h.begun.setdefault(r.tx_id, self.now)
         outcome = r.outcome
         if outcome is not None and r.kind in ("decide", "resolve", "end"):
             first = h.decided.setdefault(r.tx_id, (outcome, self.now))
@@ -572,6 +570,7 @@ class TwoPcSimulation:
             parts = tuple(Part(n, f"k{rng.below(self.cfg.keys)}".encode()) for n in chosen)
             tx = _ClientTx(f"tx{i}", parts)
             self.txs[tx.tx_id] = tx
+            self.history.parts[tx.tx_id] = tuple(p.participant for p in parts)
             self.at(rng.between(*self.cfg.submit_window), lambda tx=tx: self._client_send(tx))  # type: ignore[misc]
 
     def _client_send(self, tx: _ClientTx) -> None:
