@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from protocols.twopc.commands import Begin, Decide, End, Resolve, TxCommand, encode_entry
 from protocols.twopc.messages import Outcome, Part, TxError, TxState
-from protocols.twopc.table import TxResult, TxStatus, TxTable, decode_result, encode_result
+from protocols.twopc.table import TxResult, TxStateMachine, TxStatus, TxTable, decode_result, encode_result
 from schemas.errors import UnsupportedVersion
 
 PARTS = (Part("a", b"x"), Part("b", b"y"))
@@ -114,6 +114,18 @@ def test_a_malformed_snapshot_changes_nothing() -> None:
         with pytest.raises(TxError):
             table.restore(bad)
     assert table.snapshot() == before
+
+
+def test_the_raft_state_machine_replies_with_results_and_keeps_them_for_the_manager() -> None:
+    machine = TxStateMachine()
+    reply = machine.apply(encode_entry(5, Begin("t1", "c", 100, PARTS)))
+    assert decode_result(reply).status is TxStatus.OK
+    assert decode_result(machine.apply(b"junk")).status is TxStatus.MALFORMED
+    assert [r.status for r in machine.drain_results()] == [TxStatus.OK, TxStatus.MALFORMED]
+    assert machine.drain_results() == []
+    copy = TxStateMachine()
+    copy.restore(machine.snapshot())
+    assert copy.table.state("t1") is TxState.PENDING
 
 
 # ---- property: random schedules against a model --------------------------------------------------

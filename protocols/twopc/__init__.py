@@ -46,7 +46,15 @@ from protocols.twopc.messages import (
 )
 from protocols.twopc.participant import Participant, ParticipantConfig
 from protocols.twopc.records import ParticipantRecord, decode_participant_record, encode_participant_record
-from protocols.twopc.table import TxRecord, TxResult, TxStatus, TxTable, decode_result, encode_result
+from protocols.twopc.table import (
+    TxRecord,
+    TxResult,
+    TxStateMachine,
+    TxStatus,
+    TxTable,
+    decode_result,
+    encode_result,
+)
 
 __all__ = [
     "Ack",
@@ -82,6 +90,7 @@ __all__ = [
     "TxRecord",
     "TxResult",
     "TxState",
+    "TxStateMachine",
     "TxStatus",
     "TxTable",
     "Vote",

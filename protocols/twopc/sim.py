@@ -72,7 +72,7 @@ from protocols.twopc.messages import (
 )
 from protocols.twopc.participant import Participant, ParticipantConfig
 from protocols.twopc.records import ParticipantRecord, decode_participant_record, encode_participant_record
-from protocols.twopc.table import TxResult, TxTable, encode_result
+from protocols.twopc.table import TxResult, TxStateMachine, TxTable
 
 __all__ = [
     "FAULT_KINDS",
@@ -142,31 +142,12 @@ class TwoPcSimConfig:
             raise ValueError("parts_per_tx must be within 1..participants")
 
 
-class _TableMachine:
-    """The Raft state machine: the table, plus the results of what it applied (for the manager)."""
-
-    def __init__(self, table: TxTable) -> None:
-        self.table = table
-        self.results: list[TxResult] = []
-
-    def apply(self, command: bytes) -> bytes:
-        result = self.table.apply_entry(command)
-        self.results.append(result)
-        return encode_result(result)
-
-    def snapshot(self) -> bytes:
-        return self.table.snapshot()
-
-    def restore(self, data: bytes) -> None:
-        self.table.restore(data)
-
-
 @dataclass(slots=True)
 class _GroupHost:
     id: str
     store: DurableStore = field(default_factory=DurableStore)
     node: RaftNode | None = None
-    machine: _TableMachine | None = None
+    machine: TxStateMachine | None = None
     manager: TxManager | None = None
     incarnation: int = 0
     writes: deque[Ready] = field(default_factory=deque)
@@ -291,7 +272,7 @@ class TwoPcSimulation:
         g.incarnation += 1
         g.writes = deque()  # whatever was being written when it crashed is lost
         table = self._new_table()
-        g.machine = _TableMachine(table)
+        g.machine = TxStateMachine(table)
         g.node = RaftNode(g.id, self.members, g.machine, self._node_rng.fork(), self.cfg.raft, g.store.load())
         g.manager = self._new_manager(g.id, GROUP, table, self.cfg.manager)
         self._drain(g)
@@ -322,7 +303,7 @@ class TwoPcSimulation:
         if g.node is None or g.machine is None:
             return
         rd = g.node.ready()
-        results, g.machine.results = g.machine.results, []
+        results = g.machine.drain_results()
         for r in results:
             self._record_applied(g, r)  # applied means committed: the checkers' time of decision
         if not rd.empty:

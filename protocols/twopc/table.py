@@ -43,7 +43,7 @@ from protocols.twopc.commands import (
 from protocols.twopc.messages import Outcome, Part, TxError, TxState, check_id
 from schemas.errors import CodecError, UnsupportedVersion
 
-__all__ = ["DEFAULT_TOMBSTONE_MS", "TxRecord", "TxResult", "TxStatus", "TxTable",
+__all__ = ["DEFAULT_TOMBSTONE_MS", "TxRecord", "TxResult", "TxStateMachine", "TxStatus", "TxTable",
            "decode_result", "encode_result"]
 
 DEFAULT_TOMBSTONE_MS = 3600 * 1000
@@ -327,3 +327,34 @@ def decode_result(data: bytes) -> TxResult:
         raise
     except Exception as exc:  # msgpack and the enums raise several unrelated types
         raise TxError(f"malformed transaction result: {exc}") from exc
+
+
+class TxStateMachine:
+    """A :class:`TxTable` as a Raft state machine (``apply(bytes) -> bytes``) for a group of its own.
+
+    Each log entry is :func:`~protocols.twopc.commands.encode_entry`'s; the
+    reply is :func:`encode_result`'s. The results wait in :meth:`drain_results`
+    for the node's :class:`~protocols.twopc.manager.TxManager`. (A group that
+    also runs the lock table wraps :meth:`TxTable.apply_entry` in its own
+    state machine the same way.)
+    """
+
+    def __init__(self, table: TxTable | None = None) -> None:
+        self.table = table if table is not None else TxTable()
+        self._results: list[TxResult] = []
+
+    def apply(self, command: bytes) -> bytes:
+        result = self.table.apply_entry(command)
+        self._results.append(result)
+        return encode_result(result)
+
+    def drain_results(self) -> list[TxResult]:
+        """Results of the entries applied since the last call, in log order."""
+        results, self._results = self._results, []
+        return results
+
+    def snapshot(self) -> bytes:
+        return self.table.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.table.restore(data)
