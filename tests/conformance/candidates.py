@@ -90,9 +90,10 @@ class IotcoreUnderTest(CommandBroker):
         conf.write_text(self._config())
 
     def _config(self) -> str:
+        # next_connection_delay_ms throttles accepts (rumqttd sleeps that long after each).
         def listener(version: str, port: int) -> str:
             return (f'[{version}.1]\nname = "{version}-1"\nlisten = "{self.host}:{port}"\n'
-                    "next_connection_delay_ms = 1\n"
+                    "next_connection_delay_ms = 0\n"
                     f"[{version}.1.connections]\nconnection_timeout_ms = 60000\n"
                     "max_payload_size = 268435455\nmax_inflight_count = 100\n"
                     "dynamic_filters = true\n"
