@@ -8,9 +8,15 @@ the battery, each as ``kind=python``::
     EDGEBUS_CONFORMANCE_CANDIDATES=iotcore=/work/venv-iotcore/bin/python \\
         pytest tests/conformance
 
-Known kinds: ``iotcore`` (rumqttd compiled into a wheel; it listens for
-MQTT 3.1.1 and MQTT 5 on two ports, with a static user/password table and
-no persistence).
+Known kinds:
+
+* ``iotcore`` - rumqttd 0.20 compiled into the iotcore 0.4 wheel; it listens
+  for MQTT 3.1.1 and MQTT 5 on two ports, with a static user/password table,
+  no topic ACLs and no persistence;
+* ``amqtt_db`` - the embedded broker's amqtt 0.12.1 with its own session
+  persistence plugin;
+* ``mqttd`` - mqttd 0.5, a pure-Python MQTT 3.1.1/5 server without password
+  checks (measured and dismissed: it fails most of the battery).
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ from pathlib import Path
 from broker.credentials import generate_password
 from tests.brokers import ADMIN_USER, READY_TIMEOUT, STOP_TIMEOUT, RunningBroker, free_port, wait_for_port
 
-__all__ = ["CANDIDATE_KINDS", "IotcoreUnderTest", "candidate", "configured_candidates"]
+__all__ = ["CANDIDATE_KINDS", "IotcoreUnderTest", "MqttdUnderTest", "candidate",
+           "configured_candidates"]
 
 _ENV = "EDGEBUS_CONFORMANCE_CANDIDATES"
 
 
 class CommandBroker(RunningBroker):
-    """A broker that is one child process; ``stop()`` is SIGTERM, ``kill()`` SIGKILL."""
+    """A broker that is one child process of ``python``; ``stop()`` is SIGTERM, ``kill()`` SIGKILL."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, python: str) -> None:
+        self.python = python
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -52,7 +60,11 @@ class CommandBroker(RunningBroker):
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(self.command(), cwd=self.workdir,
+            # The repository on the child's path too (the amqtt probe imports edgebus).
+            repo = str(Path(__file__).resolve().parents[2])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+            self._proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env,
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         if not wait_for_port(self.host, self.port, READY_TIMEOUT, alive=self._proc):
             self.kill()
@@ -83,8 +95,7 @@ class IotcoreUnderTest(CommandBroker):
     speaks_mqtt5 = True
 
     def __init__(self, workdir: Path, python: str) -> None:
-        super().__init__(workdir)
-        self.python = python
+        super().__init__(workdir, python)
         self.mqtt5_port = free_port()
         conf = self.workdir / "rumqttd.toml"
         conf.write_text(self._config())
@@ -108,7 +119,66 @@ class IotcoreUnderTest(CommandBroker):
                 "--log-level", "WARNING"]
 
 
-CANDIDATE_KINDS = {"iotcore": IotcoreUnderTest}
+class MqttdUnderTest(CommandBroker):
+    """mqttd 0.5 (``MQTTApp``): MQTT 3.1.1 and 5 in pure Python, with no password check.
+
+    It has no way to verify a user name and password, so the credentials the
+    battery sends are accepted unchecked; it keeps nothing across a restart.
+    """
+
+    kind = "mqttd"
+    speaks_mqtt5 = True
+
+    def command(self) -> list[str]:
+        script = f"from mqttd import MQTTApp; MQTTApp(host={self.host!r}, port={self.port}).run()"
+        return [self.python, "-c", script]
+
+
+_AMQTT_DB_SCRIPT = """
+import asyncio, signal, sys
+from amqtt.broker import Broker
+from pwdlib.hashers.argon2 import Argon2Hasher
+host, port, user, password, workdir = sys.argv[1:6]
+with open(f"{workdir}/passwd", "w") as f:
+    f.write(f"{user}:{Argon2Hasher().hash(password)}\\n")
+config = {
+    "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
+    "plugins": {
+        "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": f"{workdir}/passwd"},
+        "amqtt.contrib.persistence.SessionDBPlugin": {
+            "connection": f"sqlite+aiosqlite:///{workdir}/sessions.db",
+            "clear_on_shutdown": False},
+    },
+}
+async def main():
+    broker = Broker(config)
+    await broker.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await asyncio.wait_for(broker.shutdown(), 5)
+asyncio.run(main())
+"""
+
+
+class AmqttSessionDbUnderTest(CommandBroker):
+    """amqtt 0.12.1 with its own persistence (``amqtt.contrib.persistence.SessionDBPlugin``).
+
+    The plugin needs SQLAlchemy and aiosqlite (amqtt's ``contrib`` extra, which
+    also pulls python-ldap, a source build that needs the LDAP headers; so the
+    venv gets ``amqtt sqlalchemy[asyncio] aiosqlite`` by name).
+    """
+
+    kind = "amqtt_db"
+    speaks_mqtt5 = False
+
+    def command(self) -> list[str]:
+        return [self.python, "-c", _AMQTT_DB_SCRIPT, self.host, str(self.port), self.username,
+                self.password, str(self.workdir)]
+
+
+CANDIDATE_KINDS: dict[str, type[CommandBroker]] = {
+    "iotcore": IotcoreUnderTest, "mqttd": MqttdUnderTest, "amqtt_db": AmqttSessionDbUnderTest}
 
 
 def configured_candidates() -> dict[str, str]:

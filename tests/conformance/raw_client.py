@@ -317,10 +317,10 @@ class RawClient:
             for index, packet in enumerate(self.inbox):
                 if wanted(packet):
                     return self.inbox.pop(index)
-            packet = self._read_packet(deadline)
-            if packet is None:
+            new = self._read_packet(deadline)
+            if new is None:
                 return None
-            self._handle(packet)
+            self._handle(new)
 
     def expect(self, kind: int, timeout: float = 5.0, packet_id: int | None = None) -> Packet:
         found = self.wait_for(lambda p: p.kind == kind and (

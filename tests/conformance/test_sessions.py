@@ -19,7 +19,8 @@ RUNS = 10
 
 AMQTT_NO_REDELIVERY = ("amqtt 0.12.1 does not resend unacknowledged QoS 1/2 messages to a "
                        "persistent session on reconnect")
-AMQTT_NO_RESTART = "amqtt 0.12.1 keeps sessions in memory only (no persistence plugin installed)"
+AMQTT_NO_RESTART = ("amqtt 0.12.1 keeps sessions in memory unless its SessionDBPlugin (SQLAlchemy, "
+                    "aiosqlite) is installed and configured")
 AMQTT_NO_PUBREL = ("amqtt 0.12.1 does not resend PUBREL for a QoS 2 delivery left without PUBCOMP "
                    "when a persistent session reconnects")
 AMQTT_TAKEOVER = ("amqtt 0.12.1 keeps the session on take-over but delivers nothing live to the "
@@ -137,7 +138,8 @@ def test_takeover_redelivers_in_flight_message(client: Callable[..., RawClient],
         new.disconnect()
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_RESTART, iotcore=IOTCORE_NO_RESTART)
+@pytest.mark.broker_fails(embedded=AMQTT_NO_RESTART, iotcore=IOTCORE_NO_RESTART,
+                           amqtt_db=None)
 def test_persistent_session_survives_broker_restart(client: Callable[..., RawClient],
                                                     conformance_broker: RunningBroker,
                                                     topic_root: str) -> None:
@@ -163,7 +165,8 @@ def test_persistent_session_survives_broker_restart(client: Callable[..., RawCli
     assert live is not None and live.payload == b"live", "subscription lost in the restart"
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_RESTART, iotcore=IOTCORE_NO_RESTART)
+@pytest.mark.broker_fails(embedded=AMQTT_NO_RESTART, iotcore=IOTCORE_NO_RESTART,
+                           amqtt_db=None)
 def test_retained_message_survives_broker_restart(client: Callable[..., RawClient],
                                                   conformance_broker: RunningBroker,
                                                   topic_root: str) -> None:
