@@ -217,6 +217,9 @@ def worker_publish(args: argparse.Namespace) -> dict[str, object]:
                 pass
             finally:
                 wire.sock.setblocking(True)
+        # A message counts as accepted once acknowledged: wait for every PUBACK.
+        while in_flight > 0:
+            in_flight -= sum(1 for k, _ in wire.packets() if k >> 4 == 4)
     elif args.qos == 0:
         batch = b"".join(_publish(topic, struct.pack("!q", 0) + filler, 0, 0) for _ in range(100))
         for _ in range(args.count // 100):
