@@ -1,0 +1,1 @@
+"""Conformance battery: MQTT behaviour edgebus relies on, checked against each broker."""
