@@ -27,9 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mosquitto import free_port, stop
-from broker.coordination import CoordinationError, LockClient, RaftClient
+from broker.coordination import LockClient, RaftClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusConfig, BusSession
+from schemas.errors import CoordinationError
 
 NODES = ["n1", "n2", "n3"]
 

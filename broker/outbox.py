@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from schemas.errors import OutboxError
+from schemas.errors import OutboxError, converted
 
 __all__ = ["Outbox", "OutboxMessage", "OutboxRow", "OutboxTransaction"]
 
@@ -131,7 +131,7 @@ class Outbox:
         self.dropped = 0
         self._lock = threading.RLock()
         target = ":memory:" if self.path is None else str(self.path)
-        try:
+        with converted(OutboxError, f"cannot open outbox {target}", sqlite3.Error, OSError):
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
@@ -143,8 +143,6 @@ class Outbox:
             count, size = self._conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM outbox"
             ).fetchone()
-        except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"cannot open outbox {target}: {exc}") from exc
         self._count = int(count)
         self._bytes = int(size)
         if self._count:
@@ -207,15 +205,12 @@ class Outbox:
 
     def peek(self, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
         """The oldest ``limit`` rows with an id greater than ``after_id``, oldest first."""
-        with self._lock:
-            try:
-                rows = self._conn.execute(
-                    "SELECT id, topic, payload, qos, retain, content_type FROM outbox "
-                    "WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id, limit),
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox read failed: {exc}") from exc
+        with self._lock, converted(OutboxError, "outbox read failed", sqlite3.Error):
+            rows = self._conn.execute(
+                "SELECT id, topic, payload, qos, retain, content_type FROM outbox "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
         return [
             OutboxRow(int(r[0]), OutboxMessage(r[1], bytes(r[2]), int(r[3]), bool(r[4]), r[5]))
             for r in rows

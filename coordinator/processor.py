@@ -46,9 +46,8 @@ from coordinator.anomaly.base import ForecastPoint
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.ingest import Ingest, IngestBatch
 from coordinator.store.base import Store
-from coordinator.store.errors import StoreError
 from coordinator.store.records import WriteBatch
-from schemas.errors import BusError, CodecError, UnsupportedVersion
+from schemas.errors import BusError, CodecError, StoreError, UnsupportedVersion
 from schemas.metrics import cycle
 
 __all__ = ["FleetProcessor"]

@@ -17,11 +17,11 @@ from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.bundle import PYTHON_VERSION, TARGETS, BundleRequest, build_bundle
 from firmware_tools.image import DEVICE_COLUMNS, seed_device_list, seed_image
 from firmware_tools.keys import init_keys, load_trusted, rotate_keys
-from firmware_tools.manifest import BundleInvalid, verify_bundle
+from firmware_tools.manifest import verify_bundle
 from firmware_tools.ota.publish import PublishRequest, parse_fraction, publish
 from firmware_tools.seed import SeedOptions
 from protocols.ota.rollout import RolloutPolicy
-from schemas.errors import ConfigError
+from schemas.errors import BundleInvalid, ConfigError
 from schemas.ota import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, UPDATE_KINDS
 
 __all__ = ["build_parser", "main"]

@@ -19,9 +19,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_tools.keys import KeyRing, key_id
-from schemas.errors import EdgebusError
+from schemas.errors import BundleInvalid
 
-__all__ = ["MANIFEST", "SIGNATURE", "BundleInvalid", "file_digest", "verify_bundle", "write_manifest"]
+__all__ = ["MANIFEST", "SIGNATURE", "file_digest", "verify_bundle", "write_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,6 @@ SIGNATURE = "manifest.sig"
 _FORMAT = 1
 _CHUNK = 1 << 20
 
-
-class BundleInvalid(EdgebusError):
-    """A bundle failed verification: bad signature, unknown key, or a file that does not match."""
 
 
 def file_digest(path: Path) -> str:

@@ -34,10 +34,10 @@ from firmware_tools.keys import load_signing_key
 from firmware_tools.manifest import write_manifest
 from firmware_tools.units import slot_script
 from protocols.ota.download import ChunkOutcome, Download
-from protocols.ota.trust import KeyRing, UpdateRefused, verify_offer
+from protocols.ota.trust import KeyRing, verify_offer
 from schemas.birth import Birth
 from schemas.command import Command
-from schemas.errors import CodecError
+from schemas.errors import CodecError, UpdateRefused
 from schemas.messages import decode_record, encode_record
 from schemas.ota import OtaProgress, Phase, SignedManifest, UpdateManifest, decode_chunk
 from tests.agent_helpers import REPO, agent_toml

@@ -26,7 +26,6 @@ from agents.ota.compat import incompatibility, machine_matches
 from agents.ota.extract import safe_extract
 from agents.ota.files import OtaPaths
 from agents.ota.host import OtaHost
-from agents.ota.outcome import UpdateFailed
 from agents.ota.slots import SlotLayout
 from agents.ota.store import DownloadStore
 from agents.ota.trial import Health, StartupAction, Trial, Verdict, judge, on_start, trial_outcome
@@ -37,7 +36,7 @@ from protocols.ota.download import ChunkOutcome, Download
 from protocols.ota.sender import ChunkServer
 from protocols.ota.trust import KeyRing, TrustedKey, key_id
 from schemas.command import Command
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, UpdateFailed
 from schemas.messages import Birth, decode_record, encode_record
 from schemas.ota import ChunkRequest, OtaProgress, Phase, SignedManifest, UpdateManifest
 from tests.agent_helpers import agent_toml, spawn_agent

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from agents.camera.config import CameraConfig
-from agents.camera.sources import FrameSource, SourceUnavailable, open_source
+from agents.camera.sources import FrameSource, open_source
 from agents.detectors.base import Frame
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, SourceUnavailable
 
 cv2 = pytest.importorskip("cv2")
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.coordination import DeadlockVictim, LockClient
+from broker.coordination import LockClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
 from protocols.coordination.topics import CoordinationTopics
+from schemas.errors import DeadlockVictim
 from tests.brokers import MosquittoUnderTest
 
 NODES = ["n1", "n2", "n3"]

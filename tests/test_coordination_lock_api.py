@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.coordination import LockClient, LockUnavailable
+from broker.coordination import LockClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusConfig, BusSession
 from protocols.coordination.group_state import decode_lock_result
 from protocols.locks import Acquire, FencedResource, LockStatus, encode_command
+from schemas.errors import LockUnavailable
 from tests.brokers import MosquittoUnderTest
 
 pytestmark = pytest.mark.integration

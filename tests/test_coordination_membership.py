@@ -19,12 +19,13 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker.coordination import AdminRefused, CoordinationError, RaftClient
+from broker.coordination import RaftClient
 from broker.coordination.cli import raft_main
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusConfig, BusSession
 from protocols.raft import Accepted, RaftConfig, RaftNode, Rejected, Role
 from protocols.sim import SplitMix64
+from schemas.errors import AdminRefused, CoordinationError
 from tests.brokers import MosquittoUnderTest
 from tests.test_raft_unit import CFG, Net
 

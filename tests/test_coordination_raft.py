@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.coordination import CoordinationError, RaftClient
+from broker.coordination import RaftClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusConfig, BusSession
+from schemas.errors import CoordinationError
 from tests.brokers import MosquittoUnderTest
 
 NODES = ["n1", "n2", "n3"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker.coordination.storage import RaftStorage, StorageError
+from broker.coordination.storage import RaftStorage
 from protocols.coordination.wire import (
     AdminReplyMsg,
     AdminRequest,
@@ -32,7 +32,7 @@ from protocols.raft import (
     VoteRequest,
     VoteResponse,
 )
-from schemas.errors import CodecError, UnsupportedVersion
+from schemas.errors import CodecError, StorageError, UnsupportedVersion
 from schemas.messages import DEFAULT_CODEC
 
 SNAP = Snapshot(5, 2, ("a", "b", "c"), b"state", (("c1", 3, b"r"),))

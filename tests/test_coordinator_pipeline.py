@@ -14,9 +14,9 @@ from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.ingest import Ingest, IngestBatch
 from coordinator.processor import FleetProcessor
 from coordinator.store.base import Store, open_store
-from coordinator.store.errors import StoreError
 from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 from coordinator.store.records import SampleRecord, WriteBatch, WriteResult
+from schemas.errors import StoreError
 from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.topics import TopicTree
 from tests.brokers import RunningBroker

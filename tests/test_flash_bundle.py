@@ -17,9 +17,10 @@ from agents.config import AgentConfig
 from firmware_tools.bundle import download_wheels
 from firmware_tools.cli import main
 from firmware_tools.keys import init_keys, load_trusted, rotate_keys
-from firmware_tools.manifest import BundleInvalid, verify_bundle
+from firmware_tools.manifest import verify_bundle
 from firmware_tools.seed import SeedOptions, firstboot_script, firstrun_script
 from firmware_tools.units import slot_script
+from schemas.errors import BundleInvalid
 from tests.test_flash_support import dummy_wheel, make_bundle
 
 

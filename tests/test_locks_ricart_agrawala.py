@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import pytest
 
-from protocols.locks import LockCodecError, LockError
 from protocols.locks.ricart_agrawala import (
     RAEffects,
     RAMessage,
@@ -26,6 +25,7 @@ from protocols.locks.ricart_agrawala import (
     decode_ra_message,
     encode_ra_message,
 )
+from schemas.errors import LockCodecError, LockError
 
 
 class SplitMix64:

@@ -18,8 +18,6 @@ from protocols.locks import (
     FencedResource,
     Granted,
     KeepAlive,
-    LockCodecError,
-    LockError,
     LockResult,
     LockStateMachine,
     LockStatus,
@@ -28,14 +26,13 @@ from protocols.locks import (
     Released,
     ReleaseReason,
     SessionExpired,
-    StaleTokenError,
     WaitCancelled,
     decode_command,
     decode_entry,
     encode_command,
     encode_entry,
 )
-from schemas.errors import EdgebusError, UnsupportedVersion
+from schemas.errors import EdgebusError, LockCodecError, LockError, StaleTokenError, UnsupportedVersion
 
 
 def machine_with(*sessions: tuple[str, int], now: int = 0) -> LockStateMachine:

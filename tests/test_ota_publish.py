@@ -20,7 +20,6 @@ from broker.trust import load_trusted
 from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.cli import main
 from firmware_tools.keys import init_keys, rotate_keys
-from firmware_tools.manifest import BundleInvalid
 from firmware_tools.ota.publish import PublishRequest, parse_fraction, publish
 from firmware_tools.ota.report import PublishReport
 from firmware_tools.ota.transfer import DeviceTransfer
@@ -29,9 +28,9 @@ from firmware_tools.ota_artifact import build_artifact, pack_directory
 from protocols.ota.download import ChunkOutcome
 from protocols.ota.rollout import RolloutPolicy
 from protocols.ota.sender import ChunkServer
-from protocols.ota.trust import UpdateRefused, verify_offer
+from protocols.ota.trust import verify_offer
 from schemas.birth import Birth
-from schemas.errors import ConfigError
+from schemas.errors import BundleInvalid, ConfigError, UpdateRefused
 from schemas.messages import encode_record
 from schemas.ota import SignedManifest, decode_chunk, encode_chunk
 from tests.brokers import MosquittoUnderTest, MqttProbe

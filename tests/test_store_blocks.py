@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.store import SampleRecord, StoreError, WriteBatch
+from coordinator.store import SampleRecord, WriteBatch
 from coordinator.store import migrate as migrations
 from coordinator.store.blocks import (
     MAX_SEQ_SPAN,
@@ -24,6 +24,7 @@ from coordinator.store.blocks import (
     decode_block,
     split_run,
 )
+from schemas.errors import StoreError
 from schemas.metrics import MetricColumns
 from tests.test_store_support import StoreFactory, backend, open_backend
 

@@ -12,8 +12,8 @@ import firmware_tools.keys
 import protocols.ota.trust
 from broker.trust import load_trusted
 from firmware_tools.keys import init_keys, load_signing_key, rotate_keys
-from protocols.ota.trust import UpdateRefused, parse_trusted, verify_offer
-from schemas.errors import ConfigError, EdgebusError
+from protocols.ota.trust import parse_trusted, verify_offer
+from schemas.errors import ConfigError, EdgebusError, UpdateRefused
 from schemas.ota import SignedManifest, UpdateManifest
 
 

@@ -28,7 +28,6 @@ from protocols.twopc.messages import (
     Prepare,
     StatusQuery,
     StatusReply,
-    TxError,
     TxMessage,
     TxState,
     Vote,
@@ -36,7 +35,7 @@ from protocols.twopc.messages import (
     encode_message,
 )
 from protocols.twopc.records import ParticipantRecord, decode_participant_record, encode_participant_record
-from schemas.errors import CodecError, UnsupportedVersion
+from schemas.errors import CodecError, TxError, UnsupportedVersion
 from schemas.messages import decode_record, encode_record
 
 PARTS = (Part("agent-a", b"release cam7"), Part("agent-b", b"take cam7"))

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.twopc.commands import Begin, Decide, End, Resolve, TxCommand, encode_entry
-from protocols.twopc.messages import Outcome, Part, TxError, TxState
+from protocols.twopc.messages import Outcome, Part, TxState
 from protocols.twopc.table import TxResult, TxStateMachine, TxStatus, TxTable, decode_result, encode_result
-from schemas.errors import UnsupportedVersion
+from schemas.errors import TxError, UnsupportedVersion
 
 PARTS = (Part("a", b"x"), Part("b", b"y"))
 COMMIT = Decide("t1", Outcome.COMMIT, "", ("a", "b"))

@@ -36,9 +36,9 @@ import numpy as np
 
 from agents.camera.config import CameraConfig
 from agents.detectors.base import Frame
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, SourceUnavailable
 
-__all__ = ["IMAGE_SUFFIXES", "CapturedFrame", "FrameReader", "FrameSource", "SourceUnavailable",
+__all__ = ["IMAGE_SUFFIXES", "CapturedFrame", "FrameReader", "FrameSource",
            "open_source", "wall_clock_ms"]
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,6 @@ def wall_clock_ms() -> int:
     """Milliseconds since the epoch (the default frame clock)."""
     return time.time_ns() // 1_000_000
 
-
-class SourceUnavailable(Exception):
-    """A source could not be opened (internal: live sources retry, others end)."""
 
 
 @dataclass(frozen=True, slots=True)

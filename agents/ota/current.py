@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from protocols.ota.trust import UpdateRefused
+from schemas.errors import UpdateRefused
 from schemas.ota import Phase
 
 __all__ = ["CurrentUpdate"]

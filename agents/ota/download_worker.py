@@ -21,13 +21,12 @@ from typing import Final
 from agents.config import OtaConfig
 from agents.ota.current import CurrentUpdate
 from agents.ota.files import OtaPaths
-from agents.ota.outcome import UpdateFailed
 from agents.ota.progress import JSON, ProgressReport
 from agents.ota.store import DownloadStore
 from broker.router import ReceivedMessage
 from broker.session import BusSession
 from protocols.ota.download import ChunkOutcome, Download
-from schemas.errors import CodecError
+from schemas.errors import CodecError, UpdateFailed
 from schemas.ota import ChunkRequest, Phase, SignedManifest, UpdateManifest, decode_chunk
 
 __all__ = ["ActiveDownload", "DownloadWorker"]

@@ -15,7 +15,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from agents.ota.outcome import UpdateFailed
+from schemas.errors import UpdateFailed
 from schemas.ota import Phase
 
 __all__ = ["check_member", "safe_extract"]

@@ -18,9 +18,8 @@ import subprocess
 from pathlib import Path
 
 from agents.ota.files import atomic_write, fsync_dir
-from agents.ota.outcome import UpdateFailed
 from protocols.ota.trust import KeyRing, parse_trusted
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, UpdateFailed
 from schemas.ota import Phase
 
 __all__ = ["INSTALL_TIMEOUT", "bundle_root", "install_keys", "install_model", "restore_model",

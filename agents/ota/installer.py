@@ -19,12 +19,11 @@ from agents.ota.download_worker import ActiveDownload
 from agents.ota.extract import safe_extract
 from agents.ota.files import OtaPaths, atomic_write, remove_quietly
 from agents.ota.install import bundle_root, install_keys, install_model, restore_model, run_install_script
-from agents.ota.outcome import UpdateFailed
 from agents.ota.progress import ProgressReport
 from agents.ota.slots import SlotLayout
 from agents.ota.trial import Trial
 from agents.runtime import EXIT_RESTART, Agent
-from schemas.errors import EdgebusError
+from schemas.errors import EdgebusError, UpdateFailed
 from schemas.ota import Phase, UpdateManifest
 
 __all__ = ["Installer"]

@@ -20,9 +20,9 @@ from agents.ota.outcome import read_outcome
 from agents.ota.progress import ProgressReport
 from agents.ota.slots import SlotLayout
 from broker.trust import load_trusted
-from protocols.ota.trust import KeyRing, UpdateRefused, verify_offer
+from protocols.ota.trust import KeyRing, verify_offer
 from schemas.command import Command
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, UpdateRefused
 from schemas.ota import OtaProgress, Phase, SignedManifest
 
 __all__ = ["OfferHandler"]

@@ -10,26 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.ota.files import atomic_write
-from schemas.errors import CodecError, EdgebusError
-from schemas.ota import OtaProgress, Phase
+from schemas.errors import CodecError
+from schemas.ota import OtaProgress
 
-__all__ = ["OUTCOME", "UpdateFailed", "read_outcome", "write_outcome"]
+__all__ = ["OUTCOME", "read_outcome", "write_outcome"]
 
 OUTCOME = "outcome.json"
 
-
-class UpdateFailed(EdgebusError):
-    """An update ends in ``phase`` (refused, failed or rolled back) for ``reason``.
-
-    ``reason`` is the machine-readable word (``hash_mismatch``, ``install_failed``
-    ...); the command dispatcher answers an offer with it.
-    """
-
-    def __init__(self, reason: str, detail: str, phase: Phase = Phase.FAILED) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.phase = phase
 
 
 def write_outcome(update_dir: Path, progress: OtaProgress) -> None:

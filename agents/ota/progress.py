@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Final
 
 from agents.ota.files import OtaPaths
-from agents.ota.outcome import UpdateFailed, write_outcome
+from agents.ota.outcome import write_outcome
 from broker.session import BusSession
-from protocols.ota.trust import UpdateRefused
+from schemas.errors import UpdateFailed, UpdateRefused
 from schemas.ota import OtaProgress, Phase, UpdateManifest
 
 __all__ = ["DETAIL_CHARS", "JSON", "PROGRESS_INTERVAL", "ProgressReport", "failure_of", "wall_ms"]

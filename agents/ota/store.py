@@ -20,8 +20,7 @@ import shutil
 from pathlib import Path
 
 from agents.ota.files import atomic_write, fsync_dir, remove_quietly
-from agents.ota.outcome import UpdateFailed
-from schemas.errors import CodecError
+from schemas.errors import CodecError, UpdateFailed
 from schemas.ota import Phase, SignedManifest, UpdateManifest
 
 __all__ = ["ARTIFACT", "BITMAP", "BUNDLE", "MANIFEST", "PART", "SIGNATURE", "DownloadStore", "held"]

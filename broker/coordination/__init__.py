@@ -13,24 +13,12 @@ live in :mod:`protocols.coordination`.
 
 from broker.coordination.client import RaftClient
 from broker.coordination.driver import DriverConfig, RaftDriver
-from broker.coordination.errors import (
-    AdminRefused,
-    CoordinationError,
-    CoordinationTimeout,
-    DeadlockVictim,
-    LockUnavailable,
-)
 from broker.coordination.lock_client import LockClient
 from broker.coordination.storage import RaftStorage
 
 __all__ = [
-    "AdminRefused",
-    "CoordinationError",
-    "CoordinationTimeout",
-    "DeadlockVictim",
     "DriverConfig",
     "LockClient",
-    "LockUnavailable",
     "RaftClient",
     "RaftDriver",
     "RaftStorage",

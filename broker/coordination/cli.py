@@ -24,12 +24,12 @@ import time
 import uuid
 
 from broker.coordination.client import RaftClient
-from broker.coordination.errors import AdminRefused, CoordinationError
 from broker.coordination.lock_client import LockClient
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
 from protocols.coordination.topics import CoordinationTopics
 from protocols.locks import LockStatus, Release
+from schemas.errors import AdminRefused, CoordinationError
 
 __all__ = ["lock_main", "raft_main", "raft_status_main"]
 

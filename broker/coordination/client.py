@@ -31,7 +31,6 @@ from collections.abc import Callable
 
 import msgpack
 
-from broker.coordination.errors import AdminRefused, CoordinationError, CoordinationTimeout
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
 from broker.session import BusSession
@@ -46,7 +45,7 @@ from protocols.coordination.wire import (
     decode,
     encode,
 )
-from schemas.errors import CodecError, TopicError
+from schemas.errors import AdminRefused, CodecError, CoordinationError, CoordinationTimeout, TopicError
 from schemas.topics import validate_name
 
 __all__ = ["RaftClient"]

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.coordination.storage import RaftStorage, StorageError
+from broker.coordination.storage import RaftStorage
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
@@ -62,7 +62,7 @@ from protocols.coordination.wire import (
     decode,
     encode,
 )
-from protocols.locks import DeadlockEvent, Expire, LockError, LockEvent, decode_command, encode_entry
+from protocols.locks import DeadlockEvent, Expire, LockEvent, decode_command, encode_entry
 from protocols.raft import (
     Accepted,
     AppendRequest,
@@ -82,7 +82,7 @@ from protocols.raft import (
     VoteResponse,
 )
 from protocols.raft.ready import BecameLeader, LeaderChanged, MembersChanged
-from schemas.errors import CodecError, TopicError
+from schemas.errors import CodecError, LockError, StorageError, TopicError
 from schemas.topics import TopicTree, validate_name
 
 __all__ = ["DriverConfig", "RaftDriver"]

@@ -28,7 +28,6 @@ from types import TracebackType
 from typing import NoReturn
 
 from broker.coordination.client import RaftClient
-from broker.coordination.errors import CoordinationError, CoordinationTimeout, DeadlockVictim, LockUnavailable
 from broker.coordination.transport import PeerTransport
 from broker.session import BusConfig
 from protocols.coordination.group_state import decode_lock_result
@@ -45,6 +44,7 @@ from protocols.locks import (
     Release,
     encode_command,
 )
+from schemas.errors import CoordinationError, CoordinationTimeout, DeadlockVictim, LockUnavailable
 
 __all__ = ["LockClient"]
 

@@ -26,9 +26,9 @@ import msgpack
 from protocols.coordination.wire import entry_from_list, entry_to_list
 from protocols.raft.messages import Entry, HardState, PersistentState, Snapshot
 from protocols.raft.ready import Ready
-from schemas.errors import OutboxError
+from schemas.errors import StorageError, converted
 
-__all__ = ["RaftStorage", "StorageError"]
+__all__ = ["RaftStorage"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,11 @@ CREATE TABLE IF NOT EXISTS snapshot (
 """
 
 
-class StorageError(OutboxError):
-    """The Raft log could not be read or written (the node must stop: it cannot promise anything)."""
-
-
 class RaftStorage:
     """One node's durable state; used from the driver thread only."""
 
     def __init__(self, path: Path) -> None:
-        try:
+        with converted(StorageError, f"cannot open raft storage {path}", sqlite3.Error, OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             # One node owns its log: an exclusive lock keeps a second process with the same data
@@ -65,8 +61,6 @@ class RaftStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open raft storage {path}: {exc}") from exc
         self.path = path
         self._sync_full = True
         self.fsyncs = 0
@@ -74,12 +68,10 @@ class RaftStorage:
 
     def load(self) -> PersistentState:
         """What the node restarts from."""
-        try:
+        with converted(StorageError, f"cannot read raft storage {self.path}", sqlite3.Error):
             hs_row = self._db.execute("SELECT term, voted_for, commit_index FROM hard_state").fetchone()
             snap_row = self._db.execute("SELECT idx, term, members, data, sessions FROM snapshot").fetchone()
             rows = self._db.execute("SELECT body FROM entries ORDER BY idx").fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read raft storage {self.path}: {exc}") from exc
         hs = HardState(*hs_row) if hs_row else HardState()
         snap = None
         if snap_row:

@@ -8,7 +8,6 @@ pass; redelivered rows are recognised by key and counted, not stored twice.
 
 from coordinator.store.base import DEFAULT_STORE_TYPE, Store, open_store, register_store, store_types
 from coordinator.store.config import RetentionConfig
-from coordinator.store.errors import StoreError
 from coordinator.store.plugins.sql import SqlStore
 from coordinator.store.records import (
     AnomalyLike,
@@ -23,6 +22,7 @@ from coordinator.store.records import (
     WriteBatch,
     WriteResult,
 )
+from schemas.errors import StoreError
 
 __all__ = [
     "DEFAULT_STORE_TYPE", "AnomalyLike", "AnomalyRecord", "DeadLetterRecord", "DetectionRecord", "DeviceInfo",

@@ -32,8 +32,8 @@ from typing import Any
 import msgpack
 import zstandard
 
-from coordinator.store.errors import StoreError
 from coordinator.store.records import SampleColumnsLike
+from schemas.errors import StoreError
 
 __all__ = ["BLOCK_FORMAT", "BLOCK_SAMPLES", "MAX_SEQ_SPAN", "MAX_TIME_SPAN_MS", "Block", "blocks_of_rows",
            "blocks_of_runs", "decode_block", "split_run"]

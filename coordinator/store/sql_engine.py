@@ -20,8 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from coordinator.store.errors import StoreError
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, StoreError
 
 __all__ = ["create_engine", "normalise_url", "redacted"]
 

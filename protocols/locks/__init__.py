@@ -16,8 +16,6 @@ from protocols.locks.commands import (
     Command,
     Expire,
     KeepAlive,
-    LockCodecError,
-    LockError,
     OpenSession,
     Release,
     decode_command,
@@ -25,7 +23,7 @@ from protocols.locks.commands import (
     encode_command,
     encode_entry,
 )
-from protocols.locks.fencing import FencedResource, StaleTokenError
+from protocols.locks.fencing import FencedResource
 from protocols.locks.results import (
     CancelReason,
     DeadlockEvent,
@@ -52,8 +50,6 @@ __all__ = [
     "FencedResource",
     "Granted",
     "KeepAlive",
-    "LockCodecError",
-    "LockError",
     "LockEvent",
     "LockResult",
     "LockStateMachine",
@@ -63,7 +59,6 @@ __all__ = [
     "ReleaseReason",
     "Released",
     "SessionExpired",
-    "StaleTokenError",
     "WaitCancelled",
     "WaitEdge",
     "decode_command",

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from schemas.errors import CodecError, EdgebusError, UnsupportedVersion
+from schemas.errors import LockCodecError, LockError, UnsupportedVersion
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -33,8 +33,6 @@ __all__ = [
     "Command",
     "Expire",
     "KeepAlive",
-    "LockCodecError",
-    "LockError",
     "OpenSession",
     "Release",
     "decode_command",
@@ -49,14 +47,6 @@ MAX_NAME_BYTES = 256
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
 _INT32 = 2**31
 _UINT63 = 2**63 - 1
-
-
-class LockError(EdgebusError, ValueError):
-    """A lock command or lock-protocol input is malformed or used wrongly."""
-
-
-class LockCodecError(LockError, CodecError):
-    """A lock command, entry or snapshot cannot be decoded."""
 
 
 def check_name(what: str, value: object) -> str:

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from protocols.locks.commands import LockError, check_int, check_name
+from protocols.locks.commands import check_int, check_name
+from schemas.errors import StaleTokenError
 
-__all__ = ["FencedResource", "StaleTokenError"]
-
-
-class StaleTokenError(LockError):
-    """A write carried a fencing token older than one the resource has already accepted."""
+__all__ = ["FencedResource"]
 
 
 class FencedResource:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocols.locks.commands import LockError
+from schemas.errors import LockError
 
 __all__ = [
     "CancelReason",

@@ -47,7 +47,8 @@ from typing import Any
 
 import msgpack
 
-from protocols.locks.commands import LockCodecError, LockError, check_int, check_name
+from protocols.locks.commands import check_int, check_name
+from schemas.errors import LockCodecError, LockError
 
 __all__ = [
     "RAEffects",

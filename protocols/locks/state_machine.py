@@ -42,8 +42,6 @@ from protocols.locks.commands import (
     Command,
     Expire,
     KeepAlive,
-    LockCodecError,
-    LockError,
     OpenSession,
     Release,
     check_int,
@@ -63,6 +61,7 @@ from protocols.locks.results import (
     WaitCancelled,
 )
 from protocols.locks.waitfor import WaitEdge, find_cycle_through
+from schemas.errors import LockCodecError, LockError
 
 __all__ = ["LockStateMachine"]
 

@@ -22,10 +22,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from schemas.errors import ConfigError, EdgebusError
+from schemas.errors import ConfigError, UpdateRefused
 from schemas.ota import SignedManifest, UpdateManifest
 
-__all__ = ["KeyRing", "TrustedKey", "UpdateRefused", "key_id", "parse_trusted", "verify_offer"]
+__all__ = ["KeyRing", "TrustedKey", "key_id", "parse_trusted", "verify_offer"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +112,6 @@ def parse_trusted(data: bytes, where: str) -> KeyRing:
     if not keys:
         raise ConfigError(f"{where}: lists no keys")
     return KeyRing(keys)
-
-
-class UpdateRefused(EdgebusError):
-    """An offered update is not to be installed; ``reason`` is the machine-readable why.
-
-    Reasons from here: ``unknown_key`` (the signer is not in the ring) and
-    ``bad_signature``; callers use the same class for their own refusals
-    (``incompatible``, ``hash_mismatch``).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def verify_offer(ring: KeyRing, signed: SignedManifest) -> UpdateManifest:

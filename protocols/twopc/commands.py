@@ -22,16 +22,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from protocols.twopc.messages import (
-    MAX_TIMEOUT_MS,
-    Outcome,
-    Part,
-    TxError,
-    check_id,
-    check_parts,
-    check_reason,
-)
-from schemas.errors import UnsupportedVersion
+from protocols.twopc.messages import MAX_TIMEOUT_MS, Outcome, Part, check_id, check_parts, check_reason
+from schemas.errors import TxError, UnsupportedVersion
 
 __all__ = [
     "Begin",

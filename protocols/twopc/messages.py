@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from schemas.errors import CodecError
+from schemas.errors import CodecError, TxError
 from schemas.record_base import (
     INT64_MAX,
     Record,
@@ -55,7 +55,6 @@ __all__ = [
     "Prepare",
     "StatusQuery",
     "StatusReply",
-    "TxError",
     "TxMessage",
     "TxState",
     "Vote",
@@ -72,14 +71,6 @@ MAX_PARTICIPANTS = 64
 MAX_PAYLOAD_BYTES = 64 * 1024
 # A transaction that may stay undecided for more than a day is a mistake, not a timeout.
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
-
-
-class TxError(CodecError):
-    """A two-phase commit record, log command or stored record is malformed.
-
-    A :class:`CodecError` (so a driver that drops undecodable payloads drops
-    these too), raised where the bad value is made or decoded.
-    """
 
 
 class Outcome(StrEnum):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from protocols.twopc.messages import Outcome, TxError, check_id, check_reason
-from schemas.errors import CodecError, UnsupportedVersion
+from protocols.twopc.messages import Outcome, check_id, check_reason
+from schemas.errors import CodecError, TxError, UnsupportedVersion
 
 __all__ = ["ParticipantRecord", "decode_participant_record", "encode_participant_record"]
 

@@ -40,8 +40,8 @@ from protocols.twopc.commands import (
     TxCommand,
     decode_entry,
 )
-from protocols.twopc.messages import Outcome, Part, TxError, TxState, check_id
-from schemas.errors import CodecError, UnsupportedVersion
+from protocols.twopc.messages import Outcome, Part, TxState, check_id
+from schemas.errors import CodecError, TxError, UnsupportedVersion
 
 __all__ = ["DEFAULT_TOMBSTONE_MS", "TxRecord", "TxResult", "TxStateMachine", "TxStatus", "TxTable",
            "decode_result", "encode_result"]

@@ -32,7 +32,6 @@ from coordinator.store import tables as t
 from coordinator.store.base import Store, register_store
 from coordinator.store.blocks import MAX_TIME_SPAN_MS, decode_block
 from coordinator.store.config import RetentionConfig, number, text
-from coordinator.store.errors import StoreError
 from coordinator.store.records import (
     AnomalyRecord,
     DeadLetterRecord,
@@ -47,7 +46,7 @@ from coordinator.store.records import (
 from coordinator.store.retention import apply_retention
 from coordinator.store.sql_engine import create_engine, normalise_url, redacted
 from coordinator.store.sql_write import write_batch, write_sequence_state
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, StoreError
 from schemas.sequence import DeviceSequence
 
 __all__ = ["DEFAULT_DB_NAME", "SqlStore"]
