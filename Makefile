@@ -58,6 +58,7 @@ bench: $(VENV)/.installed-dev
 	PATH="$$PATH:/usr/sbin" $(PY) bench/ingest.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/coordination.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/ota.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/broker.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
