@@ -22,6 +22,7 @@ __all__ = [
     "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PINGRESP", "PUBACK", "PUBCOMP",
     "PUBLISH", "PUBREC", "PUBREL", "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE",
     "ConnectionClosed", "Packet", "Publish", "RawClient", "Will", "connect_packet",
+    "offline_subscriber",
 ]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -371,3 +372,13 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def offline_subscriber(client: Callable[..., RawClient], topic: str) -> RawClient:
+    """Client "sub" with a persistent session subscribed to ``topic`` at QoS 1, now disconnected:
+    what is published to ``topic`` meanwhile is queued for it."""
+    sub = client("sub")
+    sub.connected(clean_session=False)
+    sub.subscribe((topic, 1))
+    sub.disconnect()
+    return sub
