@@ -107,7 +107,7 @@ def test_cameras_are_assigned_and_unassigned_by_command(broker: RunningBroker, t
         return answer
 
     try:
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"online")
         assigned = send("assign", "a-1", camera="door", source=str(folder), fps=8, queue_size=32,
                         track_timeout=3, batch_interval=0.5)
         assert assigned["ok"] is True, assigned["error"]

@@ -53,7 +53,7 @@ def test_agent_announces_itself_publishes_metrics_and_goes_offline_cleanly(
         broker: RunningBroker, agent_process: subprocess.Popen[str]) -> None:
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
     try:
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"online")
         assert inbox.wait_for(lambda ms: len(metrics_batches(inbox)) >= 3)
         birth = decode_record(inbox.payloads(f"edgebus/{DEVICE}/birth")[-1])
         assert isinstance(birth, Birth) and birth.device == DEVICE
@@ -61,7 +61,7 @@ def test_agent_announces_itself_publishes_metrics_and_goes_offline_cleanly(
         assert {"cpu_percent", "mem_used_percent", "agent_outbox_depth", "agent_shed_level"} <= names
         assert all(b.epoch == birth.epoch for b in metrics_batches(inbox))
         assert stop_agent(agent_process) == 0
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"offline"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"offline")
         seq = tracked(inbox)[0].device(DEVICE)
         assert seq.missing == 0 and seq.received > 0
     finally:
@@ -72,12 +72,11 @@ def test_kill_9_shows_offline_by_will(broker: RunningBroker,
                                       agent_process: subprocess.Popen[str]) -> None:
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/status")
     try:
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"online")
         agent_process.kill()
         agent_process.wait(timeout=WAIT)
         # keepalive 30 s is the bound; the broker sees the socket close at once
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"offline"],
-                              timeout=45)
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"offline", timeout=45)
     finally:
         obs.stop()
 
