@@ -129,7 +129,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
             continue
         if has_last and time_ms > last_ms:
             gap = float(time_ms - last_ms)
-            dt_ms = gap if dt_ms == 0.0 else dt_ms + 0.05 * (gap - dt_ms)
+            dt_ms = gap if dt_ms == 0.0 else dt_ms + 0.05 * (gap - dt_ms)  # base.sample_interval
         last_ms = time_ms
         has_last = True
         last_index = i

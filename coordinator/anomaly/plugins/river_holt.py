@@ -33,7 +33,7 @@ from typing import Any
 from river import stats, time_series
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
-from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector
+from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector, sample_interval
 from coordinator.anomaly.episode import EpisodeGate
 from coordinator.anomaly.options import (
     AlertingOptions,
@@ -139,9 +139,7 @@ class RiverHoltDetector(StreamDetector):
         if not math.isfinite(value):
             return None
         opts = self.opts
-        if self.last_ms is not None and time_ms > self.last_ms:
-            gap = float(time_ms - self.last_ms)
-            self.dt_ms = gap if self.dt_ms == 0.0 else self.dt_ms + 0.05 * (gap - self.dt_ms)
+        self.dt_ms = sample_interval(self.dt_ms, self.last_ms, time_ms)
         self.last_ms = time_ms
         expected = self._expected(value)
         scale = self._scale(expected)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
-from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector
+from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector, sample_interval
 from coordinator.anomaly.episode import EpisodeGate
 from coordinator.anomaly.options import (
     AlertingOptions,
@@ -171,9 +171,7 @@ class RobustZScoreDetector(StreamDetector):
         if not math.isfinite(value):
             return None
         opts = self.opts
-        if self.last_ms is not None and time_ms > self.last_ms:
-            gap = float(time_ms - self.last_ms)
-            self.dt_ms = gap if self.dt_ms == 0.0 else self.dt_ms + 0.05 * (gap - self.dt_ms)
+        self.dt_ms = sample_interval(self.dt_ms, self.last_ms, time_ms)
         self.last_ms = time_ms
         if self.first_ms is None:
             self.first_ms = time_ms
