@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.brokers import EmbeddedUnderTest, MosquittoUnderTest, RunningBroker  # noqa: E402
 from tests.conformance.candidates import CANDIDATE_KINDS  # noqa: E402
-from tests.conformance.raw_client import connect_packet  # noqa: E402
+from tests.conformance.raw_client import PUBLISH, SUBSCRIBE, connect_packet, encode_packet  # noqa: E402
 
 PAYLOAD_BYTES = 200
 THROUGHPUT_MESSAGES = 20_000
@@ -61,21 +61,12 @@ CONNECT_TARGET_MS = 2.0
 # -- the wire, as fast as Python sockets go ------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _publish(topic: bytes, payload: bytes, qos: int, packet_id: int) -> bytes:
     body = struct.pack("!H", len(topic)) + topic
     if qos:
         body += struct.pack("!H", packet_id)
     body += payload
-    return bytes([0x30 | qos << 1]) + _varint(len(body)) + body
+    return encode_packet(PUBLISH, qos << 1, body)
 
 
 class Wire:
@@ -136,7 +127,7 @@ class Wire:
     def subscribe(self, topic: str, qos: int) -> None:
         raw = topic.encode()
         body = struct.pack("!HH", 1, len(raw)) + raw + bytes([qos])
-        self.sock.sendall(bytes([0x82]) + _varint(len(body)) + body)
+        self.sock.sendall(encode_packet(SUBSCRIBE, 2, body))
         while self.read()[0] >> 4 != 9:
             pass
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,31 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mosquitto import free_port, stop
+from bench.mosquitto import start_mosquitto, stop
 from broker.coordination import LockClient, RaftClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusConfig, BusSession
 from schemas.errors import CoordinationError
 
 NODES = ["n1", "n2", "n3"]
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Mosquitto with Nagle off (``set_tcp_nodelay``): request/reply traffic, not bulk."""
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "set_tcp_nodelay true\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 1000\n")
-    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("mosquitto did not start")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -157,7 +138,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        broker, port = start_broker(work)
+        broker, port = start_mosquitto(work, nodelay=True)
         bus = BusConfig(port=port, client_id="bench", clean_start=True)
         cluster = LocalCluster(bus, "bench", work / "raft")
         session = BusSession(bus)

@@ -17,13 +17,17 @@ def free_port() -> int:
         return port
 
 
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Mosquitto listening on 127.0.0.1 (queues raised so QoS 1 is never dropped); (process, port)."""
+def start_mosquitto(workdir: Path, *, nodelay: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """Mosquitto listening on 127.0.0.1 (queues raised so QoS 1 is never dropped); (process, port).
+
+    ``nodelay`` turns Nagle off (``set_tcp_nodelay``), for request/reply traffic rather than bulk.
+    """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
+                    + ("set_tcp_nodelay true\n" if nodelay else "")
+                    + "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
                     + ("user root\n" if os.geteuid() == 0 else ""))
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

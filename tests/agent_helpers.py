@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tests.brokers import RunningBroker
+from tests.bus_helpers import WAIT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +58,16 @@ def spawn_agent(config: Path, *args: str) -> subprocess.Popen[str]:
             [sys.executable, "-m", "agents.cli", "run", "--config", str(config), *args],
             env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=config.parent,
             stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_agent(proc: subprocess.Popen[str]) -> int:
+    """SIGTERM, as systemd stops the agent; its exit code (0: it flushed and went offline cleanly)."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=WAIT)
+
+
+def reap_agent(proc: subprocess.Popen[str]) -> None:
+    """Kill the agent if a failing test left it running, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=WAIT)

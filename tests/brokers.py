@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -51,10 +51,12 @@ __all__ = [
     "RunningBroker",
     "broker",
     "embedded_broker",
+    "end_process",
     "find_mosquitto",
     "free_port",
     "mosquitto_broker",
     "require_mosquitto",
+    "started",
     "wait_for_port",
 ]
 
@@ -132,6 +134,18 @@ def require_mosquitto() -> str:
     return require_tool("mosquitto", package="mosquitto")
 
 
+def end_process(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to a broker process still running and reap it; SIGKILL if it outlives STOP_TIMEOUT."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
+
+
 class RunningBroker(ABC):
     """One broker a test talks to.
 
@@ -164,6 +178,9 @@ class RunningBroker(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} {self.host}:{self.port}>"
+
+
+BrokerT = TypeVar("BrokerT", bound=RunningBroker)
 
 
 class MosquittoUnderTest(RunningBroker):
@@ -231,13 +248,7 @@ class MosquittoUnderTest(RunningBroker):
         if proc is None:
             return
         try:
-            if proc.poll() is None:
-                proc.send_signal(sig)
-                try:
-                    proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(STOP_TIMEOUT)
+            end_process(proc, sig)
         finally:
             _LIVE.discard(proc)
 
@@ -393,26 +404,25 @@ class MqttProbe:
         self.close()
 
 
-@pytest.fixture
-def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoUnderTest]:
-    """A fresh Mosquitto with the generated site configuration, on a free port."""
-    running = MosquittoUnderTest(tmp_path / "mosquitto")
+def started(running: BrokerT) -> Iterator[BrokerT]:
+    """A fixture's body: start the broker, hand it to the test, stop it whatever happened."""
     try:
         running.start()
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoUnderTest]:
+    """A fresh Mosquitto with the generated site configuration, on a free port."""
+    yield from started(MosquittoUnderTest(tmp_path / "mosquitto"))
 
 
 @pytest.fixture
 def embedded_broker(tmp_path: Path) -> Iterator[EmbeddedUnderTest]:
     """A fresh embedded (amqtt) broker with credentials, on a free port."""
-    running = EmbeddedUnderTest(tmp_path / "embedded")
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    yield from started(EmbeddedUnderTest(tmp_path / "embedded"))
 
 
 @pytest.fixture(params=BROKER_KINDS, ids=BROKER_KINDS)

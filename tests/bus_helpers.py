@@ -47,6 +47,10 @@ class Inbox:
         with self._cond:
             return [m.payload for m in self.messages if m.topic == topic]
 
+    def wait_last(self, topic: str, payload: bytes, timeout: float = WAIT) -> bool:
+        """Whether the latest payload on ``topic`` is ``payload`` within ``timeout`` (a status, a state)."""
+        return self.wait_for(lambda ms: self.payloads(topic)[-1:] == [payload], timeout)
+
 
 def observer(broker: RunningBroker, topic_filter: str, name: str = "observer") -> tuple[BusSession, Inbox]:
     inbox = Inbox()

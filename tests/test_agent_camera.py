@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ pytest.importorskip("onnxruntime")
 
 from schemas.command import Command
 from schemas.messages import DetectionsBatch, decode_record, encode_record
-from tests.agent_helpers import agent_toml, spawn_agent
+from tests.agent_helpers import agent_toml, reap_agent, spawn_agent, stop_agent
 from tests.brokers import RunningBroker
-from tests.bus_helpers import WAIT, Inbox, observer
+from tests.bus_helpers import Inbox, observer
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +60,7 @@ threshold = 0.5
         events_topic = f"edgebus/{DEVICE}/events/door"
         assert inbox.wait_for(lambda ms: frames_seen(inbox) == 16, timeout=60), \
             f"only {frames_seen(inbox)} of 16 frames published"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT) == 0
+        assert stop_agent(proc) == 0
         events = [json.loads(p) for p in inbox.payloads(events_topic)]
         starts = [e for e in events if e["type"] == "start"]
         ends = [e for e in events if e["type"] == "end"]
@@ -82,9 +80,7 @@ threshold = 0.5
         assert json.loads(counts[-1]) == {"person": 0}
         assert any(json.loads(c).get("person") == 1 for c in counts)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=WAIT)
+        reap_agent(proc)
         obs.stop()
 
 
@@ -111,7 +107,7 @@ def test_cameras_are_assigned_and_unassigned_by_command(broker: RunningBroker, t
         return answer
 
     try:
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"online")
         assigned = send("assign", "a-1", camera="door", source=str(folder), fps=8, queue_size=32,
                         track_timeout=3, batch_interval=0.5)
         assert assigned["ok"] is True, assigned["error"]
@@ -126,10 +122,7 @@ def test_cameras_are_assigned_and_unassigned_by_command(broker: RunningBroker, t
         assert done["ok"] is True and done["result"] == {"camera": "door", "stopped": True}
         gone = send("unassign", "a-4", camera="door")
         assert gone["ok"] is False and "no camera 'door'" in str(gone["error"])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT) == 0
+        assert stop_agent(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=WAIT)
+        reap_agent(proc)
         obs.stop()

@@ -129,19 +129,11 @@ def test_an_absolute_current_link_still_names_its_slot(tmp_path: Path) -> None:
 # -- safe extraction ---------------------------------------------------------------------------
 
 
-def _symlink(name: str, target: str) -> Callable[[tarfile.TarFile], None]:
+def _link(name: str, target: str, *, hard: bool = False) -> Callable[[tarfile.TarFile], None]:
+    """Adds a symbolic (or hard) link ``name`` -> ``target`` to a bundle's tar."""
     def add(tar: tarfile.TarFile) -> None:
         info = tarfile.TarInfo(name)
-        info.type = tarfile.SYMTYPE
-        info.linkname = target
-        tar.addfile(info)
-    return add
-
-
-def _hardlink(name: str, target: str) -> Callable[[tarfile.TarFile], None]:
-    def add(tar: tarfile.TarFile) -> None:
-        info = tarfile.TarInfo(name)
-        info.type = tarfile.LNKTYPE
+        info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
         info.linkname = target
         tar.addfile(info)
     return add
@@ -157,9 +149,9 @@ def _fifo(tar: tarfile.TarFile) -> None:
     ({"/etc/cron.d/evil": b"x"}, None),
     ({"../evil": b"x"}, None),
     ({"bundle/../../evil": b"x"}, None),
-    ({"install.sh": b"x"}, _symlink("escape", "/etc/passwd")),
-    ({"install.sh": b"x"}, _symlink("wheels/escape", "../../outside")),
-    ({"install.sh": b"x"}, _hardlink("hard", "../outside")),
+    ({"install.sh": b"x"}, _link("escape", "/etc/passwd")),
+    ({"install.sh": b"x"}, _link("wheels/escape", "../../outside")),
+    ({"install.sh": b"x"}, _link("hard", "../outside", hard=True)),
     ({"install.sh": b"x"}, _fifo),
 ], ids=["absolute", "dotdot", "nested-dotdot", "symlink-absolute", "symlink-climbs", "hardlink", "fifo"])
 def test_unsafe_archives_are_refused_before_anything_is_written(
@@ -177,7 +169,7 @@ def test_unsafe_archives_are_refused_before_anything_is_written(
 def test_a_bundle_with_links_inside_unpacks(tmp_path: Path) -> None:
     archive = tmp_path / "bundle.tar.gz"
     archive.write_bytes(tar_gz({"install.sh": b"echo hi\n", "wheels/a.whl": b"wheel"},
-                               extra=_symlink("wheels/latest.whl", "a.whl")))
+                               extra=_link("wheels/latest.whl", "a.whl")))
     safe_extract(archive, tmp_path / "bundle")
     assert (tmp_path / "bundle" / "install.sh").read_bytes() == b"echo hi\n"
     assert (tmp_path / "bundle" / "wheels" / "latest.whl").read_bytes() == b"wheel"

@@ -14,7 +14,7 @@ import pytest
 
 from schemas.command import Command
 from schemas.messages import Birth, MetricsBatch, decode_record, encode_record
-from tests.agent_helpers import agent_toml, spawn_agent
+from tests.agent_helpers import agent_toml, reap_agent, spawn_agent, stop_agent
 from tests.brokers import RunningBroker
 from tests.bus_helpers import WAIT, Inbox, observer, tracked, wait_until
 
@@ -36,9 +36,7 @@ def agent_process(broker: RunningBroker, tmp_path: Path) -> Iterator[subprocess.
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=WAIT)
+        reap_agent(proc)
 
 
 def metrics_batches(inbox: Inbox) -> list[MetricsBatch]:
@@ -55,16 +53,15 @@ def test_agent_announces_itself_publishes_metrics_and_goes_offline_cleanly(
         broker: RunningBroker, agent_process: subprocess.Popen[str]) -> None:
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
     try:
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"online")
         assert inbox.wait_for(lambda ms: len(metrics_batches(inbox)) >= 3)
         birth = decode_record(inbox.payloads(f"edgebus/{DEVICE}/birth")[-1])
         assert isinstance(birth, Birth) and birth.device == DEVICE
         names = {s.name for b in metrics_batches(inbox) for s in b.samples}
         assert {"cpu_percent", "mem_used_percent", "agent_outbox_depth", "agent_shed_level"} <= names
         assert all(b.epoch == birth.epoch for b in metrics_batches(inbox))
-        agent_process.send_signal(signal.SIGTERM)
-        assert agent_process.wait(timeout=WAIT) == 0
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"offline"])
+        assert stop_agent(agent_process) == 0
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"offline")
         seq = tracked(inbox)[0].device(DEVICE)
         assert seq.missing == 0 and seq.received > 0
     finally:
@@ -75,12 +72,11 @@ def test_kill_9_shows_offline_by_will(broker: RunningBroker,
                                       agent_process: subprocess.Popen[str]) -> None:
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/status")
     try:
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"online"])
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"online")
         agent_process.kill()
         agent_process.wait(timeout=WAIT)
         # keepalive 30 s is the bound; the broker sees the socket close at once
-        assert inbox.wait_for(lambda ms: inbox.payloads(f"edgebus/{DEVICE}/status")[-1:] == [b"offline"],
-                              timeout=45)
+        assert inbox.wait_last(f"edgebus/{DEVICE}/status", b"offline", timeout=45)
     finally:
         obs.stop()
 
@@ -101,8 +97,7 @@ def test_broker_outage_loses_no_sample(broker: RunningBroker,
         assert obs.wait_subscribed(WAIT)  # listening again before the agent resends
         agent_process.send_signal(signal.SIGCONT)
         assert wait_until(lambda: len(metrics_batches(inbox)) >= 10, timeout=30)
-        agent_process.send_signal(signal.SIGTERM)
-        assert agent_process.wait(timeout=WAIT) == 0
+        assert stop_agent(agent_process) == 0
         time.sleep(0.5)
         tracker, deliveries = tracked(inbox)
         seq = tracker.device(DEVICE)
@@ -191,12 +186,9 @@ def test_discovery_and_commands_on_a_running_agent(broker: RunningBroker, tmp_pa
         births = len(inbox.payloads(f"edgebus/{DEVICE}/birth"))
         obs.publish(f"edgebus/{DEVICE}/cmd/rebirth", command("rebirth", "c-3"))
         assert inbox.wait_for(lambda ms: len(inbox.payloads(f"edgebus/{DEVICE}/birth")) > births)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT) == 0
+        assert stop_agent(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=WAIT)
+        reap_agent(proc)
         obs.stop()
 
 
@@ -226,10 +218,7 @@ def test_config_command_with_a_bad_number_is_refused_and_the_agent_keeps_running
         count = len(inbox.payloads(metrics_topic))
         assert inbox.wait_for(lambda ms: len(inbox.payloads(metrics_topic)) >= count + 3)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT) == 0
+        assert stop_agent(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=WAIT)
+        reap_agent(proc)
         obs.stop()

@@ -13,8 +13,8 @@ from coordinator.anomaly import AlertKind, AnomalyEngine, Severity
 from coordinator.anomaly.checkpoint import MAGIC
 from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
 from schemas.errors import CodecError, ConfigError, UnsupportedVersion
+from tests.checks.anomaly_detectors import MINUTE, feed
 
-MINUTE = 60_000
 DAY_SAMPLES = 1440
 
 
@@ -23,15 +23,6 @@ def seasonal(n: int, seed: int, *, noise: float = 1.0, amp: float = 10.0, level:
     rng = np.random.default_rng(seed)
     t = np.arange(n)
     return level + amp * np.sin(2 * math.pi * t / DAY_SAMPLES) + rng.normal(0, noise, n)
-
-
-def feed(det: RobustZScoreDetector, values: np.ndarray, start: int = 0) -> list[tuple[int, object]]:
-    alerts = []
-    for i, v in enumerate(values, start=start):
-        alert = det.step(i * MINUTE, float(v))
-        if alert is not None:
-            alerts.append((i, alert))
-    return alerts
 
 
 def trained(n: int = 2 * DAY_SAMPLES, seed: int = 1, **options: object) -> RobustZScoreDetector:

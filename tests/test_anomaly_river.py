@@ -13,22 +13,12 @@ pytest.importorskip("river")
 from coordinator.anomaly import AlertKind, AnomalyEngine, Severity
 from coordinator.anomaly.plugins.river_holt import RiverHoltDetector, RiverHoltOptions
 from schemas.errors import ConfigError
-
-MINUTE = 60_000
+from tests.checks.anomaly_detectors import MINUTE, feed
 
 
 def noisy(n: int, seed: int, level: float = 50.0, trend: float = 0.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return level + trend * np.arange(n) + rng.normal(0, 1.0, n)
-
-
-def feed(det: RiverHoltDetector, values: np.ndarray, start: int = 0) -> list[tuple[int, object]]:
-    found = []
-    for i, v in enumerate(values, start=start):
-        alert = det.step(i * MINUTE, float(v))
-        if alert is not None:
-            found.append((i, alert))
-    return found
 
 
 def trained(n: int = 600, **options: object) -> RiverHoltDetector:

@@ -70,7 +70,7 @@ def test_device_presence_birth_and_clean_offline(broker: RunningBroker) -> None:
         assert isinstance(birth, Birth) and birth.device == "cam-1"
     finally:
         dev.stop()
-    assert inbox.wait_for(lambda ms: inbox.payloads("edgebus/cam-1/status")[-1:] == [b"offline"])
+    assert inbox.wait_last("edgebus/cam-1/status", b"offline")
     obs.stop()
 
 
@@ -95,7 +95,7 @@ def test_kill_9_leaves_offline_by_will(broker: RunningBroker) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "connected"
-        assert inbox.wait_for(lambda ms: inbox.payloads("edgebus/victim/status")[-1:] == [b"online"])
+        assert inbox.wait_last("edgebus/victim/status", b"online")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=WAIT)
         assert inbox.wait_for(

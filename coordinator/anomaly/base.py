@@ -18,7 +18,7 @@ from broker.plugin_registry import PluginRegistry
 from coordinator.anomaly.alert import Alert
 
 __all__ = ["ANOMALY_DETECTORS", "DEFAULT_TYPE", "ForecastPoint", "StreamDetector", "create_factory",
-           "detector_types", "register_detector"]
+           "detector_types", "register_detector", "sample_interval"]
 
 DEFAULT_TYPE = "robust_zscore"
 
@@ -85,6 +85,18 @@ ANOMALY_DETECTORS: PluginRegistry[StreamDetector] = PluginRegistry(
     "anomaly detector", "coordinator.anomaly.plugins", default=DEFAULT_TYPE)
 #: Class decorator: make a detector selectable as ``type = cls.TYPE``.
 register_detector = ANOMALY_DETECTORS.register
+
+
+def sample_interval(dt_ms: float, last_ms: int | None, time_ms: int) -> float:
+    """The stream's usual gap between samples (ms) once a sample at ``time_ms`` follows one at
+    ``last_ms``: a moving average of the gaps, 0.0 before the first; forecasts step by it.
+
+    (coordinator/anomaly/zscore_kernel.py repeats it inline, compiled.)
+    """
+    if last_ms is None or time_ms <= last_ms:
+        return dt_ms
+    gap = float(time_ms - last_ms)
+    return gap if dt_ms == 0.0 else dt_ms + 0.05 * (gap - dt_ms)
 
 
 def detector_types() -> list[str]:

@@ -42,6 +42,9 @@ class SampleColumns(Protocol):
     """One device's samples as columns (ingest's decoded metrics): sample ``i`` is metric
     ``names[name_index[i]]`` at ``times[i]`` with ``values[i]``."""
 
+    # Only what the engine reads; coordinator/store/records.py's SampleColumnsLike asks the same
+    # runs for more (epoch, first_seq). Kept apart so that anomaly/ and store/ need not import each other.
+
     @property
     def device(self) -> str: ...
     @property

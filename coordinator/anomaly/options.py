@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from broker.config_values import check_keys, float_option, int_option, str_option
+from coordinator.anomaly.threshold import PeaksOverThreshold
 
-__all__ = ["alerting_options", "check_keys", "float_option", "int_option", "str_option"]
+__all__ = ["AlertingOptions", "alerting_options", "check_keys", "float_option", "int_option", "str_option"]
 
 
-def alerting_options(where: str, options: Mapping[str, Any], defaults: Any) -> dict[str, Any]:
-    """The keys every online detector shares, checked the same way for each: the adaptive
-    threshold (risk, base_quantile, threshold_rate, min_threshold), episodes (close_after,
-    adapt_after), the stuck check, severity (critical_ratio) and forecasts (forecast_z).
+@dataclass(frozen=True, slots=True)
+class AlertingOptions:
+    """The keys every online detector shares: the adaptive threshold (risk, base_quantile,
+    threshold_rate, min_threshold), episodes (close_after, adapt_after), the stuck check,
+    severity (critical_ratio) and forecasts (forecast_z). A detector's options extend it.
+    """
 
-    ``defaults`` is the detector's options object with its defaults (it declares these fields).
+    risk: float = 1e-4
+    base_quantile: float = 0.98
+    threshold_rate: float = 0.05
+    min_threshold: float = 4.0
+    close_after: int = 10
+    adapt_after: int = 20
+    stuck_samples: int = 30
+    stuck_improbability: float = 1e-6
+    critical_ratio: float = 2.0
+    forecast_z: float = 2.0
+
+    def new_threshold(self) -> PeaksOverThreshold:
+        """A fresh adaptive threshold with these settings."""
+        return PeaksOverThreshold(base_quantile=self.base_quantile, risk=self.risk,
+                                  floor=self.min_threshold, rate=self.threshold_rate)
+
+
+def alerting_options(where: str, options: Mapping[str, Any], defaults: AlertingOptions) -> dict[str, Any]:
+    """The :class:`AlertingOptions` keys read from an operator's table, checked the same way for
+    every detector; ``defaults`` is the detector's options object with its defaults.
     """
     d = defaults
     return {

@@ -129,7 +129,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
             continue
         if has_last and time_ms > last_ms:
             gap = float(time_ms - last_ms)
-            dt_ms = gap if dt_ms == 0.0 else dt_ms + 0.05 * (gap - dt_ms)
+            dt_ms = gap if dt_ms == 0.0 else dt_ms + 0.05 * (gap - dt_ms)  # base.sample_interval
         last_ms = time_ms
         has_last = True
         last_index = i
@@ -302,7 +302,10 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
             floats[P0 + hi] += (rate if rate > x else x) * (w if count > 1 else 1.0) * \
                 (target - floats[P0 + hi])
 
-        # PeaksOverThreshold.learn, deviation then drift
+        # PeaksOverThreshold.learn, deviation then drift: written out twice on purpose. The two
+        # thresholds live in local scalars so numba keeps them in registers; a shared helper would
+        # pass and return seven values per sample in the hot loop (tests/test_zscore_kernel.py
+        # holds both copies bit-identical to PeaksOverThreshold.learn).
         if n > half_warmup:
             m = th_me
             x = 0.02 * th_u

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -55,6 +55,12 @@ def alerts_of(found: list[tuple[int, Alert]]) -> list[tuple[int, dict[str, objec
 def step_each(det: StreamDetector, times: list[int], values: list[float]) -> list[tuple[int, Alert]]:
     return [(i, a) for i, (t, v) in enumerate(zip(times, values, strict=True))
             if (a := det.step(t, v)) is not None]
+
+
+def feed(det: StreamDetector, values: Iterable[float], start: int = 0) -> list[tuple[int, Alert]]:
+    """``step`` over ``values``, one a minute from minute ``start``: (minute, alert) for each alert."""
+    return [(i, a) for i, v in enumerate(values, start=start)
+            if (a := det.step(i * MINUTE, float(v))) is not None]
 
 
 def future(det: StreamDetector, after_ms: int) -> tuple[list[float], list[ForecastPoint]]:

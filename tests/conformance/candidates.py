@@ -30,7 +30,7 @@ import subprocess
 from pathlib import Path
 
 from broker.credentials import generate_password
-from tests.brokers import ADMIN_USER, READY_TIMEOUT, STOP_TIMEOUT, RunningBroker, free_port, wait_for_port
+from tests.brokers import ADMIN_USER, READY_TIMEOUT, RunningBroker, end_process, free_port, wait_for_port
 
 __all__ = ["CANDIDATE_KINDS", "IotcoreUnderTest", "MqttdUnderTest", "candidate",
            "configured_candidates"]
@@ -74,14 +74,8 @@ class CommandBroker(RunningBroker):
 
     def _signal(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        if proc is not None:
+            end_process(proc, sig)
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import EmbeddedUnderTest, MosquittoUnderTest, RunningBroker
+from tests.brokers import EmbeddedUnderTest, MosquittoUnderTest, RunningBroker, started
 from tests.conformance.candidates import candidate, configured_candidates
 from tests.conformance.raw_client import RawClient
 
@@ -70,11 +70,7 @@ def conformance_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         running = EmbeddedUnderTest(tmp_path / "embedded")
     else:
         running = candidate(kind, tmp_path / kind)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from started(running)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ __all__ = [
     "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PINGRESP", "PUBACK", "PUBCOMP",
     "PUBLISH", "PUBREC", "PUBREL", "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE",
     "ConnectionClosed", "Packet", "Publish", "RawClient", "Will", "connect_packet",
+    "encode_packet", "offline_subscriber",
 ]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -106,7 +107,8 @@ def _string(text: str | bytes) -> bytes:
     return struct.pack("!H", len(raw)) + raw
 
 
-def _packet(kind: int, flags: int, body: bytes) -> bytes:
+def encode_packet(kind: int, flags: int, body: bytes) -> bytes:
+    """Fixed header (type, flags, remaining length) + ``body``."""
     return bytes([kind << 4 | flags]) + _varint(len(body)) + body
 
 
@@ -133,7 +135,7 @@ def connect_packet(client_id: str, *, username: str | None, password: str | None
         body += _string(username)
     if password is not None:
         body += _string(password)
-    return _packet(CONNECT, 0, body)
+    return encode_packet(CONNECT, 0, body)
 
 
 class RawClient:
@@ -186,7 +188,7 @@ class RawClient:
     def disconnect(self) -> None:
         """A clean DISCONNECT (the will is discarded, §3.14.4), then close."""
         with contextlib.suppress(OSError):
-            self.send(_packet(DISCONNECT, 0, b""))
+            self.send(encode_packet(DISCONNECT, 0, b""))
         self.drop()
 
     def drop(self) -> None:
@@ -214,7 +216,7 @@ class RawClient:
             body += _varint(0)
         for topic_filter, qos in filters:
             body += _string(topic_filter) + bytes([qos])
-        self.send(_packet(SUBSCRIBE, 2, body))
+        self.send(encode_packet(SUBSCRIBE, 2, body))
         suback = self.expect(SUBACK, timeout, packet_id=packet_id)
         at = 2
         if self.mqtt5:
@@ -225,7 +227,7 @@ class RawClient:
     def unsubscribe(self, *filters: str, timeout: float = 5.0) -> None:
         packet_id = self.new_id()
         body = struct.pack("!H", packet_id) + b"".join(_string(f) for f in filters)
-        self.send(_packet(UNSUBSCRIBE, 2, body))
+        self.send(encode_packet(UNSUBSCRIBE, 2, body))
         self.expect(UNSUBACK, timeout, packet_id=packet_id)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
@@ -239,22 +241,22 @@ class RawClient:
             body += struct.pack("!H", packet_id)
         if self.mqtt5:
             body += _varint(0)
-        self.send(_packet(PUBLISH, flags, body + payload))
+        self.send(encode_packet(PUBLISH, flags, body + payload))
         if qos == 1:
             self.expect(PUBACK, timeout, packet_id=packet_id)
         elif qos == 2:
             self.expect(PUBREC, timeout, packet_id=packet_id)
-            self.send(_packet(PUBREL, 2, struct.pack("!H", packet_id)))
+            self.send(encode_packet(PUBREL, 2, struct.pack("!H", packet_id)))
             self.expect(PUBCOMP, timeout, packet_id=packet_id)
 
     def ack(self, message: Publish) -> None:
         """The first acknowledgement a receiver owes for ``message`` (PUBACK or PUBREC)."""
         assert message.packet_id is not None
         kind = PUBACK if message.qos == 1 else PUBREC
-        self.send(_packet(kind, 0, struct.pack("!H", message.packet_id)))
+        self.send(encode_packet(kind, 0, struct.pack("!H", message.packet_id)))
 
     def ping(self) -> None:
-        self.send(_packet(PINGREQ, 0, b""))
+        self.send(encode_packet(PINGREQ, 0, b""))
 
     # -- receiving -----------------------------------------------------------------
 
@@ -306,7 +308,7 @@ class RawClient:
             if message.qos:
                 self.ack(message)
         if self.auto_ack and packet.kind == PUBREL:
-            self.send(_packet(PUBCOMP, 0, packet.body[:2]))
+            self.send(encode_packet(PUBCOMP, 0, packet.body[:2]))
             return
         self.inbox.append(packet)
 
@@ -371,3 +373,13 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def offline_subscriber(client: Callable[..., RawClient], topic: str) -> RawClient:
+    """Client "sub" with a persistent session subscribed to ``topic`` at QoS 1, now disconnected:
+    what is published to ``topic`` meanwhile is queued for it."""
+    sub = client("sub")
+    sub.connected(clean_session=False)
+    sub.subscribe((topic, 1))
+    sub.disconnect()
+    return sub

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conformance.conftest import DOLLAR_ROOT
-from tests.conformance.raw_client import ConnectionClosed, RawClient
+from tests.conformance.raw_client import ConnectionClosed, RawClient, offline_subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +89,7 @@ def test_live_message_published_retained_has_retain_0(
 def test_queued_message_has_retain_0(client: Callable[..., RawClient], topic_root: str) -> None:
     """A message queued for an offline session matched an established subscription: RETAIN 0."""
     topic = f"{topic_root}/event"
-    sub = client("sub")
-    sub.connected(clean_session=False)
-    sub.subscribe((topic, 1))
-    sub.disconnect()
+    sub = offline_subscriber(client, topic)
     pub = client("pub")
     pub.connected()
     pub.publish(topic, b"while-away", qos=1)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.brokers import RunningBroker
-from tests.conformance.raw_client import PUBCOMP, PUBREL, RawClient
+from tests.conformance.raw_client import PUBCOMP, PUBREL, RawClient, offline_subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +81,7 @@ def test_unacknowledged_pubrel_resent(client: Callable[..., RawClient], topic_ro
 def test_offline_messages_queued_for_persistent_session(client: Callable[..., RawClient],
                                                         topic_root: str) -> None:
     topic = f"{topic_root}/t"
-    sub = client("sub")
-    sub.connected(clean_session=False)
-    sub.subscribe((topic, 1))
-    sub.disconnect()
+    sub = offline_subscriber(client, topic)
     pub = client("pub")
     pub.connected()
     for n in range(3):
@@ -144,10 +141,7 @@ def test_persistent_session_survives_broker_restart(client: Callable[..., RawCli
                                                     conformance_broker: RunningBroker,
                                                     topic_root: str) -> None:
     topic = f"{topic_root}/t"
-    sub = client("sub")
-    sub.connected(clean_session=False)
-    sub.subscribe((topic, 1))
-    sub.disconnect()
+    sub = offline_subscriber(client, topic)
     pub = client("pub")
     pub.connected()
     pub.publish(topic, b"queued", qos=1)

@@ -33,11 +33,16 @@ from typing import Any
 from river import stats, time_series
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
-from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector
+from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector, sample_interval
 from coordinator.anomaly.episode import EpisodeGate
-from coordinator.anomaly.options import alerting_options, check_keys, float_option, int_option
+from coordinator.anomaly.options import (
+    AlertingOptions,
+    alerting_options,
+    check_keys,
+    float_option,
+    int_option,
+)
 from coordinator.anomaly.stuck import StuckRun
-from coordinator.anomaly.threshold import PeaksOverThreshold
 
 __all__ = ["RiverHoltDetector", "RiverHoltOptions"]
 
@@ -48,7 +53,7 @@ _HOLT: Any = time_series.HoltWinters
 
 
 @dataclass(frozen=True, slots=True)
-class RiverHoltOptions:
+class RiverHoltOptions(AlertingOptions):
     """The ``[anomaly.detector]`` table for ``type = "river_holt"``."""
 
     warmup: int = 120
@@ -56,16 +61,6 @@ class RiverHoltOptions:
     beta: float = 0.01
     scale_alpha: float = 0.02
     clip: float = 4.0
-    risk: float = 1e-4
-    base_quantile: float = 0.98
-    threshold_rate: float = 0.05
-    min_threshold: float = 4.0
-    close_after: int = 10
-    adapt_after: int = 20
-    stuck_samples: int = 30
-    stuck_improbability: float = 1e-6
-    critical_ratio: float = 2.0
-    forecast_z: float = 2.0
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any], where: str) -> RiverHoltOptions:
@@ -108,8 +103,7 @@ class RiverHoltDetector(StreamDetector):
         self.last_ms: int | None = None
         self.model: Any = self._new_model()
         self.abs_residual = stats.EWMean(fading_factor=opts.scale_alpha)
-        self.threshold = PeaksOverThreshold(base_quantile=opts.base_quantile, risk=opts.risk,
-                                            floor=opts.min_threshold, rate=opts.threshold_rate)
+        self.threshold = opts.new_threshold()
         self.gate = EpisodeGate(opts.close_after)
         self.stuck = StuckRun(min_samples=opts.stuck_samples, improbability=opts.stuck_improbability)
         self.stuck_open = False
@@ -145,9 +139,7 @@ class RiverHoltDetector(StreamDetector):
         if not math.isfinite(value):
             return None
         opts = self.opts
-        if self.last_ms is not None and time_ms > self.last_ms:
-            gap = float(time_ms - self.last_ms)
-            self.dt_ms = gap if self.dt_ms == 0.0 else self.dt_ms + 0.05 * (gap - self.dt_ms)
+        self.dt_ms = sample_interval(self.dt_ms, self.last_ms, time_ms)
         self.last_ms = time_ms
         expected = self._expected(value)
         scale = self._scale(expected)

@@ -31,12 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
-from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector
+from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector, sample_interval
 from coordinator.anomaly.episode import EpisodeGate
-from coordinator.anomaly.options import alerting_options, check_keys, float_option, int_option
+from coordinator.anomaly.options import (
+    AlertingOptions,
+    alerting_options,
+    check_keys,
+    float_option,
+    int_option,
+)
 from coordinator.anomaly.seasonal_profile import SeasonalProfile
 from coordinator.anomaly.stuck import StuckRun
-from coordinator.anomaly.threshold import PeaksOverThreshold
 
 __all__ = ["RobustZScoreDetector", "RobustZScoreOptions"]
 
@@ -48,7 +53,7 @@ _KERNEL_MIN_RUN = 8  # shortest run step_many hands to the kernel (compiled, it 
 
 
 @dataclass(frozen=True, slots=True)
-class RobustZScoreOptions:
+class RobustZScoreOptions(AlertingOptions):
     """The ``[anomaly.detector]`` table for ``type = "robust_zscore"``; shared by every stream."""
 
     warmup: int = 120
@@ -58,16 +63,6 @@ class RobustZScoreOptions:
     season_ms: int = _DAY_MS
     season_bins: int = 24
     season_memory: float = 5.0
-    risk: float = 1e-4
-    base_quantile: float = 0.98
-    threshold_rate: float = 0.05
-    min_threshold: float = 4.0
-    close_after: int = 10
-    adapt_after: int = 20
-    stuck_samples: int = 30
-    stuck_improbability: float = 1e-6
-    critical_ratio: float = 2.0
-    forecast_z: float = 2.0
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any], where: str) -> RobustZScoreOptions:
@@ -125,11 +120,9 @@ class RobustZScoreDetector(StreamDetector):
         self.scale = 0.0
         self.offset_scale = 0.0
         self.run_shift = 0.0
-        self.threshold = PeaksOverThreshold(base_quantile=opts.base_quantile, risk=opts.risk,
-                                            floor=opts.min_threshold, rate=opts.threshold_rate)
+        self.threshold = opts.new_threshold()
         # The drift chart is smooth and autocorrelated: its tail differs from the residual's, so its own.
-        self.drift_threshold = PeaksOverThreshold(base_quantile=opts.base_quantile, risk=opts.risk,
-                                                  floor=opts.min_threshold, rate=opts.threshold_rate)
+        self.drift_threshold = opts.new_threshold()
         self.gate = EpisodeGate(opts.close_after)
         self.stuck = StuckRun(min_samples=opts.stuck_samples, improbability=opts.stuck_improbability)
         self.stuck_open = False
@@ -178,9 +171,7 @@ class RobustZScoreDetector(StreamDetector):
         if not math.isfinite(value):
             return None
         opts = self.opts
-        if self.last_ms is not None and time_ms > self.last_ms:
-            gap = float(time_ms - self.last_ms)
-            self.dt_ms = gap if self.dt_ms == 0.0 else self.dt_ms + 0.05 * (gap - self.dt_ms)
+        self.dt_ms = sample_interval(self.dt_ms, self.last_ms, time_ms)
         self.last_ms = time_ms
         if self.first_ms is None:
             self.first_ms = time_ms

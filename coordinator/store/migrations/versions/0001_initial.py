@@ -16,6 +16,8 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+# The tables below are written out as they stood at this revision, on purpose: a migration is a
+# snapshot and must not follow later edits to coordinator/store/tables.py, so it repeats them.
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 MS = sa.BigInteger
 

@@ -25,6 +25,9 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# The tables below are written out as they stood at this revision, on purpose: a migration is a
+# snapshot and must not follow later edits to coordinator/store/tables.py, so it repeats them.
+# _create_samples is 0001's metric_samples again, for the downgrade to restore.
 MS = sa.BigInteger
 _BLOCK_SAMPLES = 1000
 _BLOCK_COLUMNS = ("device", "epoch", "first_seq", "last_seq", "count", "first_ms", "last_ms", "body")
