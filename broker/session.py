@@ -54,7 +54,7 @@ from broker.config_values import check_section_keys
 from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
 from broker.paho_client import FewerSyscallsClient
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
-from schemas.errors import BusError, ConfigError, NotConnected, TopicError
+from schemas.errors import BusError, ConfigError, TopicError
 from schemas.topics import TopicTree, validate_device_id, validate_publish_topic
 
 __all__ = ["BusConfig", "BusSession", "SessionStats"]
@@ -304,15 +304,6 @@ class BusSession:
         self._count("accepted")
         self._pump()
         return True
-
-    def publish_many(self, messages: list[OutboxMessage]) -> int:
-        """Accept several messages in one durable commit; how many were accepted."""
-        for m in messages:
-            validate_publish_topic(m.topic)
-        with self.transaction() as tx:
-            for m in messages:
-                tx.put(m)
-        return len(tx.accepted)
 
     @contextmanager
     def transaction(self) -> Iterator[OutboxTransaction]:
@@ -668,12 +659,6 @@ class BusSession:
         logger.debug("%s", text)
         with self._stats_lock:
             self._stats.last_error = text
-
-    def require_connected(self) -> None:
-        """Raise :class:`NotConnected` unless a connection is live."""
-        if not self._connected.is_set():
-            raise NotConnected(f"not connected to {self.config.host}:{self.config.port}: "
-                               f"{self._stats.last_error or 'connecting'}")
 
 
 def _warn_unengaged_hooks(client: FewerSyscallsClient) -> None:
