@@ -6,7 +6,9 @@ like every other record (``schemas.messages.encode_record`` /
 and :func:`decode_message` are the one path for bare msgpack bodies. Each record
 is a frozen, slotted dataclass that validates itself, so a decoded record is a
 valid one. Keys a decoder does not know are kept in ``extra``; a newer record
-version is refused with :class:`UnsupportedVersion`.
+version is refused with :class:`UnsupportedVersion`. Each record spells out its
+own ``to_wire``/``from_wire``/``to_json`` although they look alike: the wire
+keys (``tx``, not ``tx_id``) are the format's contract, kept explicit per record.
 
 Who sends what:
 
