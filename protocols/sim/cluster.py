@@ -11,7 +11,6 @@ written without an fsync (DurableStore).
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from protocols.raft.messages import Message, PersistentState
 from protocols.raft.node import RaftNode, Role
 from protocols.raft.ready import Accepted, BecameLeader, ClientReply, NotLeader, Ready
 from protocols.sim.client import ClientRequest, ClientResponse, SimClient
+from protocols.sim.clock import VirtualClock
 from protocols.sim.history import Ack, Applied, Election, History, LogView
 from protocols.sim.network import CALM, Network, NetworkProfile
 from protocols.sim.prng import SplitMix64
@@ -86,10 +86,11 @@ class Host(RaftHost):
     sm: AppendRegister | None = None
 
 
-class Simulation:
+class Simulation(VirtualClock):
     """Run with ``run()``; the returned History goes to the checkers."""
 
     def __init__(self, seed: int, config: SimConfig | None = None, node_factory: NodeFactory | None = None):
+        super().__init__()
         self.seed = seed
         self.cfg = config or SimConfig()
         self._factory = node_factory or _default_factory
@@ -102,9 +103,6 @@ class Simulation:
         self._disk = ReadyDisk[Host](
             self, root.fork(), self.cfg.disk_delay, send=self._send, drain=self._drain, crashes=self._crashes
         )
-        self.now = 0
-        self._queue: list[tuple[int, int, Callable[[], None]]] = []
-        self._seq = 0
         ids = [f"n{i}" for i in range(self.cfg.nodes + self.cfg.spare_nodes)]
         self.bootstrap = ids[: self.cfg.nodes]
         self.hosts = {i: Host(i) for i in ids}
@@ -117,28 +115,16 @@ class Simulation:
 
     # ------------------------------------------------------------------ engine
 
-    def at(self, time: int, fn: Callable[[], None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (time, self._seq, fn))
-
     def run(self) -> History:
         for h in self.hosts.values():
             self._start(h)
             self.at(self._node_rng.below(self.cfg.tick_ms), lambda h=h: self._tick(h))  # type: ignore[misc]
         for c in self.clients.values():
             self.at(self._client_rng.between(0, 50), lambda c=c: self._client_send(c, c.next_command()))  # type: ignore[misc]
-        t = 0
-        while True:
-            t += self._fault_rng.between(*self.cfg.fault_gap)
-            if t >= self.cfg.duration:
-                break
-            self.at(t, self._fault)
+        self.at_random_gaps(self._fault_rng, self.cfg.fault_gap, self.cfg.duration, self._fault)
         self.at(self.cfg.duration, self._heal_all)
         end = self.cfg.duration + self.cfg.settle
-        while self._queue and self._queue[0][0] <= end:
-            time, _, fn = heapq.heappop(self._queue)
-            self.now = time
-            fn()
+        self.run_until(end)
         self._checkpoint()
         self._record_final_state()
         return self.history

@@ -15,23 +15,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from protocols.raft.messages import Message
 from protocols.raft.node import RaftNode
 from protocols.raft.ready import ClientReply, Ready
+from protocols.sim.clock import VirtualClock
 from protocols.sim.prng import SplitMix64
 from protocols.sim.storage import DurableStore
 
 CrashPoint = Literal["mid_write", "after_persist"]
-
-
-class Scheduler(Protocol):
-    """The simulation's virtual clock and event queue."""
-
-    now: int
-
-    def at(self, time: int, fn: Callable[[], None]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -70,7 +63,7 @@ class ReadyDisk(Generic[H]):
     """
 
     def __init__(
-        self, sched: Scheduler, rng: SplitMix64, delay: tuple[int, int], *,
+        self, sched: VirtualClock, rng: SplitMix64, delay: tuple[int, int], *,
         send: Callable[[H, Sequence[Message], Sequence[ClientReply]], None],
         drain: Callable[[H], None],
         crashes: Callable[[H, CrashPoint], bool] = lambda h, point: False,

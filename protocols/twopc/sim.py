@@ -28,7 +28,6 @@ and every process restarts; within ``settle`` every transaction must end.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from protocols.raft.config import RaftConfig
 from protocols.raft.messages import Message
 from protocols.raft.node import RaftNode, Role
 from protocols.raft.ready import ClientReply
+from protocols.sim.clock import VirtualClock
 from protocols.sim.network import CALM, Network, NetworkProfile
 from protocols.sim.prng import SplitMix64
 from protocols.sim.raft_host import RaftHost, ReadyDisk
@@ -177,7 +177,7 @@ class _ClientTx:
     told: Outcome | None = None
 
 
-class TwoPcSimulation:
+class TwoPcSimulation(VirtualClock):
     """Run with :meth:`run`; the returned history goes to the checkers."""
 
     def __init__(
@@ -186,6 +186,7 @@ class TwoPcSimulation:
         participant_factory: ParticipantFactory | None = None,
         table_factory: TableFactory | None = None,
     ) -> None:
+        super().__init__()
         self.seed = seed
         self.cfg = config or TwoPcSimConfig()
         self._new_manager = manager_factory or TxManager
@@ -200,9 +201,6 @@ class TwoPcSimulation:
                                            send=self._send_ready, drain=self._drain)
         self._resource_rng = root.fork()
         self.network = Network(root.fork(), self.cfg.network)
-        self.now = 0
-        self._queue: list[tuple[int, int, Callable[[], None]]] = []
-        self._seq = 0
         self.groups = {f"n{i}": _GroupHost(f"n{i}") for i in range(self.cfg.nodes)}
         self.members = tuple(self.groups)
         self.parts = {f"p{i}": _ParticipantHost(f"p{i}") for i in range(self.cfg.participants)}
@@ -215,10 +213,6 @@ class TwoPcSimulation:
 
     # ------------------------------------------------------------------ engine
 
-    def at(self, time: int, fn: Callable[[], None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (time, self._seq, fn))
-
     def run(self) -> TwoPcHistory:
         for g in self.groups.values():
             self._start_group(g)
@@ -228,18 +222,10 @@ class TwoPcSimulation:
             self.at(self._node_rng.below(self.cfg.participant_tick_ms),
                     lambda p=p: self._tick_participant(p))  # type: ignore[misc]
         self._plan_transactions()
-        t = 0
-        while True:
-            t += self._fault_rng.between(*self.cfg.fault_gap)
-            if t >= self.cfg.duration:
-                break
-            self.at(t, self._fault)
+        self.at_random_gaps(self._fault_rng, self.cfg.fault_gap, self.cfg.duration, self._fault)
         self.at(self.cfg.duration, self._heal_all)
         end = self.cfg.duration + self.cfg.settle
-        while self._queue and self._queue[0][0] <= end and not self._finished:
-            time, _, fn = heapq.heappop(self._queue)
-            self.now = time
-            fn()
+        self.run_until(end, lambda: self._finished)
         self.history.final = self._final_state()
         return self.history
 
