@@ -331,11 +331,7 @@ class EmbeddedBroker:
         taken or the broker cannot start within ``start_timeout`` seconds.
         """
         with self._lock:
-            if self._run is not None:
-                raise BrokerError(f"the embedded broker is already running on port {self.port}")
-            if self._port != 0:
-                _check_port_free(self.host, self._port)
-            run = _Run()
+            run = self._new_run()
             run.thread = threading.Thread(target=self._thread_main, args=(run,),
                                           name=f"edgebus-broker-{self._port}", daemon=True)
             self._run = run
@@ -354,6 +350,14 @@ class EmbeddedBroker:
                     raise error
                 raise BrokerError(f"the embedded broker could not start: {error}") from error
         logger.info("embedded broker listening on %s", self.url)
+
+    def _new_run(self) -> _Run:
+        """A run for :meth:`start` or :meth:`serve`; refuses a second one and a taken port (lock held)."""
+        if self._run is not None:
+            raise BrokerError(f"the embedded broker is already running on port {self.port}")
+        if self._port != 0:
+            _check_port_free(self.host, self._port)
+        return _Run()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Disconnect every client and close the port. Safe to call when not running."""
@@ -385,11 +389,7 @@ class EmbeddedBroker:
         ``ready`` is called once the port accepts connections.
         """
         with self._lock:
-            if self._run is not None:
-                raise BrokerError(f"the embedded broker is already running on port {self.port}")
-            if self._port != 0:
-                _check_port_free(self.host, self._port)
-            run = _Run()
+            run = self._new_run()
             self._run = run
         try:
             await self._serve(run, ready)

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-from protocols.twopc.commands import Begin, Decide, End, Resolve, TxCommand, encode_entry
-from protocols.twopc.effects import Effect, InputError, Propose, Send, TxDecided, TxEnded
-from protocols.twopc.manager import ManagerConfig, TxManager
-from protocols.twopc.messages import (
+from protocols.twopc import (
     Ack,
+    Begin,
     BeginRequest,
+    Decide,
     Decision,
+    Effect,
+    End,
+    InputError,
+    ManagerConfig,
     Outcome,
     Part,
     Prepare,
+    Propose,
+    Resolve,
+    Send,
     StatusQuery,
     StatusReply,
+    TxCommand,
+    TxDecided,
+    TxEnded,
+    TxManager,
     TxState,
+    TxTable,
     Vote,
+    encode_entry,
 )
-from protocols.twopc.table import TxTable
 
 PARTS = (Part("a", b"x"), Part("b", b"y"))
 REQUEST = BeginRequest("t1", "client", 500, PARTS)

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.twopc.effects import ApplyOutcome, Delete, Effect, InputError, Persist, PrepareResource, Send
-from protocols.twopc.messages import (
-    MAX_TIMEOUT_MS,
+from protocols.twopc import (
     Ack,
+    ApplyOutcome,
     Decision,
+    Delete,
+    Effect,
+    InputError,
     Outcome,
+    Participant,
+    ParticipantConfig,
+    ParticipantRecord,
+    Persist,
     Prepare,
+    PrepareResource,
+    Send,
     StatusQuery,
     StatusReply,
     TxState,
     Vote,
 )
-from protocols.twopc.participant import Participant, ParticipantConfig
-from protocols.twopc.records import ParticipantRecord
+from protocols.twopc.messages import MAX_TIMEOUT_MS
 
 PREPARE = Prepare("t1", "a", ("a", "b"), b"cam7", deadline_ms=1_000)
 

@@ -9,32 +9,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.twopc.commands import (
-    Begin,
-    Decide,
-    End,
-    Resolve,
-    decode_command,
-    decode_entry,
-    encode_command,
-    encode_entry,
-)
-from protocols.twopc.messages import (
+from protocols.twopc import (
     Ack,
+    Begin,
     BeginRequest,
+    Decide,
     Decision,
+    End,
     Outcome,
     Part,
+    ParticipantRecord,
     Prepare,
+    Resolve,
     StatusQuery,
     StatusReply,
     TxMessage,
     TxState,
     Vote,
+    decode_entry,
     decode_message,
+    decode_participant_record,
+    encode_entry,
     encode_message,
+    encode_participant_record,
 )
-from protocols.twopc.records import ParticipantRecord, decode_participant_record, encode_participant_record
+from protocols.twopc.commands import decode_command, encode_command
 from schemas.errors import CodecError, TxError, UnsupportedVersion
 from schemas.messages import decode_record, encode_record
 

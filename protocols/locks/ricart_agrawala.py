@@ -83,6 +83,7 @@ class RARequest:
         check_int("timestamp", self.timestamp, 1, _MAX_TS)
 
 
+# The same fields as RARequest, kept a type of its own: the algorithm dispatches on the message's type.
 @dataclass(frozen=True, slots=True)
 class RAReply:
     """``sender`` lets the addressee in; echoes the request's ``timestamp`` so stale replies are ignored."""

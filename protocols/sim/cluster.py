@@ -3,34 +3,28 @@
 Everything random comes from one seed (forked into independent streams per
 component), and events at equal times run in the order they were scheduled,
 so a seed replays exactly. Crashes keep only what the node's DurableStore
-holds. The driver loop follows the Ready contract (protocols.raft.ready) with
-an asynchronous disk: a leader's early appends leave at once, each write takes
-``disk_delay`` and writes complete in order, while the node keeps stepping
-(so a follower's ack can overtake the leader's own write, which the leader
-must not count before ``advance``); a Ready's other messages and replies
-leave only when its write completes, except for a Ready whose ``must_sync`` is
-False: its messages leave when its write starts (after every earlier write),
-as the MQTT driver sends them before writing. A crash loses the writes in
-flight and what was written without an fsync (DurableStore).
+holds. The nodes' Readys go through the shared asynchronous disk of
+:mod:`protocols.sim.raft_host`, which follows the Ready contract
+(protocols.raft.ready); a crash loses the writes in flight and what was
+written without an fsync (DurableStore).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from protocols.raft.config import RaftConfig, RandomSource, StateMachine
 from protocols.raft.messages import Message, PersistentState
 from protocols.raft.node import RaftNode, Role
-from protocols.raft.ready import Accepted, BecameLeader, NotLeader, Ready
+from protocols.raft.ready import Accepted, BecameLeader, ClientReply, NotLeader, Ready
 from protocols.sim.client import ClientRequest, ClientResponse, SimClient
+from protocols.sim.clock import VirtualClock
 from protocols.sim.history import Ack, Applied, Election, History, LogView
 from protocols.sim.network import CALM, Network, NetworkProfile
 from protocols.sim.prng import SplitMix64
+from protocols.sim.raft_host import CrashPoint, RaftHost, ReadyDisk
 from protocols.sim.register import AppendRegister
-from protocols.sim.storage import DurableStore
 
 NodeFactory = Callable[
     [str, Sequence[str], StateMachine, RandomSource, RaftConfig, PersistentState | None], RaftNode
@@ -86,22 +80,17 @@ class SimConfig:
 
 
 @dataclass(slots=True)
-class Host:
-    """A simulated machine: durable storage survives crashes, the node object does not."""
+class Host(RaftHost):
+    """A simulated machine whose state machine is an append register."""
 
-    id: str
-    store: DurableStore = field(default_factory=DurableStore)
-    node: RaftNode | None = None
     sm: AppendRegister | None = None
-    incarnation: int = 0
-    paused_until: int = 0
-    writes: deque[Ready] = field(default_factory=deque)  # the disk's queue; the head is being written
 
 
-class Simulation:
+class Simulation(VirtualClock):
     """Run with ``run()``; the returned History goes to the checkers."""
 
     def __init__(self, seed: int, config: SimConfig | None = None, node_factory: NodeFactory | None = None):
+        super().__init__()
         self.seed = seed
         self.cfg = config or SimConfig()
         self._factory = node_factory or _default_factory
@@ -111,10 +100,9 @@ class Simulation:
         self._client_rng = root.fork()
         self._torn_rng = root.fork()
         self.network = Network(root.fork(), self.cfg.network)
-        self._disk_rng = root.fork()
-        self.now = 0
-        self._queue: list[tuple[int, int, Callable[[], None]]] = []
-        self._seq = 0
+        self._disk = ReadyDisk[Host](
+            self, root.fork(), self.cfg.disk_delay, send=self._send, drain=self._drain, crashes=self._crashes
+        )
         ids = [f"n{i}" for i in range(self.cfg.nodes + self.cfg.spare_nodes)]
         self.bootstrap = ids[: self.cfg.nodes]
         self.hosts = {i: Host(i) for i in ids}
@@ -127,28 +115,16 @@ class Simulation:
 
     # ------------------------------------------------------------------ engine
 
-    def at(self, time: int, fn: Callable[[], None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (time, self._seq, fn))
-
     def run(self) -> History:
         for h in self.hosts.values():
             self._start(h)
             self.at(self._node_rng.below(self.cfg.tick_ms), lambda h=h: self._tick(h))  # type: ignore[misc]
         for c in self.clients.values():
             self.at(self._client_rng.between(0, 50), lambda c=c: self._client_send(c, c.next_command()))  # type: ignore[misc]
-        t = 0
-        while True:
-            t += self._fault_rng.between(*self.cfg.fault_gap)
-            if t >= self.cfg.duration:
-                break
-            self.at(t, self._fault)
+        self.at_random_gaps(self._fault_rng, self.cfg.fault_gap, self.cfg.duration, self._fault)
         self.at(self.cfg.duration, self._heal_all)
         end = self.cfg.duration + self.cfg.settle
-        while self._queue and self._queue[0][0] <= end:
-            time, _, fn = heapq.heappop(self._queue)
-            self.now = time
-            fn()
+        self.run_until(end)
         self._checkpoint()
         self._record_final_state()
         return self.history
@@ -157,9 +133,7 @@ class Simulation:
 
     def _start(self, h: Host) -> None:
         h.sm = AppendRegister()
-        h.incarnation += 1
-        h.paused_until = 0
-        h.writes = deque()  # whatever was being written when it crashed is lost
+        h.boot()
         rng = self._node_rng.fork()
         h.node = self._factory(h.id, self.bootstrap, h.sm, rng, self.cfg.raft, h.store.load())
         self._drain(h)
@@ -167,8 +141,8 @@ class Simulation:
     def _crash(self, h: Host) -> None:
         if h.node is None:
             return
-        h.node, h.sm, h.paused_until = None, None, 0
-        h.store.crash()
+        h.power_cut()
+        h.sm = None
         if not self._calm:
             self.at(self.now + self._fault_rng.between(*self.cfg.restart_delay), lambda: self._restart(h))
 
@@ -203,7 +177,7 @@ class Simulation:
         self._record(h, rd)
         if self.cfg.send_before_persist:
             self._send_messages(rd.early_messages)
-            self._send_all(h, rd)
+            self._send(h, rd.messages, rd.replies)
             if not self._calm and self._torn_rng.chance(self.cfg.torn_crash):
                 self._crash(h)
                 return
@@ -211,57 +185,24 @@ class Simulation:
             h.node.advance(rd)
             self._drain(h)
             return
-        self._send_messages(rd.early_messages)  # a leader's appends need not wait for its disk
-        h.writes.append(rd)
-        if len(h.writes) == 1:
-            self._start_write(h)
+        self._disk.submit(h, rd)
 
-    def _start_write(self, h: Host) -> None:
-        """Write the head of the disk queue; writes complete one at a time, in order.
+    def _crashes(self, h: Host, point: CrashPoint) -> bool:
+        """A crash mid-write loses it and the writes behind it; after persisting, only messages."""
+        chance = self.cfg.lost_write_crash if point == "mid_write" else self.cfg.torn_crash
+        if self._calm or not self._torn_rng.chance(chance):
+            return False
+        self._crash(h)
+        return True
 
-        The head's messages leave now if it need not be synced (the driver's other branch).
-        """
-        if not h.writes[0].must_sync:
-            self._send_all(h, h.writes[0])
-        delay = self._disk_rng.between(*self.cfg.disk_delay)
-        incarnation = h.incarnation
-        if delay == 0:
-            self._write_done(h, incarnation)
-        else:
-            self.at(self.now + delay, lambda: self._write_done(h, incarnation))
-
-    def _write_done(self, h: Host, incarnation: int) -> None:
-        """The head write completes: persist it, tell the node, send the rest, start the next."""
-        if h.node is None or h.incarnation != incarnation:
-            return  # crashed while it was in flight: lost
-        if self._paused(h):
-            self.at(h.paused_until, lambda: self._write_done(h, incarnation))
-            return
-        if not self._calm and self._torn_rng.chance(self.cfg.lost_write_crash):
-            self._crash(h)  # a crash mid-write: it and the writes queued behind it are lost
-            return
-        rd = h.writes[0]
-        h.store.persist(rd)  # the order rule: durable first ...
-        if not self._calm and self._torn_rng.chance(self.cfg.torn_crash):
-            self._crash(h)  # ... so a crash here loses only messages
-            return
-        h.writes.popleft()
-        h.node.advance(rd)
-        if rd.must_sync:
-            self._send_all(h, rd)
-        if h.writes:
-            self._start_write(h)  # with no delay it completes (or crashes) right here
-        if h.node is not None and h.incarnation == incarnation:
-            self._drain(h)  # advance may have committed
-
-    def _send_messages(self, messages: tuple[Message, ...]) -> None:
+    def _send_messages(self, messages: Sequence[Message]) -> None:
         for m in messages:
             for d in self.network.delays(m.src, m.dst):
                 self.at(self.now + d, lambda m=m: self._deliver(m))  # type: ignore[misc]
 
-    def _send_all(self, h: Host, rd: Ready) -> None:
-        self._send_messages(rd.messages)
-        for r in rd.replies:
+    def _send(self, h: Host, messages: Sequence[Message], replies: Sequence[ClientReply]) -> None:
+        self._send_messages(messages)
+        for r in replies:
             self._respond(h.id, ClientResponse(r.client_id, r.request_seq, True, r.result, h.id))
 
     def _record(self, h: Host, rd: Ready) -> None:

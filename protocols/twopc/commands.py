@@ -22,7 +22,15 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from protocols.twopc.messages import MAX_TIMEOUT_MS, Outcome, Part, check_id, check_parts, check_reason
+from protocols.twopc.messages import (
+    MAX_TIMEOUT_MS,
+    Outcome,
+    Part,
+    check_id,
+    check_ids,
+    check_parts,
+    check_reason,
+)
 from schemas.errors import TxError, UnsupportedVersion
 
 __all__ = [
@@ -39,16 +47,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _UINT63 = 2**63 - 1
-
-
-def _check_names(where: str, names: object) -> tuple[str, ...]:
-    if not isinstance(names, tuple):
-        raise TxError(f"{where} must be a tuple of ids, not {type(names).__name__}")
-    for name in names:
-        check_id(f"{where} entry", name)
-    if len(set(names)) != len(names):
-        raise TxError(f"{where} repeats an id")
-    return names
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +85,7 @@ class Decide:
         except ValueError:
             raise TxError(f"decide outcome must be commit or abort, not {self.outcome!r:.40}") from None
         check_reason("decide reason", self.reason)
-        _check_names("decide yes_votes", self.yes_votes)
+        check_ids("decide yes_votes", self.yes_votes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +98,7 @@ class End:
 
     def __post_init__(self) -> None:
         check_id("end tx_id", self.tx_id)
-        _check_names("end acked", self.acked)
+        check_ids("end acked", self.acked)
 
 
 @dataclass(frozen=True, slots=True)

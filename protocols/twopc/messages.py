@@ -6,7 +6,9 @@ like every other record (``schemas.messages.encode_record`` /
 and :func:`decode_message` are the one path for bare msgpack bodies. Each record
 is a frozen, slotted dataclass that validates itself, so a decoded record is a
 valid one. Keys a decoder does not know are kept in ``extra``; a newer record
-version is refused with :class:`UnsupportedVersion`.
+version is refused with :class:`UnsupportedVersion`. Each record spells out its
+own ``to_wire``/``from_wire``/``to_json`` although they look alike: the wire
+keys (``tx``, not ``tx_id``) are the format's contract, kept explicit per record.
 
 Who sends what:
 
@@ -119,14 +121,22 @@ def _check_payload(where: str, value: object) -> bytes:
     return value
 
 
-def _check_participants(where: str, names: object) -> tuple[str, ...]:
-    if not isinstance(names, tuple) or not 1 <= len(names) <= MAX_PARTICIPANTS:
-        raise TxError(f"{where} must be a tuple of 1..{MAX_PARTICIPANTS} participant ids")
+def check_ids(where: str, names: object) -> tuple[str, ...]:
+    """A tuple of distinct ids (participants, votes, acks)."""
+    if not isinstance(names, tuple):
+        raise TxError(f"{where} must be a tuple of ids, not {type(names).__name__}")
     for name in names:
         check_id(f"{where} entry", name)
     if len(set(names)) != len(names):
-        raise TxError(f"{where} names a participant twice: {names!r:.120}")
+        raise TxError(f"{where} names an id twice: {names!r:.120}")
     return names
+
+
+def _check_participants(where: str, names: object) -> tuple[str, ...]:
+    ids = check_ids(where, names)
+    if not 1 <= len(ids) <= MAX_PARTICIPANTS:
+        raise TxError(f"{where} must be a tuple of 1..{MAX_PARTICIPANTS} participant ids")
+    return ids
 
 
 def _check_bool(where: str, value: object) -> bool:

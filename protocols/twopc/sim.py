@@ -14,10 +14,12 @@ participant while preparing, after its prepared record is durable, after its
 vote left, between applying a decision and recording it). Disks are slow: a
 write takes ``disk_delay`` and a crash loses the writes in flight.
 
-The group driver follows the Raft ``Ready`` contract exactly as
-:mod:`protocols.sim.cluster` does (early appends, durable write, ``advance``,
-then messages); the participant driver carries out effects in order and makes
-``Persist`` durable before the next one. After ``duration`` every fault heals
+The group nodes' Readys go through the same asynchronous disk as
+:mod:`protocols.sim.cluster`'s (:mod:`protocols.sim.raft_host`: early appends,
+durable write, ``advance``, then messages, or messages at the write's start
+when ``must_sync`` is False; a crash loses what was not fsynced); the
+participant driver carries out effects in order and makes ``Persist`` durable
+before the next one. After ``duration`` every fault heals
 and every process restarts; within ``settle`` every transaction must end.
 
     report = run_twopc(seed)           # same seed, same run, every time
@@ -26,7 +28,6 @@ and every process restarts; within ``settle`` every transaction must end.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +35,11 @@ from dataclasses import dataclass, field
 from protocols.raft.config import RaftConfig
 from protocols.raft.messages import Message
 from protocols.raft.node import RaftNode, Role
-from protocols.raft.ready import Ready
+from protocols.raft.ready import ClientReply
+from protocols.sim.clock import VirtualClock
 from protocols.sim.network import CALM, Network, NetworkProfile
 from protocols.sim.prng import SplitMix64
-from protocols.sim.storage import DurableStore
+from protocols.sim.raft_host import RaftHost, ReadyDisk
 from protocols.twopc.checkers import check_all
 from protocols.twopc.commands import Decide, encode_entry
 from protocols.twopc.effects import (
@@ -143,14 +145,9 @@ class TwoPcSimConfig:
 
 
 @dataclass(slots=True)
-class _GroupHost:
-    id: str
-    store: DurableStore = field(default_factory=DurableStore)
-    node: RaftNode | None = None
+class _GroupHost(RaftHost):
     machine: TxStateMachine | None = None
     manager: TxManager | None = None
-    incarnation: int = 0
-    writes: deque[Ready] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -180,7 +177,7 @@ class _ClientTx:
     told: Outcome | None = None
 
 
-class TwoPcSimulation:
+class TwoPcSimulation(VirtualClock):
     """Run with :meth:`run`; the returned history goes to the checkers."""
 
     def __init__(
@@ -189,6 +186,7 @@ class TwoPcSimulation:
         participant_factory: ParticipantFactory | None = None,
         table_factory: TableFactory | None = None,
     ) -> None:
+        super().__init__()
         self.seed = seed
         self.cfg = config or TwoPcSimConfig()
         self._new_manager = manager_factory or TxManager
@@ -199,11 +197,10 @@ class TwoPcSimulation:
         self._node_rng = root.fork()
         self._client_rng = root.fork()
         self._disk_rng = root.fork()
+        self._disk = ReadyDisk[_GroupHost](self, self._disk_rng, self.cfg.disk_delay,
+                                           send=self._send_ready, drain=self._drain)
         self._resource_rng = root.fork()
         self.network = Network(root.fork(), self.cfg.network)
-        self.now = 0
-        self._queue: list[tuple[int, int, Callable[[], None]]] = []
-        self._seq = 0
         self.groups = {f"n{i}": _GroupHost(f"n{i}") for i in range(self.cfg.nodes)}
         self.members = tuple(self.groups)
         self.parts = {f"p{i}": _ParticipantHost(f"p{i}") for i in range(self.cfg.participants)}
@@ -216,10 +213,6 @@ class TwoPcSimulation:
 
     # ------------------------------------------------------------------ engine
 
-    def at(self, time: int, fn: Callable[[], None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (time, self._seq, fn))
-
     def run(self) -> TwoPcHistory:
         for g in self.groups.values():
             self._start_group(g)
@@ -229,18 +222,10 @@ class TwoPcSimulation:
             self.at(self._node_rng.below(self.cfg.participant_tick_ms),
                     lambda p=p: self._tick_participant(p))  # type: ignore[misc]
         self._plan_transactions()
-        t = 0
-        while True:
-            t += self._fault_rng.between(*self.cfg.fault_gap)
-            if t >= self.cfg.duration:
-                break
-            self.at(t, self._fault)
+        self.at_random_gaps(self._fault_rng, self.cfg.fault_gap, self.cfg.duration, self._fault)
         self.at(self.cfg.duration, self._heal_all)
         end = self.cfg.duration + self.cfg.settle
-        while self._queue and self._queue[0][0] <= end and not self._finished:
-            time, _, fn = heapq.heappop(self._queue)
-            self.now = time
-            fn()
+        self.run_until(end, lambda: self._finished)
         self.history.final = self._final_state()
         return self.history
 
@@ -269,8 +254,7 @@ class TwoPcSimulation:
     # ------------------------------------------------------------- group nodes
 
     def _start_group(self, g: _GroupHost) -> None:
-        g.incarnation += 1
-        g.writes = deque()  # whatever was being written when it crashed is lost
+        g.boot()
         table = self._new_table()
         g.machine = TxStateMachine(table)
         g.node = RaftNode(g.id, self.members, g.machine, self._node_rng.fork(), self.cfg.raft, g.store.load())
@@ -280,8 +264,8 @@ class TwoPcSimulation:
     def _crash_group(self, g: _GroupHost) -> None:
         if g.node is None:
             return
-        g.node, g.machine, g.manager = None, None, None
-        g.writes = deque()
+        g.power_cut()
+        g.machine, g.manager = None, None
         if not self._calm:
             delay = self._fault_rng.between(*self.cfg.restart_delay)
             self.at(self.now + delay, lambda: self._restart_group(g))
@@ -306,36 +290,16 @@ class TwoPcSimulation:
         results = g.machine.drain_results()
         for r in results:
             self._record_applied(g, r)  # applied means committed: the checkers' time of decision
-        if not rd.empty:
-            self._send_raft(rd.early_messages)  # a leader's appends need not wait for its disk
-            g.writes.append(rd)
         incarnation = g.incarnation
         leads = g.node.role is Role.LEADER
         if results or (g.manager is not None and g.manager.is_leader != leads):
             # The manager hears of applied entries and leadership in order, after this drain.
             self.at(self.now, lambda: self._manager_catch_up(g, incarnation, results))
-        if not rd.empty and len(g.writes) == 1:
-            self._start_write(g)
+        if not rd.empty:
+            self._disk.submit(g, rd)
 
-    def _start_write(self, g: _GroupHost) -> None:
-        delay = self._disk_rng.between(*self.cfg.disk_delay)
-        incarnation = g.incarnation
-        if delay == 0:
-            self._write_done(g, incarnation)
-        else:
-            self.at(self.now + delay, lambda: self._write_done(g, incarnation))
-
-    def _write_done(self, g: _GroupHost, incarnation: int) -> None:
-        if g.node is None or g.incarnation != incarnation or not g.writes:
-            return  # crashed while it was in flight: lost
-        rd = g.writes.popleft()
-        g.store.persist(rd)  # durable first ...
-        g.node.advance(rd)
-        self._send_raft(rd.messages)  # ... then talk (replies are not used: the manager proposes)
-        if g.writes:
-            self._start_write(g)
-        if g.node is not None and g.incarnation == incarnation:
-            self._drain(g)  # advance may have committed
+    def _send_ready(self, g: _GroupHost, messages: Sequence[Message], replies: Sequence[ClientReply]) -> None:
+        self._send_raft(messages)  # replies are not used: the manager proposes
 
     def _send_raft(self, messages: Sequence[Message]) -> None:
         for m in messages:
