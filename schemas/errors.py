@@ -25,6 +25,7 @@ at the I/O boundary with ``raise ... from exc`` (usually through
     │   └── CoordinationError    a Raft group or the lock service could not do what was asked
     │       ├── CoordinationTimeout  no answer in time
     │       ├── AdminRefused     a membership change or transfer was refused (``reason``)
+    │       ├── TxAborted        a two-phase commit transaction was aborted (``tx_id``, ``reason``)
     │       └── LockUnavailable  a lock was refused for good
     │           └── DeadlockVictim   this session was chosen to break a wait-for cycle
     ├── StorageError             durable local state (a Raft node's log) could not be read or written
@@ -73,6 +74,7 @@ __all__ = [
     "StoreError",
     "SubscriptionRefused",
     "TopicError",
+    "TxAborted",
     "TxError",
     "UnsupportedVersion",
     "UpdateFailed",
@@ -162,6 +164,20 @@ class AdminRefused(CoordinationError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class TxAborted(CoordinationError):
+    """The group decided to abort a transaction: nothing of it was applied anywhere.
+
+    ``reason`` says why, as the log recorded it: a participant's no vote with
+    its resource's reason (``"cam-b voted no: camera 7 is not in this agent's
+    table"``), ``"timeout"``, a deadlock victim's lock reason.
+    """
+
+    def __init__(self, tx_id: str, reason: str) -> None:
+        super().__init__(f"transaction {tx_id} aborted: {reason or 'no reason given'}")
+        self.tx_id = tx_id
         self.reason = reason
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from broker.coordination.storage import RaftStorage
 from broker.coordination.transport import PeerTransport
+from broker.coordination.tx_service import GroupTxService
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
 from protocols.coordination.group_state import GroupStateMachine, encode_op
@@ -82,6 +83,9 @@ from protocols.raft import (
     VoteResponse,
 )
 from protocols.raft.ready import BecameLeader, LeaderChanged, MembersChanged
+from protocols.twopc import TxMessage
+from protocols.twopc.messages import TX_MESSAGE_TYPES
+from protocols.twopc.topics import TxTopics
 from schemas.errors import CodecError, LockError, StorageError, TopicError
 from schemas.topics import TopicTree, validate_name
 
@@ -144,7 +148,7 @@ class _Rng:
         return self._r.randrange(n)
 
 
-_Input = Message | ClientRequest | _LeaderGone | _Admin
+_Input = Message | ClientRequest | _LeaderGone | _Admin | TxMessage
 _RAFT_MESSAGES = (VoteRequest, VoteResponse, AppendRequest, AppendResponse, SnapshotRequest, TimeoutNow)
 
 
@@ -176,6 +180,8 @@ class RaftDriver:
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._watched: set[str] = set()  # peers whose presence (will) this node follows
         self._was_member = config.node in self.node.members
+        self.tx = GroupTxService(config.node, TxTopics(_tree(bus.root), config.group), self.app.tx,
+                                 self.transport.publish, self._propose_tx)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -186,6 +192,7 @@ class RaftDriver:
         s.subscribe(self.topics.requests_for(self.config.node), self._on_request)
         s.subscribe(self.topics.admin_requests(), self._admin_handler(directed=False))
         s.subscribe(self.topics.admin_requests_for(self.config.node), self._admin_handler(directed=True))
+        s.subscribe(self.tx.topics.group_inbox(), self._on_tx)
         self._watch_presence(self.config.peers + self.node.members)
         s.start(threaded=False)  # the loop below drives it
         self._thread = threading.Thread(target=self._run, name=f"raft-{self.config.node}", daemon=True)
@@ -222,6 +229,13 @@ class RaftDriver:
     def _on_request(self, msg: ReceivedMessage) -> None:
         obj = self._decode(msg)
         if isinstance(obj, ClientRequest):
+            self._inputs.put(obj)
+
+    def _on_tx(self, msg: ReceivedMessage) -> None:
+        if self.node.role is not Role.LEADER:
+            return  # every node hears the group topic; only the leader acts (a stale read is harmless)
+        obj = self.tx.decode(msg)
+        if obj is not None:
             self._inputs.put(obj)
 
     def _admin_handler(self, directed: bool) -> Callable[[ReceivedMessage], None]:
@@ -287,6 +301,8 @@ class RaftDriver:
                     last_expire = now
                     self.node.propose(encode_op("lock", encode_entry(_now_ms(), Expire())))
                 self._drain_ready()
+                self.tx.leadership(self.node.role is Role.LEADER)
+                self.tx.tick(now)
                 if self._pending:
                     self._settle_admin(now)
                 status = self.node.status()
@@ -307,6 +323,8 @@ class RaftDriver:
             self._propose(item)
         elif isinstance(item, _Admin):
             self._admin(item)
+        elif isinstance(item, TX_MESSAGE_TYPES):
+            self.tx.receive(item)
         elif isinstance(item, _LeaderGone):
             if self.node.leader == item.leader:
                 logger.info("leader %s went offline: electing now", item.leader)
@@ -329,6 +347,11 @@ class RaftDriver:
             logger.warning("dropping request with unknown op %r from %s", req.op, req.client_id)
             return
         self.node.propose(command, req.client_id, req.seq)
+
+    def _propose_tx(self, command: bytes) -> None:
+        """A transaction manager's proposal; refused ones are proposed again by the manager."""
+        if self.node.role is Role.LEADER:
+            self.node.propose(command)
 
     # -- membership and leadership (operator requests) ----------------------------------------------
 
@@ -481,6 +504,8 @@ class RaftDriver:
                 self.storage.persist(rd)
                 self.node.advance(rd)
             self._publish_events(rd, events)
+            self.tx.leadership(self.node.role is Role.LEADER)
+            self.tx.applied(self.app.drain_tx_results())
 
     def _publish_events(self, rd: Ready, events: list[LockEvent]) -> None:
         if self.node.role is Role.LEADER and events:

@@ -1,7 +1,9 @@
-"""The state machine one Raft group replicates: the lock table plus an append register.
+"""The state machine one Raft group replicates: the lock table, the transaction table, an append register.
 
 A log entry is ``msgpack([1, op, body])``: ``lock`` (body: a lock entry from
 :func:`protocols.locks.encode_entry`, already stamped with the leader's time),
+``tx`` (body: a two-phase commit entry from :func:`protocols.twopc.encode_entry`,
+stamped the same way; the decision log of every transaction the group manages),
 ``append`` (body: bytes appended to the register; the result is the new
 length, so a client learns its slot) or ``read`` (the whole register, read
 through the log so it is linearizable). The register exists so fault tests can
@@ -15,6 +17,7 @@ from typing import Any
 import msgpack
 
 from protocols.locks import Granted, LockEvent, LockResult, LockStateMachine, LockStatus, decode_entry
+from protocols.twopc.table import TxResult, TxTable, encode_result
 from schemas.errors import CodecError, UnsupportedVersion
 
 __all__ = ["ENTRY_VERSION", "GroupStateMachine", "decode_lock_result", "encode_op", "encode_lock_result"]
@@ -47,8 +50,10 @@ class GroupStateMachine:
 
     def __init__(self) -> None:
         self.locks = LockStateMachine()
+        self.tx = TxTable()
         self.register: list[bytes] = []
         self._events: list[LockEvent] = []
+        self._tx_results: list[TxResult] = []
 
     def apply(self, command: bytes) -> bytes:
         try:
@@ -65,6 +70,10 @@ class GroupStateMachine:
             self._events.extend(e for e in result.events if not (
                 isinstance(e, Granted) and e.session_id == sender and result.status is LockStatus.GRANTED))
             return encode_lock_result(result)
+        if op == "tx":
+            tx_result = self.tx.apply_entry(bytes(body))
+            self._tx_results.append(tx_result)
+            return encode_result(tx_result)
         if op == "append":
             self.register.append(bytes(body))
             return msgpack.packb([ENTRY_VERSION, "ok", len(self.register)])
@@ -77,8 +86,15 @@ class GroupStateMachine:
         events, self._events = self._events, []
         return events
 
+    def drain_tx_results(self) -> list[TxResult]:
+        """Results of the transaction entries applied since the last call, in log order (for the
+        node's :class:`~protocols.twopc.TxManager`, on every node)."""
+        results, self._tx_results = self._tx_results, []
+        return results
+
     def snapshot(self) -> bytes:
-        return msgpack.packb([ENTRY_VERSION, self.locks.snapshot(), self.register], use_bin_type=True)
+        return msgpack.packb([ENTRY_VERSION, self.locks.snapshot(), self.register, self.tx.snapshot()],
+                             use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
         body: Any = msgpack.unpackb(data)
@@ -86,4 +102,9 @@ class GroupStateMachine:
             raise UnsupportedVersion(f"group snapshot version {body[0]} is not supported")
         self.locks.restore(body[1])
         self.register = [bytes(x) for x in body[2]]
+        if len(body) > 3:  # snapshots written before the transaction table have three parts
+            self.tx.restore(bytes(body[3]))
+        else:
+            self.tx.restore(TxTable(self.tx.tombstone_ms).snapshot())  # in place: the manager holds it
         self._events = []
+        self._tx_results = []

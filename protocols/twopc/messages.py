@@ -49,6 +49,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MAX_TIMEOUT_MS",
     "MAX_REASON_CHARS",
+    "TX_MESSAGE_TYPES",
     "Ack",
     "BeginRequest",
     "Decision",
@@ -455,7 +456,8 @@ def _outcome(where: str, value: object) -> Outcome:
 
 
 TxMessage = BeginRequest | Prepare | Vote | Decision | Ack | StatusQuery | StatusReply
-_MESSAGE_TYPES = (BeginRequest, Prepare, Vote, Decision, Ack, StatusQuery, StatusReply)
+TX_MESSAGE_TYPES = (BeginRequest, Prepare, Vote, Decision, Ack, StatusQuery, StatusReply)
+_MESSAGE_TYPES = TX_MESSAGE_TYPES
 
 
 def encode_message(message: TxMessage) -> bytes:
