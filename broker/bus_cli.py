@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-bus sub --json -C 1 'edgebus/+/birth' one message as a JSON object, then exit\n"
                "  edge-bus pub -t edgebus/cam-1/cmd/rebirth -m '{}' --envelope\n"
                "  edge-bus lock --group locks hold camera-7/ptz -- ./move.sh   a fenced lock (Raft group)\n"
+               "  edge-bus raft serve --group locks --node n1 --peers n1,n2,n3 --data DIR   run a node\n"
                "  edge-bus raft status --group locks          each node's role, term, commit, members\n"
+               "  edge-bus tx run --group locks --part a=@work.json --part b=@work.json   two-phase commit\n"
                "  edge-bus raft add-member --group locks n4   grow the group (start n4 with --join first)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -215,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from broker.coordination.cli import lock_main
 
         return lock_main(argv[1:])
+    if argv[:1] == ["tx"]:
+        from broker.twopc.cli import tx_main
+
+        return tx_main(argv[1:])
     if argv[:1] == ["raft"]:
         from broker.coordination.cli import raft_main
 
@@ -225,3 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("sub needs at least one topic filter (TOPIC or -t TOPIC)")
     setup_logging(args.log_level)
     return run_tool("edge-bus", lambda: _run_sub(args) if args.command == "sub" else _run_pub(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

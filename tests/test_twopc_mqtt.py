@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +131,29 @@ def test_the_async_client_commits(env: Env) -> None:
         return t.result is not None and t.result.committed
 
     assert asyncio.run(go())
+
+
+def _cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "broker.bus_cli", "tx", *args[:1], "--host", env.broker.host,
+           "--port", str(env.broker.port), "--group", GROUP, *args[1:]]
+    if env.broker.username:
+        cmd[cmd.index("--group"):cmd.index("--group")] = ["--username", env.broker.username]
+    run_env = {**os.environ, "EDGEBUS_BROKER_PASSWORD": env.broker.password or ""}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=run_env, check=False)
+
+
+def test_the_command_line_runs_lists_and_reports_transactions(env: Env) -> None:
+    a = env.participant("pa")
+    done = _cli(env, "run", "--part", 'pa={"set": {"from-cli": 1}}', "--timeout", "10")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["outcome"] == "commit"
+    assert wait_until(lambda: a.resource.state() == {"from-cli": 1}, 10)
+    status = _cli(env, "status", body["tx"])
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "commit"
+    refused = _cli(env, "run", "--part", 'pa={"refuse": "no room"}', "--timeout", "10")
+    assert refused.returncode == 1 and json.loads(refused.stdout)["reason"] == "pa voted no: no room"
+    listed = _cli(env, "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["group"] == GROUP
+    bad = _cli(env, "run", "--part", "no-equals-sign")
+    assert bad.returncode == 2 and "PARTICIPANT=PAYLOAD" in bad.stderr

@@ -39,7 +39,7 @@ Operate a Raft group (the lock service's replicas). Changes go to the leader, on
 
 Add a node (grow, or replace one):
   1. start it for the running group, with no peers of its own:
-       python -m broker.coordination.node_main --group G --node n4 --join --data DIR ...
+       edge-bus raft serve --group G --node n4 --join --data DIR ...
   2. edge-bus raft add-member --group G n4
   3. edge-bus raft status --group G   (n4 is a member and its "applied" reaches the others')
 Replace a dead node: remove it first (below), then add the new one: the quorum never counts the dead one.
@@ -126,10 +126,17 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def raft_main(argv: list[str] | None = None) -> int:
-    """``edge-bus raft status|add-member|remove-member|transfer``: exit 0 done, 1 refused, 2 no answer."""
+    """``edge-bus raft serve|status|add-member|remove-member|transfer``: 0 done, 1 refused, 2 no answer."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # run a node in this process (the options are node_main's)
+        from broker.coordination import node_main
+
+        return node_main.main(argv[1:])
     p = argparse.ArgumentParser(prog="edge-bus raft", description=RAFT_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("serve", add_help=False,
+                   help="run one node of a group until SIGTERM (edge-bus raft serve --help for options)")
     st = sub.add_parser("status", help="every node's role, term, commit and leader, and who is a member")
     _status_args(st)
     a = sub.add_parser("add-member", formatter_class=argparse.RawDescriptionHelpFormatter,

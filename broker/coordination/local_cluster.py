@@ -1,6 +1,6 @@
 """A Raft group of separate OS processes on one machine, for fault tests and the benchmark.
 
-Each node is ``python -m broker.coordination.node_main``; :class:`GroupWatcher`
+Each node is ``edge-bus raft serve`` (run as ``python -m broker.bus_cli``); :class:`GroupWatcher`
 follows the nodes' retained status topics so callers can wait for a leader
 without sleeping blindly.
 """
@@ -43,7 +43,7 @@ class LocalCluster:
         which then still has to be added (:meth:`RaftClient.add_member`)."""
         for n in [node] if node else self.nodes:
             how = ["--join"] if join else ["--peers", ",".join(self.nodes)]
-            cmd = [sys.executable, "-m", "broker.coordination.node_main", "--group", self.group, "--node", n,
+            cmd = [sys.executable, "-m", "broker.bus_cli", "raft", "serve", "--group", self.group, "--node", n,
                    *how, "--data", str(self.data_dir), "--host", self.bus.host,
                    "--port", str(self.bus.port), "--root", self.bus.root, "--tick-ms", str(self.tick_ms),
                    "--election-ticks", str(self.election_ticks), "--log-level", self.log_level]

@@ -1,4 +1,7 @@
-"""``python -m broker.coordination.node_main``: run one Raft node until SIGTERM/SIGINT.
+"""``edge-bus raft serve`` (or ``python -m broker.coordination.node_main``): run one Raft node until SIGTERM.
+
+The node serves the lock service and two-phase commit (the transaction manager
+runs on every node; the leader's acts) for its group.
 
 A new group: start every node with the same ``--peers``. A node for a group
 that is already running: start it with ``--join`` (no ``--peers``) first, then
@@ -30,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edge-bus-raft-node", description=__doc__)
+    p = argparse.ArgumentParser(prog="edge-bus raft serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--group", required=True)
     p.add_argument("--node", required=True)
     how = p.add_mutually_exclusive_group(required=True)

@@ -87,7 +87,7 @@ class TxClient:
         self._replies: dict[str, StatusReply] = {}
         self._waiting: set[str] = set()
         self.retries = 0
-        session.subscribe(self.topics.to(self.client_id), self._on_message, 1)
+        session.subscribe(self.topics.to(self.client_id), self._on_message)
 
     def new_id(self) -> str:
         return f"{self.client_id}-{uuid.uuid4().hex[:16]}"

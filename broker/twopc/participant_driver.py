@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +37,7 @@ from protocols.twopc import (
     Delete,
     Effect,
     InputError,
+    Outcome,
     Participant,
     ParticipantConfig,
     Persist,
@@ -60,9 +62,9 @@ class TxSession(Protocol):
 
     topics: TopicTree
 
-    def subscribe(self, topic_filter: str, handler: object, qos: int = 1) -> object: ...
+    def subscribe(self, topic_filter: str, handler: Callable[[ReceivedMessage], None], /) -> object: ...
 
-    def publish(self, topic: str, payload: bytes | str, *, qos: int = ..., retain: bool = ...) -> bool: ...
+    def publish(self, topic: str, payload: bytes | str, /, *, qos: int = ..., retain: bool = ...) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +102,15 @@ class ParticipantDriver:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._recovered = False
+        self.applied: list[tuple[str, Outcome]] = []  # decisions applied to the resource, in order
+
+    @property
+    def recovered(self) -> bool:
+        """The start-up recovery ran (what the store and the resource held is being resolved)."""
+        return self._recovered
 
     def start(self) -> ParticipantDriver:
-        self.session.subscribe(self.topics.to(self.id), self._on_message, 1)
+        self.session.subscribe(self.topics.to(self.id), self._on_message)
         self._thread = threading.Thread(target=self._run, name=f"tx-participant-{self.id}", daemon=True)
         self._thread.start()
         return self
@@ -215,6 +223,8 @@ class ParticipantDriver:
             logger.warning("participant %s: cannot %s %s yet: %s", self.id, e.outcome.value, e.tx_id, exc)
             return False
         self.counters[f"applied_{e.outcome.value}"] += 1
+        if len(self.applied) < 10_000:
+            self.applied.append((e.tx_id, e.outcome))
         return True
 
     def _reset(self) -> None:
