@@ -7,6 +7,7 @@ Assistant, no cameras and no command handlers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,18 @@ def load_config(path: Path) -> AgentConfig:
     return config
 
 
-def parse_cameras(config: AgentConfig) -> list[Any]:
-    """The configured cameras, checked; needs the ``[camera]`` extra only when there are any."""
-    if not config.cameras:
+def parse_cameras(config: AgentConfig, tables: Sequence[Mapping[str, Any]] | None = None) -> list[Any]:
+    """The configured cameras (or ``tables``), checked; needs the ``[camera]`` extra only when there
+    are any."""
+    tables = config.cameras if tables is None else tables
+    if not tables:
         return []
     try:
         from agents.camera.host import parse_camera
     except ImportError as exc:
         raise ConfigError(f"cameras are configured but the camera extra is missing ({exc}); "
                           "install it with: pip install 'edgebus[camera]'") from exc
-    return [parse_camera(table, f"cameras[{i}]") for i, table in enumerate(config.cameras)]
+    return [parse_camera(table, f"cameras[{i}]") for i, table in enumerate(tables)]
 
 
 def build_agent(config: AgentConfig) -> Agent:
@@ -54,7 +57,13 @@ def build_agent(config: AgentConfig) -> Agent:
     Assistant discovery (unless disabled), command handling and over-the-air updates
     (unless ``[ota] enabled = false``)."""
     agent = Agent(config)
-    cameras = parse_cameras(config)
+    assignments: Any = None
+    if config.transactions.group:
+        # Committed camera moves outlive restarts: they overlay agent.toml's cameras.
+        from agents.camera.assignments import CameraAssignments
+
+        assignments = CameraAssignments(config.device.data_dir / "camera-assignments.json")
+    cameras = parse_cameras(config, assignments.cameras(config.cameras) if assignments else None)
     host: Any = None
     try:
         from agents.camera.host import CameraHost
@@ -65,6 +74,15 @@ def build_agent(config: AgentConfig) -> Agent:
     if host is not None:
         agent.add_extension(host)
         agent.capabilities.append("cameras")
+        if assignments is not None:
+            from agents.camera.transactions import TransactionsHost
+
+            agent.add_extension(TransactionsHost(agent.session, config.transactions.group, config.device.id,
+                                                 host, assignments, config.device.data_dir))
+            agent.capabilities.append("transactions")
+    elif config.transactions.group:
+        raise ConfigError("transactions.group is set but the camera extra is missing: camera moves need "
+                          "it (pip install 'edgebus[camera]')")
     rebirth_also: list[Any] = []
     if config.home_assistant.enabled:
         ha = HomeAssistantHost(agent.session, config, agent_version(),

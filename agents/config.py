@@ -32,7 +32,7 @@ from schemas.errors import ConfigError, TopicError
 from schemas.topics import validate_device_id, validate_name
 
 __all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig", "OtaConfig",
-           "SheddingConfig"]
+           "SheddingConfig", "TransactionsConfig"]
 
 DEFAULT_COLLECTORS = ("cpu", "memory", "disk", "temperature", "network", "battery", "agent")
 DEFAULT_OTA_PREFIX = "/opt/edgebus"
@@ -211,6 +211,26 @@ class OtaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransactionsConfig:
+    """Two-phase commit: ``group`` is the Raft group whose transactions this agent takes part in
+    (camera moves); empty means the agent is no participant. Its participant id is its device id."""
+
+    group: str = ""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TransactionsConfig:
+        s = "transactions"
+        check_section_keys(s, data, {"group"})
+        group = _str(s, "group", data, "") or ""
+        if group:
+            try:
+                validate_name(group, "transactions.group")
+            except TopicError as exc:
+                raise ConfigError(str(exc)) from exc
+        return cls(group=group)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     device: DeviceConfig
     broker: BusConfig
@@ -219,6 +239,7 @@ class AgentConfig:
     home_assistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     cameras: tuple[Mapping[str, Any], ...] = ()
     ota: OtaConfig = field(default_factory=OtaConfig)
+    transactions: TransactionsConfig = field(default_factory=TransactionsConfig)
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -231,7 +252,8 @@ class AgentConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AgentConfig:
         check_section_keys("(top level)", data,
-                    {"device", "broker", "metrics", "shedding", "home_assistant", "cameras", "ota"})
+                    {"device", "broker", "metrics", "shedding", "home_assistant", "cameras", "ota",
+                     "transactions"})
         device = DeviceConfig.from_mapping(section_table("device", data.get("device")))
         broker_data = dict(section_table("broker", data.get("broker")))
         if "device" in broker_data:
@@ -247,4 +269,6 @@ class AgentConfig:
                    home_assistant=HomeAssistantConfig.from_mapping(
                        section_table("home_assistant", data.get("home_assistant"))),
                    cameras=tuple(cameras),
-                   ota=OtaConfig.from_mapping(section_table("ota", data.get("ota"))))
+                   ota=OtaConfig.from_mapping(section_table("ota", data.get("ota"))),
+                   transactions=TransactionsConfig.from_mapping(
+                       section_table("transactions", data.get("transactions"))))

@@ -11,6 +11,7 @@ Importing this module needs the ``[camera]`` extra (OpenCV, onnxruntime).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -29,11 +30,12 @@ from broker.session import BusSession
 from schemas.errors import ConfigError
 from schemas.messages import MetricSample
 
-__all__ = ["CameraHost", "parse_camera"]
+__all__ = ["CAMERAS_STATE", "CameraHost", "parse_camera"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY = 2
+CAMERAS_STATE = "cameras"  # state/cameras: the retained list of cameras this agent runs
 DEFAULT_DETECTOR: Mapping[str, Any] = {"type": "ssdlite"}
 
 
@@ -123,6 +125,7 @@ class CameraHost(AgentExtension):
                 raise
             except Exception:
                 logger.exception("camera %s could not start", camera.config.name)
+        self.publish_cameras()
 
     def stop(self) -> None:
         with self._lock:
@@ -156,6 +159,7 @@ class CameraHost(AgentExtension):
             self._launch(previous.camera)
             raise ConfigError(f"{exc}; camera {camera.config.name!r} keeps its previous "
                               "configuration") from exc
+        self.publish_cameras()
         return {"camera": camera.config.name, "started": True, "replaced": replaced}
 
     def unassign(self, args: Mapping[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
@@ -170,7 +174,37 @@ class CameraHost(AgentExtension):
                 return {"camera": name, "stopped": False}
             raise ConfigError(f"no camera {name!r} on this device (running: {', '.join(self.cameras)})")
         running.stop()
+        self.publish_cameras()
         return {"camera": name, "stopped": True}
+
+    # -- two-phase commit moves (agents/camera/move_resource.py) ----------
+
+    def check_table(self, table: Mapping[str, Any]) -> None:
+        """Raise ConfigError if ``table`` is not a camera this agent could run."""
+        parse_camera(table, f"camera {table.get('name')!r}")
+
+    def start_camera(self, table: Mapping[str, Any]) -> None:
+        """Start the camera of ``table`` (a committed take); ConfigError if its pipeline cannot start."""
+        camera = parse_camera(table, f"camera {table.get('name')!r}")
+        self.unassign({"camera": camera.config.name}, missing_ok=True)
+        try:
+            self._launch(camera)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"camera {camera.config.name} did not start: {exc}") from exc
+        self.publish_cameras()
+
+    def stop_camera(self, camera: str) -> None:
+        """Stop ``camera`` (a committed release); nothing if it is not running."""
+        self.unassign({"camera": camera}, missing_ok=True)
+
+    def publish_cameras(self) -> None:
+        """The retained ``state/cameras``: which cameras this agent runs (one owner per camera)."""
+        body = json.dumps({"cameras": self.cameras})
+        device = self.session.config.device
+        if device:  # an agent's session always has one; a bare test session may not
+            self.session.publish(self.session.topics.state(device, CAMERAS_STATE), body, qos=1, retain=True)
 
     def reload_model(self, model: Path) -> list[str]:
         """Restart every camera whose detector uses ``model`` (an OTA model update landed there).
