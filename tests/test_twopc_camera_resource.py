@@ -103,5 +103,5 @@ def test_refusals_name_the_reason(tmp_path: Path) -> None:
 
 def test_an_unreadable_assignments_file_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "assignments.json").write_text("{oops")
-    with pytest.raises(StorageError, match="assignments.json"):
+    with pytest.raises(StorageError, match=r"assignments\.json"):
         CameraAssignments(tmp_path / "assignments.json")

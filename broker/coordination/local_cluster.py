@@ -43,8 +43,8 @@ class LocalCluster:
         which then still has to be added (:meth:`RaftClient.add_member`)."""
         for n in [node] if node else self.nodes:
             how = ["--join"] if join else ["--peers", ",".join(self.nodes)]
-            cmd = [sys.executable, "-m", "broker.bus_cli", "raft", "serve", "--group", self.group, "--node", n,
-                   *how, "--data", str(self.data_dir), "--host", self.bus.host,
+            cmd = [sys.executable, "-m", "broker.bus_cli", "raft", "serve", "--group", self.group,
+                   "--node", n, *how, "--data", str(self.data_dir), "--host", self.bus.host,
                    "--port", str(self.bus.port), "--root", self.bus.root, "--tick-ms", str(self.tick_ms),
                    "--election-ticks", str(self.election_ticks), "--log-level", self.log_level]
             if self.bus.username:
