@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import re
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -34,6 +36,7 @@ from protocols.twopc import (
     encode_participant_record,
 )
 from protocols.twopc.commands import decode_command, encode_command
+from protocols.twopc.messages import TX_MESSAGE_TYPES
 from schemas.errors import CodecError, TxError, UnsupportedVersion
 from schemas.messages import decode_record, encode_record
 
@@ -153,3 +156,14 @@ def test_participant_records_round_trip_and_refuse_nonsense() -> None:
         decode_participant_record(msgpack.packb([1, "tx1", True, "", "perhaps", 5, 6]))
     with pytest.raises(CodecError):
         decode_participant_record(b"\x93")
+
+
+def test_format_md_documents_every_transaction_record_and_its_keys() -> None:
+    """schemas/FORMAT.md's table is the contract: one row per record type, naming exactly its wire keys."""
+    text = (Path(__file__).resolve().parents[1] / "schemas" / "FORMAT.md").read_text()
+    section = text.split("## Two-phase commit", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(tx_\w+)` \| [^|]+ \| (.+) \|$", section, re.M)}
+    assert set(rows) == {t.TYPE for t in TX_MESSAGE_TYPES}
+    for record in TX_MESSAGE_TYPES:
+        documented = set(re.findall(r"(?:^|, )`(\w+)`", rows[record.TYPE]))
+        assert documented == set(record.WIRE_KEYS), record.TYPE
