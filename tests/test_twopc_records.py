@@ -162,7 +162,8 @@ def test_format_md_documents_every_transaction_record_and_its_keys() -> None:
     """schemas/FORMAT.md's table is the contract: one row per record type, naming exactly its wire keys."""
     text = (Path(__file__).resolve().parents[1] / "schemas" / "FORMAT.md").read_text()
     section = text.split("## Two-phase commit", 1)[1].split("\n## ", 1)[0]
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(tx_\w+)` \| [^|]+ \| (.+) \|$", section, re.M)}
+    row = re.compile(r"^\| `(tx_\w+)` \| [^|]+ \| (.+) \|$", re.M)
+    rows = {m.group(1): m.group(2) for m in row.finditer(section)}
     assert set(rows) == {t.TYPE for t in TX_MESSAGE_TYPES}
     for record in TX_MESSAGE_TYPES:
         documented = set(re.findall(r"(?:^|, )`(\w+)`", rows[record.TYPE]))
