@@ -114,6 +114,9 @@ def test_bad_input_is_refused_counted_and_dead_lettered(env: Env) -> None:
     env.session.publish(env.topics.group_inbox(), b"\x00not an envelope", qos=1)
     env.session.publish(env.topics.to("pa"), b"\x00garbage", qos=1)
     assert wait_until(lambda: {e["code"] for e in list(env.errors)} >= {"unknown_tx", "malformed"}, 10)
+    # Counted where an operator looks (edge-bus raft status --json: each node's status).
+    assert env.watcher.wait_for(lambda st: any(
+        s.get("tx", {}).get("counters", {}).get("refused_unknown_tx", 0) >= 1 for s in st.values()), 10)
     # Nothing changed: the committed transaction stays committed, and the group still works.
     assert env.client.status(t.tx_id).state is TxState.COMMIT
     with env.client.transaction(timeout_s=10) as t2:

@@ -570,7 +570,7 @@ class RaftDriver:
     def _publish_status(self, s: RaftStatus) -> None:
         body = {"node": s.node, "role": s.role, "term": s.term, "leader": s.leader, "commit": s.commit,
                 "applied": s.applied, "last_index": s.last_index, "snapshot_index": s.snapshot_index,
-                "members": list(s.members), "time_ms": _now_ms()}
+                "members": list(s.members), "time_ms": _now_ms(), "tx": self.tx.status()}
         self.transport.publish(self.topics.node_status(self.config.node), json.dumps(body), qos=1,
                                retain=True)
 

@@ -65,7 +65,7 @@ class GroupTxService:
 
     def __init__(self, node_id: str, topics: TxTopics, table: TxTable, publish: Publish,
                  propose: ProposeFn, config: ManagerConfig | None = None,
-                 open_interval_s: float = 0.5) -> None:
+                 open_interval_s: float = 0.5, tick_interval_s: float = 0.02) -> None:
         self.topics = topics
         self.manager = TxManager(node_id, topics.group, table, config)
         self._publish = publish
@@ -75,6 +75,8 @@ class GroupTxService:
         self._open_dirty = True
         self._open_sent = 0.0
         self._node = node_id
+        self._tick_interval_s = tick_interval_s
+        self._last_tick = 0.0
 
     # ---- inputs (the driver's thread) ---------------------------------------------------------
 
@@ -107,13 +109,21 @@ class GroupTxService:
             self.manager.lost_leadership()
 
     def tick(self, monotonic_now: float) -> None:
-        if not self.manager.is_leader:
+        if not self.manager.is_leader or monotonic_now - self._last_tick < self._tick_interval_s:
             return
+        self._last_tick = monotonic_now
         self._run(self.manager.tick(now_ms()))
         if self._open_dirty and monotonic_now - self._open_sent >= self._open_interval_s:
             self._open_dirty = False
             self._open_sent = monotonic_now
             self._publish_open()
+
+    def status(self) -> dict[str, object]:
+        """For the node's status topic: open transactions on this replica and what the manager counted."""
+        table = self.manager.table
+        open_ = list(table.open_transactions())
+        return {"open": len(open_), "undecided": sum(1 for t in open_ if t.outcome is None),
+                "counters": dict(sorted(self.counters.items()))}
 
     # ---- effects -----------------------------------------------------------------------------
 
