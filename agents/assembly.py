@@ -14,8 +14,10 @@ from typing import Any
 from agents.collectors.base import CollectorContext, create_collector
 from agents.commands.host import CommandHost
 from agents.config import AgentConfig
+from agents.extension import AgentExtension
 from agents.home_assistant.host import HomeAssistantHost
 from agents.runtime import Agent, agent_version
+from broker.session import ENVELOPE_CONTENT_TYPE
 from schemas.errors import ConfigError
 
 __all__ = ["build_agent", "describe", "load_config"]
@@ -74,6 +76,9 @@ def build_agent(config: AgentConfig) -> Agent:
     if host is not None:
         agent.add_extension(host)
         agent.capabilities.append("cameras")
+        backends = {str(c.config.detector.get("type")): dict(c.config.detector) for c in cameras}
+        if backends:
+            agent.add_extension(DetectorTiming(agent, sorted(backends.items())))
         if assignments is not None:
             from agents.camera.transactions import TransactionsHost
 
@@ -101,6 +106,25 @@ def build_agent(config: AgentConfig) -> Agent:
                                     on_model=host.reload_model if host is not None else None))
         agent.capabilities.append("ota")
     return agent
+
+
+class DetectorTiming(AgentExtension):
+    """Times the cameras' detector backends after start and re-publishes the birth with the figures."""
+
+    name = "detector-timing"
+
+    def __init__(self, agent: Agent, backends: list[tuple[str, dict[str, Any]]]) -> None:
+        self.agent = agent
+        self.backends = backends
+
+    def start(self) -> None:
+        from agents.detectors.base import create_detector
+
+        session = self.agent.session
+        self.agent.capacity.measure_detectors(
+            self.backends, create_detector,
+            then=lambda: session.publish(session.topics.birth(self.agent.device), self.agent.birth(),
+                                         qos=1, retain=True, content_type=ENVELOPE_CONTENT_TYPE))
 
 
 def describe(config: AgentConfig) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from agents.capacity import HostCapacity
 from agents.collectors.base import Collector, CollectorContext, create_collector
 from agents.config import AgentConfig, MetricsConfig
 from agents.extension import AgentExtension
@@ -98,10 +99,12 @@ class Agent:
         self.capabilities: list[str] = ["metrics"]
         #: Component versions in the birth; parts add theirs (the OTA part: slot and bundle).
         self.versions = {"python": platform.python_version(), "platform": platform.platform()}
+        #: Cores, memory, accelerators and (measured after start) detector speeds, for the balancer.
+        self.capacity = HostCapacity()
         self.birth = birth_payload(
             self.device, self.metrics.epoch, agent_version=agent_version(),
             capabilities=self.capabilities, versions=self.versions, groups=self.config.device.groups,
-            clock_ms=self._wall_ms)
+            clock_ms=self._wall_ms, capacity=self.capacity)
         self.session.set_birth(self.birth)
         self._extensions: list[AgentExtension] = []
         #: What ``edge-agent run`` exits with; a part may ask for a restart (:data:`EXIT_RESTART`).

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from broker.outbox import OutboxMessage
 from broker.session import ENVELOPE_CONTENT_TYPE, BusSession
+from schemas.birth import Capacity
 from schemas.errors import ConfigError
 from schemas.messages import Birth, MetricSample, MetricsBatch, encode_record
 
@@ -68,17 +69,20 @@ def birth_payload(
     versions: Mapping[str, str] | None = None,
     groups: Sequence[str] = (),
     clock_ms: Callable[[], int] | None = None,
+    capacity: Callable[[], Capacity | None] | None = None,
 ) -> Callable[[], bytes]:
     """A callable that encodes a fresh birth record for each connection.
 
     ``capabilities`` and ``versions`` are read at each call, so parts that add theirs
-    after this is made (before the connection) are in the birth.
+    after this is made (before the connection) are in the birth; so is ``capacity()``
+    (measured in the background: the next birth carries it).
     """
     now = clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     def make() -> bytes:
         return encode_record(Birth(device=device, epoch=epoch, agent_version=agent_version,
                                    capabilities=tuple(capabilities), groups=tuple(groups),
-                                   versions=dict(versions or {}), time_ms=now()))
+                                   versions=dict(versions or {}), time_ms=now(),
+                                   capacity=capacity() if capacity is not None else None))
 
     return make

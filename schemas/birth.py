@@ -28,7 +28,63 @@ from schemas.record_base import (
     register_record,
 )
 
-__all__ = ["Birth"]
+__all__ = ["Birth", "Capacity"]
+
+_MAX_FPS = 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the box can carry, for the load balancer: measured by the agent, not configured.
+
+    ``detector_fps`` maps a detector backend (``ssdlite``) to the frames per
+    second it ran on this box at start-up on the shipped benchmark image;
+    ``accelerators`` names what inference can use besides the CPU
+    (``CUDAExecutionProvider``, ``hailo``). Keys a reader does not know are kept.
+    """
+
+    cores: int
+    memory_mb: int
+    accelerators: tuple[str, ...] = ()
+    detector_fps: Mapping[str, float] = field(default_factory=empty_map, hash=False)
+    extra: Mapping[str, Any] = field(default_factory=empty_map, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cores", check_int("birth capacity.cores", self.cores, 1, 4096))
+        object.__setattr__(self, "memory_mb",
+                           check_int("birth capacity.memory_mb", self.memory_mb, 0, 2**40))
+        object.__setattr__(self, "accelerators",
+                           check_tuple("birth capacity.accelerators", self.accelerators, _capability))
+        fps = freeze_map("birth capacity.detector_fps", self.detector_fps)
+        for name, value in fps.items():
+            check_name(f"birth capacity.detector_fps key {str(name)[:40]!r}", name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= _MAX_FPS:
+                raise CodecError(f"birth capacity.detector_fps[{name!r}] must be a number in "
+                                 f"0..{_MAX_FPS:g}, not {value!r:.40}")
+        object.__setattr__(self, "detector_fps", fps)
+        object.__setattr__(self, "extra", freeze_map("birth capacity extra", self.extra))
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {**self.extra, "cores": self.cores, "memory_mb": self.memory_mb}
+        if self.accelerators:
+            body["accelerators"] = list(self.accelerators)
+        if self.detector_fps:
+            body["detector_fps"] = dict(self.detector_fps)
+        return body
+
+    @classmethod
+    def from_wire(cls, value: object) -> Capacity:
+        if not isinstance(value, dict):
+            raise CodecError(f"birth capacity must be a map, not {type(value).__name__}")
+        known = {"cores", "memory_mb", "accelerators", "detector_fps"}
+        if "cores" not in value or "memory_mb" not in value:
+            raise CodecError("birth capacity needs cores and memory_mb")
+        accelerators = value.get("accelerators", [])
+        fps = value.get("detector_fps", {})
+        if not isinstance(accelerators, list) or not isinstance(fps, dict):
+            raise CodecError("birth capacity: accelerators must be a list and detector_fps a map")
+        return cls(value["cores"], value["memory_mb"], tuple(accelerators), fps,
+                   {k: v for k, v in value.items() if k not in known})
 
 
 def _capability(where: str, value: object) -> str:
@@ -43,7 +99,8 @@ class Birth(Record):
     ``capabilities`` are free-form feature names (``"camera"``, ``"ota"``);
     ``versions`` maps component to version (``{"python": "3.11.7", "os": ...}``);
     ``groups`` are the operator's names for the cohorts the device belongs to
-    (``"lobby"``), which OTA rollouts target. ``groups`` goes on the wire only
+    (``"lobby"``), which OTA rollouts target. ``capacity`` (optional) is what
+    the box can carry, for the load balancer. ``groups`` goes on the wire only
     when non-empty, so a device without groups sends exactly what older
     coordinators know, and an older decoder keeps a newer device's groups in
     ``extra``.
@@ -52,7 +109,7 @@ class Birth(Record):
     TYPE: ClassVar[str] = "birth"
     VERSION: ClassVar[int] = 1
     WIRE_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"device", "epoch", "agent_version", "capabilities", "versions", "time_ms", "groups"})
+        {"device", "epoch", "agent_version", "capabilities", "versions", "time_ms", "groups", "capacity"})
 
     device: str
     epoch: int
@@ -61,10 +118,13 @@ class Birth(Record):
     capabilities: tuple[str, ...] = ()
     versions: Mapping[str, str] = field(default_factory=empty_map, hash=False)
     groups: tuple[str, ...] = ()
+    capacity: Capacity | None = None
     extra: Mapping[str, Any] = field(default_factory=empty_map, hash=False)
 
     def __post_init__(self) -> None:
         check_device("birth device", self.device)
+        if self.capacity is not None and not isinstance(self.capacity, Capacity):
+            raise CodecError("birth capacity must be a Capacity")
         object.__setattr__(self, "epoch", check_int("birth epoch", self.epoch))
         check_text("birth agent_version", self.agent_version, max_chars=128)
         object.__setattr__(self, "time_ms", check_int("birth time_ms", self.time_ms))
@@ -88,6 +148,8 @@ class Birth(Record):
                                 "time_ms": self.time_ms}
         if self.groups:
             body["groups"] = self.groups
+        if self.capacity is not None:
+            body["capacity"] = self.capacity.to_wire()
         return body
 
     @classmethod
@@ -98,6 +160,8 @@ class Birth(Record):
                    capabilities=tuple(fields.get_str_list("capabilities")),
                    versions=fields.get_map("versions"),
                    groups=tuple(fields.get_str_list("groups")) if fields.has("groups") else (),
+                   capacity=(Capacity.from_wire(fields.get_map("capacity")) if fields.has("capacity")
+                             else None),
                    extra=extra)
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +172,8 @@ class Birth(Record):
         }
         if self.groups:
             view["groups"] = list(self.groups)
+        if self.capacity is not None:
+            view["capacity"] = jsonable(self.capacity.to_wire())
         if self.extra:
             view["extra"] = jsonable(self.extra)
         return view

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import schemas.float_columns
 import schemas.messages
 import schemas.metrics
+from schemas.birth import Capacity
 from schemas.dictionaries.train import GATEWAY_METRICS, SyntheticFleet
 from schemas.envelope import EnvelopeCodec
 from schemas.errors import CodecError, PayloadTooLarge, UnsupportedVersion
@@ -499,3 +500,19 @@ def test_format_md_decoder_snippet_decodes_the_example() -> None:
     # The snippet also reads uncompressed envelopes and plain zstd ones.
     for codec in (EnvelopeCodec(compress_threshold=10**6), EnvelopeCodec(dictionary_id=0)):
         assert namespace["decode_envelope"](encode_record(record, codec), {}) == body
+
+
+def test_a_birth_carries_the_measured_capacity_and_refuses_a_bad_one() -> None:
+    cap = Capacity(4, 3800, ("CUDAExecutionProvider",), {"ssdlite": 41.5}, {"npu_tops": 13})
+    birth = Birth(device="gw-1", epoch=1, agent_version="1", time_ms=5, capacity=cap)
+    back = decode_record(encode_record(birth))
+    assert isinstance(back, Birth) and back.capacity == cap
+    assert back.capacity is not None and back.capacity.extra == {"npu_tops": 13}
+    assert back.to_json()["capacity"]["detector_fps"] == {"ssdlite": 41.5}
+    assert "capacity" not in Birth(device="gw-1", epoch=1, agent_version="1", time_ms=5).to_wire()
+    for bad, why in (({"cores": 0, "memory_mb": 1}, "cores"), ({"memory_mb": 1}, "needs cores"),
+                     ({"cores": 2, "memory_mb": 1, "detector_fps": {"ssdlite": float("nan")}},
+                      "detector_fps"),
+                     ({"cores": 2, "memory_mb": 1, "accelerators": "gpu"}, "accelerators")):
+        with pytest.raises(CodecError, match=why):
+            Capacity.from_wire(bad)

@@ -24,7 +24,9 @@ from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusSession
 from broker.twopc.client import TxClient, TxOutcome
 from coordinator.camera_moves import move_camera
+from schemas.birth import Capacity
 from schemas.errors import CoordinationTimeout, TxAborted
+from schemas.messages import Birth, decode_record
 from tests.agent_helpers import agent_toml, reap_agent, spawn_agent, stop_agent
 from tests.brokers import MosquittoUnderTest
 from tests.bus_helpers import Inbox, observer
@@ -74,7 +76,7 @@ def fleet(mosquitto_broker: MosquittoUnderTest, tmp_path: Path) -> Iterator[dict
     client = TxClient(session, GROUP, "mover", retry_s=0.3)
     session.start()
     assert session.wait_connected(10) and session.wait_subscribed(10)
-    obs, inbox = observer(mosquitto_broker, "edgebus/+/state/cameras")
+    obs, inbox = observer(mosquitto_broker, "edgebus/#")
     cluster.start()
     agents = {d: spawn_agent(c) for d, c in configs.items()}
     try:
@@ -158,5 +160,15 @@ def test_a_camera_moves_atomically_while_the_leader_is_killed(fleet: dict[str, o
         return fresh and _cameras(inbox, src) == ["door"] and _cameras(inbox, dst) == []
 
     assert inbox.wait_for(lambda _: republished(), timeout=60), (_cameras(inbox, src), _cameras(inbox, dst))
+    # The births carry the measured capacity the balancer places by: the camera's owner timed its
+    # detector on the shipped benchmark image.
+    def capacity(device: str) -> Capacity | None:
+        births = [decode_record(p) for p in inbox.payloads(f"edgebus/{device}/birth")]
+        return births[-1].capacity if births and isinstance(births[-1], Birth) else None
+
+    assert inbox.wait_for(lambda _: (c := capacity(src)) is not None and c.detector_fps.get("ssdlite", 0) > 0,
+                          timeout=60)
+    other = capacity(dst)
+    assert other is not None and other.cores >= 1 and other.memory_mb > 0 and not other.detector_fps
     for device in (src, dst):
         assert stop_agent(agents[device]) == 0
