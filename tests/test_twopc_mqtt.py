@@ -160,3 +160,26 @@ def test_the_command_line_runs_lists_and_reports_transactions(env: Env) -> None:
     assert listed.returncode == 0 and json.loads(listed.stdout)["group"] == GROUP
     bad = _cli(env, "run", "--part", "no-equals-sign")
     assert bad.returncode == 2 and "PARTICIPANT=PAYLOAD" in bad.stderr
+
+
+def test_kill_9_of_the_leader_mid_transaction_another_node_finishes_it(env: Env) -> None:
+    """The prepares are out and a participant is slow to answer when the manager's node dies: the new
+    leader re-sends the prepare, collects the votes, logs the decision and tells everyone."""
+    a, b = env.participant("pa"), env.participant("pb")
+    for round_ in range(2):
+        leader = env.watcher.leader(NODES, timeout=20)
+        assert leader is not None
+        outcome: list[object] = []
+        parts = [Part("pa", json.dumps({"set": {f"r{round_}": "a"}}).encode()),
+                 Part("pb", json.dumps({"set": {f"r{round_}": "b"}, "delay": 1.0}).encode())]
+        runner = threading.Thread(target=lambda p=parts: outcome.append(env.client.run(p, timeout_s=15)))
+        runner.start()
+        # pa has voted yes (its prepared record is on disk) while pb still prepares: kill the manager.
+        assert wait_until(lambda r=round_: a.driver.in_doubt() != () or f"r{r}" in a.resource.state(), 10)
+        env.cluster.kill(leader)
+        runner.join(30)
+        env.cluster.start(leader)
+        assert outcome and getattr(outcome[0], "committed", False), outcome
+        assert wait_until(lambda r=round_: a.resource.state().get(f"r{r}") == "a"
+                          and b.resource.state().get(f"r{r}") == "b", 15)
+        assert wait_until(lambda: not a.driver.in_doubt() and not b.driver.in_doubt(), 15)

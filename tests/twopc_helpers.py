@@ -24,7 +24,8 @@ def bus_config(broker: MosquittoUnderTest, client_id: str) -> BusConfig:
 
 
 class FileResource:
-    """Keys in a JSON file. The payload is ``{"set": {k: v}}``; ``{"refuse": reason}`` votes no.
+    """Keys in a JSON file. The payload is ``{"set": {k: v}}``; ``{"refuse": reason}`` votes no;
+    ``{"delay": seconds}`` holds the prepare that long (a transaction in flight, for fault tests).
 
     Prepared work lives in ``prepared/{tx}.json`` (written and fsync'd before
     prepare returns), committed values in ``state.json``.
@@ -40,6 +41,8 @@ class FileResource:
         work = json.loads(payload or b"{}")
         if "refuse" in work:
             return PrepareAnswer(False, str(work["refuse"]))
+        if "delay" in work:
+            time.sleep(min(float(work["delay"]), max(0.0, deadline_s - time.monotonic())))
         _write(self.dir / "prepared" / f"{tx_id}.json", json.dumps(work.get("set", {})))
         return PrepareAnswer(True)
 
