@@ -172,7 +172,8 @@ def test_kill_9_of_the_leader_mid_transaction_another_node_finishes_it(env: Env)
         outcome: list[object] = []
         parts = [Part("pa", json.dumps({"set": {f"r{round_}": "a"}}).encode()),
                  Part("pb", json.dumps({"set": {f"r{round_}": "b"}, "delay": 1.0}).encode())]
-        runner = threading.Thread(target=lambda p=parts: outcome.append(env.client.run(p, timeout_s=15)))
+        runner = threading.Thread(
+            target=lambda p=parts, out=outcome: out.append(env.client.run(p, timeout_s=15)))
         runner.start()
         # pa has voted yes (its prepared record is on disk) while pb still prepares: kill the manager.
         assert wait_until(lambda r=round_: a.driver.in_doubt() != () or f"r{r}" in a.resource.state(), 10)
