@@ -199,7 +199,8 @@ def test_a_waiting_victim_acting_for_another_session_learns_the_cycle_by_polling
         survivor, survivor_got = _acquire_in_background(qx, "A", session_id="tx-4", priority=5)
         waiter.join(10)
         assert len(got) == 1 and isinstance(got[0], DeadlockVictim), got
-        assert str(got[0]) == "deadlock (victim tx-3): tx-3 waits for B behind tx-4, tx-4 waits for A behind tx-3"
+        assert str(got[0]) == "deadlock (victim tx-3): tx-3 waits for B behind tx-4, " \
+                              "tx-4 waits for A behind tx-3"
         assert qx.release("A", tx3_a, session_id="tx-3")
         survivor.join(10)
         assert len(survivor_got) == 1 and isinstance(survivor_got[0], int)
