@@ -14,8 +14,10 @@ from broker.coordination import LockClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
+from protocols.coordination.group_state import decode_lock_result
 from protocols.coordination.topics import CoordinationTopics
-from schemas.errors import DeadlockVictim
+from protocols.locks import Acquire, LockStatus, encode_command
+from schemas.errors import DeadlockVictim, LockUnavailable
 from tests.brokers import MosquittoUnderTest
 
 NODES = ["n1", "n2", "n3"]
@@ -120,3 +122,91 @@ def test_a_waiting_victim_hears_its_cancellation(stack: tuple[BusConfig, Events]
         dave_wait.join(10)
         assert len(dave_got) == 1 and isinstance(dave_got[0], int)
         assert len(events.items) == 1
+
+
+def _queued(client: LockClient, session_id: str, name: str, timeout: float = 10.0) -> None:
+    """Return once the lock table has ``session_id`` waiting for ``name`` (a non-waiting Acquire from a
+    session that already waits answers QUEUED and changes nothing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = client.raft.request("lock", encode_command(Acquire(session_id, name, wait=False)))
+        status = decode_lock_result(reply.result).status
+        if status is LockStatus.QUEUED:
+            return
+        assert status is LockStatus.BUSY, status  # its Acquire is still on the way
+    raise AssertionError(f"{session_id} never queued for {name}")
+
+
+def _acquire_in_background(client: LockClient, name: str, **kwargs: object) -> tuple[threading.Thread,
+                                                                                      list[object]]:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(client.acquire(name, timeout=10, **kwargs))  # type: ignore[arg-type]
+        except Exception as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_two_processes_acting_for_two_transactions_close_one_cycle_and_the_victim_reads_it(
+        stack: tuple[BusConfig, Events]) -> None:
+    """What a two-phase commit participant does: lock on behalf of its transaction's session, which
+    another participant (here: another client) also acts for, so the wait-for graph has ONE node per
+    transaction and the cycle through two processes is found."""
+    bus, events = stack
+    with LockClient.connect(bus, "dl", "px", poll_interval=0.1) as px, \
+            LockClient.connect(bus, "dl", "py", poll_interval=0.1) as py:
+        px.open_session("tx-1", 60_000)
+        px.open_session("tx-2", 60_000)
+        py.open_session("tx-1", 60_000)  # already open: kept as it is
+        tx1_a = px.acquire("A", session_id="tx-1")
+        tx2_b = px.acquire("B", session_id="tx-2")
+        waiter, got = _acquire_in_background(py, "B", session_id="tx-1")  # tx-1 waits for tx-2
+        _queued(px, "tx-1", "B")
+        # tx-2 waits for tx-1: a cycle through both processes; tx-2 is the younger session: the victim.
+        with pytest.raises(DeadlockVictim) as raised:
+            py.acquire("A", session_id="tx-2", timeout=5)
+        assert str(raised.value) == "deadlock (victim tx-2): tx-2 waits for A behind tx-1, " \
+                                    "tx-1 waits for B behind tx-2"
+        assert events.wait(1, timeout=5) and events.items[0]["victim"] == "tx-2"
+        # The victim backs off (its other process releases); the survivor's wait, made by py and never
+        # pushed to anyone, is noticed by polling.
+        assert px.release("B", tx2_b, session_id="tx-2")
+        waiter.join(10)
+        assert len(got) == 1 and isinstance(got[0], int) and got[0] > tx2_b
+        # A restarted process lets go without the tokens; the locks are free afterwards.
+        assert py.relinquish("B", session_id="tx-1") and px.relinquish("A", session_id="tx-1")
+        assert not px.relinquish("A", session_id="tx-1")  # nothing left to let go of
+        assert px.acquire("A", wait=False) > tx1_a and px.acquire("B", wait=False) > got[0]
+
+
+def test_a_waiting_victim_acting_for_another_session_learns_the_cycle_by_polling(
+        stack: tuple[BusConfig, Events]) -> None:
+    bus, _events = stack
+    with LockClient.connect(bus, "dl", "qx", poll_interval=0.1) as qx, \
+            LockClient.connect(bus, "dl", "qy", poll_interval=0.1) as qy:
+        for tx in ("tx-3", "tx-4"):
+            qx.open_session(tx, 60_000)
+        tx3_a = qx.acquire("A", session_id="tx-3")
+        qx.acquire("B", session_id="tx-4")
+        waiter, got = _acquire_in_background(qy, "B", session_id="tx-3", priority=0)
+        _queued(qx, "tx-3", "B")
+        # tx-4 (higher priority) closes the cycle and keeps waiting; the waiting tx-3 is the victim.
+        survivor, survivor_got = _acquire_in_background(qx, "A", session_id="tx-4", priority=5)
+        waiter.join(10)
+        assert len(got) == 1 and isinstance(got[0], DeadlockVictim), got
+        assert str(got[0]) == "deadlock (victim tx-3): tx-3 waits for B behind tx-4, " \
+                              "tx-4 waits for A behind tx-3"
+        assert qx.release("A", tx3_a, session_id="tx-3")
+        survivor.join(10)
+        assert len(survivor_got) == 1 and isinstance(survivor_got[0], int)
+        # A wait withdrawn by another process is no deadlock: the old report of tx-3 is not reused.
+        waiter, got = _acquire_in_background(qy, "B", session_id="tx-3")
+        _queued(qx, "tx-3", "B")
+        assert qx.relinquish("B", session_id="tx-3")  # it only waited: the wait goes
+        waiter.join(10)
+        assert len(got) == 1 and type(got[0]) is LockUnavailable and "no longer queued" in str(got[0]), got
