@@ -41,13 +41,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from broker.twopc.resource import PrepareAnswer
+from broker.twopc.resource import PrepareAnswer, Resource
 from broker.twopc.sql_errors import store_error
 from broker.twopc.sql_intents import IntentRows
 from broker.twopc.sql_prepared import PreparedTransactions
@@ -86,8 +86,10 @@ def open_engine(url: str) -> Engine:
 class SqlResource:
     """A :class:`~broker.twopc.resource.Resource` over SQLite or PostgreSQL (see the module docstring).
 
-    ``engine_or_url``: an Engine (left open by :meth:`close`) or a URL (the
-    engine is made here and closed by :meth:`close`). ``keep_done_s`` and
+    ``engine_or_url``: an Engine (left open by :meth:`close`; a SQLite one must
+    allow several threads, ``connect_args={"check_same_thread": False}``, since
+    the driver calls from worker threads) or a URL (the engine is made here and
+    closed by :meth:`close`). ``keep_done_s`` and
     ``busy_timeout_s`` are SQLite's (how long done markers stay; how long a
     finish waits for another writer). Construction raises
     :class:`~schemas.errors.StoreError` when the database cannot serve
@@ -150,3 +152,8 @@ class SqlResource:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+if TYPE_CHECKING:
+    def _is_a_resource(resource: SqlResource) -> Resource:  # mypy checks SqlResource against the protocol
+        return resource
