@@ -244,7 +244,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _sql_resource(args: argparse.Namespace) -> Resource:
-    from broker.twopc.sql_resource import SqlResource, statements_work  # SQLAlchemy only when asked
+    from broker.twopc.sql_resource import SqlResource  # SQLAlchemy only when asked
+    from broker.twopc.sql_work import statements_work
 
     return SqlResource(args.sql, args.id, statements_work)
 

@@ -146,6 +146,8 @@ class ParticipantDriver:
             while not self._stopping.is_set():
                 if not self._recovered:
                     self._recover()
+                    if not self._recovered:
+                        continue
                 try:
                     item = self._inputs.get(timeout=max(0.0, next_tick - time.monotonic()))
                 except queue.Empty:
@@ -160,8 +162,17 @@ class ParticipantDriver:
             self.failed = exc
 
     def _recover(self) -> None:
-        """After a start or a resource failure: from the durable records and what the resource holds."""
-        prepared = list(self.resource.prepared_ids())
+        """After a start or a resource failure: from the durable records and what the resource holds.
+
+        A resource that cannot be read yet (the database is still starting) is tried again every
+        second; meanwhile nothing is answered, so nothing is promised."""
+        try:
+            prepared = list(self.resource.prepared_ids())
+        except (EdgebusError, OSError) as exc:
+            self.counters["recover_failed"] += 1
+            logger.warning("participant %s: cannot read the resource's prepared work yet: %s", self.id, exc)
+            self._stopping.wait(1.0)
+            return
         self._recovered = True
         effects = self.participant.recover(now_ms(), prepared)
         if prepared or self.participant.in_doubt():
