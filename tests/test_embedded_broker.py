@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from broker.credentials import (
     load_or_create_credentials,
     write_credentials,
 )
-from broker.embedded import PASSWORD_FILE, EmbeddedBroker
+from broker.embedded import PASSWORD_FILE, STORE_FILE, EmbeddedBroker
 from schemas.errors import BrokerError, ConfigError
 from tests.brokers import EmbeddedUnderTest, MqttProbe, RunningBroker, free_port
 
@@ -157,9 +158,10 @@ def test_default_credentials_live_in_the_data_dir(tmp_path: Path) -> None:
 
 
 @integration
-def test_persistent_session_queues_while_away_but_not_across_restart(
+def test_persistent_session_queues_while_away_and_across_restart(
     embedded_broker: EmbeddedUnderTest,
 ) -> None:
+    envelope = b"\xb0\x01\x93\xff\xfe"  # binary, as edgebus envelopes are (not UTF-8)
     with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
         rc, present = sub.connect()
         assert not rc.is_failure and not present
@@ -171,31 +173,96 @@ def test_persistent_session_queues_while_away_but_not_across_restart(
         rc, present = sub.connect()
         assert present and not rc.is_failure
         assert [sub.expect().payload for _ in range(3)] == [b"m0", b"m1", b"m2"]
+    with MqttProbe(embedded_broker).connected() as pub:
+        pub.publish("edgebus/gw-1/metrics", envelope, qos=1)
     embedded_broker.stop()
     embedded_broker.start()
     with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
-        _, present = sub.connect()
-        assert not present  # amqtt keeps sessions in memory only
+        rc, present = sub.connect()
+        assert present and not rc.is_failure
+        # Only what was still owed: the three delivered before the restart do not come again.
+        got = sub.expect()
+        assert (got.payload, got.retain) == (envelope, False)
+        assert sub.drain(0.5) == []
+    embedded_broker.stop()
+    embedded_broker.start()
+    with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
+        assert sub.connect()[1]
+        assert sub.drain(0.5) == []
 
 
 @integration
-def test_retained_messages_arrive_and_may_leak(embedded_broker: EmbeddedUnderTest) -> None:
+def test_unsubscribe_and_clean_session_are_kept_across_restart(
+    embedded_broker: EmbeddedUnderTest,
+) -> None:
+    with MqttProbe(embedded_broker, "keeper", clean_session=False).connected() as sub:
+        sub.subscribe("edgebus/a", 1)
+        sub.subscribe("edgebus/b", 1)
+        sub.unsubscribe("edgebus/a")
+    with MqttProbe(embedded_broker, "forgotten", clean_session=False).connected() as gone:
+        gone.subscribe("edgebus/a", 1)
+    with MqttProbe(embedded_broker, "forgotten", clean_session=True).connected():
+        pass  # a clean session ends the stored one
+    embedded_broker.stop()
+    embedded_broker.start()
+    with MqttProbe(embedded_broker).connected() as pub:
+        pub.publish("edgebus/a", b"a", qos=1)
+        pub.publish("edgebus/b", b"b", qos=1)
+    with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
+        assert sub.connect()[1]
+        assert [m.payload for m in sub.drain(0.5)] == [b"b"]
+    with MqttProbe(embedded_broker, "forgotten", clean_session=False) as gone:
+        assert not gone.connect()[1]
+        assert gone.drain(0.3) == []
+
+
+@integration
+def test_without_persistence_a_restart_forgets(tmp_path: Path) -> None:
+    creds = Credentials("admin", "pw")
+    broker = EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[creds], persistence=False)
+    with broker:
+        target = ("127.0.0.1", broker.port)
+        with MqttProbe(target, "keeper", "admin", "pw", clean_session=False).connected() as sub:
+            sub.subscribe("edgebus/x", 1)
+        with MqttProbe(target, None, "admin", "pw").connected() as pub:
+            pub.publish("edgebus/s", b"on", retain=True)
+    assert not (tmp_path / STORE_FILE).exists()
+    with broker, MqttProbe(("127.0.0.1", broker.port), "keeper", "admin", "pw",
+                           clean_session=False) as sub:
+        assert not sub.connect()[1]
+        sub.subscribe("edgebus/s", 1)
+        assert sub.drain(0.3) == []
+
+
+def test_a_store_from_a_newer_edgebus_stops_the_start(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / STORE_FILE)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    broker = EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[Credentials("a", "b")])
+    with pytest.raises(BrokerError, match=r"newer edgebus \(schema 99"):
+        broker.start()
+    assert not broker.running
+
+
+@integration
+def test_retained_messages_arrive_once_and_only_for_own_subscriptions(
+    embedded_broker: EmbeddedUnderTest,
+) -> None:
     with MqttProbe(embedded_broker).connected() as pub:
         pub.publish("edgebus/gw-1/status", b"online", retain=True)
     with MqttProbe(embedded_broker).connected() as sub:
         sub.subscribe("edgebus/+/status")
         got = sub.expect()
         assert (got.topic, got.payload, got.retain) == ("edgebus/gw-1/status", b"online", True)
-        # While `sub` is subscribed, a client that subscribes to nothing still
-        # gets the retained message on connect, and one that does subscribe
-        # gets it twice (DESIGN.md section 8). If this starts failing, amqtt
-        # changed: update the module docstring of broker/embedded.py.
+        # amqtt 0.12.1 itself sends a connecting client the retained messages of
+        # every client's subscriptions, and a new subscriber gets each twice
+        # (broker/amqtt_fixes/retained_on_subscribe.py).
         with MqttProbe(embedded_broker).connected() as bystander:
-            assert [m.topic for m in bystander.drain(0.5)] == ["edgebus/gw-1/status"]
+            assert bystander.drain(0.5) == []
         with MqttProbe(embedded_broker).connected() as late:
             late.subscribe("edgebus/+/status")
             assert [(m.topic, m.retain) for m in late.drain(0.5)] == [
-                ("edgebus/gw-1/status", True)] * 2
+                ("edgebus/gw-1/status", True)]
 
 
 @integration

@@ -17,6 +17,7 @@ from tests.conformance.raw_client import ConnectionClosed, RawClient, offline_su
 
 pytestmark = pytest.mark.integration
 
+# What unpatched amqtt 0.12.1 (candidate amqtt_db) gets wrong; broker/amqtt_fixes mends it.
 AMQTT_QOS = ("amqtt 0.12.1 delivers at the subscription's QoS, not min(publish QoS, "
              "subscription QoS): a QoS 0 publish arrives as QoS 2")
 AMQTT_QUEUED_RETAIN = "amqtt 0.12.1 flags messages queued for an offline session as retained"
@@ -26,7 +27,7 @@ IOTCORE_QOS = ("rumqttd 0.20 delivers at the subscription's QoS: a QoS 0 or 1 pu
                "QoS 2 subscriber arrives as QoS 2")
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_QOS, iotcore=IOTCORE_QOS)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_QOS, iotcore=IOTCORE_QOS)
 def test_delivery_qos_is_the_lower_of_publish_and_subscription(
         client: Callable[..., RawClient], topic_root: str) -> None:
     """§3.8.4: the broker downgrades to min(QoS of the PUBLISH, QoS granted)."""
@@ -85,7 +86,7 @@ def test_live_message_published_retained_has_retain_0(
     assert (message.payload, message.retain) == (b"on", False)
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_QUEUED_RETAIN)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_QUEUED_RETAIN)
 def test_queued_message_has_retain_0(client: Callable[..., RawClient], topic_root: str) -> None:
     """A message queued for an offline session matched an established subscription: RETAIN 0."""
     topic = f"{topic_root}/event"
@@ -98,7 +99,7 @@ def test_queued_message_has_retain_0(client: Callable[..., RawClient], topic_roo
     assert (message.payload, message.retain) == (b"while-away", False)
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_RETAIN_LEAK)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_RETAIN_LEAK)
 def test_retained_messages_only_for_own_subscriptions(
         client: Callable[..., RawClient], topic_root: str) -> None:
     """§3.3.1.3: retained messages go to a *new subscription* that matches them, to nobody else."""
@@ -116,7 +117,7 @@ def test_retained_messages_only_for_own_subscriptions(
     assert [m.topic for m in got] == [f"{topic_root}/b"], f"not subscribed to: {got}"
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_QOS, iotcore=IOTCORE_QOS)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_QOS, iotcore=IOTCORE_QOS)
 def test_overlapping_subscriptions(client: Callable[..., RawClient], topic_root: str) -> None:
     """§3.3.5: with overlapping filters, one copy at least at the highest matching QoS."""
     topic = f"{topic_root}/room/temp"
