@@ -25,7 +25,7 @@ from broker.credentials import (
 )
 from broker.embedded import PASSWORD_FILE, STORE_FILE, EmbeddedBroker
 from schemas.errors import BrokerError, ConfigError
-from tests.brokers import EmbeddedUnderTest, MqttProbe, RunningBroker, free_port
+from tests.brokers import EmbeddedUnderTest, MqttProbe, RunningBroker, free_port, require_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -347,13 +347,11 @@ def test_qos1_round_trip_on_every_broker(broker: RunningBroker) -> None:
 # -- edge-broker run ---------------------------------------------------------------
 
 
-@integration
-def test_edge_broker_run_prints_how_to_connect_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+def _edge_broker_run(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``edge-broker run`` in a child process, once it has printed its ready block."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "run", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "broker.cli", "run", "--data-dir", str(data_dir), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     ready = threading.Event()
@@ -362,26 +360,79 @@ def test_edge_broker_run_prints_how_to_connect_and_stops_on_sigterm(tmp_path: Pa
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if "mosquitto_sub" in line:
+            if "Ctrl-C stops" in line:
                 ready.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(20):
+        proc.kill()
+        _out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"no ready block; output so far: {lines!r}; stderr: {err}")
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
     try:
-        assert ready.wait(20), f"no ready line; output so far: {lines!r}"
-        creds = load_credentials(tmp_path / "data" / "credentials.json")
-        out = "".join(lines)
-        assert f"127.0.0.1:{port}" in out
-        assert f"-u {creds.username} -P '{creds.password}'" in out
-        with MqttProbe(("127.0.0.1", port), None, creds.username, creds.password) as probe:
-            assert not probe.connect()[0].is_failure
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        return proc.wait(20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        reader.join(5)
+
+
+@integration
+def test_edge_broker_run_prints_how_to_connect_and_what_it_guarantees(tmp_path: Path) -> None:
+    port = free_port()
+    proc, lines = _edge_broker_run(tmp_path / "data", "--port", str(port))
+    try:
+        creds = load_credentials(tmp_path / "data" / "credentials.json")
+        out = "".join(lines)
+        assert f"127.0.0.1:{port}" in out
+        assert f"-u {creds.username} -P '{creds.password}'" in out
+        assert "guarantees on the embedded broker" in out
+        assert "need Mosquitto: MQTT 5, $share" in out and "edge-broker run --mosquitto" in out
+        with MqttProbe(("127.0.0.1", port), None, creds.username, creds.password) as probe:
+            assert not probe.connect()[0].is_failure
+    finally:
+        assert _stop(proc) == 0
+    assert (tmp_path / "data" / STORE_FILE).exists()
+
+
+@integration
+def test_edge_broker_run_mosquitto_serves_the_same_user_with_mqtt5(tmp_path: Path) -> None:
+    require_mosquitto()
+    data = tmp_path / "data"
+    creds = load_or_create_credentials(data)  # as an earlier embedded run left it
+    port = free_port()
+    proc, lines = _edge_broker_run(data, "--port", str(port), "--mosquitto")
+    try:
+        out = "".join(lines)
+        assert f"Mosquitto MQTT 3.1.1, 5 broker listening on 127.0.0.1:{port}" in out
+        assert "guarantees on Mosquitto" in out
+        target = ("127.0.0.1", port)
+        with MqttProbe(target, None, creds.username, creds.password,
+                       protocol=mqtt.MQTTv5).connected() as sub, \
+                MqttProbe(target, None, creds.username, creds.password).connected() as pub:
+            sub.subscribe("edgebus/gw-1/#")
+            pub.publish("edgebus/gw-1/status", b"online")
+            assert sub.expect().payload == b"online"
+        with MqttProbe(target, None, creds.username, "wrong") as refused:
+            assert refused.connect()[0].is_failure
+    finally:
+        assert _stop(proc) == 0
+    assert (data / "mosquitto" / "mosquitto.conf").exists()
+
+
+def test_edge_broker_run_mosquitto_without_mosquitto_says_how_to_get_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker import local_mosquitto
+    from broker.cli import main
+
+    monkeypatch.setattr(local_mosquitto, "find_mosquitto", lambda: None)
+    assert main(["run", "--port", "0", "--data-dir", str(tmp_path), "--mosquitto"]) == 1
+    err = capsys.readouterr().err
+    assert "mosquitto, which is not installed" in err and "apt-get install mosquitto" in err
 
 
 def test_edge_broker_run_port_in_use_exits_1(tmp_path: Path) -> None:
