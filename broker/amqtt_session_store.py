@@ -36,8 +36,9 @@ is lost by a crash of the broker process: messages that were in flight to a
 connected client (sent, not yet acknowledged), and the queue of a session
 that had just reconnected and not yet acknowledged it.
 
-Restored subscriptions are put back as they were granted; the ACL was
-checked when the client subscribed.
+Restored subscriptions go through the broker's subscribe path with the
+session's stored user, so the ACL in force at the restart decides (one it
+now refuses is dropped, with a warning).
 """
 
 from __future__ import annotations
@@ -122,7 +123,12 @@ class SessionStorePlugin(BasePlugin[BrokerContext]):  # type: ignore[misc]  # am
             if stored.disconnected_at is not None:
                 session.last_disconnect_time = int(stored.disconnected_at)
             for topic_filter, qos in stored.subscriptions:
-                self.context.subscriptions.setdefault(topic_filter, []).append((session, qos))
+                # Through the broker's own subscribe path, so today's ACL decides.
+                await self.context.add_subscription(stored.client_id, topic_filter, qos)
+                if not any(s is session for s, _q in self.context.subscriptions.get(topic_filter, ())):
+                    logger.warning("broker store: %s's subscription %r is not restored: the ACL "
+                                   "refuses it now", stored.client_id, topic_filter)
+                    self._guarded(self._store.unsubscribe, stored.client_id, topic_filter)
             for message in stored.queued:
                 session.retained_messages.put_nowait(RetainedApplicationMessage(
                     None, message.topic, message.payload, message.qos))

@@ -4,15 +4,14 @@ One short block, printed by ``edge-broker run`` and ``edge-coordinator start``
 (``make demo``) when they start a broker, so nobody takes the zero-set-up
 broker for more than it is. The facts come from the conformance battery
 (``tests/conformance``: every case passes on Mosquitto; on the embedded
-broker MQTT 5, ``$share`` and the refused-CONNECT case are expected
-failures) and from ``bench/broker.py``.
+broker MQTT 5 and ``$share`` are expected failures) and from
+``bench/broker.py``.
 
 >>> print(guarantees_block("embedded"))
 guarantees on the embedded broker (amqtt 0.12.1 + edgebus fixes, MQTT 3.1.1):
   kept:           wills (offline within 1.5 x keepalive), QoS 1/2 redelivery with DUP,
                   session take-over, sessions, queued and retained messages across restarts
-  need Mosquitto: MQTT 5, $share, over ~2k msg/s, connects under 2 ms,
-                  no disturbance by a wrong-password CONNECT with a device's id
+  need Mosquitto: MQTT 5, $share, over ~2k msg/s, connects under 2 ms
   switch:         edge-broker run --mosquitto
 """
 
@@ -35,7 +34,6 @@ NEEDS_MOSQUITTO = (
     "$share",
     "over ~2k msg/s",
     "connects under 2 ms",
-    "no disturbance by a wrong-password CONNECT with a device's id",
 )
 
 BrokerKind = Literal["embedded", "mosquitto"]

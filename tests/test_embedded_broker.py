@@ -300,6 +300,28 @@ def test_topic_acl(tmp_path: Path) -> None:
 
 
 @integration
+def test_restored_subscriptions_answer_to_the_acl_of_the_restart(tmp_path: Path) -> None:
+    admin, cam = Credentials("admin", "pa"), Credentials("cam-1", "pc")
+    wide = {"admin": {"publish": ["#"], "subscribe": ["#"]},
+            "cam-1": {"publish": ["edgebus/cam-1/#"], "subscribe": ["edgebus/cam-1/cmd/#",
+                                                                    "edgebus/_sys/#"]}}
+    narrow = {**wide, "cam-1": {"publish": ["edgebus/cam-1/#"],
+                                "subscribe": ["edgebus/cam-1/cmd/#"]}}
+    with EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[admin, cam], acl=wide) as broker, \
+            MqttProbe(("127.0.0.1", broker.port), "cam", "cam-1", "pc",
+                      clean_session=False).connected() as device:
+        device.subscribe("edgebus/cam-1/cmd/#")
+        device.subscribe("edgebus/_sys/#")
+        port = broker.port
+    with EmbeddedBroker(port=port, data_dir=tmp_path, credentials=[admin, cam], acl=narrow), \
+            MqttProbe(("127.0.0.1", port), None, "admin", "pa").connected() as coordinator:
+        coordinator.publish("edgebus/cam-1/cmd/ota", b"kept", qos=1)
+        coordinator.publish("edgebus/_sys/raft/x", b"revoked", qos=1)
+        with MqttProbe(("127.0.0.1", port), "cam", "cam-1", "pc", clean_session=False) as device:
+            assert device.connect()[1]
+            assert [m.payload for m in device.drain(0.5)] == [b"kept"]
+
+@integration
 def test_allow_anonymous_is_opt_in(tmp_path: Path) -> None:
     with EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[], allow_anonymous=True) as b, \
             MqttProbe(("127.0.0.1", b.port)) as anonymous:

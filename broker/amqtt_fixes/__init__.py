@@ -9,6 +9,8 @@ behaviour, and which conformance case (``tests/conformance``) proves it:
   its will published (§3.1.2.10);
 * :mod:`.redelivery` - unacknowledged QoS 1 and QoS 2 deliveries and PUBREL
   are resent, DUP set, when a persistent session reconnects (§4.4);
+* :mod:`.authenticate_first` - a CONNECT with a wrong password is refused
+  before it can touch the session of the client whose id it names (§3.1.4);
 * :mod:`.takeover` - a second connection with the same client id takes the
   session over and gets its messages live; the old one goes without its will
   (§3.1.4);
@@ -79,6 +81,7 @@ def check_version(version: str | None) -> None:
 
 def _fix_modules() -> tuple[ModuleType, ...]:
     from broker.amqtt_fixes import (
+        authenticate_first,
         delivery_qos,
         keepalive,
         queued_retain,
@@ -87,12 +90,13 @@ def _fix_modules() -> tuple[ModuleType, ...]:
         takeover,
     )
 
-    return (keepalive, redelivery, takeover, delivery_qos, queued_retain, retained_on_subscribe)
+    return (keepalive, redelivery, authenticate_first, takeover, delivery_qos, queued_retain,
+            retained_on_subscribe)
 
 
 #: The fix modules' names, in the order :func:`apply` installs them.
-FIXES = ("keepalive", "redelivery", "takeover", "delivery_qos", "queued_retain",
-         "retained_on_subscribe")
+FIXES = ("keepalive", "redelivery", "authenticate_first", "takeover", "delivery_qos",
+         "queued_retain", "retained_on_subscribe")
 
 
 def _check_targets(modules: tuple[ModuleType, ...]) -> None:

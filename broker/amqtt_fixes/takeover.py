@@ -28,10 +28,7 @@ check is made again after the handler has stopped, because the old
 connection may have been ending on its own at that moment. For a
 clean-session take-over, ``Broker._delete_session`` notes the connection it
 orphans, and ``Broker._authenticate`` ends it the same way. (A connection
-that fails to log in still disturbs the client it names: amqtt registers it
-in that client's place before it checks the password. That needs amqtt's
-connect path reordered and is left to upstream; ``tests/conformance``
-keeps it as an expected failure.)
+that fails to log in never gets this far: :mod:`.authenticate_first`.)
 
 Proved by ``tests/conformance/test_sessions.py``:
 ``test_takeover_keeps_session_and_delivers_live`` and

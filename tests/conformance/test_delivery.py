@@ -8,12 +8,21 @@ says; and it sizes acknowledgements by the QoS a message arrives with.
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable
 
 import pytest
 
 from tests.conformance.conftest import DOLLAR_ROOT
-from tests.conformance.raw_client import ConnectionClosed, RawClient, offline_subscriber
+from tests.conformance.raw_client import (
+    DISCONNECT,
+    PUBACK,
+    PUBLISH,
+    ConnectionClosed,
+    RawClient,
+    encode_packet,
+    offline_subscriber,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +207,30 @@ def test_unsubscribe_keeps_other_subscriptions(
     pub.connected()
     pub.publish(f"{topic_root}/b", b"still", qos=1)
     assert sub.expect_publish(3.0).payload == b"still"
+
+
+def test_every_publish_before_a_disconnect_is_forwarded(
+        client: Callable[..., RawClient], topic_root: str) -> None:
+    """§4.6: a server processes a connection's packets in order, so every PUBLISH before the
+    DISCONNECT is published; and a QoS 1 message it acknowledged is its to deliver (§4.3.2).
+
+    A device that flushes its outbox and disconnects (a clean shutdown) does exactly this.
+    """
+    topic, count = f"{topic_root}/t", 500
+    sub = client("sub")
+    sub.connected()
+    sub.subscribe((topic, 1))
+    pub = client("pub", auto_ack=False)
+    pub.connected()
+    name = topic.encode()
+    burst = b"".join(
+        encode_packet(PUBLISH, 1 << 1, struct.pack("!H", len(name)) + name
+                      + struct.pack("!H", n + 1) + b"%d" % n) for n in range(count))
+    pub.send(burst + encode_packet(DISCONNECT, 0, b""))
+    assert pub.wait_closed(10.0), "the broker did not close the connection after DISCONNECT"
+    acknowledged = sum(1 for p in pub.inbox if p.kind == PUBACK)
+    got = []
+    while (message := sub.next_publish(2.0)) is not None:
+        got.append(int(message.payload))
+    assert sorted(got) == list(range(count)), (
+        f"{count - len(set(got))} of {count} messages lost ({acknowledged} acknowledged)")

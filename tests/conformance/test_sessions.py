@@ -35,11 +35,9 @@ AMQTT_TAKEOVER = ("amqtt 0.12.1 keeps the session on take-over but delivers noth
 AMQTT_TAKEOVER_WILL = "amqtt 0.12.1 publishes the replaced connection's will on take-over"
 AMQTT_CLEAN_TAKEOVER = ("amqtt 0.12.1 leaves the old connection open when a new one with its "
                         "client id asks for a clean session")
-# Still wrong on the embedded broker.
 AMQTT_REFUSED_TAKEOVER = (
     "amqtt 0.12.1 registers a connection that fails to log in in the place of the connected "
-    "client with that id (before it checks the password), so the client loses its deliveries; "
-    "fixing it needs amqtt's connect path reordered (upstream). Mosquitto keeps the client")
+    "client with that id (before it checks the password), so the client loses its deliveries")
 IOTCORE_NO_DUP = "rumqttd 0.20 resends an unacknowledged message with its id but DUP 0"
 IOTCORE_NO_PUBREL = "rumqttd 0.20 does not resend PUBREL to a reconnecting persistent session"
 IOTCORE_NO_RESTART = "rumqttd 0.20 has no persistence: sessions live in memory"
@@ -204,7 +202,7 @@ def test_clean_session_takeover_closes_the_old_connection(client: Callable[..., 
     assert seen in ([b"back"], [b"offline", b"back"]), f"status went {seen}"
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_REFUSED_TAKEOVER)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_REFUSED_TAKEOVER)
 def test_refused_connect_leaves_the_connected_client_alone(client: Callable[..., RawClient],
                                                            topic_root: str) -> None:
     """A CONNECT with the right client id and a wrong password must not take anything over."""
