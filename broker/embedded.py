@@ -20,9 +20,10 @@ Mosquitto too; figures in ``notes/broker-choice.md``):
   the first start; refused on any other amqtt release) makes amqtt keep
   what edgebus relies on: a silent client's will after 1.5 x its keepalive,
   unacknowledged QoS 1/2 messages and PUBREL resent with DUP on reconnect,
-  a take-over that keeps the session live and sends no will, delivery at
-  min(publish QoS, subscription QoS), RETAIN 0 on queued messages, retained
-  messages only for a new matching subscription.
+  a take-over that keeps the session live and sends no will, a CONNECT with
+  a wrong password that touches no session, delivery at min(publish QoS,
+  subscription QoS), RETAIN 0 on queued messages, retained messages only for
+  a new matching subscription.
 * **Persistent sessions** (``clean_session=False``, a stable client id, a
   user that logged in) keep their subscriptions and get the QoS 1/2 messages
   published while they were away. Disconnected sessions are dropped after
