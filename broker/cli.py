@@ -1,7 +1,12 @@
-"""``edge-broker``: run the embedded broker, or write a Mosquitto site configuration.
+"""``edge-broker``: run the embedded broker (or the system's Mosquitto), or write a Mosquitto site config.
 
-    edge-broker run [--host 127.0.0.1] [--port 1883] [--data-dir ./data/broker]
+    edge-broker run [--host 127.0.0.1] [--port 1883] [--data-dir ./data/broker] [--mosquitto]
     edge-broker mosquitto-config --devices devices.csv --out DIR [--port 1883] [--root edgebus]
+
+``run`` prints which guarantees hold on the broker it started and which need
+Mosquitto (:mod:`broker.guarantees`); ``run --mosquitto`` is the switch: the
+same data directory and credentials, served by the system's ``mosquitto``
+(:mod:`broker.local_mosquitto`).
 
 Exit codes: 0 done, 1 the broker failed (port taken, could not start),
 2 bad usage or configuration (the message names the option or file line).
@@ -29,6 +34,7 @@ from broker.credentials import (
     load_or_create_credentials,
     write_credentials,
 )
+from broker.guarantees import NEEDS_MOSQUITTO, BrokerKind, guarantees_block
 from broker.mosquitto_config import (
     DEVICE_CREDENTIALS_FILE,
     MosquittoSite,
@@ -36,7 +42,7 @@ from broker.mosquitto_config import (
     read_devices_csv,
     write_credentials_csv,
 )
-from schemas.errors import ConfigError
+from schemas.errors import BrokerError, ConfigError
 
 __all__ = ["main"]
 
@@ -65,16 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
-        "run", help="run the embedded broker until Ctrl-C or SIGTERM",
-        description="Run the embedded MQTT 3.1.1 broker (amqtt) until Ctrl-C or SIGTERM. "
-                    "Clients log in with the user in DATA_DIR/credentials.json, created with "
-                    "a random password on first run.")
+        "run", help="run the embedded broker (or, with --mosquitto, Mosquitto) until Ctrl-C or SIGTERM",
+        description="Run the embedded MQTT 3.1.1 broker (amqtt with edgebus's fixes; sessions, "
+                    "queued and retained messages kept in DATA_DIR/broker.sqlite3) until Ctrl-C "
+                    "or SIGTERM. Clients log in with the user in DATA_DIR/credentials.json, "
+                    "created with a random password on first run. --mosquitto runs the system's "
+                    "Mosquitto instead, with the same user, for MQTT 5, $share and speed.")
     run.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     run.add_argument("-p", "--port", type=_port, default=1883,
                      help="port to listen on (default 1883; 0 picks a free one)")
     run.add_argument("--data-dir", type=Path, default=Path("data/broker"),
                      help="where the credentials and password file live (default ./data/broker)")
+    run.add_argument("--mosquitto", action="store_true",
+                     help="run the system's mosquitto (apt-get install mosquitto) with a "
+                          "configuration written into DATA_DIR/mosquitto, instead of the "
+                          "embedded broker")
     run.add_argument("--json", action="store_true",
                      help="print one JSON line with the address and credentials path once ready")
 
@@ -124,11 +136,17 @@ def _watch_line(host: str, port: int, creds: Credentials, root: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from broker.embedded import EmbeddedBroker
+    from broker.local_mosquitto import LocalMosquitto
 
     data_dir: Path = args.data_dir
     creds = load_or_create_credentials(data_dir)
-    broker = EmbeddedBroker(host=args.host, port=args.port, data_dir=data_dir,
-                            credentials=[creds])
+    broker: EmbeddedBroker | LocalMosquitto
+    if args.mosquitto:
+        broker = LocalMosquitto(args.host, args.port, data_dir, creds)
+    else:
+        broker = EmbeddedBroker(host=args.host, port=args.port, data_dir=data_dir,
+                                credentials=[creds])
+    kind: BrokerKind = "mosquitto" if args.mosquitto else "embedded"
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -139,18 +157,26 @@ def _run(args: argparse.Namespace) -> int:
         broker.start()
         host = broker.connect_host
         creds_path = data_dir / CREDENTIALS_FILE
+        protocol = "3.1.1, 5" if args.mosquitto else "3.1.1"
         if args.json:
-            print(json.dumps({"host": host, "port": broker.port, "url": broker.url,
-                              "protocol": "3.1.1", "username": creds.username,
-                              "credentials": str(creds_path)}), flush=True)
+            print(json.dumps({"host": host, "port": broker.port,
+                              "url": f"mqtt://{host}:{broker.port}", "broker": kind,
+                              "protocol": protocol, "username": creds.username,
+                              "credentials": str(creds_path),
+                              "needs_mosquitto": [] if args.mosquitto else list(NEEDS_MOSQUITTO)}),
+                  flush=True)
         else:
-            print(f"edge-broker: embedded MQTT 3.1.1 broker listening on "
+            name = "Mosquitto" if args.mosquitto else "embedded"
+            print(f"edge-broker: {name} MQTT {protocol} broker listening on "
                   f"{args.host or '*'}:{broker.port}")
             print(f"  credentials: {creds_path} (user {creds.username})")
             print(f"  watch it:    {_watch_line(host, broker.port, creds, 'edgebus')}")
+            print(guarantees_block(kind))
             print("Ctrl-C stops.", flush=True)
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(0.5):
+            if isinstance(broker, LocalMosquitto) and broker.exit_code() is not None:
+                raise BrokerError(f"mosquitto exited with code {broker.exit_code()}; its log "
+                                  f"({broker.log_path}):\n{broker.log_tail()}")
     except KeyboardInterrupt:
         pass
     finally:

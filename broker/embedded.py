@@ -12,41 +12,44 @@ and its password file ``<data_dir>/amqtt-passwd`` is rewritten from the
 credentials on every start (Argon2id hashes, which is what amqtt 0.12's
 ``FileAuthPlugin`` verifies; ``$6$`` sha512-crypt is deprecated there).
 
-What amqtt 0.12.1 does, measured against this wrapper (tests in
-``tests/test_embedded_broker.py``; see also DESIGN.md section 8):
+What the embedded broker does (tests in ``tests/test_embedded_broker.py`` and
+the conformance battery ``tests/conformance``, which runs every case against
+Mosquitto too; figures in ``notes/broker-choice.md``):
 
+* **amqtt 0.12.1 with fixes.** :mod:`broker.amqtt_fixes` (applied once, at
+  the first start; refused on any other amqtt release) makes amqtt keep
+  what edgebus relies on: a silent client's will after 1.5 x its keepalive,
+  unacknowledged QoS 1/2 messages and PUBREL resent with DUP on reconnect,
+  a take-over that keeps the session live and sends no will, a CONNECT with
+  a wrong password that touches no session, delivery at min(publish QoS,
+  subscription QoS), RETAIN 0 on queued messages, retained messages only for
+  a new matching subscription.
+* **Persistent sessions** (``clean_session=False``, a stable client id, a
+  user that logged in) keep their subscriptions and get the QoS 1/2 messages
+  published while they were away. Disconnected sessions are dropped after
+  ``session_expiry_interval`` seconds (default: never).
+* **Restarts keep state**: sessions, queued messages and retained messages
+  are stored in ``<data_dir>/broker.sqlite3`` (:mod:`broker.amqtt_session_store`;
+  ``persistence=False`` keeps them in memory only). A crash of the process
+  loses the messages that were in flight to connected clients; a clean stop
+  keeps them.
 * **MQTT 3.1.1 only.** amqtt parses an MQTT 5 CONNECT as if it were 3.1.1
   and usually waits for bytes that never come, so an MQTT 5 client gets no
   CONNACK and gives up only at its own connect timeout (a client that
   probes for MQTT 5 should keep that timeout short, or ask for 3.1.1).
-  ``$share/...`` subscriptions are granted but never delivered.
+  ``$share/...`` subscriptions are granted but never delivered. Both need
+  Mosquitto (``edge-broker run --mosquitto``).
 * **Anonymous clients are refused** (CONNACK "not authorised") unless
   ``allow_anonymous=True``. With ``allow_anonymous=True`` amqtt marks *every*
   session anonymous, including ones that logged in, and then queues nothing
   for offline persistent sessions - which is why the default has credentials.
-* **Persistent sessions** (``clean_session=False``, a stable client id, a
-  user that logged in): subscriptions survive a disconnect and QoS 1/2
-  messages published while the client is away are queued and delivered when
-  it reconnects (flagged ``retain=True`` on delivery, an amqtt quirk). The
-  queue has no size limit. Disconnected sessions are dropped after
-  ``session_expiry_interval`` seconds (default: never).
-* **Nothing survives a broker restart**: sessions, queued messages and
-  retained messages live in memory only (amqtt's ``SessionDBPlugin`` would
-  need SQLAlchemy and aiosqlite, which edgebus does not install). Clients
-  must resubscribe on every connect and keep their own outbox, as
-  :class:`broker.session.BusSession` does.
-* **Retained messages** are stored and delivered on subscribe, but also
-  leak: when a client connects, amqtt sends it the retained messages matching
-  *every* client's subscriptions, not only its own (without checking the
-  ACL), so a subscriber can get a retained message it did not ask for and a
-  new subscriber often gets each retained message twice. Clients must filter
-  by topic and tolerate duplicates.
 * **Topic ACLs** (``acl=``) are checked on publish and on subscribe;
   a denied publish is dropped silently (MQTT 3.1.1 has no way to say no), a
   denied subscribe gets return code 0x80.
-* Password checks run Argon2id on the broker's event loop (about 30 ms per
-  CONNECT with the parameters used here), so a reconnect storm of many
-  clients is slow; use Mosquitto for a real fleet (:mod:`broker.mosquitto_config`).
+* **Speed**: 1-2 thousand QoS 1 messages a second on one core, and password
+  checks run Argon2id on the broker's event loop (tens of ms per CONNECT),
+  so a reconnect storm of many clients is slow; use Mosquitto for a real
+  fleet (:mod:`broker.mosquitto_config`).
 """
 
 from __future__ import annotations
@@ -65,14 +68,16 @@ from types import TracebackType
 from typing import Any
 
 from broker.credentials import Credentials, load_or_create_credentials, write_private_text
-from schemas.errors import BrokerError, ConfigError, TopicError
+from schemas.errors import BrokerError, ConfigError, EdgebusError, TopicError
 from schemas.topics import validate_topic_filter
 
-__all__ = ["ACL_ACTIONS", "PASSWORD_FILE", "EmbeddedBroker", "quiet_amqtt_logging"]
+__all__ = ["ACL_ACTIONS", "PASSWORD_FILE", "STORE_FILE", "EmbeddedBroker", "quiet_amqtt_logging"]
 
 logger = logging.getLogger(__name__)
 
 PASSWORD_FILE = "amqtt-passwd"
+#: Sessions, queued and retained messages (:mod:`broker.broker_store`), in the data directory.
+STORE_FILE = "broker.sqlite3"
 ACL_ACTIONS = ("publish", "subscribe")
 # OWASP's minimum for Argon2id (19 MiB, 2 passes, 1 lane): amqtt verifies on its
 # event loop, and pwdlib's default (64 MiB, 3 passes, 4 lanes) costs ~4x as much.
@@ -252,7 +257,8 @@ class EmbeddedBroker:
     name to ``{"publish": [filters], "subscribe": [filters]}``; with an ACL,
     users it does not list may do nothing. ``port=0`` picks a free port,
     exposed as :attr:`port` once started (and kept across :meth:`stop` /
-    :meth:`start`).
+    :meth:`start`). ``persistence`` keeps sessions, queued and retained
+    messages in ``data_dir/broker.sqlite3`` across restarts.
     """
 
     def __init__(
@@ -265,6 +271,7 @@ class EmbeddedBroker:
         *,
         allow_anonymous: bool = False,
         session_expiry_interval: int | None = None,
+        persistence: bool = True,
         start_timeout: float = 10.0,
         quiet_logs: bool = True,
     ) -> None:
@@ -289,6 +296,7 @@ class EmbeddedBroker:
         self._acl = (None if acl is None
                      else _normalise_acl(acl, set(names), allow_anonymous))
         self.session_expiry_interval = session_expiry_interval
+        self.persistence = persistence
         self.start_timeout = start_timeout
         if quiet_logs:
             quiet_amqtt_logging()
@@ -316,6 +324,11 @@ class EmbeddedBroker:
     @property
     def password_file(self) -> Path:
         return self.data_dir / PASSWORD_FILE
+
+    @property
+    def store_file(self) -> Path:
+        """Where sessions, queued and retained messages are kept (with ``persistence``)."""
+        return self.data_dir / STORE_FILE
 
     @property
     def running(self) -> bool:
@@ -428,6 +441,11 @@ class EmbeddedBroker:
             plugins["amqtt.plugins.authentication.AnonymousAuthPlugin"] = {
                 "allow_anonymous": True,
             }
+        if self.persistence:
+            from broker.amqtt_session_store import PLUGIN
+
+            plugins[PLUGIN] = {"path": str(self.store_file),
+                               "session_expiry_interval": self.session_expiry_interval}
         if self._acl is not None:
             plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = {
                 # amqtt 0.12 reads its subscribe table only under the deprecated key "acl".
@@ -460,10 +478,13 @@ class EmbeddedBroker:
                      own_loop: bool = False) -> None:
         try:
             from amqtt.broker import Broker
-            from amqtt.errors import AMQTTError
+            from amqtt.errors import AMQTTError, PluginError
         except ImportError as exc:
             raise BrokerError("the embedded broker needs amqtt: pip install 'edgebus[broker]'") \
                 from exc
+        from broker import amqtt_fixes
+
+        amqtt_fixes.apply()
         run.loop = asyncio.get_running_loop()
         run.stop = asyncio.Event()
         if own_loop:
@@ -477,8 +498,10 @@ class EmbeddedBroker:
         try:
             amqtt_broker = Broker(self._amqtt_config(), loop=run.loop)
             await amqtt_broker.start()
-        except (AMQTTError, OSError, ValueError) as exc:
+        except (AMQTTError, PluginError, OSError, ValueError) as exc:
             cause = exc.__cause__ or exc
+            if isinstance(cause, EdgebusError):  # the store plugin could not open its file
+                raise BrokerError(f"the embedded broker could not start: {cause}") from exc
             if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
                 raise BrokerError(f"port {self._port} on {self.host or '*'} is already in use; "
                                   "pass --port (or port=0 for any free port)") from exc

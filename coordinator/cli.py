@@ -25,6 +25,7 @@ from typing import Any
 from broker.cli_support import run_tool, setup_logging
 from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
+from broker.guarantees import guarantees_block
 from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.batch_job import BatchJobConfig
@@ -133,6 +134,7 @@ def _start(args: argparse.Namespace) -> int:
               f"-P '{creds.password}' -t 'edgebus/#' -v")
         print(f"  decoded:  edge-bus sub -p {embedded.port} --credentials "
               f"{data_dir / 'broker' / 'credentials.json'} 'edgebus/#'")
+        print(guarantees_block("embedded"))
     else:
         if config.broker is None:
             raise ConfigError("embedded_broker = false needs a [broker] table")

@@ -1,5 +1,11 @@
 """Probe, not product: how much of amqtt 0.12.1's failures a thin layer of patches can fix.
 
+Superseded by ``broker/amqtt_fixes`` (applied by the embedded broker itself),
+which grew out of it; kept as the record of the measurement in
+``notes/broker-choice.md``. It no longer runs: the product layer refuses to
+wrap methods someone else has already replaced, and this probe replaces them
+before it starts the embedded broker.
+
 Runs the embedded broker (``broker.embedded.EmbeddedBroker``, credentials as
 given) after wrapping nine private amqtt methods, so the conformance battery
 can measure the result as candidate ``amqtt_fixed``::

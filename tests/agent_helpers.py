@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.brokers import RunningBroker
@@ -17,9 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def agent_toml(broker: RunningBroker, tmp_path: Path, device: str, *, home_assistant: bool = False,
-               groups: Sequence[str] = (), extra: str = "", **metrics: object) -> Path:
-    """An agent.toml for ``device`` on ``broker``; ``metrics`` keys go into ``[metrics]``."""
+               groups: Sequence[str] = (), extra: str = "",
+               broker_options: Mapping[str, object] | None = None, **metrics: object) -> Path:
+    """An agent.toml for ``device`` on ``broker``; ``metrics`` keys go into ``[metrics]``,
+    ``broker_options`` into ``[broker]``."""
     metric_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in metrics.items())
+    broker_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (broker_options or {}).items())
     path = tmp_path / "agent.toml"
     path.write_text(f"""
 [device]
@@ -34,6 +37,7 @@ username = "{broker.username}"
 password = "{broker.password}"
 reconnect_min_delay = 0.05
 reconnect_max_delay = 0.5
+{broker_lines}
 
 [metrics]
 {metric_lines}

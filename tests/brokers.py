@@ -317,10 +317,12 @@ class MqttProbe:
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connack: queue.Queue[tuple[ReasonCode, bool]] = queue.Queue()
         self.subacks: dict[int, list[ReasonCode]] = {}
+        self.unsubacks: set[int] = set()
         self._suback_ready = threading.Condition()
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self._started = False
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: Any, rc: ReasonCode,
@@ -335,6 +337,12 @@ class MqttProbe:
                       codes: list[ReasonCode], props: object) -> None:
         with self._suback_ready:
             self.subacks[mid] = list(codes)
+            self._suback_ready.notify_all()
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                        codes: list[ReasonCode], props: object) -> None:
+        with self._suback_ready:
+            self.unsubacks.add(mid)
             self._suback_ready.notify_all()
 
     def connect(self, timeout: float = 10.0) -> tuple[ReasonCode, bool]:
@@ -366,6 +374,15 @@ class MqttProbe:
             if not self._suback_ready.wait_for(lambda: mid in self.subacks, timeout):
                 raise AssertionError(f"{self.client_id}: no SUBACK for {topic_filter!r}")
             return self.subacks[mid]
+
+    def unsubscribe(self, topic_filter: str, timeout: float = 10.0) -> None:
+        """Unsubscribe and wait for the UNSUBACK."""
+        result, mid = self.client.unsubscribe(topic_filter)
+        assert result == mqtt.MQTT_ERR_SUCCESS and mid is not None, \
+            f"unsubscribe failed: {mqtt.error_string(result)}"
+        with self._suback_ready:
+            if not self._suback_ready.wait_for(lambda: mid in self.unsubacks, timeout):
+                raise AssertionError(f"{self.client_id}: no UNSUBACK for {topic_filter!r}")
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
                 timeout: float = 10.0) -> None:

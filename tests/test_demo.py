@@ -26,6 +26,8 @@ def test_demo_runs_agents_through_the_embedded_broker(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "embedded broker listening on 127.0.0.1:" in out.stdout
     assert "mosquitto_sub -h 127.0.0.1 -p " in out.stdout
+    assert "guarantees on the embedded broker" in out.stdout
+    assert "need Mosquitto: MQTT 5, $share" in out.stdout
     final = out.stdout.strip().splitlines()[-1]
     fields = dict(re.findall(r"(\w[\w/]*)=(\d+)", final))
     assert fields["devices"] == "3", final

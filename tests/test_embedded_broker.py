@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -22,9 +23,9 @@ from broker.credentials import (
     load_or_create_credentials,
     write_credentials,
 )
-from broker.embedded import PASSWORD_FILE, EmbeddedBroker
+from broker.embedded import PASSWORD_FILE, STORE_FILE, EmbeddedBroker
 from schemas.errors import BrokerError, ConfigError
-from tests.brokers import EmbeddedUnderTest, MqttProbe, RunningBroker, free_port
+from tests.brokers import EmbeddedUnderTest, MqttProbe, RunningBroker, free_port, require_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,9 +158,10 @@ def test_default_credentials_live_in_the_data_dir(tmp_path: Path) -> None:
 
 
 @integration
-def test_persistent_session_queues_while_away_but_not_across_restart(
+def test_persistent_session_queues_while_away_and_across_restart(
     embedded_broker: EmbeddedUnderTest,
 ) -> None:
+    envelope = b"\xb0\x01\x93\xff\xfe"  # binary, as edgebus envelopes are (not UTF-8)
     with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
         rc, present = sub.connect()
         assert not rc.is_failure and not present
@@ -171,31 +173,96 @@ def test_persistent_session_queues_while_away_but_not_across_restart(
         rc, present = sub.connect()
         assert present and not rc.is_failure
         assert [sub.expect().payload for _ in range(3)] == [b"m0", b"m1", b"m2"]
+    with MqttProbe(embedded_broker).connected() as pub:
+        pub.publish("edgebus/gw-1/metrics", envelope, qos=1)
     embedded_broker.stop()
     embedded_broker.start()
     with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
-        _, present = sub.connect()
-        assert not present  # amqtt keeps sessions in memory only
+        rc, present = sub.connect()
+        assert present and not rc.is_failure
+        # Only what was still owed: the three delivered before the restart do not come again.
+        got = sub.expect()
+        assert (got.payload, got.retain) == (envelope, False)
+        assert sub.drain(0.5) == []
+    embedded_broker.stop()
+    embedded_broker.start()
+    with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
+        assert sub.connect()[1]
+        assert sub.drain(0.5) == []
 
 
 @integration
-def test_retained_messages_arrive_and_may_leak(embedded_broker: EmbeddedUnderTest) -> None:
+def test_unsubscribe_and_clean_session_are_kept_across_restart(
+    embedded_broker: EmbeddedUnderTest,
+) -> None:
+    with MqttProbe(embedded_broker, "keeper", clean_session=False).connected() as sub:
+        sub.subscribe("edgebus/a", 1)
+        sub.subscribe("edgebus/b", 1)
+        sub.unsubscribe("edgebus/a")
+    with MqttProbe(embedded_broker, "forgotten", clean_session=False).connected() as gone:
+        gone.subscribe("edgebus/a", 1)
+    with MqttProbe(embedded_broker, "forgotten", clean_session=True).connected():
+        pass  # a clean session ends the stored one
+    embedded_broker.stop()
+    embedded_broker.start()
+    with MqttProbe(embedded_broker).connected() as pub:
+        pub.publish("edgebus/a", b"a", qos=1)
+        pub.publish("edgebus/b", b"b", qos=1)
+    with MqttProbe(embedded_broker, "keeper", clean_session=False) as sub:
+        assert sub.connect()[1]
+        assert [m.payload for m in sub.drain(0.5)] == [b"b"]
+    with MqttProbe(embedded_broker, "forgotten", clean_session=False) as gone:
+        assert not gone.connect()[1]
+        assert gone.drain(0.3) == []
+
+
+@integration
+def test_without_persistence_a_restart_forgets(tmp_path: Path) -> None:
+    creds = Credentials("admin", "pw")
+    broker = EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[creds], persistence=False)
+    with broker:
+        target = ("127.0.0.1", broker.port)
+        with MqttProbe(target, "keeper", "admin", "pw", clean_session=False).connected() as sub:
+            sub.subscribe("edgebus/x", 1)
+        with MqttProbe(target, None, "admin", "pw").connected() as pub:
+            pub.publish("edgebus/s", b"on", retain=True)
+    assert not (tmp_path / STORE_FILE).exists()
+    with broker, MqttProbe(("127.0.0.1", broker.port), "keeper", "admin", "pw",
+                           clean_session=False) as sub:
+        assert not sub.connect()[1]
+        sub.subscribe("edgebus/s", 1)
+        assert sub.drain(0.3) == []
+
+
+def test_a_store_from_a_newer_edgebus_stops_the_start(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / STORE_FILE)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    broker = EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[Credentials("a", "b")])
+    with pytest.raises(BrokerError, match=r"newer edgebus \(schema 99"):
+        broker.start()
+    assert not broker.running
+
+
+@integration
+def test_retained_messages_arrive_once_and_only_for_own_subscriptions(
+    embedded_broker: EmbeddedUnderTest,
+) -> None:
     with MqttProbe(embedded_broker).connected() as pub:
         pub.publish("edgebus/gw-1/status", b"online", retain=True)
     with MqttProbe(embedded_broker).connected() as sub:
         sub.subscribe("edgebus/+/status")
         got = sub.expect()
         assert (got.topic, got.payload, got.retain) == ("edgebus/gw-1/status", b"online", True)
-        # While `sub` is subscribed, a client that subscribes to nothing still
-        # gets the retained message on connect, and one that does subscribe
-        # gets it twice (DESIGN.md section 8). If this starts failing, amqtt
-        # changed: update the module docstring of broker/embedded.py.
+        # amqtt 0.12.1 itself sends a connecting client the retained messages of
+        # every client's subscriptions, and a new subscriber gets each twice
+        # (broker/amqtt_fixes/retained_on_subscribe.py).
         with MqttProbe(embedded_broker).connected() as bystander:
-            assert [m.topic for m in bystander.drain(0.5)] == ["edgebus/gw-1/status"]
+            assert bystander.drain(0.5) == []
         with MqttProbe(embedded_broker).connected() as late:
             late.subscribe("edgebus/+/status")
             assert [(m.topic, m.retain) for m in late.drain(0.5)] == [
-                ("edgebus/gw-1/status", True)] * 2
+                ("edgebus/gw-1/status", True)]
 
 
 @integration
@@ -231,6 +298,28 @@ def test_topic_acl(tmp_path: Path) -> None:
         assert (got.topic, got.payload) == ("edgebus/cam-1/metrics", b"mine")
         assert watch.drain(0.3) == []
 
+
+@integration
+def test_restored_subscriptions_answer_to_the_acl_of_the_restart(tmp_path: Path) -> None:
+    admin, cam = Credentials("admin", "pa"), Credentials("cam-1", "pc")
+    wide = {"admin": {"publish": ["#"], "subscribe": ["#"]},
+            "cam-1": {"publish": ["edgebus/cam-1/#"], "subscribe": ["edgebus/cam-1/cmd/#",
+                                                                    "edgebus/_sys/#"]}}
+    narrow = {**wide, "cam-1": {"publish": ["edgebus/cam-1/#"],
+                                "subscribe": ["edgebus/cam-1/cmd/#"]}}
+    with EmbeddedBroker(port=0, data_dir=tmp_path, credentials=[admin, cam], acl=wide) as broker, \
+            MqttProbe(("127.0.0.1", broker.port), "cam", "cam-1", "pc",
+                      clean_session=False).connected() as device:
+        device.subscribe("edgebus/cam-1/cmd/#")
+        device.subscribe("edgebus/_sys/#")
+        port = broker.port
+    with EmbeddedBroker(port=port, data_dir=tmp_path, credentials=[admin, cam], acl=narrow), \
+            MqttProbe(("127.0.0.1", port), None, "admin", "pa").connected() as coordinator:
+        coordinator.publish("edgebus/cam-1/cmd/ota", b"kept", qos=1)
+        coordinator.publish("edgebus/_sys/raft/x", b"revoked", qos=1)
+        with MqttProbe(("127.0.0.1", port), "cam", "cam-1", "pc", clean_session=False) as device:
+            assert device.connect()[1]
+            assert [m.payload for m in device.drain(0.5)] == [b"kept"]
 
 @integration
 def test_allow_anonymous_is_opt_in(tmp_path: Path) -> None:
@@ -280,13 +369,11 @@ def test_qos1_round_trip_on_every_broker(broker: RunningBroker) -> None:
 # -- edge-broker run ---------------------------------------------------------------
 
 
-@integration
-def test_edge_broker_run_prints_how_to_connect_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+def _edge_broker_run(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``edge-broker run`` in a child process, once it has printed its ready block."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "run", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "broker.cli", "run", "--data-dir", str(data_dir), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
     ready = threading.Event()
@@ -295,26 +382,79 @@ def test_edge_broker_run_prints_how_to_connect_and_stops_on_sigterm(tmp_path: Pa
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if "mosquitto_sub" in line:
+            if "Ctrl-C stops" in line:
                 ready.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(20):
+        proc.kill()
+        _out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"no ready block; output so far: {lines!r}; stderr: {err}")
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
     try:
-        assert ready.wait(20), f"no ready line; output so far: {lines!r}"
-        creds = load_credentials(tmp_path / "data" / "credentials.json")
-        out = "".join(lines)
-        assert f"127.0.0.1:{port}" in out
-        assert f"-u {creds.username} -P '{creds.password}'" in out
-        with MqttProbe(("127.0.0.1", port), None, creds.username, creds.password) as probe:
-            assert not probe.connect()[0].is_failure
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        return proc.wait(20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        reader.join(5)
+
+
+@integration
+def test_edge_broker_run_prints_how_to_connect_and_what_it_guarantees(tmp_path: Path) -> None:
+    port = free_port()
+    proc, lines = _edge_broker_run(tmp_path / "data", "--port", str(port))
+    try:
+        creds = load_credentials(tmp_path / "data" / "credentials.json")
+        out = "".join(lines)
+        assert f"127.0.0.1:{port}" in out
+        assert f"-u {creds.username} -P '{creds.password}'" in out
+        assert "guarantees on the embedded broker" in out
+        assert "need Mosquitto: MQTT 5, $share" in out and "edge-broker run --mosquitto" in out
+        with MqttProbe(("127.0.0.1", port), None, creds.username, creds.password) as probe:
+            assert not probe.connect()[0].is_failure
+    finally:
+        assert _stop(proc) == 0
+    assert (tmp_path / "data" / STORE_FILE).exists()
+
+
+@integration
+def test_edge_broker_run_mosquitto_serves_the_same_user_with_mqtt5(tmp_path: Path) -> None:
+    require_mosquitto()
+    data = tmp_path / "data"
+    creds = load_or_create_credentials(data)  # as an earlier embedded run left it
+    port = free_port()
+    proc, lines = _edge_broker_run(data, "--port", str(port), "--mosquitto")
+    try:
+        out = "".join(lines)
+        assert f"Mosquitto MQTT 3.1.1, 5 broker listening on 127.0.0.1:{port}" in out
+        assert "guarantees on Mosquitto" in out
+        target = ("127.0.0.1", port)
+        with MqttProbe(target, None, creds.username, creds.password,
+                       protocol=mqtt.MQTTv5).connected() as sub, \
+                MqttProbe(target, None, creds.username, creds.password).connected() as pub:
+            sub.subscribe("edgebus/gw-1/#")
+            pub.publish("edgebus/gw-1/status", b"online")
+            assert sub.expect().payload == b"online"
+        with MqttProbe(target, None, creds.username, "wrong") as refused:
+            assert refused.connect()[0].is_failure
+    finally:
+        assert _stop(proc) == 0
+    assert (data / "mosquitto" / "mosquitto.conf").exists()
+
+
+def test_edge_broker_run_mosquitto_without_mosquitto_says_how_to_get_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker import local_mosquitto
+    from broker.cli import main
+
+    monkeypatch.setattr(local_mosquitto, "find_mosquitto", lambda: None)
+    assert main(["run", "--port", "0", "--data-dir", str(tmp_path), "--mosquitto"]) == 1
+    err = capsys.readouterr().err
+    assert "mosquitto, which is not installed" in err and "apt-get install mosquitto" in err
 
 
 def test_edge_broker_run_port_in_use_exits_1(tmp_path: Path) -> None:

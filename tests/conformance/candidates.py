@@ -13,10 +13,9 @@ Known kinds:
 * ``iotcore`` - rumqttd 0.20 compiled into the iotcore 0.4 wheel; it listens
   for MQTT 3.1.1 and MQTT 5 on two ports, with a static user/password table,
   no topic ACLs and no persistence;
-* ``amqtt_db`` - the embedded broker's amqtt 0.12.1 with its own session
-  persistence plugin;
-* ``amqtt_fixed`` - the embedded broker with the patch probe of
-  ``notes/amqtt_fixes_probe.py`` (run with the edgebus venv's Python);
+* ``amqtt_db`` - the embedded broker's amqtt 0.12.1 without edgebus's fixes,
+  with amqtt's own session persistence plugin (what the embedded broker was
+  before ``broker/amqtt_fixes``);
 * ``mqttd`` - mqttd 0.5, a pure-Python MQTT 3.1.1/5 server without password
   checks (measured and dismissed: it fails most of the battery).
 """
@@ -173,21 +172,8 @@ class AmqttSessionDbUnderTest(CommandBroker):
                 self.password, str(self.workdir)]
 
 
-class AmqttFixedUnderTest(CommandBroker):
-    """The embedded broker with the patches of ``notes/amqtt_fixes_probe.py`` (a probe)."""
-
-    kind = "amqtt_fixed"
-    speaks_mqtt5 = False
-
-    def command(self) -> list[str]:
-        probe = Path(__file__).resolve().parents[2] / "notes" / "amqtt_fixes_probe.py"
-        return [self.python, str(probe), self.host, str(self.port), self.username,
-                self.password, str(self.workdir)]
-
-
 CANDIDATE_KINDS: dict[str, type[CommandBroker]] = {
-    "iotcore": IotcoreUnderTest, "mqttd": MqttdUnderTest, "amqtt_db": AmqttSessionDbUnderTest,
-    "amqtt_fixed": AmqttFixedUnderTest}
+    "iotcore": IotcoreUnderTest, "mqttd": MqttdUnderTest, "amqtt_db": AmqttSessionDbUnderTest}
 
 
 def configured_candidates() -> dict[str, str]:

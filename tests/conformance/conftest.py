@@ -26,8 +26,9 @@ from tests.conformance.raw_client import RawClient
 DOLLAR_ROOT = "$conformance"
 
 KINDS = ("mosquitto", "embedded", *configured_candidates())
-#: A candidate that is the embedded broker plus something fails what it fails,
-#: unless a mark names it (``amqtt_db=None``: passes there).
+#: A candidate that is amqtt like the embedded broker fails what the embedded broker
+#: still fails, and what a mark names it for (``amqtt_db=...``: amqtt without
+#: edgebus's fixes; ``amqtt_db=None``: passes there).
 _FAILS_LIKE = {"amqtt_db": "embedded"}
 
 

@@ -11,20 +11,33 @@ from collections.abc import Callable
 import pytest
 
 from tests.brokers import RunningBroker
-from tests.conformance.raw_client import PUBCOMP, PUBREL, RawClient, offline_subscriber
+from tests.conformance.raw_client import (
+    PUBCOMP,
+    PUBREL,
+    ConnectionClosed,
+    RawClient,
+    Will,
+    offline_subscriber,
+)
 
 pytestmark = pytest.mark.integration
 
 RUNS = 10
 
+# What unpatched amqtt 0.12.1 (candidate amqtt_db) gets wrong; the embedded broker's
+# fixes (broker/amqtt_fixes) and store (broker/amqtt_session_store.py) mend it.
 AMQTT_NO_REDELIVERY = ("amqtt 0.12.1 does not resend unacknowledged QoS 1/2 messages to a "
                        "persistent session on reconnect")
-AMQTT_NO_RESTART = ("amqtt 0.12.1 keeps sessions in memory unless its SessionDBPlugin (SQLAlchemy, "
-                    "aiosqlite) is installed and configured")
 AMQTT_NO_PUBREL = ("amqtt 0.12.1 does not resend PUBREL for a QoS 2 delivery left without PUBCOMP "
                    "when a persistent session reconnects")
 AMQTT_TAKEOVER = ("amqtt 0.12.1 keeps the session on take-over but delivers nothing live to the "
                   "new connection")
+AMQTT_TAKEOVER_WILL = "amqtt 0.12.1 publishes the replaced connection's will on take-over"
+AMQTT_CLEAN_TAKEOVER = ("amqtt 0.12.1 leaves the old connection open when a new one with its "
+                        "client id asks for a clean session")
+AMQTT_REFUSED_TAKEOVER = (
+    "amqtt 0.12.1 registers a connection that fails to log in in the place of the connected "
+    "client with that id (before it checks the password), so the client loses its deliveries")
 IOTCORE_NO_DUP = "rumqttd 0.20 resends an unacknowledged message with its id but DUP 0"
 IOTCORE_NO_PUBREL = "rumqttd 0.20 does not resend PUBREL to a reconnecting persistent session"
 IOTCORE_NO_RESTART = "rumqttd 0.20 has no persistence: sessions live in memory"
@@ -44,7 +57,7 @@ def _in_flight(client: Callable[..., RawClient], topic: str, qos: int) -> tuple[
     return sub, first.packet_id
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_REDELIVERY, iotcore=IOTCORE_NO_DUP)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_NO_REDELIVERY, iotcore=IOTCORE_NO_DUP)
 @pytest.mark.parametrize("qos", [1, 2])
 def test_unacknowledged_message_redelivered_with_dup(client: Callable[..., RawClient],
                                                      topic_root: str, qos: int) -> None:
@@ -58,7 +71,7 @@ def test_unacknowledged_message_redelivered_with_dup(client: Callable[..., RawCl
     assert again.dup, "a resent PUBLISH must have DUP set (§3.3.1.1)"
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_PUBREL, iotcore=IOTCORE_NO_PUBREL)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_NO_PUBREL, iotcore=IOTCORE_NO_PUBREL)
 def test_unacknowledged_pubrel_resent(client: Callable[..., RawClient], topic_root: str) -> None:
     """§4.4: a QoS 2 delivery stopped after PUBREC is finished with a resent PUBREL."""
     topic = f"{topic_root}/t"
@@ -91,7 +104,7 @@ def test_offline_messages_queued_for_persistent_session(client: Callable[..., Ra
     assert got == [b"0", b"1", b"2"]
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_TAKEOVER)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_TAKEOVER)
 def test_takeover_keeps_session_and_delivers_live(client: Callable[..., RawClient],
                                                   topic_root: str) -> None:
     """§3.1.4: a second CONNECT with the same id closes the first connection, session kept.
@@ -115,7 +128,7 @@ def test_takeover_keeps_session_and_delivers_live(client: Callable[..., RawClien
         new.disconnect()
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_REDELIVERY, iotcore=IOTCORE_NO_DUP)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_NO_REDELIVERY, iotcore=IOTCORE_NO_DUP)
 def test_takeover_redelivers_in_flight_message(client: Callable[..., RawClient],
                                                topic_root: str) -> None:
     pub = client("pub")
@@ -135,8 +148,83 @@ def test_takeover_redelivers_in_flight_message(client: Callable[..., RawClient],
         new.disconnect()
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_RESTART, iotcore=IOTCORE_NO_RESTART,
-                           amqtt_db=None)
+@pytest.mark.broker_fails(amqtt_db=AMQTT_TAKEOVER_WILL)
+def test_takeover_does_not_publish_the_will(client: Callable[..., RawClient],
+                                            topic_root: str) -> None:
+    """A take-over is the device coming back, not going away: no will (as Mosquitto 2.0 does).
+
+    edgebus's will is ``offline`` on the retained status topic; published
+    after the new connection's ``online`` it would mark a connected device offline.
+    """
+    watcher = client("watcher")
+    watcher.connected()
+    watcher.subscribe((f"{topic_root}/+/status", 1))
+    for run in range(RUNS):
+        status = f"{topic_root}/{run}/status"
+        will = Will(status, b"offline", qos=1, retain=True)
+        old = client(f"device-{run}")
+        old.connected(clean_session=False, will=will)
+        old.publish(status, b"online", qos=1, retain=True)
+        new = client(f"device-{run}")
+        assert new.connected(clean_session=False, will=will), f"run {run}: session lost"
+        new.publish(status, b"back", qos=1, retain=True)
+        new.disconnect()
+    marker = client("marker")
+    marker.connected()
+    marker.publish(f"{topic_root}/end/status", b"", qos=1)
+    got = watcher.publishes_until(f"{topic_root}/end/status")
+    for run in range(RUNS):
+        seen = [m.payload for m in got if m.topic == f"{topic_root}/{run}/status"]
+        assert seen == [b"online", b"back"], f"run {run}: status went {seen}"
+
+
+@pytest.mark.broker_fails(amqtt_db=AMQTT_CLEAN_TAKEOVER)
+def test_clean_session_takeover_closes_the_old_connection(client: Callable[..., RawClient],
+                                                         topic_root: str) -> None:
+    """§3.1.4 [MQTT-3.1.4-2]: the existing client is disconnected whatever the new CleanSession.
+
+    The old session ends with it; a broker may then publish its will
+    (Mosquitto 2.0 does), but before the new connection's first message, or
+    presence would read ``offline`` for a connected device.
+    """
+    status = f"{topic_root}/status"
+    watcher = client("watcher")
+    watcher.connected()
+    watcher.subscribe((f"{topic_root}/#", 1))
+    old = client("device")
+    old.connected(clean_session=False, will=Will(status, b"offline", qos=1))
+    new = client("device")
+    assert not new.connected(clean_session=True), "a clean session has no session present"
+    assert old.wait_closed(3.0), "the old connection was not closed"
+    new.publish(status, b"back", qos=1)
+    new.publish(f"{topic_root}/marker", b"", qos=1)
+    seen = [m.payload for m in watcher.publishes_until(f"{topic_root}/marker") if m.topic == status]
+    assert seen in ([b"back"], [b"offline", b"back"]), f"status went {seen}"
+
+
+@pytest.mark.broker_fails(amqtt_db=AMQTT_REFUSED_TAKEOVER)
+def test_refused_connect_leaves_the_connected_client_alone(client: Callable[..., RawClient],
+                                                           topic_root: str) -> None:
+    """A CONNECT with the right client id and a wrong password must not take anything over."""
+    topic = f"{topic_root}/t"
+    device = client("device")
+    device.connected(clean_session=False)
+    device.subscribe((topic, 1))
+    intruder = client("device")
+    intruder.password = "not-the-password"
+    _present, code = intruder.connect(clean_session=False)
+    assert code in (4, 5), f"CONNACK return code {code} for a wrong password"
+    pub = client("pub")
+    pub.connected()
+    pub.publish(topic, b"still-mine", qos=1)
+    try:
+        message = device.next_publish(3.0)
+    except ConnectionClosed:
+        pytest.fail("the connected client was disconnected by a refused CONNECT")
+    assert message is not None and message.payload == b"still-mine", "delivery lost"
+
+
+@pytest.mark.broker_fails(iotcore=IOTCORE_NO_RESTART)
 def test_persistent_session_survives_broker_restart(client: Callable[..., RawClient],
                                                     conformance_broker: RunningBroker,
                                                     topic_root: str) -> None:
@@ -159,8 +247,7 @@ def test_persistent_session_survives_broker_restart(client: Callable[..., RawCli
     assert live is not None and live.payload == b"live", "subscription lost in the restart"
 
 
-@pytest.mark.broker_fails(embedded=AMQTT_NO_RESTART, iotcore=IOTCORE_NO_RESTART,
-                           amqtt_db=None)
+@pytest.mark.broker_fails(iotcore=IOTCORE_NO_RESTART)
 def test_retained_message_survives_broker_restart(client: Callable[..., RawClient],
                                                   conformance_broker: RunningBroker,
                                                   topic_root: str) -> None:
