@@ -20,7 +20,7 @@ from protocols.placement.workload import Workload
 from protocols.sim.prng import SplitMix64
 
 __all__ = ["PROFILES", "AgentProfile", "Fleet", "LoadStep", "SimAgent", "StepKind", "build_fleet",
-           "config_placement", "standard_steps"]
+           "config_placement", "describe_step", "standard_steps"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,19 @@ class LoadStep:
     factor: float = 1.0
     ramp_ms: int = 0
     label: str = ""
+
+
+def describe_step(step: LoadStep) -> str:
+    """A load step in a few words, for reports."""
+    agents = ", ".join(step.ids)
+    if step.kind is StepKind.HOTSPOT:
+        ramp = f" over {step.ramp_ms // 1000} s" if step.ramp_ms else ""
+        return f"{step.label}: cameras of {agents} to {step.factor:g}x CPU{ramp}"
+    if step.kind is StepKind.HOTSPOT_END:
+        return f"{step.label} ends"
+    if step.kind is StepKind.DEMAND:
+        return f"{len(step.ids)} streams to {step.factor:g}x CPU"
+    return f"{step.kind.value} {agents}"
 
 
 @dataclass(frozen=True, slots=True)

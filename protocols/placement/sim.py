@@ -87,7 +87,8 @@ class SimReport:
     config: FleetSimConfig
     fleet: Fleet
     times: tuple[int, ...]
-    cpu: tuple[tuple[float | None, ...], ...]  # per tick, per agent in fleet order; None: offline
+    # per tick (the load before its plan), per agent in fleet order; None: offline
+    cpu: tuple[tuple[float | None, ...], ...]
     utilisation: tuple[tuple[float | None, ...], ...]  # the same, weighted as the planner weighs load
     moves: tuple[MoveRecord, ...]
     plans: int
@@ -210,17 +211,17 @@ class FleetSim:
                 step_i += 1
             self._finish_moves(t)
             load = self._true_load(t)
-            if t % cfg.report_every_ms == 0:
-                self._report(t, load)
-            if t % cfg.plan_every_ms == 0 and self._plan(t):
-                load = self._true_load(t)
-            self._count_frames(load)
-            times.append(t)
+            times.append(t)  # the load at t, before the planner acts on it
             cpu.append(tuple(load[a][0] if self.online[a] else None for a in order))
             util.append(tuple(
                 pc.cpu_weight * load[a][0] + pc.memory_weight * load[a][1]
                 + pc.tx_weight * load[a][2] / self.agents[a].capacity.max_tx_per_s if self.online[a] else None
                 for a in order))
+            if t % cfg.report_every_ms == 0:
+                self._report(t, load)
+            if t % cfg.plan_every_ms == 0 and self._plan(t):
+                load = self._true_load(t)
+            self._count_frames(load)
         budget = cfg.planner.move_budget
         most = _most_in_window([r.started_ms for r in self.records if r.reason.budgeted],
                                cfg.planner.budget_window_ms)
