@@ -40,7 +40,8 @@ class Ledger:
         self.now_ms = inp.now_ms
         self.agents: dict[str, AgentView] = {a.id: a for a in sorted(inp.agents, key=attrgetter("id"))}
         self.workloads: dict[str, Workload] = {w.id: w for w in sorted(inp.workloads, key=attrgetter("id"))}
-        records = sorted(inp.moves, key=lambda r: (r.started_ms, r.workload, r.target))
+        records = sorted(inp.moves, key=lambda r: (r.started_ms, r.workload, r.target, r.source or "",
+                                                   r.reason.value, r.state.value, r.finished_ms or -1))
         self.in_flight: dict[str, MoveRecord] = {r.workload: r for r in records if r.in_flight}
         self.location: dict[str, str | None] = {}
         self.holds: dict[str, set[str]] = {a: set() for a in self.agents}
