@@ -6,6 +6,11 @@ commands, so pipelines are not fixed at start. Each camera has a shedding
 shed, its frames are still captured (the queue keeps the newest) but not
 analysed, and the skipped frames are counted in its metrics.
 
+Each camera's metrics (``camera_{name}_...``) include ``streaming`` (1 while
+frames come in, else 0), ``source_reconnects_total`` and
+``source_outages_total``; its retained ``state/{name}_health`` says which
+state the source is in and why (:mod:`schemas.camera_health`).
+
 Importing this module needs the ``[camera]`` extra (OpenCV, onnxruntime).
 """
 
@@ -256,6 +261,10 @@ class CameraHost(AgentExtension):
                       "frames_shed_total": s.frames_shed, "frames_detected_total": s.frames_detected,
                       "motion_skipped_total": s.motion_skipped, "inference_ms": s.inference_ms_avg,
                       "overhead_ms": s.overhead_ms_avg, "active_tracks": s.active_tracks,
-                      "detector_errors_total": s.detector_errors}
+                      "detector_errors_total": s.detector_errors,
+                      # 1 while frames come in; the health topic says why not.
+                      "streaming": 1 if s.streaming else 0,
+                      "source_reconnects_total": s.source_reconnects,
+                      "source_outages_total": s.source_outages}
             out += [MetricSample(time_ms, prefix + k, round(float(v), 3)) for k, v in values.items()]
         return out
