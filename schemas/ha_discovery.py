@@ -23,7 +23,12 @@ publishes (see :func:`metrics_state_payload` and :func:`camera_state_payload`)::
     {root}/{device}/state/{camera}_objects  {"person": 2, "car": 0}
 
 Availability follows ``{root}/{device}/status`` (``online``/``offline``, the
-session's will). Templates read keys as ``value_json['name']`` because metric
+session's will). A camera's object-count sensors and its occupancy also need
+the camera's stream to be up (``state/{camera}_health`` says ``streaming``;
+both availability topics, ``availability_mode: all``), so an outage shows as
+"unavailable", never as an empty or an occupied room; its connectivity binary
+sensor (``{camera}_stream``) reads that health topic and stays available while
+the agent is. Templates read keys as ``value_json['name']`` because metric
 names may hold ``-`` and ``.``, which Jinja attribute access cannot; a key
 that is missing renders ``None``, which Home Assistant shows as "unknown"
 rather than logging a parse error.
@@ -46,6 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from schemas.camera_health import SourceState, camera_health_name
 from schemas.errors import CodecError, ConfigError, TopicError
 from schemas.topics import DEFAULT_ROOT, TopicTree, ha_slug, validate_device_id, validate_name
 
@@ -354,6 +360,11 @@ def _sensor_template(key: str) -> str:
     return "{{ value_json['" + key + "'] | default(None) }}"
 
 
+#: Availability of a camera's object entities from its health topic (schemas/camera_health.py).
+_STREAMING_TEMPLATE = ("{{ '" + AVAILABLE + "' if value_json.state == '" + SourceState.STREAMING.value
+                       + "' else '" + NOT_AVAILABLE + "' }}")
+
+
 def _count_expression(key: str) -> str:
     return "(value_json['" + key + "'] | default(0) | int(0))"
 
@@ -382,14 +393,21 @@ def _entities(desc: DeviceDescription) -> list[_Entity]:
         out.append(_Entity(object_id, "sensor", options))
     for camera in desc.cameras:
         topic = tree.state(desc.device, camera_state_name(camera.name))
+        health_topic = tree.state(desc.device, camera_health_name(camera.name))
         cam = _ha_id(camera.name, f"camera {camera.name!r}")
+        while_streaming = {"availability": [*_availability(desc), {
+            "topic": health_topic, "payload_available": AVAILABLE,
+            "payload_not_available": NOT_AVAILABLE, "value_template": _STREAMING_TEMPLATE}],
+            "availability_mode": "all"}
         for label in camera.labels:
             out.append(_Entity(f"{cam}_{_ha_id(label, 'label')}_count", "sensor", {
                 "name": f"{_label(camera.name)} {_label(label).lower()} count",
                 "state_topic": topic,
                 "value_template": "{{ " + _count_expression(label) + " }}",
                 "state_class": "measurement",
+                "unit_of_measurement": "objects" if label != "person" else "people",
                 "icon": "mdi:account-multiple" if label == "person" else "mdi:shape",
+                **while_streaming,
             }))
         occupied = " + ".join(_count_expression(label) for label in camera.occupancy_labels or ())
         out.append(_Entity(f"{cam}_occupancy", "binary_sensor", {
@@ -397,6 +415,17 @@ def _entities(desc: DeviceDescription) -> list[_Entity]:
             "state_topic": topic,
             "device_class": "occupancy",
             "value_template": "{{ 'ON' if (" + occupied + ") > 0 else 'OFF' }}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            **while_streaming,
+        }))
+        out.append(_Entity(f"{cam}_stream", "binary_sensor", {
+            "name": f"{_label(camera.name)} stream",
+            "state_topic": health_topic,
+            "json_attributes_topic": health_topic,
+            "device_class": "connectivity",
+            "value_template": "{{ 'ON' if value_json.state == '" + SourceState.STREAMING.value
+                              + "' else 'OFF' }}",
             "payload_on": "ON",
             "payload_off": "OFF",
         }))
@@ -468,8 +497,8 @@ def entity_discovery(desc: DeviceDescription,
     _check_prefix(prefix)
     out = []
     for entity in _entities(desc):
-        config = {**entity.options, "dev": _device_block(desc), "o": _origin_block(desc),
-                  "availability": _availability(desc), "qos": 1}
+        config = {"availability": _availability(desc), **entity.options,
+                  "dev": _device_block(desc), "o": _origin_block(desc), "qos": 1}
         topic = TopicTree.ha_discovery(entity.platform, desc.node, entity.object_id, prefix)
         out.append(DiscoveryMessage(topic, config))
     return out

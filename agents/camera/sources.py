@@ -415,8 +415,9 @@ class FrameSource:
             read_since_open += 1
             delay = self.reconnect_min_delay
             if self.interval:
-                # Keep the cadence, but after a stall catch up by one frame at most.
-                next_due = max(next_due, now - self.interval) + self.interval
+                # Keep the cadence, but after a stall catch up by half a frame at most: a
+                # burst of buffered frames must not come out milliseconds apart.
+                next_due = max(next_due, now - self.interval / 2) + self.interval
             yield CapturedFrame(image, self.clock_ms(), self.frames_read)
             self.frames_read += 1
 
