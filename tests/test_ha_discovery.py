@@ -333,3 +333,54 @@ def test_occupancy_ignores_labels_outside_its_set() -> None:
     assert render_all(desc, states)["front_occupancy"] == "OFF"
     states = {"edgebus/gw-1/state/front_objects": {"car": 0, "person": 1}, **health}
     assert render_all(desc, states)["front_occupancy"] == "ON"
+
+
+# Every metric an agent publishes: the collectors', the agent's own health, a camera's.
+AGENT_METRICS = (
+    "cpu_percent", "cpu0_percent", "cpu3_percent", "load1", "load5", "load15", "mem_used_percent",
+    "mem_available_bytes", "swap_used_percent", "net_rx_bytes_per_s", "net_tx_bytes_per_s",
+    "net_errors_total", "battery_percent", "battery_plugged", "temp_soc_c", "temp_cpu_thermal_c",
+    "disk_used_percent", "disk_data_used_percent", "agent_cpu_percent", "agent_rss_bytes",
+    "agent_outbox_depth", "agent_outbox_bytes", "agent_dropped_total", "agent_publish_latency_ms",
+    "agent_connection_losses_total", "agent_shed_level", "agent_shed_level_changes_total",
+    "agent_shed_total", "agent_job_failures_total", "agent_suppressed_total",
+    *(f"camera_front_door_{m}" for m in (
+        "frames_captured_total", "frames_dropped_total", "frames_shed_total",
+        "frames_detected_total", "motion_skipped_total", "inference_ms", "overhead_ms",
+        "active_tracks", "detector_errors_total", "streaming", "source_reconnects_total",
+        "source_outages_total")))
+#: Quantities without a unit: a load average, a 0/1 flag, a level.
+UNITLESS = {"load1", "load5", "load15", "battery_plugged", "agent_shed_level",
+            "camera_front_door_streaming"}
+
+
+@pytest.mark.parametrize("name", AGENT_METRICS)
+def test_every_agent_metric_reads_like_a_name_and_has_a_unit(name: str) -> None:
+    entity = describe_metric(name)
+    assert entity.label and entity.label[0].isupper()
+    words = entity.label.lower().split()
+    assert not {"percent", "bytes", "ms", "total", "c", "s"} & set(words), entity.label
+    assert "_" not in entity.label and entity.label != name
+    assert (entity.unit is None) == (name in UNITLESS), (name, entity.unit)
+    if name.endswith("_total"):
+        assert entity.state_class == "total_increasing"
+    if entity.device_class is not None:
+        assert entity.device_class not in schemas.ha_discovery.RECENT_SENSOR_DEVICE_CLASSES
+    assert entity.diagnostic == name.startswith(("agent_", "camera_"))
+
+
+def test_names_the_agent_does_not_know_get_their_unit_from_the_suffix() -> None:
+    assert (describe_metric("gpu_temp_c").label, describe_metric("gpu_temp_c").unit) == (
+        "GPU temperature", "°C")
+    latency = describe_metric("uplink_rtt_ms")
+    assert (latency.label, latency.unit, latency.device_class) == ("Uplink rtt", "ms", "duration")
+    retries = describe_metric("modem_retries_total")
+    assert (retries.label, retries.unit, retries.state_class) == (
+        "Modem retries", "retries", "total_increasing")
+    assert describe_metric("fan_speed").label == "Fan speed"
+
+
+def test_device_classes_of_recent_releases_are_accepted() -> None:
+    assert {"reactive_energy", "absolute_humidity", "pm4", "temperature_delta"} <= \
+        schemas.ha_discovery.SENSOR_DEVICE_CLASSES
+    assert MetricEntity("abs_humidity", device_class="absolute_humidity").device_class

@@ -83,7 +83,8 @@ class CameraHost(AgentExtension):
 
     def __init__(self, session: BusSession, cameras: Sequence[HostedCamera], *,
                  clock_ms: Callable[[], int] = wall_clock_ms,
-                 detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector) -> None:
+                 detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector,
+                 on_cameras: Callable[[list[str]], None] | None = None) -> None:
         names = [c.config.name for c in cameras]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -95,6 +96,8 @@ class CameraHost(AgentExtension):
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._policy: SheddingPolicy | None = None
+        #: Hears the running cameras after every change (the agent's capabilities follow them).
+        self._on_cameras = on_cameras
 
     @property
     def cameras(self) -> list[str]:
@@ -206,7 +209,10 @@ class CameraHost(AgentExtension):
 
     def publish_cameras(self) -> None:
         """The retained ``state/cameras``: which cameras this agent runs (one owner per camera)."""
-        body = json.dumps({"cameras": self.cameras})
+        names = self.cameras
+        if self._on_cameras is not None:
+            self._on_cameras(names)
+        body = json.dumps({"cameras": names})
         device = self.session.config.device
         if device:  # an agent's session always has one; a bare test session may not
             self.session.publish(self.session.topics.state(device, CAMERAS_STATE), body, qos=1, retain=True)
