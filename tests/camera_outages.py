@@ -13,7 +13,8 @@ again several times. Everything is read off a real broker, as a user would:
 * when it is back: ``streaming``, available, and a new track;
 * the agent's thread count is the same after every recovery, its memory
   does not climb with the outages, and frames handed on are never closer
-  than the configured rate allows (no burst after an open).
+  than the configured rate allows (no burst after an open);
+* every JSON payload conforms to its schema in schemas/json/.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from schemas.messages import decode_record
 from tests.agent_helpers import agent_toml, reap_agent, spawn_agent, stop_agent
 from tests.brokers import RunningBroker
 from tests.bus_helpers import Inbox, observer
+from tests.json_schema import assert_conforms
 from tests.stream_servers import StreamServer
 
 DEVICE = "cam-s"
@@ -179,6 +181,14 @@ threshold = 0.5
     times = [f.time_ms for f in analysed_frames(inbox)]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.4 * 1000 / FPS, sorted(gaps)[:5]
+    # Everything published in plain JSON is what schemas/json/ (and FORMAT.md) say.
+    for topic, schema in ((HEALTH, "camera-health"), (EVENTS, "track-event"),
+                          (OBJECTS, "camera-objects"), (f"{TOPIC}/state/metrics", "metrics-state"),
+                          (DISCOVERY, "ha-device-discovery")):
+        payloads = [p for p in inbox.payloads(topic) if p]
+        assert payloads, topic
+        for payload in payloads:
+            assert_conforms(payload, schema)
     # Nothing grows with the outages: the same threads after every recovery, memory flat.
     threads = [t for t, _ in samples]
     assert threads == [threads[0]] * len(threads), samples

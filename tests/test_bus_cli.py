@@ -18,6 +18,7 @@ from broker.session import BusConfig, BusSession
 from broker.telemetry import MetricsPublisher
 from schemas.messages import MetricSample
 from tests.brokers import RunningBroker
+from tests.json_schema import assert_conforms
 
 pytestmark = pytest.mark.integration
 
@@ -226,6 +227,7 @@ def test_the_help_examples_of_sub_pub_and_cmd_work_on_a_running_agent(
             assert out.returncode == 0, (line, out.stdout, out.stderr)
             reply = json.loads(out.stdout)
             assert reply["ok"] is True and reply["device"] == "cam-1" and reply["name"] == example[3]
+            assert_conforms(reply, "command-reply")
             ran.add(line)
         # assign started camera door: its health is retained for the sub example that shows it.
         assert inbox.wait_for(lambda ms: bool(inbox.payloads("edgebus/cam-1/state/door_health")))
@@ -264,6 +266,7 @@ def test_cmd_reports_a_refusal_and_a_silent_device(mosquitto_broker: RunningBrok
         assert refused.returncode == 1, refused.stderr
         reply = json.loads(refused.stdout)
         assert reply["ok"] is False and "intervall" in reply["error"]
+        assert_conforms(reply, "command-reply")
         silent = run_example(broker, ["edge-bus", "cmd", "nobody-here", "rebirth", "-W", "1"])
         assert silent.returncode == 27 and "no reply" in silent.stderr
         assert stop_agent(proc) == 0
