@@ -331,7 +331,7 @@ def test_a_dropped_stream_ends_its_tracks_and_zeroes_the_counts() -> None:
     try:
         # The second outage never ends: the script is used up.
         assert wait_until(lambda: health_states(queued(session)).count(
-            ("reconnecting", "stream dropped")) == 2 and pipeline.stats().frames_detected == 11)
+            ("reconnecting", "connection refused")) == 2 and pipeline.stats().frames_detected == 11)
         stats = pipeline.stats()
         assert not stats.streaming and stats.source_state == "reconnecting"
         assert stats.source_outages == 2 and stats.active_tracks == 0

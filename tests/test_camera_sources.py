@@ -271,3 +271,25 @@ def test_a_stream_that_cannot_open_says_why() -> None:
         server.listen()
         answered = unreachable_reason(f"http://127.0.0.1:{server.getsockname()[1]}/")
     assert "accepts connections" in answered
+
+
+def test_a_read_that_blocked_does_not_make_the_next_frame_due_at_once() -> None:
+    now = [0.0]
+    blocking = iter([0.15, 0.0, 0.19, 0.0, 0.0, 0.0])
+
+    class Stalls(FlakyStream):
+        """Reads that block for a while (a slow network, a busy CPU), then return at once."""
+
+        def read(self) -> Frame | None:
+            now[0] += next(blocking, 0.0)
+            return super().read()
+
+        def skip(self) -> bool:
+            now[0] += 0.01
+            return super().skip()
+
+    source = FrameSource(Stalls([100]), description="http", live=True, fps=5.0,
+                         monotonic=lambda: now[0], clock_ms=lambda: round(now[0] * 1000))
+    frames = list(itertools.islice(source.frames(), 6))
+    gaps = [b.time_ms - a.time_ms for a, b in itertools.pairwise(frames)]
+    assert min(gaps) >= 100, gaps  # half the interval at most is caught up

@@ -416,8 +416,11 @@ class FrameSource:
             delay = self.reconnect_min_delay
             if self.interval:
                 # Keep the cadence, but after a stall catch up by half a frame at most: a
-                # burst of buffered frames must not come out milliseconds apart.
-                next_due = max(next_due, now - self.interval / 2) + self.interval
+                # burst of buffered frames must not come out milliseconds apart. Counted
+                # from when the read returned (the frame's stamp), not when it began: a
+                # read that blocked must not make the next frame due at once.
+                read_at = self._monotonic()
+                next_due = max(next_due, read_at - self.interval / 2) + self.interval
             yield CapturedFrame(image, self.clock_ms(), self.frames_read)
             self.frames_read += 1
 
