@@ -14,6 +14,8 @@ again several times. Everything is read off a real broker, as a user would:
 * the agent's thread count is the same after every recovery, its memory
   does not climb with the outages, and frames handed on are never closer
   than the configured rate allows (no burst after an open);
+* the agent's log has one warning per outage and one recovery line, and
+  nothing printed by OpenCV or FFmpeg;
 * every JSON payload conforms to its schema in schemas/json/.
 """
 
@@ -181,6 +183,12 @@ threshold = 0.5
     times = [f.time_ms for f in analysed_frames(inbox)]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.4 * 1000 / FPS, sorted(gaps)[:5]
+    # The log tells the outages in the agent's own words, one warning as each began and one
+    # line as each ended; OpenCV and FFmpeg print nothing of their own.
+    log = (config.parent / "agent.log").read_text()
+    assert log.count("streaming again after") == outages, log
+    assert log.count("stream dropped; retrying") == outages, log
+    assert not re.search(r"\[ ?(WARN|ERROR)|\[(tcp|http|rtsp) @|\[OPENCV|cap_ffmpeg|VIDEOIO", log), log
     # Everything published in plain JSON is what schemas/json/ (and FORMAT.md) say.
     for topic, schema in ((HEALTH, "camera-health"), (EVENTS, "track-event"),
                           (OBJECTS, "camera-objects"), (f"{TOPIC}/state/metrics", "metrics-state"),
