@@ -67,15 +67,23 @@ def build_agent(config: AgentConfig) -> Agent:
         assignments = CameraAssignments(config.device.data_dir / "camera-assignments.json")
     cameras = parse_cameras(config, assignments.cameras(config.cameras) if assignments else None)
     host: Any = None
+
+    def advertise_cameras(running: list[str]) -> None:
+        # "cameras" in the birth means: runs cameras (or takes part in moving them), not merely
+        # has the camera extra installed. The next birth (reconnection, rebirth) carries it.
+        if running and "cameras" not in agent.capabilities:
+            agent.capabilities.append("cameras")
+
     try:
         from agents.camera.host import CameraHost
 
-        host = CameraHost(agent.session, cameras)
+        host = CameraHost(agent.session, cameras, on_cameras=advertise_cameras)
     except ImportError:
         logger.info("camera extra not installed: this agent serves no cameras")
     if host is not None:
         agent.add_extension(host)
-        agent.capabilities.append("cameras")
+        if cameras or config.transactions.group:
+            agent.capabilities.append("cameras")
         backends = {str(c.config.detector.get("type")): dict(c.config.detector) for c in cameras}
         if backends:
             agent.add_extension(DetectorTiming(agent, sorted(backends.items())))

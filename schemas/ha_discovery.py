@@ -23,7 +23,12 @@ publishes (see :func:`metrics_state_payload` and :func:`camera_state_payload`)::
     {root}/{device}/state/{camera}_objects  {"person": 2, "car": 0}
 
 Availability follows ``{root}/{device}/status`` (``online``/``offline``, the
-session's will). Templates read keys as ``value_json['name']`` because metric
+session's will). A camera's object-count sensors and its occupancy also need
+the camera's stream to be up (``state/{camera}_health`` says ``streaming``;
+both availability topics, ``availability_mode: all``), so an outage shows as
+"unavailable", never as an empty or an occupied room; its connectivity binary
+sensor (``{camera}_stream``) reads that health topic and stays available while
+the agent is. Templates read keys as ``value_json['name']`` because metric
 names may hold ``-`` and ``.``, which Jinja attribute access cannot; a key
 that is missing renders ``None``, which Home Assistant shows as "unknown"
 rather than logging a parse error.
@@ -46,6 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from schemas.camera_health import SourceState, camera_health_name
 from schemas.errors import CodecError, ConfigError, TopicError
 from schemas.topics import DEFAULT_ROOT, TopicTree, ha_slug, validate_device_id, validate_name
 
@@ -55,21 +61,25 @@ __all__ = [
     "METRICS_STATE",
     "NOT_AVAILABLE",
     "ORIGIN_NAME",
+    "RECENT_SENSOR_DEVICE_CLASSES",
     "SENSOR_DEVICE_CLASSES",
     "STATE_CLASSES",
     "CameraEntities",
     "DeviceDescription",
     "DiscoveryMessage",
     "DiscoveryMode",
+    "Inventory",
     "MetricEntity",
     "camera_state_name",
     "camera_state_payload",
     "describe_metric",
     "device_discovery",
     "discovery_messages",
+    "discovery_inventory",
     "entity_discovery",
     "metrics_state_payload",
     "removal_messages",
+    "stale_messages",
 ]
 
 DEFAULT_PREFIX = "homeassistant"
@@ -92,6 +102,8 @@ SENSOR_DEVICE_CLASSES = frozenset({
     "signal_strength", "sound_pressure", "speed", "sulphur_dioxide", "temperature", "timestamp",
     "volatile_organic_compounds", "volatile_organic_compounds_parts", "voltage", "volume",
     "volume_flow_rate", "volume_storage", "water", "weight", "wind_direction", "wind_speed",
+    # Home Assistant 2026.2 (see RECENT_SENSOR_DEVICE_CLASSES).
+    "absolute_humidity", "pm4", "temperature_delta",
 })
 STATE_CLASSES = frozenset({"measurement", "total", "total_increasing"})
 _ICON_RE = re.compile(r"[a-z]+:[a-z0-9-]+")
@@ -165,66 +177,144 @@ class MetricEntity:
             raise ConfigError(f"metric {self.name!r}: precision must be an integer 0-10")
 
 
-# Name patterns of the gateway collectors and what Home Assistant should make of them;
-# the first match wins. Explicit MetricEntity values override all of this.
-_METRIC_RULES: tuple[tuple[re.Pattern[str], dict[str, Any]], ...] = (
-    (re.compile(r"battery_percent"), {"label": "Battery", "unit": "%", "device_class": "battery"}),
-    (re.compile(r"battery_plugged"), {"label": "On mains power", "icon": "mdi:power-plug"}),
-    (re.compile(r"cpu_percent"), {"label": "CPU", "unit": "%", "icon": "mdi:cpu-64-bit"}),
-    (re.compile(r"mem_used_percent"), {"label": "Memory used", "unit": "%", "icon": "mdi:memory"}),
-    (re.compile(r"disk_used_percent"), {"label": "Disk used", "unit": "%", "icon": "mdi:harddisk"}),
-    (re.compile(r"load(1|5|15)"), {"icon": "mdi:gauge", "precision": 2}),
-    (re.compile(r"(temp_.+_c|.+_temp_c|temp_c|temperature)"),
-     {"unit": "°C", "device_class": "temperature", "precision": 1}),
-    (re.compile(r".+_bytes_per_s"), {"unit": "B/s", "device_class": "data_rate", "precision": 0}),
-    (re.compile(r".+_bytes"), {"unit": "B", "device_class": "data_size", "precision": 0}),
-    (re.compile(r".+_percent"), {"unit": "%"}),
-    (re.compile(r".+_total|dropped"), {"state_class": "total_increasing", "precision": 0}),
-    (re.compile(r"outbox_depth"), {"unit": "messages", "icon": "mdi:tray-full", "precision": 0}),
+# What Home Assistant should make of the metrics the agent's collectors and cameras publish:
+# a full-match pattern on the name (without ``agent_``) and the entity's fields. ``{x}`` in a
+# label is the pattern's group ``x`` made readable. The first match wins; explicit
+# MetricEntity values override all of this.
+def _rule(pattern: str, **fields: Any) -> tuple[re.Pattern[str], dict[str, Any]]:
+    return re.compile(pattern), fields
+
+
+_COUNT = {"state_class": "total_increasing", "precision": 0}
+_DURATION_MS = {"unit": "ms", "device_class": "duration", "precision": 1}
+_CAMERA = r"camera_(?P<camera>.+)_"
+_KNOWN_METRICS: tuple[tuple[re.Pattern[str], dict[str, Any]], ...] = (
+    _rule(r"cpu_percent", label="CPU", unit="%", icon="mdi:cpu-64-bit", precision=1),
+    _rule(r"cpu(?P<core>\d+)_percent", label="CPU core {core}", unit="%", icon="mdi:cpu-64-bit",
+          precision=1),
+    _rule(r"load(?P<minutes>1|5|15)", label="Load ({minutes} min)", icon="mdi:gauge", precision=2),
+    _rule(r"mem_used_percent", label="Memory used", unit="%", icon="mdi:memory", precision=1),
+    _rule(r"mem_available_bytes", label="Memory available", unit="B", device_class="data_size",
+          precision=0),
+    _rule(r"swap_used_percent", label="Swap used", unit="%", icon="mdi:memory", precision=1),
+    _rule(r"disk_used_percent", label="Disk used", unit="%", icon="mdi:harddisk", precision=1),
+    _rule(r"disk_(?P<disk>.+)_used_percent", label="Disk {disk} used", unit="%",
+          icon="mdi:harddisk", precision=1),
+    _rule(r"net_rx_bytes_per_s", label="Network received", unit="B/s", device_class="data_rate",
+          precision=0),
+    _rule(r"net_tx_bytes_per_s", label="Network sent", unit="B/s", device_class="data_rate",
+          precision=0),
+    _rule(r"net_errors_total", label="Network errors", unit="errors", **_COUNT),
+    _rule(r"battery_percent", label="Battery", unit="%", device_class="battery", precision=0),
+    _rule(r"battery_plugged", label="On mains power", icon="mdi:power-plug", precision=0),
+    _rule(r"temp_c|temperature", label="Temperature", unit="°C", device_class="temperature",
+          precision=1),
+    _rule(r"temp_(?P<zone>.+)_c", label="{zone} temperature", unit="°C",
+          device_class="temperature", precision=1),
+    # The agent's own health (agents/runtime.py, agents/collectors/agent.py).
+    _rule(r"rss_bytes", label="memory (RSS)", unit="B", device_class="data_size", precision=0),
+    _rule(r"outbox_depth", label="Outbox depth", unit="messages", icon="mdi:tray-full",
+          precision=0),
+    _rule(r"outbox_bytes", label="Outbox size", unit="B", device_class="data_size", precision=0),
+    _rule(r"dropped|dropped_total", label="Dropped messages", unit="messages", **_COUNT),
+    _rule(r"publish_latency_ms", label="Publish latency", **_DURATION_MS),
+    _rule(r"connection_losses_total", label="Connection losses", unit="losses", **_COUNT),
+    _rule(r"shed_level", label="Load shedding level", icon="mdi:stairs-down", precision=0),
+    _rule(r"shed_level_changes_total", label="Load shedding changes", unit="changes", **_COUNT),
+    _rule(r"shed_total", label="Jobs shed", unit="jobs", **_COUNT),
+    _rule(r"job_failures_total", label="Job failures", unit="failures", **_COUNT),
+    _rule(r"suppressed_total", label="Samples suppressed", unit="samples", **_COUNT),
+    # Each camera's pipeline (agents/camera/host.py).
+    _rule(_CAMERA + r"frames_detected_total", label="{camera} frames analysed", unit="frames",
+          **_COUNT),
+    _rule(_CAMERA + r"frames_shed_total", label="{camera} frames shed (overload)", unit="frames",
+          **_COUNT),
+    _rule(_CAMERA + r"frames_(?P<what>captured|dropped)_total", label="{camera} frames {what}",
+          unit="frames", **_COUNT),
+    _rule(_CAMERA + r"motion_skipped_total", label="{camera} frames without motion",
+          unit="frames", **_COUNT),
+    _rule(_CAMERA + r"inference_ms", label="{camera} inference time", **_DURATION_MS),
+    _rule(_CAMERA + r"overhead_ms", label="{camera} pipeline overhead", **_DURATION_MS),
+    _rule(_CAMERA + r"active_tracks", label="{camera} objects tracked", unit="objects",
+          precision=0),
+    _rule(_CAMERA + r"detector_errors_total", label="{camera} detector errors", unit="errors",
+          **_COUNT),
+    _rule(_CAMERA + r"streaming", label="{camera} streaming", icon="mdi:cctv", precision=0),
+    _rule(_CAMERA + r"source_reconnects_total", label="{camera} reconnect attempts",
+          unit="attempts", **_COUNT),
+    _rule(_CAMERA + r"source_outages_total", label="{camera} stream outages", unit="outages",
+          **_COUNT),
 )
-_LABELS = {"load1": "Load (1 min)", "load5": "Load (5 min)", "load15": "Load (15 min)",
-           "net_rx_bytes_per_s": "Network received", "net_tx_bytes_per_s": "Network sent",
-           "dropped": "Dropped messages", "outbox_depth": "Outbox depth",
-           "temp_c": "Temperature", "temperature": "Temperature"}
+# Any other name: its unit from its suffix.
+_SUFFIX_RULES: tuple[tuple[re.Pattern[str], dict[str, Any]], ...] = (
+    _rule(r"(?P<what>.+)_bytes_per_s", unit="B/s", device_class="data_rate", precision=0),
+    _rule(r"(?P<what>.+)_bytes", unit="B", device_class="data_size", precision=0),
+    _rule(r"(?P<what>.+)_percent", unit="%"),
+    _rule(r"(?P<what>.+)_ms", unit="ms", device_class="duration"),
+    _rule(r"(?P<what>.+)_s", unit="s", device_class="duration"),
+    _rule(r"(?P<what>.+)_c", unit="°C", device_class="temperature", precision=1),
+    _rule(r"(?P<what>.+_(?P<noun>[a-z]+))_total", **_COUNT),
+)
+#: Words of metric names and how a person writes them.
+_WORDS = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "mem": "memory", "rss": "RSS", "net": "network",
+          "rx": "received", "tx": "sent", "temp": "temperature", "soc": "SoC", "io": "I/O",
+          "fps": "FPS", "ms": "ms", "mqtt": "MQTT", "ota": "OTA", "nvme": "NVMe", "ssd": "SSD"}
+#: Sensor device classes some Home Assistant releases in use do not know (reactive_energy
+#: is missing in 2025.4; the other three came in 2026.2): accepted, but the agent's own
+#: entities never use them, so its discovery works on every release since device discovery.
+RECENT_SENSOR_DEVICE_CLASSES = frozenset({"reactive_energy", "absolute_humidity", "pm4",
+                                          "temperature_delta"})
 
 
-_DERIVED_LABELS = ((re.compile(r"temp_(.+)_c"), "{} temperature"),
-                   (re.compile(r"disk_(.+)_used_percent"), "Disk {} used"))
+def _readable(name: str) -> str:
+    """``disk_data.v2`` -> ``data v2``; ``cpu_thermal`` -> ``CPU thermal``: words as a person writes them."""
+    words = [w for w in re.split(r"[_.\s-]+", name) if w]
+    return " ".join(_WORDS.get(w.lower(), w) for w in words)
 
 
-def _derived_label(name: str) -> str:
-    """``temp_soc_c`` -> ``Soc temperature``; ``disk_data_used_percent`` -> ``Disk data used``."""
-    for pattern, template in _DERIVED_LABELS:
-        match = pattern.fullmatch(name)
-        if match:
-            return _label(template.format(match.group(1)))
-    return _label(name)
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def describe_metric(name: str, **overrides: Any) -> MetricEntity:
-    """A :class:`MetricEntity` for ``name`` with unit, device class and label guessed from the name.
+    """A :class:`MetricEntity` for ``name``: a readable label, a unit, a device class.
 
-    Knows the gateway collectors' names (``cpu_percent``, ``temp_soc_c``,
-    ``net_rx_bytes_per_s``, ``disk_data_used_percent`` ...); the agent's own
-    health (``agent_*``) and the delivery counters (``outbox_depth``,
-    ``dropped``) are diagnostic. ``overrides`` are MetricEntity fields and win.
+    Knows every metric the agent publishes (the collectors', the agent's own
+    health ``agent_*`` and each camera's ``camera_{name}_*``) and reads the unit
+    of any other from its suffix (``_percent``, ``_bytes``, ``_ms``, ``_c``,
+    ``_total`` ...). The agent's health, the delivery counters and the camera
+    pipelines' figures are diagnostic. ``overrides`` are MetricEntity fields and win.
 
     >>> describe_metric("temp_soc_c").device_class
     'temperature'
     >>> describe_metric("agent_cpu_percent").label
     'Agent CPU'
+    >>> m = describe_metric("agent_publish_latency_ms"); (m.label, m.unit)
+    ('Agent publish latency', 'ms')
+    >>> describe_metric("camera_front_door_frames_dropped_total").label
+    'Front door frames dropped'
     """
     base = name.removeprefix("agent_") or name
     values: dict[str, Any] = {}
-    for pattern, found in _METRIC_RULES:
-        if pattern.fullmatch(base):
-            values.update(found)
-            break
-    label = _LABELS.get(base) or values.pop("label", None) or _derived_label(base)
+    for pattern, fields in (*_KNOWN_METRICS, *_SUFFIX_RULES):
+        match = pattern.fullmatch(base)
+        if match is None:
+            continue
+        values.update(fields)
+        groups = {k: _readable(v) for k, v in match.groupdict().items() if v is not None}
+        if "label" in values:
+            values["label"] = values["label"].format(**groups)
+        else:
+            values["label"] = groups["what"] if "what" in groups else _readable(base)
+            if "noun" in groups:
+                values.setdefault("unit", groups["noun"])
+        break
+    label = _sentence(values.pop("label", None) or _readable(base))
     if base != name:
         label = "Agent " + (label if label[:2].isupper() else label[:1].lower() + label[1:])
     values["label"] = label
-    values["diagnostic"] = base != name or base in ("outbox_depth", "dropped")
+    values["diagnostic"] = (base != name or base in ("outbox_depth", "dropped")
+                            or base.startswith("camera_"))
     values.update(overrides)
     return MetricEntity(name=name, **values)
 
@@ -354,6 +444,11 @@ def _sensor_template(key: str) -> str:
     return "{{ value_json['" + key + "'] | default(None) }}"
 
 
+#: Availability of a camera's object entities from its health topic (schemas/camera_health.py).
+_STREAMING_TEMPLATE = ("{{ '" + AVAILABLE + "' if value_json.state == '" + SourceState.STREAMING.value
+                       + "' else '" + NOT_AVAILABLE + "' }}")
+
+
 def _count_expression(key: str) -> str:
     return "(value_json['" + key + "'] | default(0) | int(0))"
 
@@ -382,14 +477,21 @@ def _entities(desc: DeviceDescription) -> list[_Entity]:
         out.append(_Entity(object_id, "sensor", options))
     for camera in desc.cameras:
         topic = tree.state(desc.device, camera_state_name(camera.name))
+        health_topic = tree.state(desc.device, camera_health_name(camera.name))
         cam = _ha_id(camera.name, f"camera {camera.name!r}")
+        while_streaming = {"availability": [*_availability(desc), {
+            "topic": health_topic, "payload_available": AVAILABLE,
+            "payload_not_available": NOT_AVAILABLE, "value_template": _STREAMING_TEMPLATE}],
+            "availability_mode": "all"}
         for label in camera.labels:
             out.append(_Entity(f"{cam}_{_ha_id(label, 'label')}_count", "sensor", {
                 "name": f"{_label(camera.name)} {_label(label).lower()} count",
                 "state_topic": topic,
                 "value_template": "{{ " + _count_expression(label) + " }}",
                 "state_class": "measurement",
+                "unit_of_measurement": "objects" if label != "person" else "people",
                 "icon": "mdi:account-multiple" if label == "person" else "mdi:shape",
+                **while_streaming,
             }))
         occupied = " + ".join(_count_expression(label) for label in camera.occupancy_labels or ())
         out.append(_Entity(f"{cam}_occupancy", "binary_sensor", {
@@ -397,6 +499,17 @@ def _entities(desc: DeviceDescription) -> list[_Entity]:
             "state_topic": topic,
             "device_class": "occupancy",
             "value_template": "{{ 'ON' if (" + occupied + ") > 0 else 'OFF' }}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            **while_streaming,
+        }))
+        out.append(_Entity(f"{cam}_stream", "binary_sensor", {
+            "name": f"{_label(camera.name)} stream",
+            "state_topic": health_topic,
+            "json_attributes_topic": health_topic,
+            "device_class": "connectivity",
+            "value_template": "{{ 'ON' if value_json.state == '" + SourceState.STREAMING.value
+                              + "' else 'OFF' }}",
             "payload_on": "ON",
             "payload_off": "OFF",
         }))
@@ -468,8 +581,8 @@ def entity_discovery(desc: DeviceDescription,
     _check_prefix(prefix)
     out = []
     for entity in _entities(desc):
-        config = {**entity.options, "dev": _device_block(desc), "o": _origin_block(desc),
-                  "availability": _availability(desc), "qos": 1}
+        config = {"availability": _availability(desc), **entity.options,
+                  "dev": _device_block(desc), "o": _origin_block(desc), "qos": 1}
         topic = TopicTree.ha_discovery(entity.platform, desc.node, entity.object_id, prefix)
         out.append(DiscoveryMessage(topic, config))
     return out
@@ -519,6 +632,50 @@ def removal_messages(previous: DeviceDescription, current: DeviceDescription | N
                                      _device_document(current, components))]
     return [DiscoveryMessage(TopicTree.ha_discovery(platform, previous.node, object_id, prefix), None)
             for platform, object_id in gone]
+
+
+#: What a device's retained discovery documents hold: each topic and the (platform, object id)
+#: of every entity on it. Kept by the publisher across restarts (agents/home_assistant/).
+Inventory = Mapping[str, tuple[tuple[str, str], ...]]
+
+
+def discovery_inventory(desc: DeviceDescription, mode: DiscoveryMode = "device",
+                        prefix: str = DEFAULT_PREFIX) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The topics :func:`discovery_messages` publishes for ``desc`` and the entities on each."""
+    _check_mode(mode)
+    _check_prefix(prefix)
+    entities = tuple((e.platform, e.object_id) for e in _entities(desc))
+    if mode == "device":
+        return {_device_topic(desc, prefix): entities}
+    return {TopicTree.ha_discovery(platform, desc.node, object_id, prefix): ((platform, object_id),)
+            for platform, object_id in entities}
+
+
+def stale_messages(previous: Inventory, desc: DeviceDescription, mode: DiscoveryMode = "device",
+                   prefix: str = DEFAULT_PREFIX) -> list[DiscoveryMessage]:
+    """What to publish before ``desc``'s discovery so nothing in ``previous`` outlives it.
+
+    ``previous`` is what was published last, perhaps by an earlier run in the other
+    mode or under another prefix. A topic no longer used gets an empty retained
+    payload (Home Assistant removes its entities and the broker forgets it); on a
+    device document that stays, vanished entities are reduced to their platform
+    once, as Home Assistant documents. Clearing first is what lets an agent switch
+    between device and per-entity discovery without "conflicting discovery"
+    warnings: the same entity never has two documents at once.
+    """
+    current = discovery_inventory(desc, mode, prefix)
+    out: list[DiscoveryMessage] = []
+    for topic, entities in previous.items():
+        if topic not in current:
+            out.append(DiscoveryMessage(topic, None))
+            continue
+        gone = [entity for entity in entities if entity not in current[topic]]
+        if gone and mode == "device":
+            components: dict[str, Any] = {e.object_id: {"p": e.platform, **e.options}
+                                          for e in _entities(desc)}
+            components.update({object_id: {"p": platform} for platform, object_id in gone})
+            out.append(DiscoveryMessage(topic, _device_document(desc, components)))
+    return out
 
 
 # -- the readable state topics the entities read -----------------------------

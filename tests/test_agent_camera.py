@@ -13,7 +13,7 @@ pytest.importorskip("cv2")
 pytest.importorskip("onnxruntime")
 
 from schemas.command import Command
-from schemas.messages import DetectionsBatch, decode_record, encode_record
+from schemas.messages import Birth, DetectionsBatch, decode_record, encode_record
 from tests.agent_helpers import agent_toml, reap_agent, spawn_agent, stop_agent
 from tests.brokers import RunningBroker
 from tests.bus_helpers import Inbox, observer
@@ -60,6 +60,8 @@ threshold = 0.5
         events_topic = f"edgebus/{DEVICE}/events/door"
         assert inbox.wait_for(lambda ms: frames_seen(inbox) == 16, timeout=60), \
             f"only {frames_seen(inbox)} of 16 frames published"
+        health_topic = f"edgebus/{DEVICE}/state/door_health"
+        assert inbox.wait_for(lambda ms: b'"ended"' in b"".join(inbox.payloads(health_topic)))
         assert stop_agent(proc) == 0
         events = [json.loads(p) for p in inbox.payloads(events_topic)]
         starts = [e for e in events if e["type"] == "start"]
@@ -79,6 +81,11 @@ threshold = 0.5
         counts = inbox.payloads(f"edgebus/{DEVICE}/state/door_objects")
         assert json.loads(counts[-1]) == {"person": 0}
         assert any(json.loads(c).get("person") == 1 for c in counts)
+        # The folder was read to its end; the agent runs cameras and says so in its birth.
+        health = [json.loads(p)["state"] for p in inbox.payloads(health_topic)]
+        assert health == ["connecting", "streaming", "ended"]
+        birth = decode_record(inbox.payloads(f"edgebus/{DEVICE}/birth")[-1])
+        assert isinstance(birth, Birth) and "cameras" in birth.capabilities
     finally:
         reap_agent(proc)
         obs.stop()

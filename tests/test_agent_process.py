@@ -153,6 +153,16 @@ def test_discovery_and_commands_on_a_running_agent(broker: RunningBroker, tmp_pa
             return any("cpu_percent" in json.dumps(d.get("cmps", {})) for d in docs)
 
         assert inbox.wait_for(has_cpu), "no discovery document with cpu_percent"
+        # Published once, complete: the first document already names every collector's metrics
+        # (rates included), not an empty device first.
+        first = json.loads(inbox.payloads(discovery_topic)[0])
+        assert {"cpu_percent", "mem_used_percent", "agent_rss_bytes"} <= set(first["cmps"])
+        assert first["cmps"]["agent_rss_bytes"]["name"] == "Agent memory (RSS)"
+        assert first["cmps"]["agent_rss_bytes"]["unit_of_measurement"] == "B"
+        # A gateway without cameras does not claim them.
+        birth = decode_record(inbox.payloads(f"edgebus/{DEVICE}/birth")[-1])
+        assert isinstance(birth, Birth) and "cameras" not in birth.capabilities
+        assert "metrics" in birth.capabilities
         doc = [json.loads(p) for p in inbox.payloads(discovery_topic) if p][-1]
         assert doc["dev"]["identifiers"] == ["edgebus_gw-t"]
         components = doc["cmps"].values()

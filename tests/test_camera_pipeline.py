@@ -277,3 +277,92 @@ def test_threads_hand_every_captured_frame_to_detection_or_count_it_dropped(tmp_
     assert stats.detector_errors == 1 and stats.frames_detected == stats.frames_seen - 1
     assert stats.frames_published == stats.frames_detected
     assert_consecutive(batches(queued(session)))
+
+
+class StreamWithOutages:
+    """A live reader scripted per connection: frames with the square in view, or None to refuse.
+
+    Once the script is used up every open is refused, so the stream stays down.
+    """
+
+    def __init__(self, script: list[int | None]) -> None:
+        self.script = list(script)
+        self.left = 0
+        self.x = 0
+
+    def open(self) -> None:
+        from schemas.errors import SourceUnavailable
+
+        step = self.script.pop(0) if self.script else None
+        if step is None:
+            raise SourceUnavailable("connection refused")
+        self.left = step
+
+    def read(self) -> Frame | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        self.x = (self.x + 2) % 100
+        return scene(20 + self.x)
+
+    def skip(self) -> bool:
+        return self.read() is not None
+
+    def close(self) -> None:
+        self.left = 0
+
+
+def health_states(messages: list[OutboxMessage]) -> list[tuple[str, str]]:
+    found = [json.loads(m.payload) for m in messages if m.topic.endswith("/state/front_health")]
+    return [(h["state"], h["error"]) for h in found]
+
+
+def test_a_dropped_stream_ends_its_tracks_and_zeroes_the_counts() -> None:
+    from agents.camera.sources import FrameSource
+    from tests.bus_helpers import wait_until
+
+    session = device_session()
+    config = camera(track_timeout=50, queue_size=100, batch_interval=0.0)
+    source = FrameSource(StreamWithOutages([6, None, 5]), description="rtsp://***@cam/s", live=True,
+                         reconnect_min_delay=0.01, reconnect_max_delay=0.02)
+    pipeline = CameraPipeline(config, BrightSquareDetector(), DetectionsPublisher.for_camera(
+        session, config), source=source)
+    pipeline.start()
+    try:
+        # The second outage never ends: the script is used up.
+        assert wait_until(lambda: health_states(queued(session)).count(
+            ("reconnecting", "connection refused")) == 2 and pipeline.stats().frames_detected == 11)
+        stats = pipeline.stats()
+        assert not stats.streaming and stats.source_state == "reconnecting"
+        assert stats.source_outages == 2 and stats.active_tracks == 0
+    finally:
+        pipeline.stop()
+    messages = queued(session)
+    # Every frame read before a drop was analysed before the tracks ended.
+    assert [(e["type"], e["track_id"], e.get("reason")) for e in events(messages)] == [
+        ("start", 1, None), ("end", 1, "source_lost"), ("start", 2, None), ("end", 2, "source_lost")]
+    ends = [e for e in events(messages) if e["type"] == "end"]
+    assert [e["duration_ms"] >= 0 for e in ends] == [True, True]
+    assert states(messages) == [{}, {"square": 1}, {"square": 0}, {"square": 1}, {"square": 0}]
+    assert health_states(messages) == [
+        ("connecting", ""), ("streaming", ""), ("reconnecting", "stream dropped"),
+        ("reconnecting", "connection refused"), ("streaming", ""),
+        ("reconnecting", "stream dropped"), ("reconnecting", "connection refused"), ("stopped", "")]
+    health = next(m for m in messages if m.topic.endswith("/state/front_health"))
+    assert health.retain and health.qos == 1
+    assert json.loads(health.payload)["source"] == "rtsp://***@cam/s"
+    assert sum(len(b.frames) for b in batches(messages)) == 11
+
+
+def test_the_health_record_refuses_what_it_cannot_mean() -> None:
+    from schemas.camera_health import CameraHealth, SourceState
+    from schemas.errors import CodecError
+
+    health = CameraHealth("front", SourceState.RECONNECTING, 5, "stream dropped", "rtsp://cam/s")
+    assert CameraHealth.decode(health.encode()) == health and not health.streaming
+    assert CameraHealth.decode(b'{"camera":"front","state":"streaming","since_ms":1,"new":1}').streaming
+    for bad in (b'{"camera":"front","state":"asleep","since_ms":1}', b'{"camera":"front"}',
+                b'{"camera":"a/b","state":"streaming","since_ms":1}', b"[]", b"not json",
+                b'{"camera":"front","state":"streaming","since_ms":-1}'):
+        with pytest.raises(CodecError):
+            CameraHealth.decode(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 
 from agents.camera.config import CameraConfig
-from agents.camera.sources import FrameSource, open_source
+from agents.camera.sources import FrameSource, open_source, unreachable_reason
 from agents.detectors.base import Frame
+from schemas.camera_health import SourceState
 from schemas.errors import ConfigError, SourceUnavailable
+from tests.brokers import free_port
 
 cv2 = pytest.importorskip("cv2")
 
@@ -193,3 +196,100 @@ def test_fps_limit_on_a_file_waits_instead_of_skipping() -> None:
                          monotonic=lambda: now[0], wait=wait)
     assert len(list(source.frames())) == 4
     assert len(waits) >= 3 and waits == pytest.approx([0.25] * len(waits))
+
+
+def test_state_changes_come_in_order_with_the_frames(caplog: pytest.LogCaptureFixture) -> None:
+    reader = FlakyStream([2, None, None, 3])
+    log: list[tuple[str, object]] = []
+    source = FrameSource(reader, description="door", live=True, reconnect_min_delay=0.1,
+                         reconnect_max_delay=0.3, wait=lambda s: False,
+                         on_state=lambda state, error: log.append((state.value, error)))
+    caplog.set_level("INFO", logger="agents.camera.sources")
+    stream = source.frames()
+    for frame in itertools.islice(stream, 5):
+        log.append(("frame", int(frame.image[0, 0, 0])))
+    stream.close()
+    assert log == [("streaming", ""), ("frame", 1), ("frame", 2),
+                   ("reconnecting", "stream dropped"), ("reconnecting", "connection refused"),
+                   ("streaming", ""), ("frame", 3), ("frame", 4), ("frame", 5)]
+    assert source.state is SourceState.STREAMING and source.outages == 1
+    assert source.last_error == "connection refused"
+    # One warning when the outage began, one when its reason changed, one line when it ended.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "stream dropped" in warnings[0]
+    back = [r.getMessage() for r in caplog.records if "streaming again" in r.getMessage()]
+    assert len(back) == 1 and "(3 attempts)" in back[0]
+
+
+def test_first_frames_after_a_slow_open_keep_the_frame_interval() -> None:
+    now = [0.0]
+
+    class SlowOpen(FlakyStream):
+        """Takes 3 s to open, then hands out a burst of buffered frames 10 ms apart."""
+
+        def open(self) -> None:
+            now[0] += 3.0
+            super().open()
+
+        def read(self) -> Frame | None:
+            now[0] += 0.01
+            return super().read()
+
+        def skip(self) -> bool:
+            now[0] += 0.01
+            return super().skip()
+
+    source = FrameSource(SlowOpen([100]), description="rtsp", live=True, fps=5.0,
+                         monotonic=lambda: now[0], clock_ms=lambda: round(now[0] * 1000))
+    frames = list(itertools.islice(source.frames(), 4))
+    gaps = [b.time_ms - a.time_ms for a, b in itertools.pairwise(frames)]
+    assert min(gaps) >= 200, gaps
+
+
+def test_files_end_and_unreadable_sources_fail(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    write_video(path, 3)
+    states: list[SourceState] = []
+    source = open_source(config_for(str(path)), on_state=lambda state, error: states.append(state))
+    assert len(list(source.frames())) == 3
+    assert states == [SourceState.STREAMING, SourceState.ENDED]
+
+    errors: list[tuple[SourceState, str]] = []
+    (tmp_path / "empty").mkdir()
+    empty = open_source(config_for(str(tmp_path / "empty")),
+                        on_state=lambda state, error: errors.append((state, error)))
+    assert list(empty.frames()) == []
+    assert errors == [(SourceState.FAILED, empty.last_error)] and "no images" in empty.last_error
+
+
+def test_a_stream_that_cannot_open_says_why() -> None:
+    port = free_port()
+    assert "connection refused" in unreachable_reason(f"rtsp://127.0.0.1:{port}/cam")
+    assert "cannot resolve" in unreachable_reason("rtsp://no-such-host.invalid/cam")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        answered = unreachable_reason(f"http://127.0.0.1:{server.getsockname()[1]}/")
+    assert "accepts connections" in answered
+
+
+def test_a_read_that_blocked_does_not_make_the_next_frame_due_at_once() -> None:
+    now = [0.0]
+    blocking = iter([0.15, 0.0, 0.19, 0.0, 0.0, 0.0])
+
+    class Stalls(FlakyStream):
+        """Reads that block for a while (a slow network, a busy CPU), then return at once."""
+
+        def read(self) -> Frame | None:
+            now[0] += next(blocking, 0.0)
+            return super().read()
+
+        def skip(self) -> bool:
+            now[0] += 0.01
+            return super().skip()
+
+    source = FrameSource(Stalls([100]), description="http", live=True, fps=5.0,
+                         monotonic=lambda: now[0], clock_ms=lambda: round(now[0] * 1000))
+    frames = list(itertools.islice(source.frames(), 6))
+    gaps = [b.time_ms - a.time_ms for a, b in itertools.pairwise(frames)]
+    assert min(gaps) >= 100, gaps  # half the interval at most is caught up

@@ -64,8 +64,8 @@ def test_device_document_has_what_home_assistant_requires() -> None:
                                        "payload_available": "online",
                                        "payload_not_available": "offline"}]
     cmps = config["cmps"]
-    # 12 metrics, 3 label counts, 2 occupancy sensors.
-    assert len(cmps) == 12 + 3 + 2
+    # 12 metrics, 3 label counts, 2 occupancy sensors, 2 stream connectivity sensors.
+    assert len(cmps) == 12 + 3 + 2 + 2
     for key, component in cmps.items():
         assert HA_ID.fullmatch(key), key
         assert component["p"] in ("sensor", "binary_sensor")
@@ -103,6 +103,41 @@ def test_entities_map_metrics_and_cameras_to_the_documented_state_topics() -> No
     assert (occupancy["payload_on"], occupancy["payload_off"]) == ("ON", "OFF")
     assert occupancy["state_topic"] == "edgebus/gw-1/state/front_objects"
     assert cmps["yard-2_occupancy"]["state_topic"] == "edgebus/gw-1/state/yard-2_objects"
+
+
+def render(template: str, value_json: dict[str, Any]) -> str:
+    """What Home Assistant's Jinja makes of ``template`` for this JSON state."""
+    jinja2_sandbox = pytest.importorskip("jinja2.sandbox")
+    env = jinja2_sandbox.ImmutableSandboxedEnvironment()
+    return str(env.from_string(template).render(value_json=value_json)).strip()
+
+
+def test_camera_entities_are_unavailable_while_the_stream_is_down() -> None:
+    cmps = components(gateway())
+    status = {"topic": "edgebus/gw-1/status", "payload_available": "online",
+              "payload_not_available": "offline"}
+    for key in ("front_person_count", "front_car_count", "front_occupancy"):
+        availability = cmps[key]["availability"]
+        assert cmps[key]["availability_mode"] == "all"
+        assert availability[0] == status
+        assert availability[1]["topic"] == "edgebus/gw-1/state/front_health"
+        template = availability[1]["value_template"]
+        assert render(template, {"state": "streaming"}) == "online"
+        for state in ("connecting", "reconnecting", "failed", "ended", "stopped"):
+            assert render(template, {"state": state}) == "offline"
+    stream = cmps["front_stream"]
+    assert (stream["p"], stream["device_class"]) == ("binary_sensor", "connectivity")
+    assert stream["state_topic"] == stream["json_attributes_topic"] == "edgebus/gw-1/state/front_health"
+    assert "availability" not in stream  # the device's: an outage reads "disconnected", not unknown
+    assert render(stream["value_template"], {"state": "streaming"}) == "ON"
+    assert render(stream["value_template"], {"state": "reconnecting"}) == "OFF"
+    assert cmps["front_person_count"]["unit_of_measurement"] == "people"
+    # Per-entity documents carry the same availability.
+    documents = {m.topic: m.config for m in entity_discovery(gateway())}
+    occupancy = documents["homeassistant/binary_sensor/gw-1/front_occupancy/config"]
+    assert occupancy is not None and occupancy["availability"] == cmps["front_occupancy"]["availability"]
+    cpu = documents["homeassistant/sensor/gw-1/cpu_percent/config"]
+    assert cpu is not None and cpu["availability"] == [status]
 
 
 def test_entity_mode_documents_are_self_contained() -> None:
@@ -223,6 +258,7 @@ def test_removal_of_vanished_entities() -> None:
         "homeassistant/sensor/gw-1/front_car_count/config",
         "homeassistant/sensor/gw-1/yard-2_dog_count/config",
         "homeassistant/binary_sensor/gw-1/yard-2_occupancy/config",
+        "homeassistant/binary_sensor/gw-1/yard-2_stream/config",
     }
     assert removal_messages(before, before, "device") == []
     # the whole device
@@ -273,6 +309,8 @@ def test_templates_render_against_the_state_json() -> None:
         "edgebus/gw-1/state/metrics": json.loads(metrics_state_payload(SAMPLE_METRICS)),
         "edgebus/gw-1/state/front_objects": json.loads(camera_state_payload({"person": 2})),
         "edgebus/gw-1/state/yard-2_objects": json.loads(camera_state_payload({}, ("dog",))),
+        "edgebus/gw-1/state/front_health": {"camera": "front", "state": "streaming"},
+        "edgebus/gw-1/state/yard-2_health": {"camera": "yard-2", "state": "reconnecting"},
     }
     rendered = render_all(desc, states)
     assert rendered["cpu_percent"] == "12.5"
@@ -285,11 +323,64 @@ def test_templates_render_against_the_state_json() -> None:
     assert rendered["front_occupancy"] == "ON"
     assert rendered["yard-2_dog_count"] == "0"
     assert rendered["yard-2_occupancy"] == "OFF"
+    assert (rendered["front_stream"], rendered["yard-2_stream"]) == ("ON", "OFF")
 
 
 def test_occupancy_ignores_labels_outside_its_set() -> None:
     desc = gateway(metrics=(), cameras=(CameraEntities("front", ("person", "car")),))
-    states = {"edgebus/gw-1/state/front_objects": {"car": 3, "person": 0}}
+    health = {"edgebus/gw-1/state/front_health": {"state": "streaming"}}
+    states = {"edgebus/gw-1/state/front_objects": {"car": 3, "person": 0}, **health}
     assert render_all(desc, states)["front_occupancy"] == "OFF"
-    states = {"edgebus/gw-1/state/front_objects": {"car": 0, "person": 1}}
+    states = {"edgebus/gw-1/state/front_objects": {"car": 0, "person": 1}, **health}
     assert render_all(desc, states)["front_occupancy"] == "ON"
+
+
+# Every metric an agent publishes: the collectors', the agent's own health, a camera's.
+AGENT_METRICS = (
+    "cpu_percent", "cpu0_percent", "cpu3_percent", "load1", "load5", "load15", "mem_used_percent",
+    "mem_available_bytes", "swap_used_percent", "net_rx_bytes_per_s", "net_tx_bytes_per_s",
+    "net_errors_total", "battery_percent", "battery_plugged", "temp_soc_c", "temp_cpu_thermal_c",
+    "disk_used_percent", "disk_data_used_percent", "agent_cpu_percent", "agent_rss_bytes",
+    "agent_outbox_depth", "agent_outbox_bytes", "agent_dropped_total", "agent_publish_latency_ms",
+    "agent_connection_losses_total", "agent_shed_level", "agent_shed_level_changes_total",
+    "agent_shed_total", "agent_job_failures_total", "agent_suppressed_total",
+    *(f"camera_front_door_{m}" for m in (
+        "frames_captured_total", "frames_dropped_total", "frames_shed_total",
+        "frames_detected_total", "motion_skipped_total", "inference_ms", "overhead_ms",
+        "active_tracks", "detector_errors_total", "streaming", "source_reconnects_total",
+        "source_outages_total")))
+#: Quantities without a unit: a load average, a 0/1 flag, a level.
+UNITLESS = {"load1", "load5", "load15", "battery_plugged", "agent_shed_level",
+            "camera_front_door_streaming"}
+
+
+@pytest.mark.parametrize("name", AGENT_METRICS)
+def test_every_agent_metric_reads_like_a_name_and_has_a_unit(name: str) -> None:
+    entity = describe_metric(name)
+    assert entity.label and entity.label[0].isupper()
+    words = entity.label.lower().split()
+    assert not {"percent", "bytes", "ms", "total", "c", "s"} & set(words), entity.label
+    assert "_" not in entity.label and entity.label != name
+    assert (entity.unit is None) == (name in UNITLESS), (name, entity.unit)
+    if name.endswith("_total"):
+        assert entity.state_class == "total_increasing"
+    if entity.device_class is not None:
+        assert entity.device_class not in schemas.ha_discovery.RECENT_SENSOR_DEVICE_CLASSES
+    assert entity.diagnostic == name.startswith(("agent_", "camera_"))
+
+
+def test_names_the_agent_does_not_know_get_their_unit_from_the_suffix() -> None:
+    assert (describe_metric("gpu_temp_c").label, describe_metric("gpu_temp_c").unit) == (
+        "GPU temperature", "°C")
+    latency = describe_metric("uplink_rtt_ms")
+    assert (latency.label, latency.unit, latency.device_class) == ("Uplink rtt", "ms", "duration")
+    retries = describe_metric("modem_retries_total")
+    assert (retries.label, retries.unit, retries.state_class) == (
+        "Modem retries", "retries", "total_increasing")
+    assert describe_metric("fan_speed").label == "Fan speed"
+
+
+def test_device_classes_of_recent_releases_are_accepted() -> None:
+    assert {"reactive_energy", "absolute_humidity", "pm4", "temperature_delta"} <= \
+        schemas.ha_discovery.SENSOR_DEVICE_CLASSES
+    assert MetricEntity("abs_humidity", device_class="absolute_humidity").device_class

@@ -18,7 +18,7 @@ A camera is one ``[[cameras]]`` table of the agent's configuration file::
     snapshot = true                # attach a JPEG of the best sighting to end events
     snapshot_max_bytes = 32768     # JPEG size bound (before base64)
     reconnect_min_delay = 0.5      # seconds; a dropped stream is reopened with backoff
-    reconnect_max_delay = 30.0
+    reconnect_max_delay = 5.0     # the back-off cap: a stream that is back is seen within this
 
     [cameras.motion]               # absent: every frame goes to the detector
     threshold = 25                 # grey-level change (0-255) that counts as a changed pixel
@@ -115,7 +115,7 @@ class CameraConfig:
     snapshot: bool = True
     snapshot_max_bytes: int = 32_768
     reconnect_min_delay: float = 0.5
-    reconnect_max_delay: float = 30.0
+    reconnect_max_delay: float = 5.0
 
     @property
     def state_name(self) -> str:

@@ -24,8 +24,10 @@ Fields:
                       sighting; end: best sighting, the one in the snapshot).
 ``time_ms``           wall-clock milliseconds: start: first sighting; end: last sighting.
 ``duration_ms``       end only: last sighting minus first sighting.
-``reason``            end only: ``"lost"`` (not seen for ``track_timeout`` frames) or
-                      ``"stopped"`` (the pipeline stopped while the track was live).
+``reason``            end only: ``"lost"`` (not seen for ``track_timeout`` frames),
+                      ``"source_lost"`` (the stream dropped while the track was live: the
+                      camera saw nothing after ``time_ms``) or ``"stopped"`` (the
+                      pipeline stopped while the track was live).
 ``best_time_ms``      end only: when the best sighting was made.
 ``snapshot_jpeg_b64`` end only, optional: base64 of a JPEG of the best sighting's
                       crop, at most ``snapshot_max_bytes`` before base64 (the image is

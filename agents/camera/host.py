@@ -6,6 +6,11 @@ commands, so pipelines are not fixed at start. Each camera has a shedding
 shed, its frames are still captured (the queue keeps the newest) but not
 analysed, and the skipped frames are counted in its metrics.
 
+Each camera's metrics (``camera_{name}_...``) include ``streaming`` (1 while
+frames come in, else 0), ``source_reconnects_total`` and
+``source_outages_total``; its retained ``state/{name}_health`` says which
+state the source is in and why (:mod:`schemas.camera_health`).
+
 Importing this module needs the ``[camera]`` extra (OpenCV, onnxruntime).
 """
 
@@ -78,7 +83,8 @@ class CameraHost(AgentExtension):
 
     def __init__(self, session: BusSession, cameras: Sequence[HostedCamera], *,
                  clock_ms: Callable[[], int] = wall_clock_ms,
-                 detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector) -> None:
+                 detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector,
+                 on_cameras: Callable[[list[str]], None] | None = None) -> None:
         names = [c.config.name for c in cameras]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -90,6 +96,8 @@ class CameraHost(AgentExtension):
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._policy: SheddingPolicy | None = None
+        #: Hears the running cameras after every change (the agent's capabilities follow them).
+        self._on_cameras = on_cameras
 
     @property
     def cameras(self) -> list[str]:
@@ -201,7 +209,10 @@ class CameraHost(AgentExtension):
 
     def publish_cameras(self) -> None:
         """The retained ``state/cameras``: which cameras this agent runs (one owner per camera)."""
-        body = json.dumps({"cameras": self.cameras})
+        names = self.cameras
+        if self._on_cameras is not None:
+            self._on_cameras(names)
+        body = json.dumps({"cameras": names})
         device = self.session.config.device
         if device:  # an agent's session always has one; a bare test session may not
             self.session.publish(self.session.topics.state(device, CAMERAS_STATE), body, qos=1, retain=True)
@@ -256,6 +267,10 @@ class CameraHost(AgentExtension):
                       "frames_shed_total": s.frames_shed, "frames_detected_total": s.frames_detected,
                       "motion_skipped_total": s.motion_skipped, "inference_ms": s.inference_ms_avg,
                       "overhead_ms": s.overhead_ms_avg, "active_tracks": s.active_tracks,
-                      "detector_errors_total": s.detector_errors}
+                      "detector_errors_total": s.detector_errors,
+                      # 1 while frames come in; the health topic says why not.
+                      "streaming": 1 if s.streaming else 0,
+                      "source_reconnects_total": s.source_reconnects,
+                      "source_outages_total": s.source_outages}
             out += [MetricSample(time_ms, prefix + k, round(float(v), 3)) for k, v in values.items()]
         return out

@@ -16,8 +16,17 @@ one runs :meth:`CameraPipeline.process`:
 Skipped frames are not published: a batch holds the frames that were analysed,
 and the tracks (and so the counts) carry over a still stretch unchanged.
 
+The source's health travels through the same queue, in order with the frames
+(and never dropped): every change is published retained on
+``state/{camera}_health`` (:mod:`schemas.camera_health`). When a live stream
+drops, the frames read before the drop are analysed first, then every live
+track ends with reason ``source_lost`` and the object counts go to zero, so
+nobody is shown present in a picture nobody sees; after the stream is back,
+tracks start afresh.
+
 :meth:`CameraPipeline.stop`, or the end of a file or folder, drains the queue,
-ends the live tracks (reason ``stopped``), and flushes the last batch. The
+ends the live tracks (reason ``stopped``), flushes the last batch and reports
+the camera ``stopped`` (or ``ended`` / ``failed``). The
 pipeline does not own the detector or the session: whoever made them closes
 them. :meth:`CameraPipeline.process` can be driven directly, without threads
 (tests, or a runtime with its own scheduling).
@@ -39,6 +48,7 @@ from agents.camera.publisher import DetectionsPublisher
 from agents.camera.sources import CapturedFrame, FrameSource, open_source, wall_clock_ms
 from agents.camera.tracker import IouTracker, Track, TrackerUpdate
 from agents.detectors.base import Detector, Frame
+from schemas.camera_health import CameraHealth, SourceState
 from schemas.detections import FrameDetections
 
 __all__ = ["CameraConfig", "CameraPipeline", "CameraStats"]
@@ -47,6 +57,17 @@ logger = logging.getLogger(__name__)
 
 #: How long the detection thread waits for a frame before checking whether a batch is due.
 IDLE_POLL_S = 0.2
+#: The end reason of tracks that were live when the stream dropped.
+SOURCE_LOST = "source_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceChange:
+    """The source's new state, queued between the frames before and after the change."""
+
+    state: SourceState
+    error: str
+    time_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +96,12 @@ class CameraStats:
     source_reconnects: int
     source_ended: bool
     source_error: str
+    source_state: str = SourceState.CONNECTING.value
+    source_outages: int = 0
+
+    @property
+    def streaming(self) -> bool:
+        return self.source_state == SourceState.STREAMING
 
 
 class CameraPipeline:
@@ -94,7 +121,7 @@ class CameraPipeline:
         self.publisher = publisher
         self.clock_ms = clock_ms
         self._source = source
-        self.queue: DropOldestQueue[CapturedFrame] = DropOldestQueue(config.queue_size)
+        self.queue: DropOldestQueue[CapturedFrame | _SourceChange] = DropOldestQueue(config.queue_size)
         self.motion = MotionGate(config.motion) if config.motion is not None else None
         self.tracker = IouTracker(iou_threshold=config.track_iou, max_missed=config.track_timeout,
                                   min_hits=config.track_min_hits)
@@ -117,6 +144,7 @@ class CameraPipeline:
         self._tracks_started = 0
         self._tracks_ended = 0
         self._frames_shed = 0
+        self._source_state = SourceState.CONNECTING
         #: Set by the agent's load shedding: frames are still captured (and the queue keeps
         #: only the newest) but not analysed, and each one skipped is counted.
         self.shed = False
@@ -176,10 +204,36 @@ class CameraPipeline:
                 self._tracks_started += len(started)
                 self._tracks_ended += len(ended)
 
+    def source_changed(self, state: SourceState, error: str, time_ms: int) -> None:
+        """Publish the source's new health; when it stopped streaming, end every track (``source_lost``)."""
+        if state is not SourceState.STREAMING:
+            self._announce((), self.tracker.end_all(), reason=SOURCE_LOST)
+            self.publisher.publish_counts({})
+            if self.motion is not None:
+                self.motion.reset()
+            self._last_detect_ms = None
+        source = self._source
+        self.publisher.publish_health(CameraHealth(
+            self.config.name, state, time_ms, error,
+            source.description if source is not None else str(self.config.source)))
+
     def finish(self) -> None:
-        """End the live tracks (reason ``stopped``) and queue the last batch."""
+        """End the live tracks (reason ``stopped``), queue the last batch, report the camera stopped."""
         self._announce((), self.tracker.end_all(), reason="stopped")
         self.publisher.flush()
+        with self._lock:
+            state = self._source_state
+        if state not in (SourceState.ENDED, SourceState.FAILED):
+            self.source_changed(SourceState.STOPPED, "", self.clock_ms())
+
+    def _on_source_state(self, state: SourceState, error: str) -> None:
+        """The source's listener (capture thread): queue the change in order with the frames."""
+        with self._lock:
+            self._source_state = state
+        try:
+            self.queue.put(_SourceChange(state, error, self.clock_ms()), keep=True)
+        except RuntimeError:
+            logger.debug("camera %s: source %s after the queue closed", self.config.name, state)
 
     # -- threads --------------------------------------------------------
 
@@ -188,7 +242,11 @@ class CameraPipeline:
         if self._capture_thread is not None:
             raise RuntimeError(f"camera {self.config.name} already started")
         if self._source is None:
-            self._source = open_source(self.config, clock_ms=self.clock_ms)
+            self._source = open_source(self.config, clock_ms=self.clock_ms,
+                                       on_state=self._on_source_state)
+        elif self._source.on_state is None:
+            self._source.on_state = self._on_source_state
+        self.queue.put(_SourceChange(SourceState.CONNECTING, "", self.clock_ms()), keep=True)
         self._capture_thread = threading.Thread(target=self._capture, daemon=True,
                                                 name=f"camera-{self.config.name}-capture")
         self._detect_thread = threading.Thread(target=self._detect, daemon=True,
@@ -223,8 +281,9 @@ class CameraPipeline:
         try:
             for captured in source.frames():
                 self.queue.put(captured)
-        except Exception:
+        except Exception as exc:
             logger.exception("camera %s: capture failed", self.config.name)
+            self._on_source_state(SourceState.FAILED, f"capture failed: {exc}")
         finally:
             self.queue.close()
 
@@ -236,6 +295,13 @@ class CameraPipeline:
                     if self.queue.closed and not len(self.queue):
                         break
                     self.publisher.flush_if_due(self.clock_ms())
+                    continue
+                if isinstance(captured, _SourceChange):
+                    try:
+                        self.source_changed(captured.state, captured.error, captured.time_ms)
+                    except Exception:
+                        logger.exception("camera %s: reporting source %s failed", self.config.name,
+                                         captured.state)
                     continue
                 if self.shed:
                     with self._lock:
@@ -288,4 +354,6 @@ class CameraPipeline:
                 source_reconnects=source.reconnects if source is not None else 0,
                 source_ended=source.ended if source is not None else False,
                 source_error=source.last_error if source is not None else "",
+                source_state=self._source_state.value,
+                source_outages=source.outages if source is not None else 0,
             )

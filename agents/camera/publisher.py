@@ -14,6 +14,9 @@
   a label once seen, or named in the camera's ``labels`` filter, stays at 0
   rather than disappearing, so a Home Assistant sensor reading
   ``value_json.person`` keeps a value). Published only when it changes.
+* ``{root}/{device}/state/{camera}_health`` - retained
+  :class:`~schemas.camera_health.CameraHealth` JSON: whether the camera's
+  stream is up, published on every change.
 
 Not thread-safe: one pipeline's detection thread owns it.
 """
@@ -29,6 +32,7 @@ from agents.camera.config import STATE_SUFFIX, CameraConfig
 from agents.camera.events import EVENT_CONTENT_TYPE, TrackEvent
 from broker.outbox import OutboxMessage
 from broker.session import ENVELOPE_CONTENT_TYPE, BusSession
+from schemas.camera_health import CameraHealth, camera_health_name
 from schemas.detections import DetectionsBatch, FrameDetections
 from schemas.errors import ConfigError
 from schemas.messages import encode_record
@@ -75,6 +79,7 @@ class DetectionsPublisher:
         self.detections_topic = session.topics.detections(device, camera)
         self.events_topic = session.topics.events(device, camera)
         self.state_topic = session.topics.state(device, f"{camera}{STATE_SUFFIX}")
+        self.health_topic = session.topics.state(device, camera_health_name(camera))
         self._key = sequence_key(camera)
         self._pending: list[FrameDetections] = []
         self._known_labels = set(labels)
@@ -153,3 +158,10 @@ class DetectionsPublisher:
             return False
         self._last_counts = full
         return True
+
+    def publish_health(self, health: CameraHealth) -> bool:
+        """Queue the retained health state (QoS 1); False when the outbox refused it."""
+        if health.camera != self.camera:
+            raise ValueError(f"health of camera {health.camera!r} on {self.camera!r}'s publisher")
+        return self.session.publish(self.health_topic, health.encode(), qos=1, retain=True,
+                                    content_type=EVENT_CONTENT_TYPE)

@@ -10,9 +10,18 @@ What ``source`` in a camera's configuration may be:
 
 Devices and streams are *live*: when a read fails the source is closed and
 reopened with exponential backoff (``reconnect_min_delay`` doubling up to
-``reconnect_max_delay``), because a camera that reboots or a flaky Wi-Fi link
-should cost a gap, not the agent. Files and folders end instead (or start
-again with ``loop = true``).
+``reconnect_max_delay``, 5 s by default), because a camera that reboots or a
+flaky Wi-Fi link should cost a gap, not the agent. Files and folders end
+instead (or start again with ``loop = true``).
+
+Every change of the source's :class:`~schemas.camera_health.SourceState`
+(connecting, streaming, reconnecting, failed, ended) goes to the ``on_state``
+listener, on the thread iterating :meth:`FrameSource.frames`, in order with
+the frames: a drop is reported after the last frame before it, a recovery
+before the first frame after it. One warning marks the start of an outage
+and one line its end ("streaming again after 12.3 s"); OpenCV's and FFmpeg's
+own console messages are silenced (see :func:`quiet_opencv`), and why a
+stream cannot be opened is found out with a plain TCP connection instead.
 
 ``fps`` bounds the frame rate handed on. A live source is read at its own pace
 and the frames in between are grabbed without decoding and discarded (an
@@ -24,34 +33,100 @@ the injectable wall clock when it is read.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from agents.camera.config import CameraConfig
 from agents.detectors.base import Frame
+from schemas.camera_health import SourceState
 from schemas.errors import ConfigError, SourceUnavailable
 
-__all__ = ["IMAGE_SUFFIXES", "CapturedFrame", "FrameReader", "FrameSource",
-           "open_source", "wall_clock_ms"]
+__all__ = ["IMAGE_SUFFIXES", "CapturedFrame", "FrameReader", "FrameSource", "StateListener",
+           "open_source", "quiet_opencv", "unreachable_reason", "wall_clock_ms"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-#: How long OpenCV's FFmpeg backend may wait to open or read a network stream before giving up.
-STREAM_TIMEOUT_MS = 10_000
+#: How long OpenCV's FFmpeg backend may wait to open or read a network stream before giving
+#: up: a cut cable shows as an outage after this long (a killed server at once).
+STREAM_TIMEOUT_MS = 5_000
+#: How long the TCP probe that explains a failed open may take.
+PROBE_TIMEOUT_S = 2.0
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935}
+#: Called with the new state and the last error ("" when there is none).
+StateListener = Callable[[SourceState, str], None]
+_quiet_lock = threading.Lock()
+_quieted = False
 
 
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch (the default frame clock)."""
     return time.time_ns() // 1_000_000
+
+
+def quiet_opencv() -> None:
+    """Silence OpenCV's and FFmpeg's console messages, once per process, before the first capture.
+
+    Both write straight to the process's stderr (``[ WARN:0@4.8] global cap.cpp ...``,
+    ``[tcp @ 0x55...] Connection refused``), a line per reconnect attempt, past the
+    agent's logging. The agent logs the outage itself, with the reason found by
+    :func:`unreachable_reason`. An operator who wants them back sets
+    ``OPENCV_LOG_LEVEL`` / ``OPENCV_FFMPEG_LOGLEVEL`` (left alone when set), or runs
+    with debug logging for this module.
+    """
+    global _quieted
+    with _quiet_lock:
+        if _quieted:
+            return
+        _quieted = True
+        if logger.isEnabledFor(logging.DEBUG):
+            return
+        import cv2
+
+        # FFmpeg's log level is read from the environment when OpenCV first opens a
+        # capture with it; -8 is AV_LOG_QUIET.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        if "OPENCV_LOG_LEVEL" not in os.environ:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def unreachable_reason(url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
+    """Why a stream at ``url`` may not open, from one TCP connection to its host and port.
+
+    OpenCV only says that it could not open a stream; FFmpeg's reason went to the
+    console. "connection refused" (the server is down), "timed out" (a cut link)
+    and a name that does not resolve are what an operator needs to know; when
+    the port answers the problem is the path, the codec or the credentials.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return "the URL does not parse"
+    if not host or port is None:
+        return "no host or port in the URL to try"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"{host}:{port} did not answer within {timeout:g} s"
+    except OSError as exc:
+        return f"{host}:{port}: {(exc.strerror or str(exc)).lower()}"
+    return f"{host}:{port} accepts connections, but no stream opened there (path, codec, credentials?)"
 
 
 
@@ -92,6 +167,7 @@ class CaptureReader:
     def open(self) -> None:
         import cv2
 
+        quiet_opencv()
         self.close()
         if self.stream:
             cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
@@ -103,6 +179,8 @@ class CaptureReader:
             cap = cv2.VideoCapture(str(self.target))
         if not cap.isOpened():
             cap.release()
+            if self.stream:
+                raise SourceUnavailable(f"cannot open the stream: {unreachable_reason(str(self.target))}")
             raise SourceUnavailable(f"OpenCV cannot open {self.target!r}")
         if self.device:
             # Keep the driver's queue short so a grabbed frame is a recent one.
@@ -184,7 +262,8 @@ class FrameSource:
     """Paces a :class:`FrameReader`, stamps its frames, and reopens it when live.
 
     Iterate :meth:`frames` on one thread; :meth:`stop` from any thread ends the
-    iteration within one read (or one backoff wait).
+    iteration within one read (or one backoff wait). ``on_state`` hears every
+    change of :attr:`state`, on the iterating thread.
     """
 
     def __init__(
@@ -197,9 +276,10 @@ class FrameSource:
         fps: float = 0.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
         reconnect_min_delay: float = 0.5,
-        reconnect_max_delay: float = 30.0,
+        reconnect_max_delay: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         wait: Callable[[float], bool] | None = None,
+        on_state: StateListener | None = None,
     ) -> None:
         self.reader = reader
         self.description = description
@@ -209,14 +289,21 @@ class FrameSource:
         self.clock_ms = clock_ms
         self.reconnect_min_delay = reconnect_min_delay
         self.reconnect_max_delay = reconnect_max_delay
+        self.on_state = on_state
         self._monotonic = monotonic
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
         #: Frames handed on, reopen attempts after a drop or failed open, and the last problem.
         self.frames_read = 0
         self.reconnects = 0
+        #: Outages of a live source: drops, and a first open that failed.
+        self.outages = 0
         self.ended = False
         self.last_error = ""
+        self.state = SourceState.CONNECTING
+        self._state_error = ""
+        self._outage_began: float | None = None
+        self._outage_attempts = 0
 
     def stop(self) -> None:
         """Make :meth:`frames` return soon (from any thread)."""
@@ -233,6 +320,42 @@ class FrameSource:
         finally:
             self.reader.close()
 
+    def _set_state(self, state: SourceState, error: str = "") -> None:
+        if state is self.state and error == self._state_error:
+            return
+        self.state = state
+        self._state_error = error
+        if error:
+            self.last_error = error
+        if self.on_state is not None:
+            self.on_state(state, error)
+
+    def _outage(self, error: str, delay: float) -> bool:
+        """Note a failed open or a drop of a live source; False when stopped during the wait."""
+        now = self._monotonic()
+        first = self._outage_began is None
+        if first:
+            self._outage_began = now
+            self.outages += 1
+        if first or error != self._state_error:
+            logger.warning("camera source %s: %s; retrying in %.1f s (back-off up to %.1f s)",
+                           self.description, error, delay, self.reconnect_max_delay)
+        else:
+            logger.debug("camera source %s: %s; retrying in %.1f s", self.description, error, delay)
+        self._set_state(SourceState.RECONNECTING, error)
+        self.reconnects += 1
+        self._outage_attempts += 1
+        return not self._wait(delay)
+
+    def _recovered(self) -> None:
+        if self._outage_began is not None:
+            logger.info("camera source %s streaming again after %.1f s (%d attempts)",
+                        self.description, self._monotonic() - self._outage_began,
+                        self._outage_attempts)
+            self._outage_began = None
+            self._outage_attempts = 0
+        self._set_state(SourceState.STREAMING)
+
     def _run(self) -> Iterator[CapturedFrame]:
         delay = self.reconnect_min_delay
         is_open = False
@@ -243,20 +366,20 @@ class FrameSource:
                 try:
                     self.reader.open()
                 except SourceUnavailable as exc:
-                    self.last_error = str(exc)
                     if not self.live:
                         logger.error("camera source %s: %s", self.description, exc)
                         self.ended = True
+                        self._set_state(SourceState.FAILED, str(exc))
                         return
-                    logger.warning("camera source %s: %s; retrying in %.1f s",
-                                   self.description, exc, delay)
-                    self.reconnects += 1
-                    if self._wait(delay):
+                    if not self._outage(str(exc), delay):
                         return
                     delay = min(delay * 2, self.reconnect_max_delay)
                     continue
                 is_open = True
                 read_since_open = 0
+                # Pacing starts afresh: an open can take seconds, and catching up on them
+                # would hand on two frames stamped a millisecond apart.
+                next_due = self._monotonic()
             image: Frame | None = None
             now = self._monotonic()
             early = self.interval > 0 and now < next_due
@@ -274,34 +397,42 @@ class FrameSource:
                 self.reader.close()
                 is_open = False
                 if self.live:
-                    self.last_error = "stream dropped"
-                    logger.warning("camera source %s dropped; reopening in %.1f s",
-                                   self.description, delay)
-                    self.reconnects += 1
-                    if self._wait(delay):
+                    if not self._outage("stream dropped" if read_since_open else
+                                        "stream opened but sent no frame", delay):
                         return
                     delay = min(delay * 2, self.reconnect_max_delay)
                     continue
                 if self.loop and read_since_open:
                     continue
                 self.ended = True
+                if read_since_open or self.frames_read:
+                    self._set_state(SourceState.ENDED)
+                else:
+                    self._set_state(SourceState.FAILED, "no frame could be read")
                 return
+            if not read_since_open:
+                self._recovered()
             read_since_open += 1
             delay = self.reconnect_min_delay
             if self.interval:
-                # Keep the cadence, but after a stall catch up by one frame at most.
-                next_due = max(next_due, now - self.interval) + self.interval
+                # Keep the cadence, but after a stall catch up by half a frame at most: a
+                # burst of buffered frames must not come out milliseconds apart. Counted
+                # from when the read returned (the frame's stamp), not when it began: a
+                # read that blocked must not make the next frame due at once.
+                read_at = self._monotonic()
+                next_due = max(next_due, read_at - self.interval / 2) + self.interval
             yield CapturedFrame(image, self.clock_ms(), self.frames_read)
             self.frames_read += 1
 
 
-def open_source(config: CameraConfig, *, clock_ms: Callable[[], int] = wall_clock_ms) -> FrameSource:
+def open_source(config: CameraConfig, *, clock_ms: Callable[[], int] = wall_clock_ms,
+                on_state: StateListener | None = None) -> FrameSource:
     """The source named by ``config.source``; a missing file or folder is a ConfigError."""
     source = config.source
     common: dict[str, Any] = {
         "fps": config.fps, "clock_ms": clock_ms, "loop": config.loop,
         "reconnect_min_delay": config.reconnect_min_delay,
-        "reconnect_max_delay": config.reconnect_max_delay,
+        "reconnect_max_delay": config.reconnect_max_delay, "on_state": on_state,
     }
     if isinstance(source, str) and source.isdigit():
         source = int(source)

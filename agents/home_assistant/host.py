@@ -1,9 +1,13 @@
 """Hosts Home Assistant discovery in the agent: describe what the device really reports.
 
 Metric names are only known once the collectors have run (temperature sensor
-names differ per board), and cameras come and go with ``assign``; so the
-description is rebuilt from what was seen, and discovery is re-published only
-when that set changes.
+names differ per board, rates need two readings), and cameras come and go with
+``assign``; so the description is rebuilt from what was seen, discovery is
+first published at the first state round (after two samples: complete, once,
+rather than an empty device first), and re-published only when that set
+changes. What was published is recorded in ``{data_dir}/home-assistant.json``
+so the next run clears what it no longer needs (a switch of ``mode``, a camera
+gone while the agent was down).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ __all__ = ["HomeAssistantHost"]
 
 logger = logging.getLogger(__name__)
 
+#: Where the agent records the discovery documents it published (in its data_dir).
+LEDGER_NAME = "home-assistant.json"
 #: (camera name, labels it reports) for every running camera.
 CameraLister = Callable[[], Sequence[tuple[str, tuple[str, ...]]]]
 
@@ -36,9 +42,11 @@ class HomeAssistantHost(AgentExtension):
         self.cameras = cameras
         self._metric_names: tuple[str, ...] = ()
         self._camera_set: tuple[tuple[str, tuple[str, ...]], ...] = tuple(cameras())
+        self._published = False
         self.publisher = HomeAssistantPublisher(
             session, self._describe(), mode="device" if config.home_assistant.mode == "device"
-            else "entity", discovery_prefix=config.home_assistant.prefix)
+            else "entity", discovery_prefix=config.home_assistant.prefix,
+            ledger=config.device.data_dir / LEDGER_NAME)
 
     def _describe(self) -> DeviceDescription:
         device = self.config.device
@@ -48,19 +56,25 @@ class HomeAssistantHost(AgentExtension):
             metrics=tuple(describe_metric(name) for name in self._metric_names),
             cameras=tuple(CameraEntities(name, labels) for name, labels in self._camera_set))
 
-    def start(self) -> None:
-        self.publisher.start()
-
     def stop(self) -> None:
         self.publisher.stop()
 
     def publish_discovery(self) -> int:
-        return self.publisher.publish_discovery()
+        """Publish discovery again (the ``rebirth`` command); nothing before the first state round."""
+        return self.publisher.publish_discovery() if self._published else 0
 
     def on_state(self, latest_metrics: Mapping[str, float]) -> None:
         names = tuple(sorted(latest_metrics))
         cameras = tuple(sorted(self.cameras()))
-        if names != self._metric_names or cameras != self._camera_set:
+        if not self._published:
+            # The first round: the description is complete now. start() publishes it
+            # (and again on every reconnection and Home Assistant birth).
+            self._metric_names, self._camera_set = names, cameras
+            self.publisher.update_description(self._describe(), publish=False)
+            self.publisher.start()
+            self._published = True
+            logger.info("Home Assistant discovery: %d metrics, %d cameras", len(names), len(cameras))
+        elif names != self._metric_names or cameras != self._camera_set:
             self._metric_names, self._camera_set = names, cameras
             accepted = self.publisher.update_description(self._describe())
             logger.info("Home Assistant discovery updated: %d metrics, %d cameras (%d messages)",

@@ -7,6 +7,12 @@ recommends: a Home Assistant that restarts, or a broker that lost its retained
 messages, learns the device again without waiting for the agent to reconnect.
 After a birth the last known state topics are re-published too.
 
+What was published is remembered (in memory, and in the ``ledger`` file when
+one is given, so across restarts): before each publication, documents the
+device no longer needs are cleared (see :func:`schemas.ha_discovery.stale_messages`),
+whether an entity vanished or the operator switched between device-based and
+per-entity discovery or changed the prefix.
+
 Only a *live* ``online`` triggers a re-publish. A retained ``online`` is what
 the broker replays when this session subscribes, which always coincides with
 a (re)connection that already published discovery (and amqtt replays it
@@ -19,9 +25,12 @@ writes to the durable outbox and never waits for the broker.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from broker.router import ReceivedMessage, Route
 from broker.session import BusSession
@@ -32,11 +41,13 @@ from schemas.ha_discovery import (
     DeviceDescription,
     DiscoveryMessage,
     DiscoveryMode,
+    Inventory,
     camera_state_name,
     camera_state_payload,
+    discovery_inventory,
     discovery_messages,
     metrics_state_payload,
-    removal_messages,
+    stale_messages,
 )
 
 __all__ = ["HomeAssistantPublisher"]
@@ -55,7 +66,8 @@ class HomeAssistantPublisher:
     """
 
     def __init__(self, session: BusSession, description: DeviceDescription,
-                 mode: DiscoveryMode = "device", discovery_prefix: str = DEFAULT_PREFIX) -> None:
+                 mode: DiscoveryMode = "device", discovery_prefix: str = DEFAULT_PREFIX,
+                 ledger: Path | None = None) -> None:
         if session.config.device != description.device:
             raise ConfigError(f"Home Assistant discovery describes device {description.device!r} "
                               f"but the session is device {session.config.device!r}")
@@ -69,11 +81,16 @@ class HomeAssistantPublisher:
         self.status_topic = f"{discovery_prefix}/status"
         self._description = description
         self._lock = threading.Lock()
+        # One publication at a time (main thread, connect listener, Home Assistant's birth):
+        # clearing and publishing must not interleave.
+        self._publishing = threading.Lock()
         self._metrics: dict[str, float | int] = {}
         self._camera_payloads: dict[str, bytes] = {}
         self._route: Route | None = None
         self._running = False
         self._counts = {"discovery_published": 0, "ha_births": 0, "refused": 0}
+        self.ledger = ledger
+        self._inventory: dict[str, tuple[tuple[str, str], ...]] = _load_inventory(ledger)
 
     @property
     def description(self) -> DeviceDescription:
@@ -103,28 +120,39 @@ class HomeAssistantPublisher:
     # -- discovery -----------------------------------------------------
 
     def publish_discovery(self) -> int:
-        """Queue every discovery document (retained); how many the outbox accepted."""
-        with self._lock:
-            messages = discovery_messages(self._description, self.mode, self.prefix)
-        return self._publish_all(messages, "discovery_published")
+        """Clear what is stale, then queue every discovery document (retained); how many were accepted."""
+        with self._publishing:
+            with self._lock:
+                stale = stale_messages(self._inventory, self._description, self.mode, self.prefix)
+                messages = discovery_messages(self._description, self.mode, self.prefix)
+                current = discovery_inventory(self._description, self.mode, self.prefix)
+            cleared = self._publish_all(stale, "discovery_published")
+            accepted = self._publish_all(messages, "discovery_published")
+            with self._lock:
+                if cleared < len(stale):  # try again next time: keep what may still be retained
+                    current = {**self._inventory, **current}
+                changed = current != self._inventory
+                self._inventory = current
+            if changed:
+                _save_inventory(self.ledger, current)
+            return cleared + accepted
 
-    def update_description(self, description: DeviceDescription) -> int:
+    def update_description(self, description: DeviceDescription, *, publish: bool = True) -> int:
         """Switch to ``description`` (a camera was assigned, a metric appeared or went away).
 
-        Entities that vanished are removed from Home Assistant first, then the
-        new documents are published. Returns how many messages were accepted.
+        When ``publish``, entities that vanished are removed from Home Assistant
+        first, then the new documents are published. Returns how many messages
+        were accepted.
         """
         with self._lock:
             if description.device != self._description.device:
                 raise ConfigError("update_description cannot change the device id")
-            removals = removal_messages(self._description, description, self.mode, self.prefix)
             self._description = description
             known = {camera.name for camera in description.cameras}
             for camera in list(self._camera_payloads):
                 if camera not in known:
                     del self._camera_payloads[camera]
-        accepted = self._publish_all(removals, "discovery_published")
-        return accepted + self.publish_discovery()
+        return self.publish_discovery() if publish else 0
 
     # -- state topics --------------------------------------------------
 
@@ -206,3 +234,29 @@ class HomeAssistantPublisher:
                 self._counts["refused"] += 1
             logger.warning("outbox refused %s; Home Assistant may show stale data", topic)
         return ok
+
+
+def _load_inventory(ledger: Path | None) -> dict[str, tuple[tuple[str, str], ...]]:
+    """What an earlier run published (empty without a ledger, or when it is unreadable)."""
+    if ledger is None or not ledger.exists():
+        return {}
+    try:
+        data = json.loads(ledger.read_text())
+        return {str(topic): tuple((str(p), str(o)) for p, o in entities)
+                for topic, entities in data["topics"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.warning("ignoring %s (%s): documents of an earlier run may stay retained", ledger, exc)
+        return {}
+
+
+def _save_inventory(ledger: Path | None, inventory: Inventory) -> None:
+    if ledger is None:
+        return
+    body = {"topics": {topic: [list(e) for e in entities] for topic, entities in inventory.items()}}
+    try:
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        temporary = ledger.with_name(ledger.name + ".tmp")
+        temporary.write_text(json.dumps(body, indent=1, sort_keys=True))
+        os.replace(temporary, ledger)
+    except OSError as exc:
+        logger.warning("cannot record the published discovery in %s: %s", ledger, exc)
