@@ -12,7 +12,12 @@ against the targets of issue 12:
   their prepare until the bench has killed the leader, then answer at once
   (their votes reach a group with no leader); timed from the kill to the
   client's decision and to all 5 participants having applied it, repeated,
-  p50 and max;
+  p50 and max (the verdict is on the max: every failover should finish in
+  time).
+
+Beside the throughput it prints the CPU each part used (from /proc), also
+per committed transaction, and the same for the one-at-a-time latency run:
+what a 2-core box can carry follows from those.
 
 The baseline is the same 5 participants, on the same MQTT sessions in the same
 processes, asked once over plain MQTT request/reply (QoS 1) with no Raft and
@@ -28,13 +33,16 @@ applying a commit).
 Where the participants run (``--participants``): by default all five in ONE
 separate process, each with its own MQTT session, driver thread and store.
 Not in this process, because here 16 client threads and the measurement share
-one GIL, and participant work would queue behind client work and both figures
-would be the harness's; not in five processes, because the box has two cores
-already shared by three Raft nodes, Mosquitto and the clients, and five more
-interpreters only add scheduling and memory (a participant's own work is
-mostly fsync waits, which release the GIL). ``inproc`` and ``processes`` are
-there to check that choice (the figures of all three are in the commit that
-added this file).
+one GIL: participant work would queue behind client work and the figures would
+be the harness's. Not in five processes either, although five devices would
+each run their own: the box has two cores, already shared by three Raft nodes,
+Mosquitto and the clients, and five more interpreters add their idle loops and
+scheduling (a participant costs about 3 ms of CPU per transaction, so five of
+them compete for the cores however they are spread). Measured side by side
+(``--quick``, two rounds each, with the box at a load of about 8 from other
+work): one process 27-28 ms p50, 22-35 tx/s; five processes 32-42 ms, 38-42
+tx/s; in this process 36-44 ms, 23-31 tx/s: within the run-to-run noise of
+each other, and none near a target.
 
 ``--phases`` adds a breakdown of the commit latency, from a listener on the
 group's topics: client -> Begin committed (first Prepare on the bus) ->
@@ -206,7 +214,9 @@ class ParticipantHost:
 
     @staticmethod
     def _notifier(session: BusSession) -> Callable[[str, str], None]:
-        return lambda what, body: bool(session.publish(f"{CTL}/{what}", body, qos=1))
+        def notify(what: str, body: str) -> None:
+            session.publish(f"{CTL}/{what}", body, qos=1)
+        return notify
 
     @staticmethod
     def _answerer(session: BusSession, pid: str) -> Callable[[ReceivedMessage], None]:
