@@ -57,6 +57,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/anomaly.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/ingest.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/coordination.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/twopc.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/ota.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/broker.py
 	$(PY) bench/balance.py
