@@ -1,4 +1,4 @@
-"""One fuzz target of tests/fuzz_targets.py under atheris (libFuzzer), covering schemas/ and protocols/.
+"""One fuzz target of tests/fuzz_targets.py under atheris (libFuzzer), with coverage of our packages.
 
     python -m tests.fuzz_atheris TARGET [libFuzzer flags] [corpus directories]
 
@@ -27,8 +27,11 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit(__doc__)
     name = argv.pop(1)
-    with atheris.instrument_imports(include=["schemas", "protocols"]):
+    with atheris.instrument_imports(include=["schemas", "protocols", "coordinator"]):
         from tests.fuzz_targets import TARGETS
+
+        if name == "ingest":
+            import coordinator.ingest  # noqa: F401  (instrumented; the target imports it on first use)
     targets = {**TARGETS, "canary": canary}
     if name not in targets:
         raise SystemExit(f"unknown target {name!r}; targets: {', '.join(sorted(targets))}")

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 from protocols.coordination import wire
 from protocols.raft.messages import (
@@ -143,8 +144,41 @@ def check_fields(obj: object) -> None:
         check_fields(value)
 
 
+#: Topics of the ingest target: the first input byte picks one (device and kind).
+INGEST_KINDS = ("metrics", "birth", "status", "detections/door", "events/door", "metrics", "metrics", "birth")
+
+
+class _Subscriber:
+    """What Ingest needs of a session when messages are handed to it directly."""
+
+    topics = TREE
+
+
+_ingest: Any = None
+
+
+def ingest(data: bytes) -> None:
+    """The coordinator's ingest on one message: rows or dead letters, never an exception.
+
+    Messages go straight to the decoder pass (``_process``), on this thread, so
+    an exception reaches the fuzzer instead of ending a decoder thread.
+    """
+    global _ingest
+    if _ingest is None:
+        from coordinator.ingest import Ingest
+
+        _ingest = Ingest(_Subscriber())  # type: ignore[arg-type]
+    if not data:
+        return
+    from broker.router import ReceivedMessage
+
+    topic = f"edgebus/gw-{data[0] % 4}/{INGEST_KINDS[data[0] // 4 % len(INGEST_KINDS)]}"
+    _ingest._process([ReceivedMessage(topic, data[1:], 1, False)])
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": envelope, "records": records, "topics": topics, "twopc": twopc, "coordination": coordination,
+    "ingest": ingest,
 }
 
 
@@ -176,6 +210,10 @@ def _seeds() -> dict[str, list[bytes]]:
                    b"edgebus/gw-1/cmd/ota/offer", b"homeassistant/sensor/gw-1/temp/config"],
         "twopc": [encode_message(m) for m in tx],
         "coordination": [wire.encode(m) for m in coord],
+        # gw-1: metrics (1), birth (5), status (9), detections (13), events (17)
+        "ingest": [bytes([1]) + encode_record(metric), bytes([5]) + encode_record(birth),
+                   bytes([9]) + b"online", bytes([13]) + encode_record(detections),
+                   bytes([17]) + b'{"type":"start","camera":"door","track_id":7,"label":"person"}'],
     }
 
 
