@@ -187,7 +187,9 @@ class Ingest:
         heavy = [t.all_metrics(), t.all_detections(), t.all_events()]
         if self.shared_group:
             heavy = [f"$share/{self.shared_group}/{f}" for f in heavy]
-        return [*heavy, t.all_births(), t.all_status()]
+        # Births first: the broker sends the retained ones as it handles each SUBSCRIBE, in order, so a
+        # device's current epoch is announced before its first metrics can arrive.
+        return [t.all_births(), t.all_status(), *heavy]
 
     def start(self) -> Ingest:
         """Start the decoder and subscribe (before or after the session starts)."""

@@ -86,7 +86,9 @@ def records(data: bytes) -> None:
         assert columns.samples() == list(record.samples), "the two paths decode different samples"
         assert (columns.device, columns.epoch, columns.first_seq) == (record.device, record.epoch,
                                                                       record.first_seq)
-    assert decode_record(encode_record(record)) == record, "a decoded record does not survive a round trip"
+    # Compared as bytes: a NaN in an extra field makes the records unequal to themselves.
+    encoded = encode_record(record)
+    assert encode_record(decode_record(encoded)) == encoded, "a decoded record does not survive a round trip"
 
 
 def topics(data: bytes) -> None:
@@ -109,7 +111,8 @@ def twopc(data: bytes) -> None:
         message = decode_message(data)
     except CodecError:
         return
-    assert decode_message(encode_message(message)) == message
+    encoded = encode_message(message)
+    assert encode_message(decode_message(encoded)) == encoded, "a message does not survive a round trip"
 
 
 def coordination(data: bytes) -> None:
@@ -119,7 +122,8 @@ def coordination(data: bytes) -> None:
     except CodecError:
         return
     check_fields(message)
-    assert wire.decode(wire.encode(message)) == message
+    encoded = wire.encode(message)
+    assert wire.encode(wire.decode(encoded)) == encoded, "a message does not survive a round trip"
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "bytes": (bytes,),
