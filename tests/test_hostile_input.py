@@ -62,6 +62,13 @@ def sender(broker: RunningBroker) -> BusSession:
     return bus
 
 
+def subscribed(broker: RunningBroker, data_dir: Path) -> Parts:
+    """A coordinator (as in tests/coordinator_helpers.py) whose subscriptions the broker acknowledged."""
+    parts = start_coordinator(broker, data_dir)
+    assert parts[0].wait_subscribed(WAIT)
+    return parts
+
+
 def dead_reasons(parts: Parts) -> list[str]:
     return [letter.reason for letter in parts[3].dead_letters(limit=10_000)]
 
@@ -73,7 +80,7 @@ def test_break3_a_huge_epoch_does_not_blind_the_coordinator_also_after_a_restart
         broker: RunningBroker, tmp_path: Path) -> None:
     device, epoch = "gw-3", now_ms() - 3_600_000  # an agent's epoch: its clock when its outbox was made
     bus = sender(broker)
-    parts = start_coordinator(broker, tmp_path)
+    parts = subscribed(broker, tmp_path)
     try:
         bus.publish(f"edgebus/{device}/birth", birth(device, epoch), retain=True)
         bus.publish(f"edgebus/{device}/metrics", metrics(device, epoch, 0, 10))
@@ -86,7 +93,7 @@ def test_break3_a_huge_epoch_does_not_blind_the_coordinator_also_after_a_restart
         assert len(parts[3].dead_letters()) == 1  # the hostile message, counted
     finally:
         stop_coordinator(parts)
-    parts = start_coordinator(broker, tmp_path)  # the stored accounting must not carry it either
+    parts = subscribed(broker, tmp_path)  # the stored accounting must not carry it either
     try:
         bus.publish(f"edgebus/{device}/metrics", metrics(device, epoch, 20, 10))
         assert bus.flush(WAIT)
@@ -105,7 +112,7 @@ def test_break3_accounting_stored_by_an_older_version_with_a_huge_epoch_heals_at
     with open_store({}, data_dir=tmp_path) as store:
         store.save_sequence_state({device: DeviceSequence(epoch=2**63 - 1, ranges=[[0, 1]], received=1)})
     bus = sender(mosquitto_broker)
-    parts = start_coordinator(mosquitto_broker, tmp_path)
+    parts = subscribed(mosquitto_broker, tmp_path)
     try:
         bus.publish(f"edgebus/{device}/metrics", metrics(device, epoch, 0, 10))
         assert bus.flush(WAIT)
@@ -144,7 +151,7 @@ def test_break4_a_small_envelope_cannot_decode_into_millions_of_objects(body: by
 def test_break4_bomb_envelopes_become_dead_letters_and_ingest_goes_on(
         mosquitto_broker: RunningBroker, tmp_path: Path) -> None:
     bus = sender(mosquitto_broker)
-    parts = start_coordinator(mosquitto_broker, tmp_path)
+    parts = subscribed(mosquitto_broker, tmp_path)
     try:
         bomb = zstd_envelope(bomb_bodies()[0])
         for _ in range(10):
@@ -195,7 +202,7 @@ def names_batch(device: str, first_seq: int, names: list[str]) -> bytes:
 def test_break6_a_device_cannot_add_metric_names_without_bound(
         mosquitto_broker: RunningBroker, tmp_path: Path) -> None:
     bus = sender(mosquitto_broker)
-    parts = start_coordinator(mosquitto_broker, tmp_path)
+    parts = subscribed(mosquitto_broker, tmp_path)
     try:
         # One message with 80,000 names, then ten with 500 new names each.
         bus.publish("edgebus/gw-6/metrics", names_batch("gw-6", 0, [f"m{i}" for i in range(80_000)]))
@@ -242,7 +249,7 @@ def block_rows(data_dir: Path, device: str) -> list[tuple[int, int, bytes]]:
 def test_break7_one_message_is_not_amplified_into_many_block_rows(
         mosquitto_broker: RunningBroker, tmp_path: Path) -> None:
     bus = sender(mosquitto_broker)
-    parts = start_coordinator(mosquitto_broker, tmp_path)
+    parts = subscribed(mosquitto_broker, tmp_path)
     try:
         over_an_hour, an_hour = jumping_envelope("gw-7a", 3_600_001), jumping_envelope("gw-7b", 3_600_000)
         assert len(over_an_hour) < 64 * 1024
@@ -271,7 +278,7 @@ def test_break7_one_message_is_not_amplified_into_many_block_rows(
 def test_an_event_nested_too_deeply_is_a_dead_letter_and_ingest_goes_on(
         mosquitto_broker: RunningBroker, tmp_path: Path) -> None:
     bus = sender(mosquitto_broker)
-    parts = start_coordinator(mosquitto_broker, tmp_path)
+    parts = subscribed(mosquitto_broker, tmp_path)
     try:
         bus.publish("edgebus/gw-e/events/door", b"[" * 100_000)
         bus.publish("edgebus/gw-e/events/door", json.dumps({"type": "start", "camera": "door"}).encode())
