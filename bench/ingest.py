@@ -49,6 +49,7 @@ from bench.mosquitto import start_mosquitto, stop  # noqa: E402
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from coordinator.ingest import Ingest, IngestBatch  # noqa: E402
+from coordinator.ingest_limits import IngestLimits  # noqa: E402
 from coordinator.store.plugins.sql import DEFAULT_DB_NAME  # noqa: E402
 from schemas.messages import MetricSample, MetricsBatch, encode_record  # noqa: E402
 from schemas.topics import TopicTree  # noqa: E402
@@ -200,7 +201,10 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     receiver = (None if client == "paho"
                 else GmqttReceiver(port, optimistic=client == "gmqtt-optimistic"))
     counter = Counter(total_samples)
-    ingest = Ingest(bus if receiver is None else receiver)  # type: ignore[arg-type]
+    # The default limits, but per-device rates no single publisher can reach: a run with few devices
+    # sends each of them faster than a device may (the rate check still runs on every message).
+    limits = IngestLimits(device_messages_per_s=1e9, device_samples_per_s=1e11)
+    ingest = Ingest(bus if receiver is None else receiver, limits=limits)  # type: ignore[arg-type]
     store = None
     if full:
         from coordinator.anomaly.engine import AnomalyEngine

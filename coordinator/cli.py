@@ -146,7 +146,7 @@ def _start(args: argparse.Namespace) -> int:
     online = {k: v for k, v in config.anomaly.items() if k != "batch"}  # [anomaly.batch] is the services'
     engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
     bus = BusSession(bus_config)
-    ingest = Ingest(bus, shared_group=config.shared_group)
+    ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest)
     processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
     processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))

@@ -1,7 +1,8 @@
 """The coordinator's configuration file: what ``edge-coordinator start --config`` reads.
 
-Top-level keys are checked here; the ``[store]`` and ``[anomaly]`` tables are
-checked by the parts that use them when they are built.
+Top-level keys and the ``[ingest]`` limits (coordinator/ingest_limits.py) are
+checked here; the ``[store]`` and ``[anomaly]`` tables are checked by the parts
+that use them when they are built.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from broker.session import BusConfig
 from coordinator.actions import parse_actions
 from coordinator.batch_job import BatchJobConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
+from coordinator.ingest_limits import IngestLimits
 from coordinator.services import ServicesConfig
 from schemas.errors import ConfigError
 
@@ -36,6 +38,8 @@ class CoordinatorConfig:
     store: Mapping[str, Any] = field(default_factory=dict)
     #: ``[anomaly]``: checked when the engine is built (coordinator/anomaly/engine.py).
     anomaly: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[ingest]``: what one message and one device may cost (coordinator/ingest_limits.py).
+    ingest: IngestLimits = field(default_factory=IngestLimits)
     #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
     shared_group: str | None = None
     #: ``[[actions]]``, ``[home_assistant]`` and ``[anomaly.batch]`` (coordinator/services.py).
@@ -78,4 +82,5 @@ class CoordinatorConfig:
                                   home_assistant=HomeAssistantConfig.from_mapping(data.get("home_assistant")))
         return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
                    broker=broker, store=data.get("store", {}), anomaly=anomaly,
+                   ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly)

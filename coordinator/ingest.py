@@ -12,8 +12,21 @@ view) in turn.
 Anything that cannot be used becomes a :class:`DeadLetterRecord` with a reason
 (``bad_topic``, ``malformed``, ``unsupported_version``, ``wrong_type``,
 ``device_mismatch``, ``bad_json``): counted, handed to the sinks like any other
-row, never fatal. A record whose device differs from the topic's is refused:
-devices are told apart by the broker's ACL on topics, not by what they claim.
+row, never fatal. A record whose device (or camera) differs from the topic's is
+refused: devices are told apart by the broker's ACL on topics, not by what they claim.
+
+What a device claims is bounded too, by the ``[ingest]`` limits
+(:mod:`coordinator.ingest_limits`), each refusal a dead letter with its own
+reason: the decoded size (``too_large``), samples, detections and names per
+message (``too_many_samples``, ``too_many_detections``, ``too_many_names``,
+``long_name``), names and camera streams per device (``too_many_names``,
+``too_many_cameras``), the devices kept (``too_many_devices``), sample times
+(``time_span``, ``future_time``), the sequence accounting (``implausible_epoch``,
+``unannounced_epoch``, ``epoch_regress``, ``seq_jump``: see
+:mod:`schemas.sequence`; an epoch moves only to one a birth announced, so no
+single message can blind the coordinator to a device), and each device's rate
+(``rate_limited``: checked before decoding; the device is flagged in
+:meth:`Ingest.stats` and logged, the others are not slowed).
 
 With ``shared_group`` set, the high-volume streams are subscribed as
 ``$share/{group}/...`` so several coordinators split them (Mosquitto, EMQX;
@@ -33,12 +46,14 @@ from dataclasses import dataclass, field
 from broker.router import ReceivedMessage
 from broker.session import BusSession
 from coordinator.batch_queue import BatchQueue
+from coordinator.device_rates import DeviceRates
+from coordinator.ingest_limits import IngestLimits
 from coordinator.store.records import DeadLetterRecord, DetectionRecord, EventRecord, SampleRecord
-from schemas.errors import CodecError, TopicError, UnsupportedVersion
-from schemas.messages import DEFAULT_CODEC, Birth, DetectionsBatch, MetricsBatch
+from schemas.errors import CodecError, PayloadTooLarge, TopicError, UnsupportedVersion
+from schemas.messages import Birth, DetectionsBatch, MetricsBatch
 from schemas.metrics import MetricColumns
 from schemas.record_base import record_from_body
-from schemas.sequence import DeviceSequence, SequenceTracker
+from schemas.sequence import DeviceSequence, Refusal, SequenceTracker
 from schemas.topics import ParsedTopic, TopicKind
 
 __all__ = ["Ingest", "IngestBatch", "IngestStats"]
@@ -124,6 +139,10 @@ class IngestStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     sink_errors: int = 0
     queue_depth: int = 0
+    #: Messages refused per device for its rate (rate_limited), since the start.
+    throttled: Counter[str] = field(default_factory=Counter)
+    #: Devices refused for their rate within the last minute.
+    flagged: list[str] = field(default_factory=list)
 
 
 class Ingest:
@@ -132,8 +151,19 @@ class Ingest:
     def __init__(self, session: BusSession, sinks: Sequence[Sink] = (), *, shared_group: str | None = None,
                  queue_size: int = 20_000, batch_messages: int = 2_000, batch_wait: float = 0.2,
                  clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-                 sequences: SequenceTracker | None = None) -> None:
+                 sequences: SequenceTracker | None = None, limits: IngestLimits | None = None,
+                 rate_clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
+        self.limits = limits or IngestLimits()
+        self._codec = self.limits.codec()
+        self._seq_limits = self.limits.sequence()
+        self._rates = DeviceRates(messages_per_s=self.limits.device_messages_per_s,
+                                  samples_per_s=self.limits.device_samples_per_s,
+                                  burst_s=self.limits.burst_s, max_devices=self.limits.max_devices)
+        self._rate_clock = rate_clock
+        #: Metric names and camera streams seen per device (bounded by the limits).
+        self._device_names: dict[str, set[str]] = {}
+        self._device_cameras: dict[str, set[str]] = {}
         self.topics = session.topics
         self.sinks = list(sinks)
         self.shared_group = shared_group
@@ -157,7 +187,9 @@ class Ingest:
         heavy = [t.all_metrics(), t.all_detections(), t.all_events()]
         if self.shared_group:
             heavy = [f"$share/{self.shared_group}/{f}" for f in heavy]
-        return [*heavy, t.all_births(), t.all_status()]
+        # Births first: the broker sends the retained ones as it handles each SUBSCRIBE, in order, so a
+        # device's current epoch is announced before its first metrics can arrive.
+        return [t.all_births(), t.all_status(), *heavy]
 
     def start(self) -> Ingest:
         """Start the decoder and subscribe (before or after the session starts)."""
@@ -210,15 +242,30 @@ class Ingest:
                                       v.epochs_seen) for k, v in self.sequences.devices().items()
                     if streams is None or k in streams}
 
-    def restore_sequences(self, states: dict[str, DeviceSequence]) -> None:
-        """Continue the accounting a previous run stored (before :meth:`start`)."""
+    def restore_sequences(self, states: dict[str, DeviceSequence],
+                          announced: dict[str, int] | None = None) -> None:
+        """Continue the accounting a previous run stored (before :meth:`start`).
+
+        ``announced``: the epoch of each device's latest stored birth. Streams
+        and births with an epoch no device could have (an older version took
+        any) are forgotten, so such a stream starts again with its device's next batch.
+        """
+        tracker = SequenceTracker.from_states(states)
+        tracker.restore_announced(announced or {})
+        dropped = tracker.discard_implausible(now_ms=self._clock_ms(), limits=self._seq_limits)
         with self._seq_lock:
-            self.sequences = SequenceTracker.from_states(states)
+            self.sequences = tracker
+        if dropped:
+            logger.warning("forgot the stored accounting of %d streams whose epoch is more than %d ms ahead "
+                           "of this clock: %s", len(dropped), self._seq_limits.max_future_ms,
+                           ", ".join(dropped[:20]))
 
     def stats(self) -> IngestStats:
         with self._stats_lock:
             snap = IngestStats(**{f: getattr(self._stats, f) for f in IngestStats.__slots__})
             snap.dead_letters = Counter(self._stats.dead_letters)
+            snap.throttled = Counter(self._stats.throttled)
+            snap.flagged = list(self._stats.flagged)
         snap.queue_depth = len(self._queue)
         return snap
 
@@ -244,8 +291,15 @@ class Ingest:
 
     def _process(self, messages: list[ReceivedMessage]) -> None:
         batch = IngestBatch()
+        # One reading of each clock per batch (a batch spans at most batch_wait).
+        now_ms, now = self._clock_ms(), self._rate_clock()
         for message in messages:
-            self._decode_into(message, batch)
+            self._decode_into(message, batch, now_ms, now)
+        for device in self._rates.take_newly_flagged():
+            logger.warning("device %s sends faster than [ingest] allows (%g messages/s, %g samples/s, "
+                           "bursts of %g s): its messages are refused as rate_limited", device,
+                           self.limits.device_messages_per_s, self.limits.device_samples_per_s,
+                           self.limits.burst_s)
         with self._stats_lock:
             s = self._stats
             s.messages += len(messages)
@@ -255,6 +309,9 @@ class Ingest:
             s.duplicates += batch.duplicates
             for letter in batch.dead_letters:
                 s.dead_letters[letter.reason] += 1
+            if self._rates.refused:
+                s.throttled = Counter(self._rates.refused)
+                s.flagged = self._rates.flagged(now)
         for sink in self.sinks:
             try:
                 sink(batch)
@@ -270,7 +327,7 @@ class Ingest:
         batch.dead_letters.append(DeadLetterRecord(self._clock_ms(), message.topic, reason, error[:500],
                                              bytes(message.payload[:65536])))
 
-    def _decode_into(self, message: ReceivedMessage, batch: IngestBatch) -> None:
+    def _decode_into(self, message: ReceivedMessage, batch: IngestBatch, now_ms: int, now: float) -> None:
         parsed = self._parsed.get(message.topic)
         if parsed is None:
             try:
@@ -282,9 +339,13 @@ class Ingest:
                 self._parsed.clear()
             self._parsed[message.topic] = parsed
         device = parsed.device or ""
+        refused = self._rates.admit(device, now)  # before any decoding: a flood costs a look-up
+        if refused is not None:
+            self._dead(batch, message, refused, f"device {device!r}: {self._refusal_text(refused)}")
+            return
         if parsed.kind is TopicKind.STATUS:
-            batch.statuses.append((device, bytes(message.payload).decode("utf-8", "replace")[:32],
-                                   self._clock_ms()))
+            batch.statuses.append((device, bytes(message.payload[:128]).decode("utf-8", "replace")[:32],
+                                   now_ms))
             return
         if parsed.kind is TopicKind.EVENTS:
             self._event(parsed, message, batch)
@@ -292,18 +353,31 @@ class Ingest:
         if not message.payload and parsed.kind is TopicKind.BIRTH:
             return  # a cleared retained birth
         try:
-            body = DEFAULT_CODEC.decode(message.payload)
+            body = self._codec.decode(message.payload)
             if parsed.kind is TopicKind.METRICS:
-                # The usual case, without an object per sample; anything else goes the record way.
+                # The usual case, without an object per sample (its limits are checked on the columns);
+                # anything else goes the record way, after a look at its sizes.
                 columns = MetricColumns.from_body(body)
                 if columns is not None:
                     if columns.device != device:
                         self._dead(batch, message, "device_mismatch",
                                    f"record claims device {columns.device!r} on {device!r}'s topic")
                     else:
-                        self._metric_columns(columns, batch)
+                        self._metric_columns(columns, batch, message, now_ms, now)
+                    return
+                refusal = self._metrics_body_budget(body)
+                if refusal is not None:
+                    self._dead(batch, message, refusal.reason, refusal.detail)
+                    return
+            elif parsed.kind is TopicKind.DETECTIONS:
+                refusal = self._detections_body_budget(body)
+                if refusal is not None:
+                    self._dead(batch, message, refusal.reason, refusal.detail)
                     return
             record = record_from_body(body)
+        except PayloadTooLarge as exc:
+            self._dead(batch, message, "too_large", str(exc))
+            return
         except UnsupportedVersion as exc:
             self._dead(batch, message, "unsupported_version", str(exc))
             return
@@ -321,18 +395,104 @@ class Ingest:
                        f"record claims device {getattr(record, 'device', None)!r} on {device!r}'s topic")
             return
         if isinstance(record, MetricsBatch):
-            self._metrics(record, batch)
+            self._metrics(record, batch, message, now_ms, now)
         elif isinstance(record, DetectionsBatch):
             if record.camera != parsed.name:
                 self._dead(batch, message, "device_mismatch",
                            f"record claims camera {record.camera!r} on camera {parsed.name!r}'s topic")
                 return
-            self._detections(record, batch)
+            self._detections(record, batch, message, now_ms, now)
         else:
             assert isinstance(record, Birth)
+            with self._seq_lock:
+                refusal = self.sequences.announce(device, record.epoch, now_ms=now_ms,
+                                                  limits=self._seq_limits)
+            if refusal is not None:
+                self._dead(batch, message, refusal.reason, refusal.detail)
+                return
             batch.births.append(record)
 
-    def _metrics(self, record: MetricsBatch, batch: IngestBatch) -> None:
+    def _refusal_text(self, reason: str) -> str:
+        limits = self.limits
+        if reason == "rate_limited":
+            return (f"over {limits.device_messages_per_s:g} messages/s or {limits.device_samples_per_s:g} "
+                    f"samples/s (bursts of {limits.burst_s:g} s)")
+        return f"the coordinator keeps state for {limits.max_devices} devices at most (max_devices)"
+
+    # -- budgets -------------------------------------------------------
+
+    def _metrics_body_budget(self, body: object) -> Refusal | None:
+        """Sample and name counts of a metrics body, checked before any per-sample work."""
+        if type(body) is not dict:
+            return None
+        limits = self.limits
+        index, names = body.get("idx"), body.get("names")
+        if type(index) is list and len(index) > limits.max_samples:
+            return Refusal("too_many_samples", f"{len(index)} samples in one message; the limit is "
+                                               f"{limits.max_samples} (max_samples)")
+        if type(names) is list and len(names) > limits.max_names:
+            return Refusal("too_many_names", f"{len(names)} metric names in one message; the limit is "
+                                             f"{limits.max_names} (max_names)")
+        return None
+
+    def _detections_body_budget(self, body: object) -> Refusal | None:
+        if type(body) is not dict:
+            return None
+        limits = self.limits
+        frames, labels = body.get("dt"), body.get("label")
+        if type(frames) is list and len(frames) > limits.max_samples:
+            return Refusal("too_many_samples", f"{len(frames)} frames in one message; the limit is "
+                                               f"{limits.max_samples} (max_samples)")
+        if type(labels) is list and len(labels) > limits.max_detections:
+            return Refusal("too_many_detections", f"{len(labels)} detections in one message; the limit is "
+                                                  f"{limits.max_detections} (max_detections)")
+        return None
+
+    def _times_refusal(self, times: Sequence[int], now_ms: int,
+                       known: tuple[int, int] | None = None) -> Refusal | None:
+        """Why the times of one message are not taken (``known``: their earliest and latest), or None."""
+        if not times:
+            return None
+        limits = self.limits
+        low, high = known or (min(times), max(times))
+        if high - low > limits.max_time_span_ms:
+            return Refusal("time_span", f"sample times span {high - low} ms in one message; the limit is "
+                                        f"{limits.max_time_span_ms} ms (max_time_span_ms)")
+        if high > now_ms + limits.max_future_ms:
+            return Refusal("future_time", f"a sample time {high} is more than {limits.max_future_ms} ms "
+                                          f"ahead of this coordinator's clock ({now_ms}) (max_future_ms)")
+        return None
+
+    def _names_refusal(self, device: str, names: Sequence[str]) -> set[str] | Refusal | None:
+        """None if every name is known for ``device``; else its grown name set, or why not."""
+        known = self._device_names.get(device)
+        if known is not None and known.issuperset(names):
+            return None
+        limits = self.limits
+        grown = set(names) if known is None else known.union(names)
+        if len(grown) > limits.max_device_names:
+            return Refusal("too_many_names", f"device would have {len(grown)} metric names; the limit is "
+                                             f"{limits.max_device_names} (max_device_names)")
+        longest = max(map(len, names), default=0)
+        if longest > limits.max_name_chars:
+            return Refusal("long_name", f"a metric name of {longest} characters; the limit is "
+                                        f"{limits.max_name_chars} (max_name_chars)")
+        return grown
+
+    def _camera_refusal(self, device: str, camera: str) -> Refusal | None:
+        cameras = self._device_cameras.setdefault(device, set())
+        if camera in cameras:
+            return None
+        if len(cameras) >= self.limits.max_device_cameras:
+            return Refusal("too_many_cameras", f"device has {len(cameras)} camera streams; the limit is "
+                                               f"{self.limits.max_device_cameras} (max_device_cameras)")
+        cameras.add(camera)
+        return None
+
+    # -- accounting ----------------------------------------------------
+
+    def _metrics(self, record: MetricsBatch, batch: IngestBatch, message: ReceivedMessage, now_ms: int,
+                 now: float) -> None:
         samples = record.samples
         names: dict[str, int] = {}
         index = [names.setdefault(s.name, len(names)) for s in samples]
@@ -340,15 +500,38 @@ class Ingest:
         values = [float(v) for v in wire]
         self._metric_columns(MetricColumns(
             record.device, record.epoch, record.first_seq, list(names), index, [s.time_ms for s in samples],
-            values, None if all(type(v) is float for v in wire) else wire), batch)
+            values, None if all(type(v) is float for v in wire) else wire), batch, message, now_ms, now)
 
-    def _metric_columns(self, columns: MetricColumns, batch: IngestBatch) -> None:
-        """Account for a metrics batch and keep its new samples (runs of consecutive ones)."""
+    def _metric_columns(self, columns: MetricColumns, batch: IngestBatch, message: ReceivedMessage,
+                        now_ms: int, now: float) -> None:
+        """Check a metrics batch against the budgets, account for it and keep its new samples."""
         n = len(columns.times)
         device, epoch, first_seq = columns.device, columns.epoch, columns.first_seq
-        with self._seq_lock:
-            fresh = self.sequences.fresh(device, epoch=epoch, first_seq=first_seq, count=n)
-            self.sequences.observe(device, epoch=epoch, first_seq=first_seq, count=n)
+        limits = self.limits
+        refusal = self._times_refusal(columns.times, now_ms, columns.time_range)
+        if n > limits.max_samples:  # the record path checked the body already; the column path checks here
+            refusal = Refusal("too_many_samples", f"{n} samples in one message; the limit is "
+                                                  f"{limits.max_samples} (max_samples)")
+        elif len(columns.names) > limits.max_names:
+            refusal = Refusal("too_many_names", f"{len(columns.names)} metric names in one message; the "
+                                                f"limit is {limits.max_names} (max_names)")
+        names = self._names_refusal(device, columns.names) if refusal is None else None
+        if isinstance(names, Refusal):
+            refusal = names
+        if refusal is None and not self._rates.take_samples(device, n, now):
+            refusal = Refusal("rate_limited", f"device {device!r}: {self._refusal_text('rate_limited')}")
+        if refusal is None:
+            with self._seq_lock:
+                taken = self.sequences.take(device, device, epoch, first_seq, n, now_ms, self._seq_limits)
+            if isinstance(taken, Refusal):
+                refusal = taken
+            else:
+                fresh = taken
+        if refusal is not None:
+            self._dead(batch, message, refusal.reason, refusal.detail)
+            return
+        if isinstance(names, set):
+            self._device_names[device] = names
         new = fresh.count(True)
         batch.duplicates += n - new
         if new == n:
@@ -363,12 +546,26 @@ class Ingest:
                 batch.metric_runs.append(columns.slice(start, i))
                 start = None
 
-    def _detections(self, record: DetectionsBatch, batch: IngestBatch) -> None:
+    def _detections(self, record: DetectionsBatch, batch: IngestBatch, message: ReceivedMessage, now_ms: int,
+                    now: float) -> None:
         stream = f"{record.device}/{record.camera}"
         n = len(record.frames)
-        with self._seq_lock:
-            fresh = self.sequences.fresh(stream, epoch=record.epoch, first_seq=record.first_seq, count=n)
-            self.sequences.observe(stream, epoch=record.epoch, first_seq=record.first_seq, count=n)
+        refusal = (self._camera_refusal(record.device, record.camera)
+                   or self._times_refusal([frame.time_ms for frame in record.frames], now_ms))
+        if refusal is None and not self._rates.take_samples(record.device, n, now):
+            refusal = Refusal("rate_limited",
+                              f"device {record.device!r}: {self._refusal_text('rate_limited')}")
+        if refusal is None:
+            with self._seq_lock:
+                taken = self.sequences.take(stream, record.device, record.epoch, record.first_seq, n, now_ms,
+                                            self._seq_limits)
+            if isinstance(taken, Refusal):
+                refusal = taken
+            else:
+                fresh = taken
+        if refusal is not None:
+            self._dead(batch, message, refusal.reason, refusal.detail)
+            return
         for i, (frame, new) in enumerate(zip(record.frames, fresh, strict=True)):
             if not new:
                 batch.duplicates += 1
@@ -379,12 +576,25 @@ class Ingest:
                     d.label, d.confidence, d.box, d.track_id))
 
     def _event(self, parsed: ParsedTopic, message: ReceivedMessage, batch: IngestBatch) -> None:
+        if len(message.payload) > self.limits.max_payload_bytes:
+            self._dead(batch, message, "too_large", f"event is {len(message.payload)} bytes; the limit is "
+                                                    f"{self.limits.max_payload_bytes} (max_payload_bytes)")
+            return
         try:
             event = json.loads(message.payload)
-        except ValueError as exc:
-            self._dead(batch, message, "bad_json", str(exc))
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+            self._dead(batch, message, "bad_json", str(exc) or type(exc).__name__)
             return
         if not isinstance(event, dict):
             self._dead(batch, message, "bad_json", "an event is a JSON object")
             return
-        batch.events.append(EventRecord(parsed.device or "", parsed.name or "", self._clock_ms(), event))
+        camera = parsed.name or ""
+        if event.get("camera", camera) != camera:
+            self._dead(batch, message, "device_mismatch",
+                       f"event claims camera {str(event.get('camera'))[:64]!r} on camera {camera!r}'s topic")
+            return
+        refusal = self._camera_refusal(parsed.device or "", camera)
+        if refusal is not None:
+            self._dead(batch, message, refusal.reason, refusal.detail)
+            return
+        batch.events.append(EventRecord(parsed.device or "", camera, self._clock_ms(), event))

@@ -110,7 +110,8 @@ class FleetProcessor:
             except (CodecError, UnsupportedVersion) as exc:
                 logger.warning("ignoring anomaly checkpoint %s: %s", self.checkpoint_path, exc)
         states = self.store.load_sequence_state()
-        self.ingest.restore_sequences(states)
+        announced = {d.id: d.birth_epoch for d in self.store.devices() if d.birth_epoch is not None}
+        self.ingest.restore_sequences(states, announced)
         logger.info("sequence accounting restored for %d streams", len(states))
 
     def __call__(self, batch: IngestBatch) -> None:

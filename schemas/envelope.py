@@ -13,7 +13,9 @@ returns a msgpack object or raises a :class:`CodecError` subclass
 (:class:`PayloadTooLarge` over a limit, :class:`UnsupportedVersion` for a
 format or dictionary this build does not know). Decompression is bounded by
 ``max_body_bytes`` whether or not the frame declares its size, so a zstd bomb
-costs nothing.
+costs nothing, and decoding by ``max_objects``: a body of a few MiB can hold
+millions of one-byte empty arrays, each a Python object of ~60 bytes, so bytes
+alone do not bound the memory and time a body costs.
 
 >>> codec = EnvelopeCodec()
 >>> codec.decode(codec.encode({"hello": [1, 2, 3]}))
@@ -39,6 +41,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_OBJECTS",
     "EnvelopeCodec",
     "EnvelopeHeader",
     "Payload",
@@ -114,13 +117,65 @@ def _pack_default(obj: object) -> object:
     raise TypeError(f"{type(obj).__name__} is not a msgpack type")
 
 
-def unpack_body(body: Payload) -> Any:
-    """The msgpack object in ``body``; :class:`CodecError` if it is not exactly one."""
+#: Decoded objects a body may hold by default (array entries plus map keys and values).
+MAX_OBJECTS = 200_000
+
+
+class _OverBudget(Exception):
+    """Raised inside msgpack's hooks: the body holds more objects than allowed."""
+
+
+class _ObjectBudget:
+    """Counts the entries of every array and map msgpack builds; stops it past the budget.
+
+    msgpack calls the hooks as each container is finished (innermost first),
+    so a body of a million empty arrays is stopped after ``limit`` of them,
+    and no single container may be longer than the budget.
+    """
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.left = limit
+
+    def array(self, items: list[Any]) -> list[Any]:
+        self.left -= len(items)
+        if self.left < 0:
+            raise _OverBudget
+        return items
+
+    def map(self, mapping: dict[Any, Any]) -> dict[Any, Any]:
+        self.left -= 2 * len(mapping)
+        if self.left < 0:
+            raise _OverBudget
+        return mapping
+
+
+def unpack_body(body: Payload, max_objects: int = MAX_OBJECTS) -> Any:
+    """The msgpack object in ``body``; :class:`CodecError` if it is not exactly one.
+
+    :class:`PayloadTooLarge` if it would hold more than ``max_objects``
+    objects (array entries, map keys and values). Every object takes at least
+    one byte, so a body no longer than that is decoded without counting (the
+    usual case, at no cost).
+    """
+    budget = _ObjectBudget(max_objects) if len(body) > max_objects else None
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        if budget is None:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, list_hook=budget.array,
+                               object_hook=budget.map, max_array_len=max_objects,
+                               max_map_len=max_objects // 2)
+    except _OverBudget:
+        raise PayloadTooLarge(f"body holds more than {max_objects} objects (max_objects)") from None
     except msgpack.ExtraData as exc:
         extra = getattr(exc, "extra", b"")  # not in msgpack's type stubs
         raise CodecError(f"{len(extra)} trailing bytes after the msgpack body") from None
+    except ValueError as exc:
+        if budget is not None and "exceeds max_" in str(exc):  # one array or map longer than the budget
+            raise PayloadTooLarge(f"body holds more than {max_objects} objects (max_objects): "
+                                  f"{exc}") from None
+        raise CodecError(f"corrupt msgpack body: {exc}") from exc
     except Exception as exc:
         # msgpack reports bad input as ValueError, TypeError (unhashable map
         # keys), UnicodeDecodeError or its own classes: all of it is a corrupt body.
@@ -168,7 +223,8 @@ class EnvelopeCodec:
     ``compress_threshold``: bodies shorter than this go uncompressed (zstd's
     frame overhead cannot pay). A compressed body is used only when it is
     actually smaller. ``max_payload_bytes`` bounds the envelope on the wire,
-    ``max_body_bytes`` the msgpack body after decompression. ``dictionary_id``
+    ``max_body_bytes`` the msgpack body after decompression, ``max_objects``
+    the objects decoded from it (see :func:`unpack_body`). ``dictionary_id``
     names the shipped dictionary new envelopes are compressed with (0: plain
     zstd); any shipped dictionary is accepted when decoding.
 
@@ -178,13 +234,14 @@ class EnvelopeCodec:
     compress_threshold: int = 64
     max_payload_bytes: int = 256 * 1024
     max_body_bytes: int = 4 * 1024 * 1024
+    max_objects: int = MAX_OBJECTS
     level: int = 3
     dictionary_id: int = DEFAULT_DICTIONARY_ID
     _compressors: _ContextPool = field(init=False, repr=False, compare=False)
     _decompressors: dict[int, _ContextPool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for key in ("compress_threshold", "max_payload_bytes", "max_body_bytes", "level",
+        for key in ("compress_threshold", "max_payload_bytes", "max_body_bytes", "max_objects", "level",
                     "dictionary_id"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -197,6 +254,8 @@ class EnvelopeCodec:
                               f"header, not {self.max_payload_bytes}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"codec max_body_bytes must be positive, not {self.max_body_bytes}")
+        if self.max_objects < 1:
+            raise ConfigError(f"codec max_objects must be positive, not {self.max_objects}")
         if not 1 <= self.level <= zstandard.MAX_COMPRESSION_LEVEL:
             raise ConfigError(f"codec level must be 1-{zstandard.MAX_COMPRESSION_LEVEL}, "
                               f"not {self.level}")
@@ -252,7 +311,7 @@ class EnvelopeCodec:
 
     def decode(self, data: Payload) -> Any:
         """The msgpack object in envelope ``data``; a :class:`CodecError` subclass if malformed."""
-        return unpack_body(self.unwrap(data))
+        return unpack_body(self.unwrap(data), self.max_objects)
 
     def unwrap(self, data: Payload) -> bytes | memoryview:
         """The msgpack body of envelope ``data``, decompressed and size-checked."""

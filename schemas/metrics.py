@@ -236,7 +236,8 @@ class MetricColumns:
     holds every value as a float (``wire_values`` is None when they all are on
     the wire, else it keeps the ints as ints, as :class:`MetricSample` does).
     Built by :meth:`from_body` without an object per sample; the lists are
-    shared, not copied, so nobody changes them.
+    shared, not copied, so nobody changes them. ``time_range`` is the
+    earliest and latest time, when :meth:`from_body` knew them at no cost.
     """
 
     device: str
@@ -247,6 +248,7 @@ class MetricColumns:
     times: list[int]
     values: list[float]
     wire_values: list[int | float] | None = None
+    time_range: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -314,40 +316,56 @@ class MetricColumns:
             divisors.append(None if scale is None else 10**scale)
         times = list(accumulate(deltas, initial=t0))
         del times[0]
+        time_range: tuple[int, int] | None = None
         if count:
             # Times that never go back start at their minimum and end at their maximum.
-            if low_delta >= 0:
-                if times[0] < 0 or times[-1] > INT64_MAX:
-                    return None
-            elif min(times) < 0 or max(times) > INT64_MAX:
+            time_range = (times[0], times[-1]) if low_delta >= 0 else (min(times), max(times))
+            if time_range[0] < 0 or time_range[1] > INT64_MAX:
                 return None
+        used: list[int] | None = None  # None: every name of the table is used
+        if not (cyclic and count >= width):
+            used = sorted(set(index)) if count else []
+            if len(used) == width:
+                used = None
         try:
             check_device("metrics device", device)
             # Only names that samples use are checked, as the record path checks them.
-            for name in names if cyclic and count >= width else [names[k] for k in set(index)]:
+            for name in names if used is None else map(names.__getitem__, used):
                 check_name("metric sample name", name)
         except CodecError:
             return None
         values = _column_values(divisors, index, wire)
         if values is None:
             return None
-        return cls(device, epoch, first_seq, names, index, times, values[0], values[1])
+        if used is not None:
+            # Names no sample uses are left out: they would only be stored (the record path drops them too).
+            remap = dict(zip(used, range(len(used)), strict=True))
+            names = [names[k] for k in used]
+            if not cyclic:  # a cyclic index with unused names is 0 .. count-1 already
+                index = [remap[k] for k in index]
+        return cls(device, epoch, first_seq, names, index, times, values[0], values[1], time_range)
 
 
+#: Name indexes cached by (width, count): at most this many, of at most CYCLE_CACHE_COUNT entries
+#: each, so a stream of bodies declaring ever other sizes cannot grow the cache (about 8 MB at most).
+CYCLE_CACHE_ENTRIES = 64
+CYCLE_CACHE_COUNT = 16_384
 _CYCLES: dict[tuple[int, int], list[int]] = {}
 
 
 def cycle(width: int, count: int) -> list[int]:
     """``[0, 1, .., width-1, 0, 1, ..]`` of length ``count``: the usual name index of a batch.
 
-    Shared and cached: compare with it, never change it.
+    Shared and cached (up to a bound): compare with it, never change it.
     """
     key = (width, count)
     found = _CYCLES.get(key)
     if found is None:
-        if len(_CYCLES) > 256:
-            _CYCLES.clear()
-        found = _CYCLES[key] = (list(range(width)) * (count // width + 1))[:count]
+        found = (list(range(width)) * (count // width + 1))[:count]
+        if count <= CYCLE_CACHE_COUNT:
+            if len(_CYCLES) >= CYCLE_CACHE_ENTRIES:
+                _CYCLES.clear()
+            _CYCLES[key] = found
     return found
 
 

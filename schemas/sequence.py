@@ -5,6 +5,15 @@ from 0 within an epoch, and the epoch changes only when the device lost its
 sequence state. A receiver feeds what it sees into a :class:`SequenceTracker`
 and reads back how many samples were received, missing (gaps) or duplicated,
 however the broker reordered or redelivered them.
+
+What a receiver sees is what devices claim, so the tracker also says which
+claims it will not take (:meth:`SequenceTracker.admit`, :meth:`SequenceTracker.announce`):
+an epoch moves only forward, only to one a birth announced, and never past the
+receiver's clock by more than :attr:`SequenceLimits.max_future_ms` (an agent's
+epoch is its clock when its outbox was made); a sequence number never jumps
+past the highest seen by more than :attr:`SequenceLimits.max_seq_gap`. Without
+these, one message with epoch ``2**63 - 1`` made every later sample of its
+device look like a straggler of an older epoch, for good.
 """
 
 from __future__ import annotations
@@ -13,7 +22,23 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeviceSequence", "SequenceTracker"]
+__all__ = ["DeviceSequence", "Refusal", "SequenceLimits", "SequenceTracker"]
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceLimits:
+    """How far a device's claims may reach (see the module docstring)."""
+
+    max_future_ms: int = 86_400_000
+    max_seq_gap: int = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a batch or birth is not taken into the accounting: a dead-letter reason and a sentence."""
+
+    reason: str
+    detail: str
 
 
 @dataclass(slots=True)
@@ -88,6 +113,86 @@ class SequenceTracker:
 
     def __init__(self) -> None:
         self._devices: dict[str, DeviceSequence] = {}
+        #: The highest epoch each device announced in a birth this tracker accepted.
+        self._announced: dict[str, int] = {}
+        #: Per stream, where the last batch refused for a sequence jump ended.
+        self._jumps: dict[str, int] = {}
+
+    def announce(self, device: str, epoch: int, *, now_ms: int, limits: SequenceLimits) -> Refusal | None:
+        """Take the epoch of ``device``'s birth as the one its streams may move to; or say why not.
+
+        Refused: an epoch ahead of ``now_ms`` by more than the limit, or older
+        than one already announced or counted for the device (epochs only move forward).
+        """
+        if epoch > now_ms + limits.max_future_ms:
+            return Refusal("implausible_epoch", f"birth epoch {epoch} is more than {limits.max_future_ms} ms "
+                                                f"ahead of this coordinator's clock ({now_ms})")
+        state = self._devices.get(device)
+        floor = max(self._announced.get(device, -1), -1 if state is None else state.epoch)
+        if epoch < floor:
+            return Refusal("epoch_regress", f"birth epoch {epoch} is older than epoch {floor} already seen "
+                                            "for the device; epochs only move forward")
+        self._announced[device] = epoch
+        return None
+
+    def admit(self, stream: str, device: str, *, epoch: int, first_seq: int, count: int, now_ms: int,
+              limits: SequenceLimits) -> Refusal | None:
+        """None if a batch of ``stream`` (a stream of ``device``) may be observed, else why not.
+
+        A stream's first epoch is taken as it comes unless a birth announced a
+        newer one; a later epoch only once a birth announced it; any epoch only
+        within ``max_future_ms`` of ``now_ms``; within the current epoch, a
+        batch that starts more than ``max_seq_gap`` past the highest number seen
+        is refused, unless the batch before it was refused for the same jump
+        (a device back from a long outage sends many; a forger's one message is not believed).
+        """
+        if epoch > now_ms + limits.max_future_ms:
+            return Refusal("implausible_epoch", f"epoch {epoch} is more than {limits.max_future_ms} ms ahead "
+                                                f"of this coordinator's clock ({now_ms})")
+        state = self._devices.get(stream)
+        if state is not None and epoch == state.epoch:
+            highest = state.ranges[-1][1] - 1 if state.ranges else -1
+            if first_seq - highest - 1 > limits.max_seq_gap:  # numbers skipped
+                # A second batch out there too is believed (a long outage); one alone is not.
+                pending = self._jumps.get(stream)
+                if pending is not None and abs(first_seq - pending) <= limits.max_seq_gap:
+                    del self._jumps[stream]
+                    return None
+                self._jumps[stream] = first_seq + count
+                return Refusal("seq_jump", f"sequence number {first_seq} is more than {limits.max_seq_gap} "
+                                           f"past the highest seen ({highest}) in epoch {epoch}")
+            return None
+        if state is not None and epoch < state.epoch:
+            return None  # a straggler of an older epoch: observe counts it as a duplicate
+        announced = self._announced.get(device)
+        if state is not None and (announced is None or epoch > announced):
+            return Refusal("unannounced_epoch", f"epoch {epoch} follows epoch {state.epoch} but no birth "
+                                                f"announced it (last announced: {announced})")
+        if state is None and announced is not None and epoch > announced:
+            return Refusal("unannounced_epoch", f"epoch {epoch} is newer than the one the device's birth "
+                                                f"announced ({announced})")
+        return None
+
+    def restore_announced(self, epochs: dict[str, int]) -> None:
+        """Continue from the epochs that stored births announced."""
+        self._announced.update(epochs)
+
+    def announced(self) -> dict[str, int]:
+        """A copy of the epochs announced per device."""
+        return dict(self._announced)
+
+    def discard_implausible(self, *, now_ms: int, limits: SequenceLimits) -> list[str]:
+        """Forget streams and announcements whose epoch is ahead of ``now_ms`` beyond the limit.
+
+        For accounting restored from an older version, which took any epoch:
+        such a stream starts again at the next epoch its device sends. Returns what was forgotten.
+        """
+        ceiling = now_ms + limits.max_future_ms
+        dropped = [k for k, s in self._devices.items() if s.epoch > ceiling]
+        dropped += [f"birth of {d}" for d, e in self._announced.items() if e > ceiling]
+        self._devices = {k: s for k, s in self._devices.items() if s.epoch <= ceiling}
+        self._announced = {d: e for d, e in self._announced.items() if e <= ceiling}
+        return dropped
 
     def observe(self, device: str, *, epoch: int, first_seq: int, count: int) -> int:
         """Record a batch; returns how many of its samples were new (not duplicates).
@@ -106,6 +211,26 @@ class SequenceTracker:
             state.duplicates += count
             return 0
         return state.add_range(first_seq, count) if count else 0
+
+    def take(self, stream: str, device: str, epoch: int, first_seq: int, count: int, now_ms: int,
+             limits: SequenceLimits) -> Refusal | list[bool]:
+        """:meth:`admit`, then :meth:`fresh` and :meth:`observe` in one call (ingest's path).
+
+        The refusal, or for each of the ``count`` numbers whether it was new.
+        """
+        state = self._devices.get(stream)
+        if state is not None and epoch == state.epoch and state.ranges and first_seq == state.ranges[-1][1]:
+            # The usual case: the next batch of the current epoch, right after the highest seen.
+            state.ranges[-1][1] += count
+            state.received += count
+            return [True] * count
+        refusal = self.admit(stream, device, epoch=epoch, first_seq=first_seq, count=count, now_ms=now_ms,
+                             limits=limits)
+        if refusal is not None:
+            return refusal
+        fresh = self.fresh(stream, epoch=epoch, first_seq=first_seq, count=count)
+        self.observe(stream, epoch=epoch, first_seq=first_seq, count=count)
+        return fresh
 
     def fresh(self, device: str, *, epoch: int, first_seq: int, count: int) -> list[bool]:
         """For each of ``count`` numbers from ``first_seq``: not seen before (call before observe)."""

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.sequence import SequenceTracker
+from schemas.sequence import DeviceSequence, SequenceLimits, SequenceTracker
 
 
 def test_in_order_stream_has_no_loss() -> None:
@@ -71,3 +71,68 @@ def test_tracker_round_trips_through_json() -> None:
     again = SequenceTracker.from_json(json.loads(json.dumps(t.to_json())))
     s = again.device("d")
     assert (s.received, s.missing, s.duplicates, s.ranges) == (4, 2, 1, [[0, 3], [5, 6]])
+
+
+# -- what the tracker will not take (issue 17, break 3) ------------------------------------------------
+
+NOW = 1_763_900_000_000
+LIMITS = SequenceLimits(max_future_ms=86_400_000, max_seq_gap=1_000)
+
+
+def admit(t: SequenceTracker, epoch: int, first_seq: int, count: int = 1, stream: str = "d") -> str | None:
+    refusal = t.admit(stream, "d", epoch=epoch, first_seq=first_seq, count=count, now_ms=NOW, limits=LIMITS)
+    if refusal is None:
+        t.observe(stream, epoch=epoch, first_seq=first_seq, count=count)
+        return None
+    return refusal.reason
+
+
+def test_an_epoch_ahead_of_the_clock_is_refused_and_changes_nothing() -> None:
+    t = SequenceTracker()
+    assert admit(t, NOW - 5, 0, 10) is None
+    assert admit(t, 2**63 - 1, 0) == "implausible_epoch"
+    assert admit(t, NOW + 86_400_001, 0) == "implausible_epoch"
+    assert t.announce("d", 2**63 - 1, now_ms=NOW, limits=LIMITS) is not None
+    assert admit(t, NOW - 5, 10, 10) is None
+    s = t.device("d")
+    assert (s.epoch, s.received, s.duplicates, s.missing) == (NOW - 5, 20, 0, 0)
+
+
+def test_an_epoch_moves_forward_only_to_one_a_birth_announced() -> None:
+    t = SequenceTracker()
+    assert admit(t, 100, 0, 5) is None  # a stream's first epoch is taken as it comes
+    assert admit(t, 200, 0) == "unannounced_epoch"
+    assert t.device("d").epoch == 100
+    assert t.announce("d", 200, now_ms=NOW, limits=LIMITS) is None
+    assert admit(t, 300, 0) == "unannounced_epoch"  # not the announced one either
+    assert admit(t, 200, 0, 3) is None
+    assert t.device("d").epoch == 200 and t.device("d").epochs_seen == 2
+    assert admit(t, 100, 5) is None and t.device("d").duplicates == 1  # a straggler, counted as before
+    refusal = t.announce("d", 150, now_ms=NOW, limits=LIMITS)
+    assert refusal is not None and refusal.reason == "epoch_regress"
+
+
+def test_a_stream_first_seen_after_a_birth_takes_no_newer_epoch_than_announced() -> None:
+    t = SequenceTracker()
+    assert t.announce("d", 500, now_ms=NOW, limits=LIMITS) is None
+    assert admit(t, 600, 0, stream="d/cam") == "unannounced_epoch"
+    assert admit(t, 400, 0, stream="d/cam") is None  # older: the stream starts there and may move to 500
+    assert admit(t, 500, 0, stream="d/cam") is None
+
+
+def test_one_batch_far_past_the_highest_sequence_number_is_refused_two_are_believed() -> None:
+    t = SequenceTracker()
+    assert admit(t, 1, 0, 10) is None
+    assert admit(t, 1, 10 + 1_000, 5) is None  # a gap within the limit is a loss, counted
+    assert admit(t, 1, 10**12, 5) == "seq_jump"
+    assert t.device("d").missing == 1_000
+    assert admit(t, 1, 10**12 + 5, 5) is None  # the device really is out there (a long outage)
+    assert t.device("d").highest == 10**12 + 9
+
+
+def test_restored_accounting_with_impossible_epochs_is_forgotten() -> None:
+    t = SequenceTracker.from_states({"a": DeviceSequence(epoch=2**63 - 1, ranges=[[0, 1]], received=1),
+                                     "b": DeviceSequence(epoch=NOW - 1, ranges=[[0, 4]], received=4)})
+    t.restore_announced({"a": 2**63 - 1, "b": NOW - 1})
+    assert sorted(t.discard_implausible(now_ms=NOW, limits=LIMITS)) == ["a", "birth of a"]
+    assert sorted(t.devices()) == ["b"] and t.announced() == {"b": NOW - 1}

@@ -6,10 +6,17 @@ membership requests (:class:`AdminRequest` / :class:`AdminReplyMsg`) all go thro
 :func:`encode` and come back through :func:`decode`; a payload of another
 version is refused with :class:`UnsupportedVersion` and anything malformed with
 :class:`CodecError`, so a driver can drop it and carry on (Raft tolerates loss).
+A decoded object has the types its dataclass declares (a node id that is a
+number, or a byte field given as an integer, is malformed: ``bytes(10**9)``
+would have allocated a gigabyte).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,9 +143,16 @@ def entry_to_list(e: Entry) -> list[Any]:
     return [e.term, e.index, e.kind.value, e.command, e.client_id, e.request_seq, list(e.members)]
 
 
+def _bin(value: object) -> bytes:
+    """A msgpack bin field (``bytes(n)`` of an integer would allocate n bytes)."""
+    if type(value) is not bytes:
+        raise CodecError(f"expected bin, not {type(value).__name__}")
+    return value
+
+
 def entry_from_list(v: list[Any]) -> Entry:
     term, index, kind, command, client_id, seq, members = v
-    return Entry(term, index, EntryKind(kind), bytes(command), client_id, seq, tuple(members))
+    return Entry(term, index, EntryKind(kind), _bin(command), client_id, seq, tuple(members))
 
 
 def _snapshot_to_list(s: Snapshot) -> list[Any]:
@@ -147,8 +161,8 @@ def _snapshot_to_list(s: Snapshot) -> list[Any]:
 
 def _snapshot_from_list(v: list[Any]) -> Snapshot:
     index, term, members, data, sessions = v
-    return Snapshot(index, term, tuple(members), bytes(data),
-                    tuple((str(c), int(q), bytes(r)) for c, q, r in sessions))
+    return Snapshot(index, term, tuple(members), _bin(data),
+                    tuple((c, q, _bin(r)) for c, q, r in sessions))
 
 
 def _to_list(obj: WireObject) -> list[Any]:
@@ -199,10 +213,10 @@ def _from_list(kind: str, f: list[Any]) -> WireObject:
         return TimeoutNow(*f)
     if kind == "req":
         client_id, seq, op, body = f
-        return ClientRequest(client_id, seq, op, bytes(body))
+        return ClientRequest(client_id, seq, op, _bin(body))
     if kind == "reply":
         seq, index, leader, result = f
-        return ClientReplyMsg(seq, index, leader, bytes(result))
+        return ClientReplyMsg(seq, index, leader, _bin(result))
     if kind == "lock_event":
         return LockEventMsg(*f)
     if kind == "admin":
@@ -243,8 +257,61 @@ def decode(data: bytes, codec: EnvelopeCodec = DEFAULT_CODEC) -> WireObject:
     if not isinstance(body[1], str):
         raise CodecError("a coordination message kind must be a string")
     try:
-        return _from_list(body[1], body[2:])
+        obj = _from_list(body[1], body[2:])
+        _check_types(obj)
+        return obj
     except CodecError:
         raise
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, RecursionError) as exc:
         raise CodecError(f"malformed coordination {body[1]!r} message: {exc}") from exc
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _check_types(obj: object) -> None:
+    """Refuse a decoded dataclass whose fields do not have their declared types (recursively)."""
+    cls = type(obj)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        _check_value(f"{cls.__name__}.{f.name}", getattr(obj, f.name), hints[f.name])
+
+
+def _check_value(where: str, value: object, hint: Any) -> None:
+    origin = typing.get_origin(hint)
+    if hint in (int, str, bytes, bool):
+        ok = type(value) is hint  # bool is not an int here, nor an int a bool
+    elif origin is tuple:
+        ok = type(value) is tuple
+        if ok:
+            args = typing.get_args(hint)
+            assert isinstance(value, tuple)
+            if len(args) == 2 and args[1] is Ellipsis:
+                for item in value:
+                    _check_value(where, item, args[0])
+            elif len(args) != len(value):
+                ok = False
+            else:
+                for item, arg in zip(value, args, strict=True):
+                    _check_value(where, item, arg)
+    elif origin in (typing.Union, types.UnionType):
+        ok = False
+        for arg in typing.get_args(hint):
+            try:
+                _check_value(where, value, arg)
+            except CodecError:
+                continue
+            ok = True
+            break
+    elif hint is type(None):
+        ok = value is None
+    elif isinstance(hint, type) and (issubclass(hint, enum.Enum) or dataclasses.is_dataclass(hint)):
+        ok = isinstance(value, hint)
+        if ok and dataclasses.is_dataclass(hint):
+            _check_types(value)
+    else:
+        ok = True  # Any
+    if not ok:
+        raise CodecError(f"malformed coordination message: {where} is {type(value).__name__}, not {hint}")

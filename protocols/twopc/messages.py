@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from schemas.envelope import pack_body
 from schemas.errors import CodecError, TxError
 from schemas.record_base import (
     INT64_MAX,
@@ -464,7 +465,7 @@ def encode_message(message: TxMessage) -> bytes:
     """The record as a bare msgpack map (inside an envelope, use ``schemas.messages.encode_record``)."""
     if not isinstance(message, _MESSAGE_TYPES):
         raise TxError(f"not a two-phase commit message: {type(message).__name__}")
-    return msgpack.packb(record_to_body(message), use_bin_type=True)
+    return pack_body(record_to_body(message))  # any Mapping (a frozen extra) packs as a map
 
 
 def decode_message(data: bytes) -> TxMessage:
