@@ -20,8 +20,10 @@ class EpisodeGate:
     episode, while a spike's episode still closes after ``close_after``.
     When the caller says how much noisier than usual the stream is now, the
     episode also waits until that is at most :data:`SETTLED` (a noisy anomaly
-    the detector learned to live with is not over until the noise is), or a
-    hundred times as many calm samples. ``close_span = 0`` is a fixed count.
+    the detector learned to live with is not over until the noise is), and
+    for ``min_calm`` calm samples (the time a noise scale takes to show it),
+    or a hundred times as many calm samples. ``close_span = 0`` is a fixed
+    count.
 
     >>> gate = EpisodeGate(close_after=2)
     >>> [gate.update(b) for b in (True, True, False, True, False, False, True)]
@@ -33,11 +35,13 @@ class EpisodeGate:
     (True, 6)
     """
 
-    __slots__ = ("age", "breach_run", "close_after", "close_span", "is_open", "normal_run", "span")
+    __slots__ = ("age", "breach_run", "close_after", "close_span", "is_open", "min_calm", "normal_run",
+                 "span")
 
-    def __init__(self, close_after: int, close_span: float = 0.0) -> None:
+    def __init__(self, close_after: int, close_span: float = 0.0, min_calm: int = 0) -> None:
         self.close_after = close_after
         self.close_span = close_span
+        self.min_calm = min_calm
         self.is_open = False
         self.normal_run = 0
         self.breach_run = 0
@@ -62,7 +66,8 @@ class EpisodeGate:
             self.age += 1
             self.normal_run += 1
             needed = max(self.close_after, self.close_span * self.span)
-            if self.normal_run >= needed and (self.close_span == 0.0 or noise <= SETTLED
+            settled = noise <= SETTLED and self.normal_run >= self.min_calm
+            if self.normal_run >= needed and (self.close_span == 0.0 or settled
                                               or self.normal_run >= 100.0 * needed):
                 self.is_open = False
         return False

@@ -53,9 +53,9 @@ class AlertingOptions:
         return PeaksOverThreshold(base_quantile=self.base_quantile, risk=self.risk, floor=self.min_threshold,
                                   rate=self.threshold_rate, settle=self.threshold_settle)
 
-    def new_gate(self) -> EpisodeGate:
-        """A fresh episode gate with these settings."""
-        return EpisodeGate(self.close_after, self.close_span)
+    def new_gate(self, min_calm: int = 0) -> EpisodeGate:
+        """A fresh episode gate with these settings (``min_calm``: see :class:`EpisodeGate`)."""
+        return EpisodeGate(self.close_after, self.close_span, min_calm)
 
     def new_stuck(self) -> StuckRun:
         """A fresh stuck check with these settings."""

@@ -98,7 +98,8 @@ I_SIZE = 31
 K_WARMUP, K_HALF_WARMUP, K_SEASON_MS, K_PERIOD = 31, 32, 33, 34
 K_ADAPT_AFTER, K_CLOSE_AFTER, K_S_MIN = 35, 36, 37
 K_TH_SETTLE, K_DR_SETTLE, K_SERIES, K_MAX_LEVELS, K_DRIFT, K_SMOOTH, K_NBINS = 38, 39, 40, 41, 42, 43, 44
-Q0 = 45
+K_MIN_CALM = 45
+Q0 = 46
 # Event rows: (index, kind, then the numbers the alert builder or the log line needs).
 EV_STUCK, EV_VALUE, EV_LEVEL, EV_KIND = 0.0, 1.0, 2.0, 3.0
 E_INDEX, E_KIND, E_DEVIATION, E_DRIFT, E_EXPECTED, E_BASE, E_OFFSET, E_SCALE = 0, 1, 2, 3, 4, 5, 6, 7
@@ -131,7 +132,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     """
     warmup, half_warmup, season_ms = ints[K_WARMUP], ints[K_HALF_WARMUP], ints[K_SEASON_MS]
     period, adapt_after = ints[K_PERIOD], ints[K_ADAPT_AFTER]
-    close_after, s_min = ints[K_CLOSE_AFTER], ints[K_S_MIN]
+    close_after, s_min, min_calm = ints[K_CLOSE_AFTER], ints[K_S_MIN], ints[K_MIN_CALM]
     th_settle, dr_settle, series = ints[K_TH_SETTLE], ints[K_DR_SETTLE], ints[K_SERIES]
     max_levels, drift_on, smooth_on, nbins = ints[K_MAX_LEVELS], ints[K_DRIFT] != 0, ints[K_SMOOTH] != 0, \
         ints[K_NBINS]
@@ -372,8 +373,8 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 g_normal += 1
                 x = close_span * g_span
                 needed = x if x > close_after else close_after
-                if g_normal >= needed and (close_span == 0.0 or noise <= SETTLED_NOISE
-                                           or g_normal >= 100.0 * needed):
+                settled = noise <= SETTLED_NOISE and g_normal >= min_calm
+                if g_normal >= needed and (close_span == 0.0 or settled or g_normal >= 100.0 * needed):
                     g_open = False
         if opened and not alerted:
             e = k * E_SIZE
@@ -737,7 +738,7 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
                  -1, -1,
                  opts.warmup, opts.warmup // 2, opts.season_ms, profile.period_ms,  # K_*
                  opts.adapt_after, gate.close_after, stuck.min_samples, th.settle, dr.settle, det.series,
-                 shape.max_levels, opts.drift, opts.smooth, nbins, *profile.counts]
+                 shape.max_levels, opts.drift, opts.smooth, nbins, gate.min_calm, *profile.counts]
     if compiled:
         floats, ints = np.array(floats, dtype=np.float64), np.array(ints, dtype=np.int64)
         events: Any = np.empty(EVENTS_PER_SAMPLE * count * E_SIZE, dtype=np.float64)

@@ -189,7 +189,8 @@ class RobustZScoreDetector(StreamDetector):
         self.threshold = opts.new_threshold()
         # The drift chart is smooth and autocorrelated: its tail differs from the residual's, so its own.
         self.drift_threshold = opts.new_threshold()
-        self.gate = opts.new_gate()
+        # An episode's noise has settled only after the residual scale's memory (1 / scale_alpha samples).
+        self.gate = opts.new_gate(min_calm=math.ceil(1.0 / opts.scale_alpha))
         self.stuck = opts.new_stuck()
         self.stuck_open = False
         self.shape = SeriesShape(opts.max_levels)
