@@ -20,10 +20,10 @@ class EpisodeGate:
     episode, while a spike's episode still closes after ``close_after``.
     When the caller says how much noisier than usual the stream is now, the
     episode also waits until that is at most :data:`SETTLED` (a noisy anomaly
-    the detector learned to live with is not over until the noise is), and
-    for ``min_calm`` calm samples (the time a noise scale takes to show it),
-    or a hundred times as many calm samples. ``close_span = 0`` is a fixed
-    count.
+    the detector learned to live with is not over until the noise is) and,
+    unless the episode was a blip (a span of at most ``close_after``), for
+    ``min_calm`` calm samples (the time a noise scale takes to show it); or a
+    hundred times as many calm samples. ``close_span = 0`` is a fixed count.
 
     >>> gate = EpisodeGate(close_after=2)
     >>> [gate.update(b) for b in (True, True, False, True, False, False, True)]
@@ -66,7 +66,7 @@ class EpisodeGate:
             self.age += 1
             self.normal_run += 1
             needed = max(self.close_after, self.close_span * self.span)
-            settled = noise <= SETTLED and self.normal_run >= self.min_calm
+            settled = noise <= SETTLED and (self.span <= self.close_after or self.normal_run >= self.min_calm)
             if self.normal_run >= needed and (self.close_span == 0.0 or settled
                                               or self.normal_run >= 100.0 * needed):
                 self.is_open = False

@@ -373,7 +373,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 g_normal += 1
                 x = close_span * g_span
                 needed = x if x > close_after else close_after
-                settled = noise <= SETTLED_NOISE and g_normal >= min_calm
+                settled = noise <= SETTLED_NOISE and (g_span <= close_after or g_normal >= min_calm)
                 if g_normal >= needed and (close_span == 0.0 or settled or g_normal >= 100.0 * needed):
                     g_open = False
         if opened and not alerted:
