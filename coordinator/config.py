@@ -36,7 +36,9 @@ class CoordinatorConfig:
     broker: BusConfig | None = None
     #: ``[store]``: checked when the store opens (coordinator/store/config.py).
     store: Mapping[str, Any] = field(default_factory=dict)
-    #: ``[anomaly]``: checked when the engine is built (coordinator/anomaly/engine.py).
+    #: ``[anomaly]``: ``[anomaly.detector]``, ``[anomaly.metrics.<name or glob>]`` and
+    #: ``[[anomaly.overrides]]`` (by device group, device glob, metric glob), checked when the engine is
+    #: built (coordinator/anomaly/engine.py and overrides.py); ``[anomaly.batch]`` by the services.
     anomaly: Mapping[str, Any] = field(default_factory=dict)
     #: ``[ingest]``: what one message and one device may cost (coordinator/ingest_limits.py).
     ingest: IngestLimits = field(default_factory=IngestLimits)

@@ -117,6 +117,8 @@ class FleetProcessor:
     def __call__(self, batch: IngestBatch) -> None:
         runs = batch.metric_runs
         with self.engine_lock:
+            for birth in batch.births:  # [[anomaly.overrides]] may pick settings by device group
+                self.engine.set_device_groups(birth.device, birth.groups)
             alerts = self.engine.observe_columns(runs)
             for run in runs:
                 names = run.names

@@ -35,6 +35,8 @@ def test_finds_high_cpu_with_silent_network() -> None:
     assert [a.time_ms for a in alerts] == [rows[odd].time_ms]
     assert alerts[0].kind is AlertKind.MULTIVARIATE
     assert "cpu" in alerts[0].explanation and "net" in alerts[0].explanation
+    # Far out in the window's own tail: calibrated like the stream detectors' (0.5 is once in 10,000).
+    assert alerts[0].calibrated is not None and 0.5 < alerts[0].calibrated < 1.0
 
 
 @pytest.mark.parametrize("seed", range(1, 6))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ import pytest
 from coordinator.anomaly import AlertKind, AnomalyEngine, Severity
 from coordinator.anomaly.checkpoint import MAGIC
 from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from coordinator.anomaly.series_shape import LEVELS, SPARSE
+from coordinator.store.plugins.sql import SqlStore
+from coordinator.store.records import WriteBatch
 from schemas.errors import CodecError, ConfigError, UnsupportedVersion
 from tests.checks.anomaly_detectors import MINUTE, feed
 
@@ -331,3 +335,187 @@ def test_joined_parts_map_each_stream_sample_back_to_its_part_and_position() -> 
     run.add(8, [3, 3, 4, 4, 5, 5], [0.0] * 6)
     assert [run.where(0, i) for i in range(6)] == [(3, 0), (3, 2), (5, 0), (8, 0), (8, 2), (8, 4)]
     assert [run.where(1, i) for i in range(6)] == [(3, 1), (3, 3), (5, 1), (8, 1), (8, 3), (8, 5)]
+
+
+# -- kinds of series (issue 16): each judged by what it is ---------------------------------------------
+
+
+def sparse_counter(n: int, seed: int, rate: float = 0.1) -> np.ndarray:
+    """A request counter: zero most minutes, a burst of log-normal size now and then."""
+    rng = np.random.default_rng(seed)
+    sizes = np.round(200 * np.exp(rng.normal(0, 0.8, n)))
+    return np.where(rng.random(n) < rate, sizes, 0.0)
+
+
+def square_wave(n: int, period: int = 60, low: float = 10.0, high: float = 35.0) -> np.ndarray:
+    return np.where((np.arange(n) // (period // 2)) % 2 == 1, high, low)
+
+
+def test_a_sparse_counter_raises_nothing_on_its_zeros_and_bursts() -> None:
+    det = RobustZScoreDetector("gw-1", "disk_write_bytes", RobustZScoreOptions())
+    assert feed(det, sparse_counter(10 * DAY_SAMPLES, seed=1)) == []
+    assert det.kind == SPARSE
+
+
+def test_a_storm_on_a_sparse_counter_alerts_once() -> None:
+    det = RobustZScoreDetector("gw-1", "errors", RobustZScoreOptions())
+    values = sparse_counter(4 * DAY_SAMPLES, seed=2)
+    storm = slice(3 * DAY_SAMPLES, 3 * DAY_SAMPLES + 80)
+    values[storm] = 2000.0 + np.arange(80)
+    alerts = feed(det, values)
+    assert [i for i, _ in alerts if i < 3 * DAY_SAMPLES] == []
+    assert len(alerts) == 1 and storm.start <= alerts[0][0] < storm.stop
+    assert alerts[0][1].calibrated is not None and alerts[0][1].calibrated > 0.5
+
+
+def test_a_giant_burst_alerts_and_its_score_is_finite() -> None:
+    det = RobustZScoreDetector("gw-1", "errors", RobustZScoreOptions())
+    feed(det, sparse_counter(3 * DAY_SAMPLES, seed=3))
+    alert = det.step(3 * DAY_SAMPLES * MINUTE, 1e7)
+    assert alert is not None and "burst of" in alert.explanation
+    assert math.isfinite(alert.score) and alert.score < 100
+
+
+def test_a_square_wave_switches_quietly_and_a_value_off_its_levels_alerts() -> None:
+    det = RobustZScoreDetector("gw-1", "valve", RobustZScoreOptions())
+    wave = square_wave(5 * DAY_SAMPLES)
+    assert feed(det, wave) == []
+    assert det.kind == LEVELS
+    t = 5 * DAY_SAMPLES * MINUTE
+    # A switch scores as nothing (not as a step over a noise scale of zero), a value between the levels high.
+    assert det.peek(t, 35.0 if wave[-1] == 10.0 else 10.0) < 1.0
+    alert = copy.deepcopy(det).step(t, 22.0)
+    assert alert is not None and "unlike the levels" in alert.explanation and alert.score < 1000
+
+
+def test_a_square_wave_that_stops_switching_is_stuck() -> None:
+    det = RobustZScoreDetector("gw-1", "valve", RobustZScoreOptions())
+    feed(det, square_wave(3 * DAY_SAMPLES))
+    alerts = feed(det, np.full(400, 35.0), start=3 * DAY_SAMPLES)
+    assert [a.kind for _, a in alerts] == [AlertKind.STUCK]
+    assert alerts[0][1].score == alerts[0][1].threshold == 90  # three times the wave's longest run
+
+
+def test_a_quantised_state_steps_quietly_and_jumps_alert() -> None:
+    rng = np.random.default_rng(4)
+    states = np.zeros(4 * DAY_SAMPLES)
+    for i in range(1, len(states)):  # a setting between 0 and 5 that moves a step now and then
+        states[i] = min(5.0, max(0.0, states[i - 1] + float(rng.choice([-1, 0, 0, 0, 0, 0, 0, 0, 1]))))
+    det = RobustZScoreDetector("gw-1", "fan_speed", RobustZScoreOptions())
+    assert feed(det, states) == []
+    t = 4 * DAY_SAMPLES * MINUTE
+    jump = copy.deepcopy(det).step(t, 20.0)
+    between = copy.deepcopy(det).step(t, float(states[-1]) + 0.5)
+    assert jump is not None and between is not None
+
+
+def test_a_noiseless_cycle_raises_no_drift_and_drift_can_be_turned_off() -> None:
+    t = np.arange(6 * DAY_SAMPLES)
+    for period in (DAY_SAMPLES, 97):  # the profile's period, and one it does not know
+        clean = 50.0 + 20.0 * np.sin(2 * math.pi * t / period)
+        assert feed(RobustZScoreDetector("gw-1", "temp", RobustZScoreOptions()), clean) == []
+    ramp = seasonal(4 * DAY_SAMPLES, seed=3)
+    ramp[3 * DAY_SAMPLES:] += np.minimum(np.arange(DAY_SAMPLES) / 600, 1.0) * 8.0  # 8 sd over 600 samples
+    with_drift = feed(RobustZScoreDetector("gw-1", "temp", RobustZScoreOptions()), ramp)
+    without = feed(RobustZScoreDetector("gw-1", "temp", RobustZScoreOptions(drift=False)), ramp)
+    assert AlertKind.DRIFT in {a.kind for _, a in with_drift}
+    assert AlertKind.DRIFT not in {a.kind for _, a in without}
+
+
+def test_a_long_noisy_anomaly_is_one_episode() -> None:
+    rng = np.random.default_rng(5)
+    values = seasonal(4 * DAY_SAMPLES, seed=7)
+    start, stop = 3 * DAY_SAMPLES, 3 * DAY_SAMPLES + 500
+    values[start:stop] += 6.0 + rng.normal(0, 3.0, stop - start)
+    new = feed(RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions()), values)
+    fixed = feed(RobustZScoreDetector("gw-1", "cpu", RobustZScoreOptions(close_span=0.0)), values)
+    inside = [i for i, _ in new if start <= i < stop + 10]
+    assert inside == [inside[0]] and inside[0] < start + 10
+    assert len([i for i, _ in fixed if start <= i < stop + 10]) > 1  # a fixed count reopens it
+
+
+def test_calibrated_scores_mean_the_same_on_streams_of_any_scale() -> None:
+    small, large = trained(), RobustZScoreDetector("gw-2", "bytes", RobustZScoreOptions())
+    feed(large, 1e6 * seasonal(2 * DAY_SAMPLES, seed=1))
+    t = 2 * DAY_SAMPLES * MINUTE
+    expected = 50.0 + 10.0 * math.sin(2 * math.pi * 2 * DAY_SAMPLES / DAY_SAMPLES)
+    for z, lowest, highest in ((0.5, 0.0, 0.3), (30.0, 0.5, 1.0)):
+        a, b = small.peek_calibrated(t, expected + z), large.peek_calibrated(t, 1e6 * (expected + z))
+        assert lowest <= a <= highest and lowest <= b <= highest
+        assert abs(a - b) < 0.1
+    ordered = [small.peek_calibrated(t, expected + z) for z in (5.0, 10.0, 20.0, 40.0)]
+    assert ordered == sorted(ordered) and len(set(ordered)) == 4
+    alert = copy.deepcopy(small).step(t, expected + 30.0)
+    assert alert is not None and alert.calibrated == pytest.approx(small.peek_calibrated(t, expected + 30.0))
+    assert alert.to_json_dict()["calibrated"] == round(alert.calibrated, 6)
+
+
+def test_a_calibrated_score_is_kept_by_the_store(tmp_path: Path) -> None:
+    store = SqlStore.open(data_dir=tmp_path)
+    store.migrate()
+    try:
+        det = trained()
+        alert = det.step(2 * DAY_SAMPLES * MINUTE, 95.0)
+        assert alert is not None and alert.calibrated is not None
+        store.write_batch(WriteBatch(anomalies=[alert]))
+        assert [r.calibrated for r in store.anomalies()] == [alert.calibrated]
+    finally:
+        store.close()
+
+
+# -- per-metric and per-device settings -----------------------------------------------------------------
+
+
+def test_metric_globs_exact_names_and_device_rules_pick_each_streams_settings() -> None:
+    engine = AnomalyEngine({
+        "detector": {"warmup": 30},
+        "metrics": {"disk_*_bytes": {"series": "sparse"}, "disk_total_bytes": {"series": "levels"},
+                    "temp": {"drift": False}},
+        "overrides": [{"group": "lab", "metric": "temp*", "warmup": 60},
+                      {"device": "gw-9*", "close_after": 3}],
+    })
+    def opts(device: str, metric: str) -> RobustZScoreOptions:
+        det = engine.detector(device, metric)
+        assert isinstance(det, RobustZScoreDetector)
+        return det.opts
+
+    assert opts("gw-1", "disk_read_bytes").series == "sparse"
+    assert opts("gw-1", "disk_total_bytes").series == "levels"  # an exact name before any glob
+    assert opts("gw-1", "cpu") == RobustZScoreOptions(warmup=30)
+    engine.set_device_groups("gw-2", ["lab"])
+    # the rule over the metric's table over the default
+    assert opts("gw-2", "temp") == RobustZScoreOptions(warmup=60, drift=False)
+    assert opts("gw-90", "temp") == RobustZScoreOptions(warmup=30, drift=False, close_after=3)
+    assert opts("gw-90", "cpu").close_after == 3
+
+
+def test_a_birth_naming_new_groups_restarts_the_streams_whose_settings_change() -> None:
+    engine = AnomalyEngine({"overrides": [{"group": "lab", "metric": "temp", "drift": False}]})
+    for metric in ("temp", "cpu"):
+        engine.observe("gw-1", metric, 0, 1.0)
+    cpu = engine.detector("gw-1", "cpu")
+    assert engine.set_device_groups("gw-1", ["lab"]) == 1
+    assert engine.set_device_groups("gw-1", ["lab"]) == 0
+    assert engine.detector("gw-1", "cpu") is cpu
+    temp = engine.detector("gw-1", "temp")
+    assert isinstance(temp, RobustZScoreDetector) and temp.n == 0 and not temp.opts.drift
+
+
+def test_a_table_naming_another_type_starts_from_that_types_defaults() -> None:
+    pytest.importorskip("river")
+    engine = AnomalyEngine({"detector": {"warmup": 30, "season_ms": 0},
+                            "metrics": {"ramp_*": {"type": "river_holt", "alpha": 0.5}}})
+    assert type(engine.detector("gw-1", "ramp_up")).__name__ == "RiverHoltDetector"
+    assert engine.detector("gw-1", "cpu").opts.season_ms == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    ({"overrides": [{"metric": "cpu", "warmpu": 10}]}, r"anomaly\.overrides\[0\].*warmpu"),
+    ({"overrides": [{"group": ""}]}, r"anomaly\.overrides\[0\].*group"),
+    ({"overrides": {"group": "lab"}}, "anomaly.overrides must be a list"),
+    ({"metrics": {"disk_*": {"series": "counter"}}}, r"anomaly\.metrics\.disk_\*.*series"),
+    ({"detector": {"drift": "no"}}, "drift must be true or false"),
+])
+def test_override_errors_name_the_table_and_key(config: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        AnomalyEngine(config)

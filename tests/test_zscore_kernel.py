@@ -22,6 +22,7 @@ from coordinator.anomaly.alert import Alert
 from coordinator.anomaly.base import StreamDetector
 from coordinator.anomaly.plugins import robust_zscore
 from coordinator.anomaly.plugins.robust_zscore import RobustZScoreDetector, RobustZScoreOptions
+from coordinator.anomaly.series_shape import CONTINUOUS, LEVELS, SPARSE
 
 MINUTE = 60_000
 DAY_MS = 86_400_000
@@ -53,7 +54,7 @@ OPTIONS = {
                                 base_quantile=0.5, threshold_rate=1.0, clip=1.0, level_alpha=1.0,
                                 scale_alpha=1.0),
 }
-SEEDS = range(30)
+SEEDS = range(18)
 
 
 def typed(obj: object) -> object:
@@ -71,34 +72,79 @@ def typed(obj: object) -> object:
 
 
 def stream(n: int, seed: int) -> list[tuple[int, float]]:
-    """Segments of calm, spikes, level shifts, drifts, stuck runs, quantised (int) values and non-finite
-    values in a seeded order, with odd gaps and repeated or backward times."""
+    """A seeded stream of one of three families (by ``seed % 3``), in segments of a seeded order, with odd
+    gaps and repeated or backward times, some int values and some non-finite ones:
+
+    * a gauge: calm, spikes, level shifts, drifts, stuck runs, quantised (int) stretches and a noiseless
+      fast cycle (which the trend predictor judges);
+    * a sparse counter: bursts on zeros, storms, giant bursts, long zero runs and dense stretches (which
+      make it continuous for a while);
+    * a series of levels: square waves and states, values off the levels, new levels, big jumps, stuck
+      runs and noisy stretches (which make it continuous for good).
+    """
     rng = np.random.default_rng(seed)
+    family = seed % 3
     t = int(rng.choice([0, 1_700_000_000_123, -36_000_000]))  # negative times exercise the floor modulo
     every = int(rng.choice([MINUTE, 10_000, 5 * MINUTE]))
     noise = float(rng.choice([0.01, 1.0, 4.0]))
     level, out, size = 50.0, [], max(noise, 1.0)  # the size of anomalies
+    low, step, high = float(rng.integers(0, 20)), float(rng.choice([1.0, 2.5, 10.0])), 3
+    burst_rate, burst_size = float(rng.uniform(0.05, 0.3)), float(rng.uniform(1, 500))
+    segments = (["calm", "spikes", "shift", "drift", "stuck", "quantised", "bad", "cycle"],
+                ["quiet", "quiet", "storm", "giant", "zeros", "dense", "bad"],
+                ["wave", "wave", "state", "offlevel", "newlevel", "jump", "stuck", "noisy", "bad"])[family]
     while len(out) < n:
-        kind = rng.choice(["calm", "spikes", "shift", "drift", "stuck", "quantised", "bad"])
-        length = int(rng.integers(30, 400))
+        kind = rng.choice(segments)
+        length = int(rng.integers(30, 400)) if kind != "dense" else int(rng.integers(300, 700))
         slope = float(rng.uniform(0.02, 0.2)) * noise
         stuck_at: float = round(level) if rng.random() < 0.5 else level + 0.25
         if kind == "shift":
             level += float(rng.choice([-1, 1]) * rng.uniform(10, 30)) * size
+        if kind == "newlevel":
+            high += 1
+        period = int(rng.integers(4, 40))
+        state = int(rng.integers(0, high + 1))
         for j in range(length):
             t += int(rng.choice([every, every, every, 0, every // 2, 2 * every, -5, 50 * every]))
-            x: float = level + 10 * math.sin(2 * math.pi * t / DAY_MS) + float(rng.normal(0, noise))
-            if kind == "spikes" and rng.random() < 0.03:
-                x += float(rng.choice([-1, 1]) * rng.uniform(5, 80)) * size
-            elif kind == "drift":
-                x += j * slope
-            elif kind == "stuck" and j > 10:
-                x = stuck_at
-            elif kind == "quantised":
-                x = round(x)
-            elif kind == "bad" and rng.random() < 0.03:
+            x: float
+            if family == 0:
+                x = level + 10 * math.sin(2 * math.pi * t / DAY_MS) + float(rng.normal(0, noise))
+                if kind == "spikes" and rng.random() < 0.03:
+                    x += float(rng.choice([-1, 1]) * rng.uniform(5, 80)) * size
+                elif kind == "drift":
+                    x += j * slope
+                elif kind == "stuck" and j > 10:
+                    x = stuck_at
+                elif kind == "quantised":
+                    x = round(x)
+                elif kind == "cycle":
+                    x = level + 20 * math.sin(2 * math.pi * j / 25)
+            elif family == 1:
+                rate = {"storm": 0.9, "zeros": 0.0, "dense": 1.0}.get(str(kind), burst_rate)
+                x = 0.0
+                if rng.random() < rate:
+                    x = float(round(burst_size * math.exp(rng.normal(0, 0.7))
+                                    * (8 if kind == "storm" else 1)))
+                if kind == "giant" and j == length // 2:
+                    x = burst_size * 1e4
+            else:
+                if kind in ("wave", "offlevel", "newlevel", "jump"):
+                    x = low + step * (high if (j // period) % 2 else 0)
+                else:
+                    if rng.random() < 0.1:
+                        state = min(high, max(0, state + int(rng.choice([-1, 1]))))
+                    x = low + step * state
+                if kind == "offlevel" and rng.random() < 0.03:
+                    x += step * float(rng.uniform(-5, 5))
+                elif kind == "jump" and j == length // 2:
+                    x = low + step * 20 * high
+                elif kind == "stuck" and j > 10:
+                    x = low
+                elif kind == "noisy":
+                    x += float(rng.normal(0, step))
+            if kind == "bad" and rng.random() < 0.03:
                 x = float(rng.choice([math.nan, math.inf, -math.inf]))
-            if rng.random() < 0.02:
+            if rng.random() < 0.02 or (family and j % 7 == 0):
                 x = round(x) if math.isfinite(x) else x
             out.append((t, x))
         if kind == "drift":
@@ -191,19 +237,34 @@ def test_kernel_is_step_bit_for_bit(name: str, seed: int, detector_logs: Logs,
 
 
 def test_the_streams_hold_every_kind_of_event(detector_logs: Logs) -> None:
-    """What the bit-for-bit test covers: every alert kind, level acceptances, int and non-finite values."""
+    """What the bit-for-bit test covers: every alert kind and every score behind a deviation, every kind of
+    series and changes of kind, level acceptances, int and non-finite values."""
     kinds: set[AlertKind] = set()
-    accepted = ints = bad = 0
+    reasons: set[str] = set()
+    judged: set[int] = set()
+    accepted = changed = ints = bad = 0
+    explained = {"the expected": "profile", "trend predicts": "trend", "unlike the levels": "levels",
+                 "burst of": "burst size", "bursts in": "burst rate", "has drifted": "drift",
+                 "stuck at": "stuck"}
     for name in ("defaults", "one-bin", "eager"):
-        for seed in SEEDS[:10]:
+        for seed in SEEDS[:12]:
             det = RobustZScoreDetector("gw-1", "cpu", OPTIONS[name])
             samples = stream(2000, seed)
-            kinds |= {a.kind for t, v in samples if (a := det.step(t, v)) is not None}
+            for t, v in samples:
+                alert = det.step(t, v)
+                judged.add(det.kind)
+                if alert is not None:
+                    kinds.add(alert.kind)
+                    reasons |= {r for text, r in explained.items() if text in alert.explanation}
             ints += sum(isinstance(v, int) for _, v in samples)
             bad += sum(not math.isfinite(v) for _, v in samples)
-            accepted += sum("accepting a new level" in line for line in detector_logs.take())
+            lines = detector_logs.take()
+            accepted += sum("accepting a new level" in line for line in lines)
+            changed += sum("series from now on" in line for line in lines)
     assert kinds == {AlertKind.DEVIATION, AlertKind.DRIFT, AlertKind.STUCK}
-    assert accepted > 10 and ints > 100 and bad > 10
+    assert reasons == set(explained.values())
+    assert judged == {CONTINUOUS, SPARSE, LEVELS}
+    assert accepted > 10 and changed > 3 and ints > 100 and bad > 10
 
 
 def test_short_runs_take_step_and_a_disabled_jit_runs_the_kernel_as_python(

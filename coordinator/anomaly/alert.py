@@ -32,7 +32,13 @@ class Alert:
 
     ``score`` and ``threshold`` are on the detector's own scale (robust standard
     deviations for deviations and drifts, samples for stuck runs, a batch
-    outlier score for multivariate alerts); ``score / threshold`` compares them.
+    outlier score for multivariate alerts); ``score / threshold`` compares them
+    within one stream. ``calibrated`` compares them across streams: a score in
+    [0, 1] made from the estimated chance that the stream's normal data scores
+    this high (:func:`~coordinator.anomaly.threshold.calibrated_score`: 0.5 is
+    once in 10,000 samples, higher is rarer), so one threshold works across a
+    fleet and alerts rank across devices; None from a detector that does not
+    estimate it.
     """
 
     device: str
@@ -46,6 +52,7 @@ class Alert:
     explanation: str
     severity: Severity
     kind: AlertKind
+    calibrated: float | None = None
 
     def __post_init__(self) -> None:
         if not self.device or not self.metric:
@@ -53,6 +60,8 @@ class Alert:
         for name in ("score", "threshold"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"alert {name} must be finite, not {getattr(self, name)!r}")
+        if self.calibrated is not None and not 0.0 <= self.calibrated <= 1.0:
+            raise ValueError(f"alert calibrated score must be in [0, 1], not {self.calibrated!r}")
         if self.expected_low > self.expected_high:
             raise ValueError(f"expected range is reversed: ({self.expected_low}, {self.expected_high})")
 
@@ -74,4 +83,5 @@ class Alert:
             "explanation": self.explanation,
             "severity": self.severity.value,
             "kind": self.kind.value,
+            **({} if self.calibrated is None else {"calibrated": round(self.calibrated, 6)}),
         }

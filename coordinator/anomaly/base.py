@@ -76,6 +76,11 @@ class StreamDetector(abc.ABC):
         """The score ``step`` would give this sample, learning nothing."""
 
     @abc.abstractmethod
+    def peek_calibrated(self, time_ms: int, value: float) -> float:
+        """The sample's calibrated score in [0, 1] (as an alert on it would carry), learning nothing:
+        comparable across streams (:func:`~coordinator.anomaly.threshold.calibrated_score`)."""
+
+    @abc.abstractmethod
     def forecast(self, horizon: int) -> list[ForecastPoint]:
         """The next ``horizon`` samples' expected values and intervals (empty before any sample)."""
 

@@ -5,8 +5,10 @@ while the network is silent, each value ordinary on its own). Every few
 minutes the coordinator hands this class a window of a device's aligned
 samples; it standardises each metric robustly, fits the configured pyod model
 on the window and flags rows whose outlier score is far above the window's
-typical score. pyod is optional: choosing this detector without it installed
-is a ConfigError that says how to install it.
+typical score (an alert's calibrated score comes from an exponential tail
+fitted to the window's scores above their median). pyod is optional:
+choosing this detector without it installed is a ConfigError that says how
+to install it.
 
 Configuration (``[anomaly.batch]``; every key optional)::
 
@@ -29,6 +31,7 @@ import numpy as np
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.anomaly.options import check_keys, float_option, int_option, str_option
+from coordinator.anomaly.threshold import calibrated_score
 from schemas.errors import ConfigError
 
 __all__ = ["BatchDetector", "BatchRow"]
@@ -91,6 +94,9 @@ class BatchDetector:
         median = float(np.median(scores))
         mad = max(1.4826 * float(np.median(np.abs(scores - median))), 1e-12)
         robust = (scores - median) / mad
+        # An exponential tail fitted to the rows above the median: what the calibrated score is made from.
+        above = robust[robust > 0]
+        tail_width = float(above.mean()) if len(above) else 1.0
         alerts: list[Alert] = []
         previous_flagged = False
         for index, row in enumerate(rows):
@@ -99,12 +105,14 @@ class BatchDetector:
             previous_flagged = flagged
             if not opens or (since_ms is not None and row.time_ms <= since_ms):
                 continue
-            alerts.append(self._alert(device, row, metrics, z[index], float(robust[index])))
+            tail = 0.5 * math.exp(-float(robust[index]) / tail_width)
+            alerts.append(self._alert(device, row, metrics, z[index], float(robust[index]), tail))
         logger.debug("batch %s over %s: %d rows, %d metrics, %d alerts", self.kind, device, len(rows),
                      len(metrics), len(alerts))
         return alerts
 
-    def _alert(self, device: str, row: BatchRow, metrics: list[str], z: np.ndarray, score: float) -> Alert:
+    def _alert(self, device: str, row: BatchRow, metrics: list[str], z: np.ndarray, score: float,
+               tail: float) -> Alert:
         order = np.argsort(-np.abs(z))[:3]
         parts = ", ".join(f"{metrics[i]} {row.values[metrics[i]]:.4g} ({z[i]:+.1f} sd)" for i in order)
         severity = Severity.CRITICAL if score >= self.critical_ratio * self.threshold_sd else Severity.WARNING
@@ -113,4 +121,4 @@ class BatchDetector:
                      expected_high=self.threshold_sd,
                      explanation=f"unusual combination: {parts} ({score:.1f} robust sd above this "
                                  f"device's typical {self.kind} score)",
-                     severity=severity, kind=AlertKind.MULTIVARIATE)
+                     severity=severity, kind=AlertKind.MULTIVARIATE, calibrated=calibrated_score(tail))

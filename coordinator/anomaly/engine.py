@@ -2,29 +2,37 @@
 
 Configuration (the ``[anomaly]`` table; every key optional)::
 
-    [anomaly.detector]          # the default for every metric
-    type = "robust_zscore"      # see detector_types()
+    [anomaly.detector]                  # the default for every metric
+    type = "robust_zscore"              # see detector_types()
     warmup = 120
 
-    [anomaly.metrics.battery]   # a metric that needs different settings
-    type = "robust_zscore"
+    [anomaly.metrics.battery]           # a metric (or a glob of them) that needs other settings
     season_ms = 0
+    [anomaly.metrics."disk_*_bytes"]
+    series = "sparse"
 
-The engine does no I/O: the caller publishes and stores the alerts and writes
-:meth:`AnomalyEngine.checkpoint` wherever it keeps state.
+    [[anomaly.overrides]]               # by device group (from the birth), device glob, metric glob
+    group = "lab"
+    drift = false
+
+How the tables combine is :mod:`coordinator.anomaly.overrides`. The engine
+does no I/O: the caller publishes and stores the alerts, tells it each
+device's groups (:meth:`AnomalyEngine.set_device_groups`, from births) and
+writes :meth:`AnomalyEngine.checkpoint` wherever it keeps state.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from coordinator.anomaly.alert import Alert
-from coordinator.anomaly.base import DEFAULT_TYPE, ForecastPoint, StreamDetector, create_factory
+from coordinator.anomaly.base import DEFAULT_TYPE, ForecastPoint, StreamDetector
 from coordinator.anomaly.checkpoint import decode_checkpoint, encode_checkpoint
 from coordinator.anomaly.options import check_keys
+from coordinator.anomaly.overrides import ChoiceKey, DetectorChoice
 from schemas.errors import CodecError, ConfigError
 from schemas.metrics import cycle
 
@@ -35,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: ``(device, metric, time_ms, value)``
 StreamSample = tuple[str, str, int, float]
 
-_KNOWN = {"detector", "metrics"}
+_KNOWN = {"detector", "metrics", "overrides"}
 
 
 class SampleColumns(Protocol):
@@ -152,12 +160,11 @@ class AnomalyEngine:
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         config = _table("anomaly", config)
         check_keys("anomaly", config, _KNOWN)
-        self._default = create_factory(_table("anomaly.detector", config.get("detector")), "anomaly.detector")
-        self._per_metric: dict[str, Callable[[str, str], StreamDetector]] = {}
-        for metric, table in _table("anomaly.metrics", config.get("metrics")).items():
-            where = f"anomaly.metrics.{metric}"
-            self._per_metric[metric] = create_factory(_table(where, table), where)
+        self._choice = DetectorChoice(config)
         self._streams: dict[tuple[str, str], StreamDetector] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}
+        # Which settings each stream's detector was built with (unknown for restored ones).
+        self._chosen: dict[tuple[str, str], ChoiceKey] = {}
 
     @property
     def stream_count(self) -> int:
@@ -165,13 +172,35 @@ class AnomalyEngine:
         return len(self._streams)
 
     def detector(self, device: str, metric: str) -> StreamDetector:
-        """The stream's detector, created on its first sample."""
+        """The stream's detector, created on its first sample with the settings that apply to it."""
         key = (device, metric)
         detector = self._streams.get(key)
         if detector is None:
-            detector = self._per_metric.get(metric, self._default)(device, metric)
+            chosen = self._choice.key(device, self._groups.get(device, ()), metric)
+            detector = self._choice.factory(chosen)(device, metric)
             self._streams[key] = detector
+            self._chosen[key] = chosen
         return detector
+
+    def set_device_groups(self, device: str, groups: Sequence[str]) -> int:
+        """Record the groups a device's birth names (``[[anomaly.overrides]]`` match on them).
+
+        Streams of the device whose settings change with them start afresh
+        (their detectors were built before the birth said where the device
+        belongs); how many did is returned.
+        """
+        groups = tuple(groups)
+        if self._groups.get(device, ()) == groups:
+            return 0
+        self._groups[device] = groups
+        stale = [key for key, chosen in self._chosen.items()
+                 if key[0] == device and self._choice.key(device, groups, key[1]) != chosen]
+        for key in stale:
+            del self._streams[key], self._chosen[key]
+        if stale:
+            logger.info("%s is in groups %s: %d of its streams start afresh with their settings", device,
+                        ", ".join(groups) or "(none)", len(stale))
+        return len(stale)
 
     def observe(self, device: str, metric: str, time_ms: int, value: float) -> list[Alert]:
         """Score one sample (then learn from it); the alerts it opens, usually none."""
@@ -276,6 +305,8 @@ class AnomalyEngine:
         keys = [key for key in self._streams if key[0] == device]
         for key in keys:
             del self._streams[key]
+            self._chosen.pop(key, None)
+        self._groups.pop(device, None)
         return len(keys)
 
     def checkpoint(self) -> bytes:
@@ -293,4 +324,5 @@ class AnomalyEngine:
         if not isinstance(streams, dict) or not all(isinstance(d, StreamDetector) for d in streams.values()):
             raise CodecError("anomaly checkpoint does not hold detector state")
         self._streams = streams
+        self._chosen = {}
         logger.info("restored %d anomaly detectors (default type %s)", len(streams), DEFAULT_TYPE)

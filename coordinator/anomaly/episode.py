@@ -4,39 +4,70 @@ from __future__ import annotations
 
 __all__ = ["EpisodeGate"]
 
+#: How much noisier than usual a stream may be for its episode to close.
+SETTLED = 1.5
+
 
 class EpisodeGate:
     """Turns a per-sample breach flag into episode openings.
 
     Alerting on every breaching sample floods operators during one incident;
-    an episode opens on the first breach and closes only after ``close_after``
+    an episode opens on the first breach and closes only after enough
     consecutive normal samples, so a flapping score inside it stays quiet.
+    Enough is ``close_after``, or ``close_span`` times the episode's span
+    (from its first breach to its latest) when that is longer: a long, noisy
+    anomaly whose score dips below the threshold now and then stays one
+    episode, while a spike's episode still closes after ``close_after``.
+    When the caller says how much noisier than usual the stream is now, the
+    episode also waits until that is at most :data:`SETTLED` (a noisy anomaly
+    the detector learned to live with is not over until the noise is) and,
+    unless the episode was a blip (a span of at most ``close_after``), for
+    ``min_calm`` calm samples (the time a noise scale takes to show it); or a
+    hundred times as many calm samples. ``close_span = 0`` is a fixed count.
 
     >>> gate = EpisodeGate(close_after=2)
     >>> [gate.update(b) for b in (True, True, False, True, False, False, True)]
     [True, False, False, False, False, False, True]
+    >>> gate = EpisodeGate(close_after=2, close_span=1.0)
+    >>> [gate.update(b) for b in (True, True, True, False, False, True, False, False, False)]
+    [True, False, False, False, False, False, False, False, False]
+    >>> gate.is_open, gate.span
+    (True, 6)
     """
 
-    __slots__ = ("breach_run", "close_after", "is_open", "normal_run")
+    __slots__ = ("age", "breach_run", "close_after", "close_span", "is_open", "min_calm", "normal_run",
+                 "span")
 
-    def __init__(self, close_after: int) -> None:
+    def __init__(self, close_after: int, close_span: float = 0.0, min_calm: int = 0) -> None:
         self.close_after = close_after
+        self.close_span = close_span
+        self.min_calm = min_calm
         self.is_open = False
         self.normal_run = 0
         self.breach_run = 0
+        self.age = 0  # samples since the episode opened, the opening one included
+        self.span = 0  # age at the latest breach
 
-    def update(self, breach: bool) -> bool:
-        """Record one sample; True when it opens a new episode (the one sample to alert on)."""
+    def update(self, breach: bool, noise: float = 1.0) -> bool:
+        """Record one sample (``noise``: the stream's noise scale now over its usual one, when known);
+        True when it opens a new episode (the one sample to alert on)."""
         if breach:
             self.normal_run = 0
             self.breach_run += 1
             if not self.is_open:
                 self.is_open = True
+                self.age = self.span = 1
                 return True
+            self.age += 1
+            self.span = self.age
             return False
         self.breach_run = 0
         if self.is_open:
+            self.age += 1
             self.normal_run += 1
-            if self.normal_run >= self.close_after:
+            needed = max(self.close_after, self.close_span * self.span)
+            settled = noise <= SETTLED and (self.span <= self.close_after or self.normal_run >= self.min_calm)
+            if self.normal_run >= needed and (self.close_span == 0.0 or settled
+                                              or self.normal_run >= 100.0 * needed):
                 self.is_open = False
         return False

@@ -7,33 +7,60 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.config_values import check_keys, float_option, int_option, str_option
+from coordinator.anomaly.episode import EpisodeGate
+from coordinator.anomaly.stuck import StuckRun
 from coordinator.anomaly.threshold import PeaksOverThreshold
+from schemas.errors import ConfigError
 
-__all__ = ["AlertingOptions", "alerting_options", "check_keys", "float_option", "int_option", "str_option"]
+__all__ = ["AlertingOptions", "alerting_options", "bool_option", "check_keys", "float_option", "int_option",
+           "str_option"]
+
+
+def bool_option(where: str, options: Mapping[str, Any], key: str, default: bool) -> bool:
+    """``options[key]`` as ``true`` or ``false`` (not 0 or 1, nor a string)."""
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
 class AlertingOptions:
     """The keys every online detector shares: the adaptive threshold (risk, base_quantile,
-    threshold_rate, min_threshold), episodes (close_after, adapt_after), the stuck check,
-    severity (critical_ratio) and forecasts (forecast_z). A detector's options extend it.
+    threshold_rate, min_threshold, threshold_settle), episodes (close_after, close_span,
+    adapt_after), the stuck check (stuck_samples, stuck_improbability, constant_prone,
+    stuck_run_ratio), severity (critical_ratio) and forecasts (forecast_z). A detector's options
+    extend it.
     """
 
     risk: float = 1e-4
     base_quantile: float = 0.98
     threshold_rate: float = 0.05
     min_threshold: float = 4.0
+    threshold_settle: int = 200
     close_after: int = 10
+    close_span: float = 0.5
     adapt_after: int = 20
     stuck_samples: int = 30
     stuck_improbability: float = 1e-6
+    constant_prone: float = 0.5
+    stuck_run_ratio: float = 3.0
     critical_ratio: float = 2.0
     forecast_z: float = 2.0
 
     def new_threshold(self) -> PeaksOverThreshold:
         """A fresh adaptive threshold with these settings."""
-        return PeaksOverThreshold(base_quantile=self.base_quantile, risk=self.risk,
-                                  floor=self.min_threshold, rate=self.threshold_rate)
+        return PeaksOverThreshold(base_quantile=self.base_quantile, risk=self.risk, floor=self.min_threshold,
+                                  rate=self.threshold_rate, settle=self.threshold_settle)
+
+    def new_gate(self, min_calm: int = 0) -> EpisodeGate:
+        """A fresh episode gate with these settings (``min_calm``: see :class:`EpisodeGate`)."""
+        return EpisodeGate(self.close_after, self.close_span, min_calm)
+
+    def new_stuck(self) -> StuckRun:
+        """A fresh stuck check with these settings."""
+        return StuckRun(min_samples=self.stuck_samples, improbability=self.stuck_improbability,
+                        prone_share=self.constant_prone, run_ratio=self.stuck_run_ratio)
 
 
 def alerting_options(where: str, options: Mapping[str, Any], defaults: AlertingOptions) -> dict[str, Any]:
@@ -49,11 +76,21 @@ def alerting_options(where: str, options: Mapping[str, Any], defaults: AlertingO
         # A threshold of 0 would divide by zero.
         "min_threshold": float_option(where, options, "min_threshold", d.min_threshold, low=0, high=1e6,
                                       low_open=True),
+        # 0: the threshold settles until it has seen 20 excess runs (how long depends on the stream).
+        "threshold_settle": int_option(where, options, "threshold_settle", d.threshold_settle, low=0,
+                                       high=1_000_000),
         "close_after": int_option(where, options, "close_after", d.close_after, low=1, high=1_000_000),
+        # 0: a fixed count of calm samples closes an episode.
+        "close_span": float_option(where, options, "close_span", d.close_span, low=0, high=100),
         "adapt_after": int_option(where, options, "adapt_after", d.adapt_after, low=1, high=1_000_000),
         "stuck_samples": int_option(where, options, "stuck_samples", d.stuck_samples, low=2, high=10_000_000),
         "stuck_improbability": float_option(where, options, "stuck_improbability", d.stuck_improbability,
                                             low=0, high=0.5, low_open=True),
+        # 1: runs are always judged by how often the series repeats a value (the constant-prone rule is off).
+        "constant_prone": float_option(where, options, "constant_prone", d.constant_prone, low=0, high=1,
+                                       low_open=True),
+        "stuck_run_ratio": float_option(where, options, "stuck_run_ratio", d.stuck_run_ratio, low=1,
+                                        high=1000),
         "critical_ratio": float_option(where, options, "critical_ratio", d.critical_ratio, low=1, high=1e6),
         "forecast_z": float_option(where, options, "forecast_z", d.forecast_z, low=0, high=100),
     }

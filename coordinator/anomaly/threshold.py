@@ -4,7 +4,46 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PeaksOverThreshold"]
+__all__ = ["PeaksOverThreshold", "calibrated_score", "tail_probability"]
+
+#: The longest the first excess run of a settling threshold lasts (see PeaksOverThreshold.learn).
+FIRST_RUN = 20
+#: How much higher the floor is while the threshold settles.
+SETTLING_FLOOR = 1.5
+#: Decades of improbability (-log10 of the tail) that a calibrated score of 0.5 stands for.
+_HALF_TAIL_DECADES = 4.0
+
+
+def calibrated_score(tail: float) -> float:
+    """A score in [0, 1] that means the same on every stream: ``S / (S + 4)`` with ``S = -log10(tail)``.
+
+    0 is an ordinary sample, 0.5 one that normal data reaches once in 10,000
+    samples (the default ``risk``), 0.67 once in 10**8, 0.75 once in 10**12;
+    it keeps rising (ranking stays strict) however improbable the sample.
+
+    >>> calibrated_score(1.0), calibrated_score(1e-4), round(calibrated_score(1e-8), 3)
+    (0.0, 0.5, 0.667)
+    """
+    if not tail < 1.0:
+        return 0.0
+    decades = -math.log10(tail) if tail > 0.0 else 324.0  # below the smallest double
+    return decades / (decades + _HALF_TAIL_DECADES)
+
+
+def tail_probability(score: float, u: float, mean_excess: float, cluster_rate: float, risk: float) -> float:
+    """The chance that a normal sample scores at least ``score``, from a :class:`PeaksOverThreshold`'s state.
+
+    The fitted tail beyond ``u`` (so ``risk`` at the threshold, unless the
+    floor holds it up), and below ``u`` a geometric path from 1 at a score of
+    0. Alert builders call it with the numbers the threshold had at the
+    alerting sample.
+    """
+    rate = max(cluster_rate, risk)
+    if score < u:
+        return rate ** (score / u) if score > 0.0 else 1.0
+    if mean_excess <= 0.0:
+        return rate if score <= u else 0.0
+    return rate * math.exp(-(score - u) / mean_excess)
 
 
 class PeaksOverThreshold:
@@ -18,7 +57,12 @@ class PeaksOverThreshold:
     such runs occur; the threshold is ``u + mean_excess * ln(run_rate / risk)``
     (``risk`` is then the chance per sample of a false episode), never below
     ``floor``. Callers feed only scores they did not flag, so anomalies do not
-    raise the bar for the next one. State is a handful of numbers.
+    raise the bar for the next one. While it settles (its first ``settle``
+    scores; with ``settle = 0``, until it has seen 20 excess runs) every
+    excess moves ``u``, afterwards only the first few of each run; during its
+    first ``settle`` scores its floor is :data:`SETTLING_FLOOR` times higher,
+    since a tail fitted on a few hundred scores is still a guess. State is a
+    handful of numbers.
 
     >>> pot = PeaksOverThreshold(base_quantile=0.9, risk=1e-3, floor=0.0, rate=0.05)
     >>> for i in range(5000):
@@ -27,14 +71,17 @@ class PeaksOverThreshold:
     True
     """
 
-    __slots__ = ("base_quantile", "cluster_max", "cluster_rate", "excesses", "floor", "mean_excess", "rate",
-                 "risk", "run", "u")
+    __slots__ = ("base_quantile", "cluster_max", "cluster_rate", "excesses", "floor", "learned",
+                 "mean_excess", "rate", "risk", "run", "settle", "u")
 
-    def __init__(self, *, base_quantile: float, risk: float, floor: float, rate: float) -> None:
+    def __init__(self, *, base_quantile: float, risk: float, floor: float, rate: float,
+                 settle: int = 0) -> None:
         self.base_quantile = base_quantile
         self.floor = floor
         self.rate = rate
         self.risk = risk
+        self.settle = settle
+        self.learned = 0
         self.cluster_rate = 1.0 - base_quantile
         self.u = 0.0
         self.mean_excess = 0.0
@@ -47,7 +94,12 @@ class PeaksOverThreshold:
         """The current threshold."""
         # P(a cluster's peak exceeds u + x) per sample = cluster_rate * exp(-x / mean_excess) = risk.
         tail = math.log(max(self.cluster_rate, self.risk) / self.risk)
-        return max(self.floor, self.u + self.mean_excess * tail)
+        floor = SETTLING_FLOOR * self.floor if self.learned < self.settle else self.floor
+        return max(floor, self.u + self.mean_excess * tail)
+
+    def tail(self, score: float) -> float:
+        """The estimated chance that a normal sample scores at least ``score`` (:func:`tail_probability`)."""
+        return tail_probability(score, self.u, self.mean_excess, self.cluster_rate, self.risk)
 
     def learn(self, score: float) -> None:
         """Move the base quantile and the tail estimate toward one normal score.
@@ -55,15 +107,23 @@ class PeaksOverThreshold:
         Excesses are declustered: a run of scores above ``u`` counts once, by
         its maximum, when it ends, and only its first few samples move ``u``.
         Smooth scores (a drift chart) exceed in runs; without this a slow
-        anomaly would raise the threshold as fast as it raises the score.
+        anomaly would raise the threshold as fast as it raises the score. A
+        stream with few excess runs (a sparse counter's chart) would take long
+        to see 20 of them: ``settle`` counts scores instead.
         """
         # A step proportional to the tail's width keeps the estimate free of the score's units.
         step = self.rate * max(self.mean_excess, 0.02 * self.u, 1e-3)
-        if score > self.u:
+        settling = self.learned < self.settle if self.settle else self.excesses < 20
+        self.learned = min(self.learned + 1, 1_000_000)
+        # From u = 0 nearly every score exceeds it, so the first run would not end (and give the tail a
+        # width to step by) until a score happened to fall below u, which creeps up by 1e-3 steps
+        # meanwhile: while settling, the first run ends after FIRST_RUN scores.
+        first = self.settle and not self.excesses and self.run >= FIRST_RUN
+        if score > self.u and not first:
             self.cluster_rate *= 0.999
             self.run += 1
             self.cluster_max = max(self.cluster_max, score - self.u)
-            if self.run <= 3 or self.excesses < 20:  # until u has settled, every excess moves it
+            if self.run <= 3 or settling:  # until u has settled, every excess moves it
                 self.u += step * self.base_quantile
             return
         ended = self.run > 0

@@ -68,6 +68,8 @@ class AnomalyLike(Protocol):
     def severity(self) -> str: ...
     @property
     def kind(self) -> str: ...
+    @property
+    def calibrated(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ class AnomalyRecord:
     explanation: str = ""
     severity: str = "warning"
     kind: str = "deviation"
+    calibrated: float | None = None  # in [0, 1], the same scale on every stream (see Alert)
 
 
 @dataclass(frozen=True, slots=True)

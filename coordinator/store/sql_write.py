@@ -309,7 +309,8 @@ def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
         conn.execute(t.anomalies.insert(), [
             {"device": a.device, "metric": a.metric, "time_ms": a.time_ms, "score": a.score, "value": a.value,
              "threshold": a.threshold, "low": a.expected_low, "high": a.expected_high,
-             "explanation": a.explanation, "severity": str(a.severity), "kind": str(a.kind)}
+             "explanation": a.explanation, "severity": str(a.severity), "kind": str(a.kind),
+             "calibrated": a.calibrated}
             for a in batch.anomalies])
         result.anomalies = len(batch.anomalies)
     if batch.dead_letters:

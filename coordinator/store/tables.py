@@ -130,6 +130,7 @@ anomalies = sa.Table(
     sa.Column("explanation", sa.Text, nullable=False, server_default=""),
     sa.Column("severity", sa.String(32), nullable=False, server_default="warning"),
     sa.Column("kind", sa.String(32), nullable=False, server_default="deviation"),
+    sa.Column("calibrated", sa.Float(53)),  # in [0, 1], comparable across streams (revision 0003)
     sa.Index("ix_anomalies_device_metric_time", "device", "metric", "time_ms"),
     sa.Index("ix_anomalies_time", "time_ms"),
 )

@@ -88,22 +88,26 @@ def check_unknown_option_refused(kind: str) -> None:
 
 
 def check_documented_types(kind: str) -> None:
-    """``step`` returns None or an Alert about this stream and sample; ``peek`` a float; ``forecast``
-    ``horizon`` points after the last sample with ``low <= mean <= high`` (nothing before any sample)."""
+    """``step`` returns None or an Alert about this stream and sample, with a calibrated score in [0, 1];
+    ``peek`` a float and ``peek_calibrated`` one in [0, 1]; ``forecast`` ``horizon`` points after the last
+    sample with ``low <= mean <= high`` (nothing before any sample)."""
     det = build(kind, "gw-7", "temp")
     assert det.forecast(3) == []
     times, values = stream()
     for t, v in zip(times, values, strict=True):
         score = det.peek(t, v) if math.isfinite(v) else None
+        calibrated = det.peek_calibrated(t, v) if math.isfinite(v) else None
         alert = det.step(t, v)
         if score is not None:
             assert isinstance(score, float)
+            assert isinstance(calibrated, float) and 0.0 <= calibrated <= 1.0
         if alert is None:
             continue
         assert isinstance(alert, Alert)
         assert (alert.device, alert.metric, alert.time_ms, alert.value) == ("gw-7", "temp", t, v)
         assert math.isfinite(alert.score) and isinstance(alert.severity, Severity)
         assert isinstance(alert.kind, AlertKind) and alert.explanation
+        assert alert.calibrated is not None and 0.0 <= alert.calibrated <= 1.0
     points = det.forecast(4)
     assert det.forecast(0) == []
     assert len(points) == 4 and all(isinstance(p, ForecastPoint) for p in points)
@@ -192,13 +196,14 @@ def check_state_survives_checkpoint_and_restore(kind: str) -> None:
 
 
 def check_peek_learns_nothing(kind: str) -> None:
-    """``peek`` scores a sample without learning from it."""
+    """``peek`` and ``peek_calibrated`` score a sample without learning from it."""
     times, values = stream()
     det = build(kind)
     step_each(det, times, values)
     twin = copy.deepcopy(det)
     for probe in (50.0, 500.0, -3.0):
         det.peek(times[-1] + MINUTE, probe)
+        det.peek_calibrated(times[-1] + MINUTE, probe)
     assert future(det, times[-1] + MINUTE) == future(twin, times[-1] + MINUTE)
     assert det.step(times[-1] + MINUTE, 52.0) == twin.step(times[-1] + MINUTE, 52.0)
 

@@ -34,7 +34,6 @@ from river import stats, time_series
 
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
 from coordinator.anomaly.base import ForecastPoint, StreamDetector, register_detector, sample_interval
-from coordinator.anomaly.episode import EpisodeGate
 from coordinator.anomaly.options import (
     AlertingOptions,
     alerting_options,
@@ -42,7 +41,7 @@ from coordinator.anomaly.options import (
     float_option,
     int_option,
 )
-from coordinator.anomaly.stuck import StuckRun
+from coordinator.anomaly.threshold import calibrated_score
 
 __all__ = ["RiverHoltDetector", "RiverHoltOptions"]
 
@@ -104,8 +103,8 @@ class RiverHoltDetector(StreamDetector):
         self.model: Any = self._new_model()
         self.abs_residual = stats.EWMean(fading_factor=opts.scale_alpha)
         self.threshold = opts.new_threshold()
-        self.gate = EpisodeGate(opts.close_after)
-        self.stuck = StuckRun(min_samples=opts.stuck_samples, improbability=opts.stuck_improbability)
+        self.gate = opts.new_gate()
+        self.stuck = opts.new_stuck()
         self.stuck_open = False
         self.run_mean = 0.0
 
@@ -133,6 +132,9 @@ class RiverHoltDetector(StreamDetector):
         expected = self._expected(value)
         return abs(value - expected) / self._scale(expected)
 
+    def peek_calibrated(self, time_ms: int, value: float) -> float:
+        return calibrated_score(self.threshold.tail(self.peek(time_ms, value)))
+
     # -- one sample -------------------------------------------------------------------------------
 
     def step(self, time_ms: int, value: float) -> Alert | None:
@@ -148,8 +150,8 @@ class RiverHoltDetector(StreamDetector):
         self.n += 1
         warm = self.n > opts.warmup
         threshold = self.threshold.value
-        run = self.stuck.update(value)
-        required = self.stuck.required
+        run = self.stuck.update(value, self.stuck_open)
+        required = self.stuck.required()
 
         alert: Alert | None = None
         if self.stuck_open and run == 1:
@@ -158,12 +160,12 @@ class RiverHoltDetector(StreamDetector):
             self.stuck_open = True
             alert = self._alert(AlertKind.STUCK, time_ms, value, float(run), float(required), expected, scale,
                                 f"{self.metric} has repeated {value:.4g} for {run} samples "
-                                f"(at least {required} is improbable here)")
+                                f"(at least {required} is improbable here)", self.stuck.tail(run, required))
         breach = warm and not self.stuck_open and score > threshold
         if self.gate.update(breach) and alert is None:
             alert = self._alert(AlertKind.DEVIATION, time_ms, value, score, threshold, expected, scale,
                                 f"{self.metric} = {value:.4g}, forecast {expected:.4g} ± {scale:.3g} "
-                                f"(river Holt, {score:.1f} residual sd)")
+                                f"(river Holt, {score:.1f} residual sd)", self.threshold.tail(score))
         self._learn(value, expected, scale, residual, score, breach)
         return alert
 
@@ -184,6 +186,7 @@ class RiverHoltDetector(StreamDetector):
                 self.run_mean = 0.0
             return
         self.run_mean = 0.0
+        self.stuck.learn()
         # Winsorise only once the residual scale means something (after half the warm-up).
         limit = opts.clip * scale if self.n > opts.warmup // 2 else math.inf
         self.model.learn_one(expected + max(-limit, min(limit, residual)))
@@ -193,13 +196,13 @@ class RiverHoltDetector(StreamDetector):
             self.threshold.learn(score)
 
     def _alert(self, kind: AlertKind, time_ms: int, value: float, score: float, threshold: float,
-               expected: float, scale: float, explanation: str) -> Alert:
+               expected: float, scale: float, explanation: str, tail: float) -> Alert:
         width = threshold * scale if kind is AlertKind.DEVIATION else scale
         severity = (Severity.CRITICAL if kind is AlertKind.DEVIATION and score >= self.opts.critical_ratio
                     * threshold else Severity.WARNING)
         return Alert(device=self.device, metric=self.metric, time_ms=time_ms, value=value, score=score,
                      threshold=threshold, expected_low=expected - width, expected_high=expected + width,
-                     explanation=explanation, severity=severity, kind=kind)
+                     explanation=explanation, severity=severity, kind=kind, calibrated=calibrated_score(tail))
 
     def forecast(self, horizon: int) -> list[ForecastPoint]:
         if self.n < _SEED or self.last_ms is None or horizon < 1:

@@ -229,7 +229,7 @@ class SqlStore(Store):
         if metric is not None:
             where.append(a.c.metric == metric)
         query = (sa.select(a.c.device, a.c.metric, a.c.time_ms, a.c.score, a.c.value, a.c.threshold, a.c.low,
-                           a.c.high, a.c.explanation, a.c.severity, a.c.kind)
+                           a.c.high, a.c.explanation, a.c.severity, a.c.kind, a.c.calibrated)
                  .where(*where).order_by(a.c.time_ms.desc(), a.c.id.desc()).limit(limit))
         return [AnomalyRecord(*row) for row in self._rows("anomalies", query)]
 
