@@ -49,7 +49,8 @@ def test_every_revision_is_shipped_inside_the_package() -> None:
     versions = Path(__file__).resolve().parents[1] / "coordinator" / "store" / "migrations" / "versions"
     assert (versions / "0001_initial.py").is_file()
     assert (versions / "0002_metric_blocks.py").is_file()
-    assert head_revision() == "0002"
+    assert (versions / "0003_anomaly_acknowledgement.py").is_file()
+    assert head_revision() == "0003"
 
 
 def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:

@@ -130,6 +130,9 @@ anomalies = sa.Table(
     sa.Column("explanation", sa.Text, nullable=False, server_default=""),
     sa.Column("severity", sa.String(32), nullable=False, server_default="warning"),
     sa.Column("kind", sa.String(32), nullable=False, server_default="deviation"),
+    # Set once by an operator (the HTTP API's acknowledge); NULL while the anomaly is unacknowledged.
+    sa.Column("acknowledged_ms", Ms),
+    sa.Column("acknowledged_by", sa.String(128)),
     sa.Index("ix_anomalies_device_metric_time", "device", "metric", "time_ms"),
     sa.Index("ix_anomalies_time", "time_ms"),
 )
