@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 1008
 #: Series one client may subscribe to at most.
 MAX_SERIES = 200
+#: Samples in one ``points`` message at most (a batch of a busy series is split; a browser's
+#: or a client library's message limit, often 1 MiB, is never reached).
+MAX_POINTS_PER_MESSAGE = 4096
 
 Series = tuple[str, str]
 
@@ -215,8 +218,10 @@ class LiveFeed:
                     latest.setdefault(names[k], {})[device] = [t, v]
         out: list[tuple[object, str]] = []
         for (device, metric), (ts, vs) in points.items():
-            out.append(((device, metric), _dumps({"type": "points", "device": device, "metric": metric,
-                                                  "t": ts, "v": [_finite(v) for v in vs]})))
+            for i in range(0, len(ts), MAX_POINTS_PER_MESSAGE):
+                part = slice(i, i + MAX_POINTS_PER_MESSAGE)
+                out.append(((device, metric), _dumps({"type": "points", "device": device, "metric": metric,
+                                                      "t": ts[part], "v": [_finite(v) for v in vs[part]]})))
         for metric, values in latest.items():
             out.append((("*", metric), _dumps({"type": "latest", "metric": metric, "values": {
                 d: [tv[0], _finite(tv[1])] for d, tv in values.items()}})))

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: The longest client message read (a subscribe list of MAX_SERIES names fits).
 MAX_CLIENT_MESSAGE = 64 * 1024
 #: How long a close may take when the client is not reading.
-CLOSE_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 5.0
 
 router = APIRouter()
 
