@@ -89,7 +89,7 @@ def normal(n: int, start: int) -> list[float]:
 
 def metrics_batch(device: str, first_seq: int, values: list[float], *, metric: str = "cpu_percent",
                   t0_ms: int = 1_763_900_000_000, epoch: int = 7, step_ms: int = 1000) -> bytes:
-    """An encoded metrics batch: sample ``i`` is sequence ``first_seq + i`` at ``t0 + (first_seq + i) step``."""
+    """An encoded metrics batch: sample ``i`` is number ``first_seq + i`` at ``t0 + (first_seq + i) step``."""
     return encode_record(MetricsBatch(device=device, epoch=epoch, first_seq=first_seq, samples=tuple(
         MetricSample(t0_ms + (first_seq + i) * step_ms, metric, v) for i, v in enumerate(values))))
 

@@ -93,7 +93,8 @@ def test_acknowledging_needs_the_token_and_keeps_the_first(api: ApiCoordinator, 
     refused = api.http.post(url)
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
     assert error_of(refused)["code"] == "unauthorized"
-    assert api.http.post(url, headers={"Authorization": "Bearer wrong-token-of-enough-length"}).status_code == 401
+    wrong = {"Authorization": "Bearer wrong-token-of-enough-length"}
+    assert api.http.post(url, headers=wrong).status_code == 401
     auth = {"Authorization": f"Bearer {TOKEN}"}
     done = api.http.post(url, headers=auth, json={"by": "alice"})
     assert done.status_code == 200

@@ -61,7 +61,8 @@ def test_a_client_gets_statuses_points_and_anomalies(api: ApiCoordinator,
             assert (status["device"], status["status"]) == (DEVICE, "online")
 
             sender.publish(f"edgebus/{DEVICE}/metrics", metrics_batch(DEVICE, 0, normal(50, 0)))
-            sender.publish(f"edgebus/{DEVICE}/metrics", metrics_batch(DEVICE, 50, [20.5, 21.5], metric="temp_c"))
+            sender.publish(f"edgebus/{DEVICE}/metrics",
+                           metrics_batch(DEVICE, 50, [20.5, 21.5], metric="temp_c"))
             sender.publish(f"edgebus/{DEVICE}/metrics", metrics_batch(DEVICE, 52, [97.0]))
             points: list[float] = []
             while len(points) < 51:
@@ -78,8 +79,8 @@ def test_a_client_gets_statuses_points_and_anomalies(api: ApiCoordinator,
 
 
 @pytest.mark.integration
-def test_a_slow_client_is_dropped_and_ingest_and_other_clients_go_on(api: ApiCoordinator,
-                                                                     mosquitto_broker: MosquittoUnderTest) -> None:
+def test_a_slow_client_is_dropped_and_ingest_and_other_clients_go_on(
+        api: ApiCoordinator, mosquitto_broker: MosquittoUnderTest) -> None:
     sender = Sender(mosquitto_broker)
     got_by_fast: list[int] = []
     published = [0]
@@ -114,7 +115,7 @@ def test_a_slow_client_is_dropped_and_ingest_and_other_clients_go_on(api: ApiCoo
                                    metrics_batch(DEVICE, sent, [float(i % 50) for i in range(500)]))
                     sent += 500
                 sender.flush()
-                assert wait_until(lambda: api.store.count_samples(DEVICE) == sent, timeout=30)
+                assert wait_until(lambda n=sent: api.store.count_samples(DEVICE) == n, timeout=30)
                 if api.feed.dropped_clients:
                     break
             published[0] = sent

@@ -49,7 +49,10 @@ class HttpServer:
         self.config = config
         self._uvicorn = uvicorn.Server(uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio",
-            ws_max_size=64 * 1024, ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=2,
+            # No per-message compression: deflating every message for every client costs CPU on
+            # a small box, and the feed's JSON is small.
+            ws_max_size=64 * 1024, ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+            timeout_graceful_shutdown=2,
             ssl_certfile=str(config.tls_certfile) if config.tls_certfile else None,
             ssl_keyfile=str(config.tls_keyfile) if config.tls_keyfile else None, server_header=False))
         self._socket: socket.socket | None = None
