@@ -121,9 +121,10 @@ class TimeChart {
       svgEl("line", { x1: s.left, x2: s.w - s.right, y1: yy, y2: yy }, grid);
       svgEl("text", { x: s.left - 6, y: yy + 3, "text-anchor": "end", class: "axis" }, svg).textContent = labels[i];
     });
-    for (let i = 0; i <= 3; i++) {
-      const ms = this.since + (this.until - this.since) * i / 3;
-      svgEl("text", { x: s.x(ms), y: s.h - 5, "text-anchor": i === 0 ? "start" : i === 3 ? "end" : "middle", class: "axis" }, svg)
+    const steps = Math.max(1, Math.min(3, Math.floor((s.w - s.left) / 160)));  // labels that fit side by side
+    for (let i = 0; i <= steps; i++) {
+      const ms = this.since + (this.until - this.since) * i / steps;
+      svgEl("text", { x: s.x(ms), y: s.h - 5, "text-anchor": i === 0 ? "start" : i === steps ? "end" : "middle", class: "axis" }, svg)
         .textContent = timeLabel(ms, this.until - this.since);
     }
     if (this.t.length) {
