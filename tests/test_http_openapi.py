@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -23,7 +22,6 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 from coordinator.http.app import build_app
 from coordinator.http.context import ApiContext
 from coordinator.store.base import Store
-
 from tests.brokers import MosquittoUnderTest
 from tests.bus_helpers import wait_until
 from tests.http_helpers import TOKEN, Sender, api_coordinator, metrics_batch, normal
@@ -49,7 +47,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenApiSche
                        "snapshot_jpeg_b64": base64.b64encode(b"\xff\xd8\xff\xd9").decode()}
                 sender.publish("edgebus/gw-9/events/front", json.dumps(end))
                 sender.flush()
-                assert wait_until(lambda: len(api.store.anomalies()) == 1 and len(api.store.events("gw-9")) == 1)
+                assert wait_until(lambda: len(api.store.anomalies()) == 1
+                                  and len(api.store.events("gw-9")) == 1)
             finally:
                 sender.stop()
             schema = schemathesis.openapi.from_url(api.url + "api/v1/openapi.json")
@@ -96,7 +95,7 @@ def test_every_operation_answers_as_documented_and_never_with_a_server_error(
 
 def test_the_document_lists_every_route(api_schema: OpenApiSchema) -> None:
     paths = set(api_schema.raw_schema["paths"])
-    assert {"/api/v1/devices", "/api/v1/devices/{device}", "/api/v1/devices/{device}/metrics/{metric}/history",
-            "/api/v1/events", "/api/v1/devices/{device}/detections", "/api/v1/anomalies",
+    assert {"/api/v1/devices", "/api/v1/devices/{device}",
+            "/api/v1/devices/{device}/metrics/{metric}/history", "/api/v1/events", "/api/v1/devices/{device}/detections", "/api/v1/anomalies",
             "/api/v1/anomalies/{anomaly_id}/acknowledge", "/api/v1/coordination", "/api/v1/export.csv",
             "/api/v1/fleet", "/metrics", "/healthz", "/readyz"} <= paths
