@@ -96,6 +96,7 @@ def test_every_operation_answers_as_documented_and_never_with_a_server_error(
 def test_the_document_lists_every_route(api_schema: OpenApiSchema) -> None:
     paths = set(api_schema.raw_schema["paths"])
     assert {"/api/v1/devices", "/api/v1/devices/{device}",
-            "/api/v1/devices/{device}/metrics/{metric}/history", "/api/v1/events", "/api/v1/devices/{device}/detections", "/api/v1/anomalies",
+            "/api/v1/devices/{device}/metrics/{metric}/history", "/api/v1/events",
+            "/api/v1/devices/{device}/detections", "/api/v1/anomalies",
             "/api/v1/anomalies/{anomaly_id}/acknowledge", "/api/v1/coordination", "/api/v1/export.csv",
             "/api/v1/fleet", "/metrics", "/healthz", "/readyz"} <= paths
