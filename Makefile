@@ -59,6 +59,7 @@ bench: $(VENV)/.installed-dev
 	PATH="$$PATH:/usr/sbin" $(PY) bench/coordination.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/ota.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/broker.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -217,7 +217,8 @@ def _start(args: argparse.Namespace) -> int:
         services_config = replace(services_config, batch=BatchJobConfig.from_mapping(DEMO_BATCH))
     services = Services(bus, processor, store, services_config)
     processor.restore()
-    ingest.sinks += [services.known, processor, view, feed]
+    # The live feed first: live points need not wait for scoring or the store's hand-over.
+    ingest.sinks += [services.known, feed, processor, view]
     ingest.start()
     print(f"history in the {config.store.get('type', 'sql')} store "
           f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "

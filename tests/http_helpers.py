@@ -68,7 +68,8 @@ def api_coordinator(broker: RunningBroker, data_dir: Path, *, token: str | None 
     feed = LiveFeed(live_queue)
     processor.alert_listeners += [lambda a: view.on_anomaly(a.device, a.explanation), feed.on_alert]
     coordination = CoordinationView(bus.topics.root).attach(bus)
-    ingest.sinks += [view, feed]
+    ingest.sinks.insert(0, feed)  # as the CLI: live points before scoring and storing
+    ingest.sinks.append(view)
     config = HttpConfig(port=0, token=token, live_queue=live_queue)
     context = ApiContext(store=store, config=config, feed=feed, session=bus, ingest=ingest,
                          processor=processor, view=view, coordination=coordination)
