@@ -61,7 +61,7 @@ class ApiCoordinator:
 
 @contextlib.contextmanager
 def api_coordinator(broker: RunningBroker, data_dir: Path, *, token: str | None = TOKEN,
-                    live_queue: int = 1000) -> Iterator[ApiCoordinator]:
+                    live_queue: int = 1000, send_buffer: int | None = None) -> Iterator[ApiCoordinator]:
     """The coordinator and its API, stopped (server first) whatever happens."""
     bus, ingest, processor, store = parts = start_coordinator(broker, data_dir)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
@@ -73,7 +73,7 @@ def api_coordinator(broker: RunningBroker, data_dir: Path, *, token: str | None 
     config = HttpConfig(port=0, token=token, live_queue=live_queue)
     context = ApiContext(store=store, config=config, feed=feed, session=bus, ingest=ingest,
                          processor=processor, view=view, coordination=coordination)
-    server = HttpServer(build_app(context), config).start()
+    server = HttpServer(build_app(context), config, send_buffer=send_buffer).start()
     running = ApiCoordinator(bus, ingest, processor, store, view, feed, server)
     try:
         yield running

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from coordinator.http.live_feed import CLOSE_TOO_SLOW, LiveFeed
+from coordinator.http.live_feed import CLOSE_TOO_SLOW, LIVE_POINTS, LiveFeed
 from coordinator.ingest import IngestBatch
 from schemas.metrics import MetricColumns
 from tests.brokers import MosquittoUnderTest
@@ -38,7 +39,10 @@ def receive_until(ws: ClientConnection, predicate: Any, timeout: float = WAIT) -
 
 @pytest.fixture
 def api(mosquitto_broker: MosquittoUnderTest, tmp_path: Path) -> Iterator[ApiCoordinator]:
-    with api_coordinator(mosquitto_broker, tmp_path / "coordinator", live_queue=50) as running:
+    # Small kernel send buffers: a client that stops reading holds the server's sends back in
+    # kilobytes rather than megabytes.
+    with api_coordinator(mosquitto_broker, tmp_path / "coordinator", live_queue=50,
+                         send_buffer=32 * 1024) as running:
         yield running
 
 
@@ -92,30 +96,37 @@ def test_a_slow_client_is_dropped_and_ingest_and_other_clients_go_on(
             while not (published[0] and sum(got_by_fast) >= published[0]) and time.monotonic() < deadline:
                 with contextlib.suppress(TimeoutError):
                     m = json.loads(ws.recv(timeout=0.5))
-                    if m["type"] == "points":
-                        got_by_fast.append(len(m["v"]))
+                    if m["type"] == "points":  # raw points, or runs of them summarised with a count
+                        got_by_fast.append(sum(m["count"]) if "count" in m else len(m["v"]))
         finally:
             fast_done.set()
 
+    devices = [f"gw-{d:02d}" for d in range(50)]
+    series = ",".join(f"{d}/cpu_percent" for d in devices)
     try:
         # No keepalive pings from these clients (a browser sends none either): a client that stops
         # reading would otherwise miss the pongs and close the connection itself.
-        with connect(api.ws_url + f"?series={DEVICE}/cpu_percent", ping_interval=None) as slow, \
-                connect(api.ws_url + f"?series={DEVICE}/cpu_percent", ping_interval=None) as fast:
+        # The slow client's socket takes little (a small receive buffer, four messages queued in the
+        # client library) before TCP stops the server, so its queue on the server fills soon.
+        tight = socket.create_connection(("127.0.0.1", api.server.port))
+        tight.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with connect(api.ws_url + f"?series={series}", sock=tight, ping_interval=None, max_queue=4) as slow, \
+                connect(api.ws_url + f"?series={series}", ping_interval=None) as fast:
             assert json.loads(slow.recv(timeout=WAIT))["type"] == "hello"
             assert json.loads(fast.recv(timeout=WAIT))["type"] == "hello"
             reader = threading.Thread(target=fast_reader, args=(fast,), daemon=True)
             reader.start()
-            # The slow client reads nothing while rounds of 50 messages of 500 samples (~1 MB of points
-            # each) arrive, until the feed gives up on it (its socket buffers and then its queue are full).
+            # The slow client reads nothing while rounds of a message of 200 samples from each of 50
+            # devices arrive (a points message per device per batch, ~0.1 MB a round), until the
+            # kernel's buffers, then the transport's, then its queue on the feed are full.
             sent = 0
-            for _ in range(60):
-                for _ in range(50):
-                    sender.publish(f"edgebus/{DEVICE}/metrics",
-                                   metrics_batch(DEVICE, sent, [float(i % 50) for i in range(500)]))
-                    sent += 500
+            for k in range(60):
+                for device in devices:
+                    sender.publish(f"edgebus/{device}/metrics",
+                                   metrics_batch(device, k * 200, [float(i % 50) for i in range(200)]))
+                    sent += 200
                 sender.flush()
-                assert wait_until(lambda n=sent: api.store.count_samples(DEVICE) == n, timeout=30)
+                assert wait_until(lambda n=sent: api.store.count_samples() == n, timeout=30)
                 if api.feed.dropped_clients:
                     break
             published[0] = sent
@@ -147,5 +158,30 @@ def test_the_producer_never_waits_for_a_stalled_client() -> None:
         feed.subscribe(other, ["gw-1/cpu"])
         feed(IngestBatch(metric_runs=[run]))
         assert len(other.queue) == 1 and not other.overflowed
+    finally:
+        loop.close()
+
+
+def test_points_of_any_layout_and_summaries_beyond_the_cap() -> None:
+    """Samples named in any order reach the right series; a burst beyond LIVE_POINTS comes as runs."""
+    loop = asyncio.new_event_loop()
+    try:
+        feed = LiveFeed(max_queue=100)
+        client = feed.connect(loop)
+        feed.subscribe(client, ["gw-1/a", "gw-1/b", "*/b"])
+        mixed = MetricColumns("gw-1", 1, 0, ["a", "b"], [1, 1, 0, 1], [10, 20, 30, 40], [1.0, 2.0, 3.0, 4.0])
+        feed(IngestBatch(metric_runs=[mixed]))
+        messages = [json.loads(text) for text in client.take()]
+        points = {m["metric"]: (m["t"], m["v"]) for m in messages if m["type"] == "points"}
+        assert points == {"a": ([30], [3.0]), "b": ([10, 20, 40], [1.0, 2.0, 4.0])}
+        assert [m["values"] for m in messages if m["type"] == "latest"] == [{"gw-1": [40, 4.0]}]
+
+        n = LIVE_POINTS * 3 + 5
+        burst = MetricColumns("gw-1", 1, 4, ["a"], [0] * n, list(range(n)), [float(i) for i in range(n)])
+        feed(IngestBatch(metric_runs=[burst]))
+        [summary] = [json.loads(text) for text in client.take()]
+        assert len(summary["t"]) <= LIVE_POINTS and sum(summary["count"]) == n
+        assert summary["min"][0] == 0.0 and summary["max"][-1] == n - 1
+        assert summary["v"][0] == sum(range(summary["count"][0])) / summary["count"][0]
     finally:
         loop.close()

@@ -9,7 +9,11 @@ few JSON messages, encoded once, whatever the number of clients:
   started or ended (the JPEG is left out; ``snapshot_url`` fetches it);
 * ``{"type": "anomaly", ...}``: an alert, as published on ``{root}/_anomaly/...``;
 * ``{"type": "points", "device", "metric", "t": [...], "v": [...]}``: new samples of
-  a series a client subscribed to (``device/metric``);
+  a series a client subscribed to (``device/metric``). When one batch holds more than
+  :data:`LIVE_POINTS` samples of a series (a fast sensor, a backlog after a restart) they
+  come as that many runs of consecutive samples instead, with ``"min"``, ``"max"`` and
+  ``"count"`` beside ``"v"`` (the mean) and ``"t"`` (each run's first time): a chart cannot
+  show more, and the feed's cost stays bounded whatever the ingest rate;
 * ``{"type": "latest", "metric", "values": {device: [t, v]}}``: the newest value of
   ``metric`` per device, for clients subscribed to ``*/metric``.
 
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -35,6 +40,7 @@ from urllib.parse import quote
 
 from coordinator.anomaly.alert import Alert
 from coordinator.ingest import IngestBatch
+from schemas.metrics import cycle
 
 __all__ = ["CLOSE_TOO_SLOW", "LiveClient", "LiveFeed", "snapshot_path"]
 
@@ -44,9 +50,8 @@ logger = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 1008
 #: Series one client may subscribe to at most.
 MAX_SERIES = 200
-#: Samples in one ``points`` message at most (a batch of a busy series is split; a browser's
-#: or a client library's message limit, often 1 MiB, is never reached).
-MAX_POINTS_PER_MESSAGE = 4096
+#: Points of one series sent per ingest batch at most (more are summarised, see above).
+LIVE_POINTS = 64
 
 Series = tuple[str, str]
 
@@ -205,36 +210,72 @@ class LiveFeed:
         latest: dict[str, dict[str, list[float]]] = {}
         for run in batch.metric_runs:
             device, names = run.device, run.names
-            wanted = {k for k, name in enumerate(names) if (device, name) in series}
-            wild = {k for k, name in enumerate(names) if name in wildcard}
+            wanted = [k for k, name in enumerate(names) if (device, name) in series]
+            wild = [k for k, name in enumerate(names) if name in wildcard]
             if not wanted and not wild:
                 continue
-            for k, t, v in zip(run.name_index, run.times, run.values, strict=True):
-                if k in wanted:
-                    ts, vs = points.setdefault((device, names[k]), ([], []))
-                    ts.append(t)
-                    vs.append(v)
-                if k in wild:
-                    latest.setdefault(names[k], {})[device] = [t, v]
+            times, values, index = run.times, run.values, run.name_index
+            width, count = len(names), len(index)
+            # The usual batch names its metrics in turn (0, 1, .., 0, 1, ..): one metric's samples are
+            # then a slice with a stride, taken in C rather than a Python loop over every sample.
+            cyclic = width == 1 or (count >= width and index == cycle(width, count))
+            for k in wanted:
+                ts, vs = points.setdefault((device, names[k]), ([], []))
+                if cyclic:
+                    ts += times[k::width]
+                    vs += values[k::width]
+                else:
+                    at = [i for i, name_k in enumerate(index) if name_k == k]
+                    ts += [times[i] for i in at]
+                    vs += [values[i] for i in at]
+            for k in wild:
+                last = (k + width * ((count - 1 - k) // width) if cyclic and k < count
+                        else next((i for i in range(count - 1, -1, -1) if index[i] == k), None))
+                if last is not None:
+                    latest.setdefault(names[k], {})[device] = [times[last], values[last]]
         out: list[tuple[object, str]] = []
         for (device, metric), (ts, vs) in points.items():
-            for i in range(0, len(ts), MAX_POINTS_PER_MESSAGE):
-                part = slice(i, i + MAX_POINTS_PER_MESSAGE)
-                out.append(((device, metric), _dumps({"type": "points", "device": device, "metric": metric,
-                                                      "t": ts[part], "v": [_finite(v) for v in vs[part]]})))
-        for metric, values in latest.items():
+            message: dict[str, Any] = {"type": "points", "device": device, "metric": metric}
+            if len(ts) > LIVE_POINTS:
+                step = -(-len(ts) // LIVE_POINTS)
+                means, lows, highs, counts = [], [], [], []
+                for i in range(0, len(ts), step):
+                    chunk = vs[i:i + step]
+                    means.append(sum(chunk) / len(chunk))
+                    lows.append(min(chunk))
+                    highs.append(max(chunk))
+                    counts.append(len(chunk))
+                message.update(t=ts[::step], v=means, min=lows, max=highs, count=counts)
+            else:
+                message.update(t=ts, v=vs)
+            for key in ("v", "min", "max"):
+                column = message.get(key)
+                if column is not None and not all(map(math.isfinite, column)):
+                    message[key] = [v if math.isfinite(v) else None for v in column]
+            out.append(((device, metric), _dumps(message)))
+        for metric, values_by_device in latest.items():
             out.append((("*", metric), _dumps({"type": "latest", "metric": metric, "values": {
-                d: [tv[0], _finite(tv[1])] for d, tv in values.items()}})))
+                d: [tv[0], _finite(tv[1])] for d, tv in values_by_device.items()}})))
         return out
 
     def _deliver(self, messages: list[tuple[object, str]]) -> None:
         loops: dict[asyncio.AbstractEventLoop, None] = {}
+        for_all = [text for key, text in messages if key is None]
+        by_key: dict[object, list[str]] = {}
+        for key, text in messages:
+            if key is not None:
+                by_key.setdefault(key, []).append(text)
         with self._lock:
             self.messages += len(messages)
             for client in self._clients:
                 if client.overflowed:
                     continue
-                picked = [text for key, text in messages if _wants(client, key)]
+                picked = list(for_all)
+                if by_key:
+                    for series in client.series:
+                        picked += by_key.get(series, ())
+                    for metric in client.wildcard:
+                        picked += by_key.get(("*", metric), ())
                 if not picked:
                     continue
                 if len(client.queue) + len(picked) > client.max_queue:
@@ -257,16 +298,7 @@ class LiveFeed:
                 client.wake.set()
 
 
-def _wants(client: LiveClient, key: object) -> bool:
-    if key is None:
-        return True
-    device, metric = key if isinstance(key, tuple) else ("", "")
-    if device == "*":
-        return metric in client.wildcard
-    return (device, metric) in client.series
-
-
 def _finite(value: float) -> float | None:
-    return value if value == value and value not in (float("inf"), float("-inf")) else None
+    return value if math.isfinite(value) else None
 
 

@@ -28,10 +28,12 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, send_buffer: int | None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:  # accepted connections inherit it (Linux)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -43,10 +45,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class HttpServer:
-    """One uvicorn server for ``app`` on ``config.host``:``config.port``."""
+    """One uvicorn server for ``app`` on ``config.host``:``config.port``.
 
-    def __init__(self, app: FastAPI, config: HttpConfig) -> None:
+    ``send_buffer`` caps each connection's kernel send buffer (bytes; default: the kernel's
+    autotuning, up to megabytes), so a client that stops reading fills it, and then its
+    live-feed queue, sooner.
+    """
+
+    def __init__(self, app: FastAPI, config: HttpConfig, *, send_buffer: int | None = None) -> None:
         self.config = config
+        self.send_buffer = send_buffer
         self._uvicorn = uvicorn.Server(uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio",
             # No per-message compression: deflating every message for every client costs CPU on
@@ -65,7 +73,7 @@ class HttpServer:
 
     def start(self) -> HttpServer:
         """Bind, serve on a thread, and return once requests are answered (BusError if not)."""
-        self._socket = _bind(self.config.host, self.config.port)
+        self._socket = _bind(self.config.host, self.config.port, self.send_buffer)
         self.port = int(self._socket.getsockname()[1])
         sock = self._socket
         self._thread = threading.Thread(target=lambda: self._uvicorn.run(sockets=[sock]),

@@ -304,7 +304,7 @@ async function devicePage(root, id) {
       if (m.type === "points" && m.device === id) {
         const chart = state.charts.get(m.metric);
         if (chart) {
-          chart.addPoints(m.t, m.v);
+          chart.addPoints(m.t, m.v, m.min, m.max);
           const now = $(`.chart[data-metric="${m.metric}"] .now`);
           if (now) now.textContent = formatValue(m.metric, m.v[m.v.length - 1]);
         }

@@ -62,11 +62,13 @@ class TimeChart {
     this.draw();
   }
 
-  /* Live points: appended raw (min = max = value); the window slides when following "now". */
-  addPoints(ts, vs) {
+  /* Live points: raw (min = max = value) or runs summarised by the feed (with min and max);
+     the window slides when following "now". */
+  addPoints(ts, vs, mins, maxs) {
     for (let i = 0; i < ts.length; i++) {
       if (this.t.length && ts[i] <= this.t[this.t.length - 1]) continue;
-      this.t.push(ts[i]); this.avg.push(vs[i]); this.min.push(vs[i]); this.max.push(vs[i]);
+      this.t.push(ts[i]); this.avg.push(vs[i]);
+      this.min.push(mins ? mins[i] : vs[i]); this.max.push(maxs ? maxs[i] : vs[i]);
     }
     if (this.follow && ts.length) {
       const last = ts[ts.length - 1];
