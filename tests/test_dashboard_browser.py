@@ -109,7 +109,8 @@ def test_dashboard_shows_the_fleet_live(fleet: ApiCoordinator, tmp_path: Path) -
             mark = page.wait_for_selector('.chart[data-metric="cpu_percent"] .anomaly-mark')
             assert mark is not None
             assert page.locator('.chart[data-metric="cpu_percent"] .anomaly-mark').count() == 1
-            assert "97" in page.inner_text("#device-anomalies")
+            listed = page.wait_for_selector("#device-anomalies li[data-anomaly]")
+            assert listed is not None and "97" in listed.inner_text()
             save(page, tmp_path, "dashboard-device.png")
 
             page.emulate_media(color_scheme="dark")
