@@ -4,6 +4,8 @@
 (credentials generated into the data directory) and watches the fleet's
 streams; ``--demo`` adds simulated gateway agents so there is something to
 watch. With ``--config`` it connects to the broker the file names instead.
+Either way it serves the HTTP API and dashboard (``[http]``; 127.0.0.1:8780 by
+default). ``edge-coordinator export`` writes a device's raw samples as CSV.
 
 Exit codes: 0 stopped cleanly; 1 runtime failure (broker could not start or be
 reached); 2 usage or configuration error.
@@ -30,12 +32,17 @@ from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.batch_job import BatchJobConfig
 from coordinator.config import DEFAULT_CLIENT_ID, CoordinatorConfig
+from coordinator.coordination_view import CoordinationView
 from coordinator.demo import SimulatedFleet
 from coordinator.fleet_view import FleetView
+from coordinator.http.config import DEFAULT_HTTP_PORT, HttpConfig
+from coordinator.http.live_feed import LiveFeed
 from coordinator.ingest import Ingest
 from coordinator.processor import FleetProcessor
+from coordinator.sample_export import csv_chunks
 from coordinator.services import Services
 from coordinator.store.base import Store, open_store
+from coordinator.time_text import parse_time_ms
 from schemas.errors import BusError, ConfigError
 
 __all__ = ["main"]
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-coordinator start --config coordinator.toml   use the broker the file names",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{start}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export}")
     s = sub.add_parser("start", help="start the coordinator and show the fleet until Ctrl-C",
                        description="Start the coordinator. Without --config it runs the embedded "
                                    "broker (MQTT 3.1.1, credentials in DATA_DIR/broker) itself.")
@@ -74,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=Path, default=None, help="where state lives (default ./data)")
     s.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                    help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    s.add_argument("--http-host", default=None, metavar="ADDRESS",
+                   help="where the API and dashboard listen (default [http] host, 127.0.0.1; 0.0.0.0 "
+                        "exposes them to the network: reading needs no token)")
+    s.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                   help=f"API and dashboard port (default [http] port, {DEFAULT_HTTP_PORT}; 0: any free "
+                        "port; with --demo a free port is used when it is taken)")
+    s.add_argument("--no-http", action="store_true", help="serve no HTTP API or dashboard")
+    e = sub.add_parser("export", help="write a device's raw samples as CSV",
+                       description="Write one device's raw samples (all metrics, or one) over a time range "
+                                   "as CSV: time_ms,time,device,metric,value,epoch,seq. Times are epoch "
+                                   "milliseconds or ISO 8601 (UTC unless an offset is given).")
+    e.add_argument("--config", type=Path, help="coordinator.toml (its [store] and data_dir)")
+    e.add_argument("--data-dir", type=Path, default=None, help="where state lives (default ./data)")
+    e.add_argument("--device", required=True, help="the device id")
+    e.add_argument("--metric", default=None, help="only this metric")
+    e.add_argument("--since", default=None, help="from this moment (inclusive)")
+    e.add_argument("--until", default=None, help="up to this moment (exclusive)")
+    e.add_argument("-o", "--output", type=Path, default=None, help="write here (default: stdout)")
     return parser
 
 
@@ -109,8 +134,44 @@ def _open_store(config: CoordinatorConfig, data_dir: Path) -> Store:
                           "pip install 'edgebus[coordinator]'") from exc
 
 
+def _http_config(config: CoordinatorConfig, args: argparse.Namespace) -> HttpConfig:
+    http = config.http
+    if args.no_http:
+        return replace(http, enabled=False)
+    if args.http_host is not None:
+        http = replace(http, host=args.http_host)
+    if args.http_port is not None:
+        if not 0 <= args.http_port <= 65535:
+            raise ConfigError(f"--http-port must be 0..65535, not {args.http_port}")
+        http = replace(http, port=args.http_port)
+    if args.demo and http.port and not _port_free(http.host, http.port):
+        http = replace(http, port=0)
+    return http
+
+
+def _start_http(http: HttpConfig, feed: LiveFeed, store: Store, bus: BusSession, ingest: Ingest,
+                processor: FleetProcessor, view: FleetView, coordination: CoordinationView) -> Any:
+    """The API and dashboard server, started (imported here: without them no web stack is needed)."""
+    try:
+        from coordinator.http.app import build_app
+        from coordinator.http.context import ApiContext
+        from coordinator.http.server import HttpServer
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(f"the HTTP API needs the coordinator extra ({exc}): pip install "
+                          "'edgebus[coordinator]', or set [http] enabled = false") from exc
+    context = ApiContext(store=store, config=http, feed=feed, session=bus, ingest=ingest, processor=processor,
+                         view=view, coordination=coordination)
+    server = HttpServer(build_app(context), http).start()
+    print(f"dashboard: {server.url}  (API {server.url}api/v1, Prometheus {server.url}metrics)", flush=True)
+    if not http.loopback:
+        print(f"  the API listens on {http.host}: anyone who reaches it can read the fleet"
+              + ("" if http.token else "; changes are off until [http] token is set"), flush=True)
+    return server
+
+
 def _start(args: argparse.Namespace) -> int:
     config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
+    http = _http_config(config, args)
     data_dir = args.data_dir or config.data_dir
     embedded: EmbeddedBroker | None = None
     # A stable id and a persistent session: the broker keeps what arrives while we restart.
@@ -150,12 +211,16 @@ def _start(args: argparse.Namespace) -> int:
     processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
     processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
+    feed = LiveFeed(http.live_queue)
+    processor.alert_listeners.append(feed.on_alert)
+    coordination = CoordinationView(bus.topics.root).attach(bus)
     services_config = config.services
     if args.demo and not config.batch_configured:
         services_config = replace(services_config, batch=BatchJobConfig.from_mapping(DEMO_BATCH))
     services = Services(bus, processor, store, services_config)
     processor.restore()
-    ingest.sinks += [services.known, processor, view]
+    # The live feed first: live points need not wait for scoring or the store's hand-over.
+    ingest.sinks += [services.known, feed, processor, view]
     ingest.start()
     print(f"history in the {config.store.get('type', 'sql')} store "
           f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "
@@ -163,7 +228,10 @@ def _start(args: argparse.Namespace) -> int:
     fleet = SimulatedFleet(bus_config, count=args.agents) if args.demo else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = None
     try:
+        if http.enabled:
+            server = _start_http(http, feed, store, bus, ingest, processor, view, coordination)
         bus.start()
         if not bus.wait_connected(bus_config.connect_timeout + 5):
             raise BusError(f"cannot reach the broker at {bus_config.host}:{bus_config.port}: "
@@ -176,6 +244,8 @@ def _start(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if server is not None:
+            server.stop()
         services.stop()
         if fleet is not None:
             fleet.stop()
@@ -191,8 +261,40 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_arg(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time_ms(value)
+    except ValueError as exc:
+        raise ConfigError(f"--{name}: {exc}") from exc
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
+    since, until = _time_arg("since", args.since), _time_arg("until", args.until)
+    if since is not None and until is not None and since >= until:
+        raise ConfigError("--since must be before --until")
+    store = _open_store(config, args.data_dir or config.data_dir)
+    try:
+        if not any(d.id == args.device for d in store.devices()):
+            raise ConfigError(f"the store has no device {args.device!r}")
+        out = args.output.open("w", newline="") if args.output else sys.stdout
+        try:
+            for chunk in csv_chunks(store, args.device, since, until, args.metric):
+                out.write(chunk)
+        finally:
+            if args.output:
+                out.close()
+    finally:
+        store.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if args.command == "export":
+        return run_tool("edge-coordinator", lambda: _export(args))
     return run_tool("edge-coordinator", lambda: _start(args))

@@ -17,6 +17,7 @@ from broker.session import BusConfig
 from coordinator.actions import parse_actions
 from coordinator.batch_job import BatchJobConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
+from coordinator.http.config import HttpConfig
 from coordinator.ingest_limits import IngestLimits
 from coordinator.services import ServicesConfig
 from schemas.errors import ConfigError
@@ -48,6 +49,8 @@ class CoordinatorConfig:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     #: Whether ``[anomaly.batch]`` was given (the demo uses a shorter schedule otherwise).
     batch_configured: bool = False
+    #: ``[http]``: the API and dashboard (coordinator/http/config.py).
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -85,4 +88,5 @@ class CoordinatorConfig:
         return cls(data_dir=Path(data.get("data_dir", "data")), embedded_broker=embedded,
                    broker=broker, store=data.get("store", {}), anomaly=anomaly,
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
-                   shared_group=group, services=services, batch_configured="batch" in anomaly)
+                   shared_group=group, services=services, batch_configured="batch" in anomaly,
+                   http=HttpConfig.from_mapping(data.get("http")))

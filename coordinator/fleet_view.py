@@ -20,7 +20,7 @@ from coordinator.anomaly.base import ForecastPoint
 from coordinator.ingest import IngestBatch
 from schemas.sequence import DeviceSequence
 
-__all__ = ["FleetView"]
+__all__ = ["DeviceLive", "FleetView"]
 
 RATE_WINDOW_S = 5.0
 
@@ -41,6 +41,20 @@ class DeviceRow:
     last_values: dict[str, float] = field(default_factory=dict)
     arrivals: deque[tuple[float, int]] = field(default_factory=deque)
     anomalies: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLive:
+    """A copy of one device's row, for readers on other threads (the HTTP API)."""
+
+    status: str
+    agent_version: str
+    samples: int
+    samples_per_s: float
+    last_values: dict[str, float]
+    anomalies: int
+    #: Seconds since its last samples arrived (None before any did).
+    age_s: float | None
 
 
 class FleetView:
@@ -101,6 +115,15 @@ class FleetView:
             row.arrivals.popleft()
         window = min(RATE_WINDOW_S, max(now - self.started, 1e-9))
         return sum(n for _, n in row.arrivals) / window
+
+    def live(self) -> dict[str, DeviceLive]:
+        """Every device's row as it stands now (copies)."""
+        now = self._clock()
+        with self._lock:
+            return {name: DeviceLive(row.status, row.agent_version, row.samples, self._rate(row, now),
+                                     dict(row.last_values), row.anomalies,
+                                     now - row.last_seen if row.last_seen else None)
+                    for name, row in self.devices.items()}
 
     def summary(self) -> str:
         """One line for logs and non-terminal output."""

@@ -260,6 +260,15 @@ class Ingest:
                            "of this clock: %s", len(dropped), self._seq_limits.max_future_ms,
                            ", ".join(dropped[:20]))
 
+    @property
+    def queue_capacity(self) -> int:
+        """Messages the queue holds before the network thread waits (back-pressure to the broker)."""
+        return self._queue.maxsize
+
+    def is_running(self) -> bool:
+        """Whether the decoder thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stats(self) -> IngestStats:
         with self._stats_lock:
             snap = IngestStats(**{f: getattr(self._stats, f) for f in IngestStats.__slots__})

@@ -93,6 +93,8 @@ class FleetProcessor:
         self.write_errors = 0
         #: Attempts the writer repeated because the store was unavailable.
         self.write_retries = 0
+        #: Since when (clock) the writer has been holding batches for an unavailable store; None when not.
+        self.held_since: float | None = None
         self._stopping = threading.Event()
         self.pipeline = pipeline
         self._writes: queue.Queue[tuple[WriteBatch, list[Alert]] | None] = queue.Queue(maxsize=WRITE_QUEUE)
@@ -213,6 +215,8 @@ class FleetProcessor:
                     self._write_failed(items, exc)
                     return
                 self.write_retries += 1
+                if self.held_since is None:
+                    self.held_since = self._clock()
                 logger.warning("store unavailable, holding %d batches and trying again in %.1f s: %s",
                                len(items), delay, exc)
                 self._stopping.wait(delay)
@@ -220,6 +224,7 @@ class FleetProcessor:
             except Exception as exc:
                 self._write_failed(items, exc)
                 return
+        self.held_since = None
         for result, (_, alerts) in zip(results, items, strict=True):
             self.stored_samples += result.samples_new
             self._announce(alerts)

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.bus_helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -16,24 +19,48 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_agents_through_the_embedded_broker(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", "from coordinator.cli import main; raise SystemExit(main())",
-         "--log-level", "WARNING", "start", "--demo", "--agents", "3", "--port", "0",
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", "from coordinator.cli import main; raise SystemExit(main())",
+         "--log-level", "WARNING", "start", "--demo", "--agents", "3", "--port", "0", "--http-port", "0",
          "--data-dir", str(tmp_path), "--duration", "10"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert out.returncode == 0, out.stderr
-    assert "embedded broker listening on 127.0.0.1:" in out.stdout
-    assert "mosquitto_sub -h 127.0.0.1 -p " in out.stdout
-    assert "guarantees on the embedded broker" in out.stdout
-    assert "need Mosquitto: MQTT 5, $share" in out.stdout
-    final = out.stdout.strip().splitlines()[-1]
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the demo says where its dashboard is before the agents start
+            lines.append(line)
+            if line.startswith("dashboard: "):
+                break
+        url = re.match(r"dashboard: (http://127\.0\.0\.1:\d+/) ", lines[-1])
+        assert url, lines
+        assert wait_until(lambda: _fleet(url.group(1)).get("online") == 3, timeout=60)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    stdout = "".join(lines) + out
+    assert proc.returncode == 0, err
+    assert "embedded broker listening on 127.0.0.1:" in stdout
+    assert "mosquitto_sub -h 127.0.0.1 -p " in stdout
+    assert "guarantees on the embedded broker" in stdout
+    assert "need Mosquitto: MQTT 5, $share" in stdout
+    final = stdout.strip().splitlines()[-1]
     fields = dict(re.findall(r"(\w[\w/]*)=(\d+)", final))
     assert fields["devices"] == "3", final
     assert int(fields["received"]) >= 3 * 8 * 5, final  # 3 agents x 8 metrics x >=5 ticks
     assert fields["missing"] == "0" and fields["duplicates"] == "0" and fields["invalid"] == "0"
     assert (tmp_path / "broker" / "credentials.json").exists()
+
+
+def _fleet(url: str) -> dict[str, object]:
+    try:
+        body = httpx.get(url + "api/v1/fleet", timeout=5).json()
+    except httpx.HTTPError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def test_start_refuses_a_taken_port_clearly(tmp_path: Path) -> None:

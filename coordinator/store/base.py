@@ -9,7 +9,7 @@ strictly. Only ``sql`` (SQLite or PostgreSQL through SQLAlchemy) ships.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,9 +24,12 @@ from coordinator.store.records import (
     RetentionResult,
     Rollup,
     SampleRecord,
+    StoredAnomaly,
+    StoredEvent,
     WriteBatch,
     WriteResult,
 )
+from coordinator.store.series import Series
 from schemas.sequence import DeviceSequence
 
 __all__ = ["DEFAULT_STORE_TYPE", "STORES", "Store", "open_store", "register_store", "store_types"]
@@ -94,6 +97,58 @@ class Store(ABC):
 
     @abstractmethod
     def load_sequence_state(self) -> dict[str, DeviceSequence]: ...
+
+    # -- what the HTTP API reads: pages (newest first, ``before`` the previous page's last key) ----
+
+    @abstractmethod
+    def series(self, device: str, name: str, since_ms: int | None = None,
+               until_ms: int | None = None) -> Series:
+        """Metric ``name`` of ``device`` in ``[since_ms, until_ms)`` as (times, values) arrays."""
+
+    @abstractmethod
+    def iter_samples(self, device: str, since_ms: int | None = None, until_ms: int | None = None,
+                     metric: str | None = None) -> Iterator[SampleRecord]:
+        """Every sample of ``device`` (of one metric, or all) in the range, an hour of blocks at a time,
+        each hour's sorted by time: an export of any length without holding it in memory."""
+
+    @abstractmethod
+    def metric_names(self, device: str) -> list[str]:
+        """The metric names in the device's newest stored samples (its last hour of them)."""
+
+    @abstractmethod
+    def detection_page(self, device: str, camera: str | None = None, since_ms: int | None = None,
+                       until_ms: int | None = None, before: tuple[int, str, int, int, int] | None = None,
+                       limit: int = 100) -> list[tuple[tuple[int, str, int, int, int], DetectionRecord]]:
+        """Detections newest first, each with its key ``(time_ms, camera, epoch, seq, idx)``;
+        ``before`` is a key: only detections after it in that order."""
+
+    @abstractmethod
+    def event_page(self, device: str | None = None, camera: str | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None, before_id: int | None = None,
+                   limit: int = 100) -> list[StoredEvent]:
+        """Track events newest first (by id, which grows as they are stored)."""
+
+    @abstractmethod
+    def track_end_event(self, device: str, camera: str, track_id: int,
+                        time_ms: int | None = None) -> StoredEvent | None:
+        """The end event of one track (the newest, or the one at ``time_ms``): its snapshot."""
+
+    @abstractmethod
+    def anomaly_page(self, device: str | None = None, metric: str | None = None, since_ms: int | None = None,
+                     until_ms: int | None = None, acknowledged: bool | None = None,
+                     before_id: int | None = None, limit: int = 100) -> list[StoredAnomaly]:
+        """Anomalies newest first, with their ids and acknowledgement."""
+
+    @abstractmethod
+    def anomaly(self, anomaly_id: int) -> StoredAnomaly | None: ...
+
+    @abstractmethod
+    def acknowledge_anomaly(self, anomaly_id: int, by: str, now_ms: int) -> StoredAnomaly | None:
+        """Mark one anomaly acknowledged (the first acknowledgement stays); None if there is no such id."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """A small write in a transaction of its own; StoreError if the store cannot take one."""
 
     @abstractmethod
     def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None: ...

@@ -19,7 +19,8 @@ from schemas.sequence import DeviceSequence
 
 __all__ = [
     "AnomalyLike", "AnomalyRecord", "DeadLetterRecord", "DetectionRecord", "DeviceInfo", "EventRecord",
-    "RetentionResult", "Rollup", "SampleColumnsLike", "SampleRecord", "WriteBatch", "WriteResult",
+    "RetentionResult", "Rollup", "SampleColumnsLike", "SampleRecord", "StoredAnomaly", "StoredEvent",
+    "WriteBatch", "WriteResult",
 ]
 
 
@@ -123,6 +124,31 @@ class AnomalyRecord:
     severity: str = "warning"
     kind: str = "deviation"
     calibrated: float | None = None  # in [0, 1], the same scale on every stream (see Alert)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnomaly:
+    """An anomaly as stored: its row id (what an operator acknowledges) and who acknowledged it when."""
+
+    id: int
+    anomaly: AnomalyRecord
+    acknowledged_ms: int | None = None
+    acknowledged_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A track event as stored, with its row id (the API's cursor) and the time it names."""
+
+    id: int
+    device: str
+    camera: str
+    type: str
+    track_id: int | None
+    label: str | None
+    time_ms: int
+    received_ms: int
+    event: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

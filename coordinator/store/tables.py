@@ -131,6 +131,9 @@ anomalies = sa.Table(
     sa.Column("severity", sa.String(32), nullable=False, server_default="warning"),
     sa.Column("kind", sa.String(32), nullable=False, server_default="deviation"),
     sa.Column("calibrated", sa.Float(53)),  # in [0, 1], comparable across streams (revision 0003)
+    # Set once by an operator (the HTTP API's acknowledge); NULL while the anomaly is unacknowledged.
+    sa.Column("acknowledged_ms", Ms),
+    sa.Column("acknowledged_by", sa.String(128)),
     sa.Index("ix_anomalies_device_metric_time", "device", "metric", "time_ms"),
     sa.Index("ix_anomalies_time", "time_ms"),
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,10 +41,13 @@ from coordinator.store.records import (
     RetentionResult,
     Rollup,
     SampleRecord,
+    StoredAnomaly,
+    StoredEvent,
     WriteBatch,
     WriteResult,
 )
 from coordinator.store.retention import apply_retention
+from coordinator.store.series import Series, series_of_blocks
 from coordinator.store.sql_engine import create_engine, normalise_url, redacted
 from coordinator.store.sql_write import write_batch, write_sequence_state
 from schemas.errors import ConfigError, StoreError
@@ -232,6 +236,144 @@ class SqlStore(Store):
                            a.c.high, a.c.explanation, a.c.severity, a.c.kind, a.c.calibrated)
                  .where(*where).order_by(a.c.time_ms.desc(), a.c.id.desc()).limit(limit))
         return [AnomalyRecord(*row) for row in self._rows("anomalies", query)]
+
+    # -- the HTTP API's pages --------------------------------------------
+
+    def series(self, device: str, name: str, since_ms: int | None = None,
+               until_ms: int | None = None) -> Series:
+        b = t.metric_blocks
+        where = [b.c.device == device]
+        if since_ms is not None:  # a block starts at most MAX_TIME_SPAN_MS before its newest sample
+            where.append(b.c.first_ms >= since_ms - MAX_TIME_SPAN_MS)
+            where.append(b.c.last_ms >= since_ms)
+        if until_ms is not None:
+            where.append(b.c.first_ms < until_ms)
+        query = sa.select(b.c.epoch, b.c.first_seq, b.c.body).where(*where)
+        rows = self._rows("samples", query)
+        return series_of_blocks(((f"{device}/{epoch}/{first_seq}", body) for epoch, first_seq, body in rows),
+                                name, since_ms, until_ms)
+
+    def iter_samples(self, device: str, since_ms: int | None = None, until_ms: int | None = None,
+                     metric: str | None = None) -> Iterator[SampleRecord]:
+        b = t.metric_blocks
+        bounds = self._rows("samples", sa.select(sa.func.min(b.c.first_ms), sa.func.max(b.c.first_ms))
+                            .where(b.c.device == device))
+        first, last = bounds[0] if bounds else (None, None)
+        if first is None or last is None:
+            return
+        start = first if since_ms is None else max(first, since_ms - MAX_TIME_SPAN_MS)
+        stop = last + 1 if until_ms is None else min(last + 1, until_ms)
+        low = -math.inf if since_ms is None else since_ms
+        high = math.inf if until_ms is None else until_ms
+        while start < stop:
+            end = start + MAX_TIME_SPAN_MS
+            query = (sa.select(b.c.epoch, b.c.first_seq, b.c.body)
+                     .where(b.c.device == device, b.c.first_ms >= start, b.c.first_ms < end))
+            found = [SampleRecord(device, epoch, seq, time_ms, name, value)
+                     for epoch, first_seq, body in self._rows("samples", query)
+                     for seq, time_ms, name, value in decode_block(device, epoch, first_seq, body).samples()
+                     if (metric is None or name == metric) and low <= time_ms < high]
+            found.sort(key=lambda s: (s.time_ms, s.name, s.epoch, s.seq))
+            yield from found
+            start = end
+
+    def metric_names(self, device: str) -> list[str]:
+        b = t.metric_blocks
+        newest = sa.select(sa.func.max(b.c.last_ms)).where(b.c.device == device).scalar_subquery()
+        query = (sa.select(b.c.epoch, b.c.first_seq, b.c.body)
+                 .where(b.c.device == device, b.c.first_ms >= newest - MAX_TIME_SPAN_MS))
+        names: dict[str, None] = {}
+        for epoch, first_seq, body in self._rows("samples", query):
+            names.update(dict.fromkeys(decode_block(device, epoch, first_seq, body).names))
+        return sorted(names)
+
+    def detection_page(self, device: str, camera: str | None = None, since_ms: int | None = None,
+                       until_ms: int | None = None, before: tuple[int, str, int, int, int] | None = None,
+                       limit: int = 100) -> list[tuple[tuple[int, str, int, int, int], DetectionRecord]]:
+        d = t.detections
+        key = (d.c.time_ms, d.c.camera, d.c.epoch, d.c.seq, d.c.idx)
+        where = [d.c.device == device, *_between(d.c.time_ms, since_ms, until_ms)]
+        if camera is not None:
+            where.append(d.c.camera == camera)
+        if before is not None:
+            where.append(sa.tuple_(*key) < sa.tuple_(*(sa.literal(v) for v in before)))
+        query = sa.select(d).where(*where).order_by(*(c.desc() for c in key)).limit(limit)
+        return [((r.time_ms, r.camera, r.epoch, r.seq, r.idx),
+                 DetectionRecord(r.device, r.camera, r.epoch, r.seq, r.time_ms, r.label, r.confidence,
+                                 (r.x1, r.y1, r.x2, r.y2), r.track_id))
+                for r in self._rows("detections", query)]
+
+    @staticmethod
+    def _event(r: Any) -> StoredEvent:
+        return StoredEvent(r.id, r.device, r.camera, r.type, r.track_id, r.label, r.time_ms, r.received_ms,
+                           dict(r.payload))
+
+    def event_page(self, device: str | None = None, camera: str | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None, before_id: int | None = None,
+                   limit: int = 100) -> list[StoredEvent]:
+        e = t.events
+        where = _between(e.c.time_ms, since_ms, until_ms)
+        if device is not None:
+            where.append(e.c.device == device)
+        if camera is not None:
+            where.append(e.c.camera == camera)
+        if before_id is not None:
+            where.append(e.c.id < before_id)
+        query = sa.select(e).where(*where).order_by(e.c.id.desc()).limit(limit)
+        return [self._event(r) for r in self._rows("events", query)]
+
+    def track_end_event(self, device: str, camera: str, track_id: int,
+                        time_ms: int | None = None) -> StoredEvent | None:
+        e = t.events
+        where = [e.c.device == device, e.c.camera == camera, e.c.type == "end", e.c.track_id == track_id]
+        if time_ms is not None:
+            where.append(e.c.time_ms == time_ms)
+        query = sa.select(e).where(*where).order_by(e.c.time_ms.desc(), e.c.id.desc()).limit(1)
+        rows = self._rows("events", query)
+        return self._event(rows[0]) if rows else None
+
+    _ANOMALY_COLUMNS = ("device", "metric", "time_ms", "score", "value", "threshold", "low", "high",
+                        "explanation", "severity", "kind")
+
+    def _stored_anomaly(self, r: Any) -> StoredAnomaly:
+        record = AnomalyRecord(*(r._mapping[c] for c in self._ANOMALY_COLUMNS))
+        return StoredAnomaly(r.id, record, r.acknowledged_ms, r.acknowledged_by)
+
+    def anomaly_page(self, device: str | None = None, metric: str | None = None, since_ms: int | None = None,
+                     until_ms: int | None = None, acknowledged: bool | None = None,
+                     before_id: int | None = None, limit: int = 100) -> list[StoredAnomaly]:
+        a = t.anomalies
+        where = _between(a.c.time_ms, since_ms, until_ms)
+        if device is not None:
+            where.append(a.c.device == device)
+        if metric is not None:
+            where.append(a.c.metric == metric)
+        if acknowledged is not None:
+            where.append(a.c.acknowledged_ms.is_not(None) if acknowledged else a.c.acknowledged_ms.is_(None))
+        if before_id is not None:
+            where.append(a.c.id < before_id)
+        query = sa.select(a).where(*where).order_by(a.c.id.desc()).limit(limit)
+        return [self._stored_anomaly(r) for r in self._rows("anomalies", query)]
+
+    def anomaly(self, anomaly_id: int) -> StoredAnomaly | None:
+        a = t.anomalies
+        rows = self._rows("anomalies", sa.select(a).where(a.c.id == anomaly_id))
+        return self._stored_anomaly(rows[0]) if rows else None
+
+    def acknowledge_anomaly(self, anomaly_id: int, by: str, now_ms: int) -> StoredAnomaly | None:
+        a = t.anomalies
+        with self._guard("acknowledge an anomaly"), self.engine.begin() as conn:
+            conn.execute(sa.update(a).where(a.c.id == anomaly_id, a.c.acknowledged_ms.is_(None))
+                         .values(acknowledged_ms=now_ms, acknowledged_by=by[:128]))
+            row = conn.execute(sa.select(a).where(a.c.id == anomaly_id)).first()
+        return self._stored_anomaly(row) if row is not None else None
+
+    def check_writable(self) -> None:
+        m = t.store_meta
+        now = str(time.time_ns() // 1_000_000)
+        with self._guard("write the health mark"), self.engine.begin() as conn:
+            if conn.execute(sa.update(m).where(m.c.key == "health_ms").values(value=now)).rowcount == 0:
+                conn.execute(sa.insert(m).values(key="health_ms", value=now))
 
     def load_sequence_state(self) -> dict[str, DeviceSequence]:
         s = t.sequence_state
