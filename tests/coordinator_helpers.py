@@ -30,7 +30,7 @@ def start_coordinator(broker: RunningBroker, data_dir: Path, *, client_id: str =
     ingest.sinks.append(processor)
     ingest.start()
     bus.start()
-    assert bus.wait_connected(WAIT)
+    assert bus.wait_connected(WAIT) and bus.wait_subscribed(WAIT)  # nothing published before SUBACK is lost
     return bus, ingest, processor, store
 
 
