@@ -30,6 +30,7 @@ at the I/O boundary with ``raise ... from exc`` (usually through
     │           └── DeadlockVictim   this session was chosen to break a wait-for cycle
     ├── StorageError             durable local state (a Raft node's log) could not be read or written
     │   └── StoreError           the coordinator's database failed (``transient``: retrying can help)
+    ├── ApiError                 an HTTP API request is refused (``status``, ``code``, ``field``)
     ├── UpdateRefused            an over-the-air offer is refused (signature, key, requirements)
     ├── UpdateFailed             an accepted update ended failed or rolled back (``reason``, ``phase``)
     ├── BundleInvalid            a flashing bundle failed verification
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdminRefused",
+    "ApiError",
     "BrokerError",
     "BundleInvalid",
     "BusError",
@@ -179,6 +181,23 @@ class TxAborted(CoordinationError):
         super().__init__(f"transaction {tx_id} aborted: {reason or 'no reason given'}")
         self.tx_id = tx_id
         self.reason = reason
+
+
+class ApiError(EdgebusError):
+    """An HTTP API request refused with a client error; the API answers it as one JSON body.
+
+    ``status`` is the HTTP status, ``code`` a stable name for scripts, ``field``
+    the parameter at fault when there is one.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers
 
 
 class LockUnavailable(CoordinationError):

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.errors import StoreError
+from schemas.errors import ApiError, StoreError
 
 __all__ = ["ERROR_RESPONSES", "ApiError", "ErrorBody", "ErrorDetail", "install_error_handlers"]
 
@@ -44,19 +44,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "A parameter is out of range or of the wrong type"},
     503: {"model": ErrorBody, "description": "The store is unavailable; try again"},
 }
-
-
-class ApiError(Exception):
-    """Raised by a route for a client error; becomes the JSON body above."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
