@@ -76,7 +76,7 @@ TARGET_KERNEL_PER_S = 1_000_000
 #: release's, sample for sample).
 PREVIOUS_DEFAULT: dict[str, Any] = {
     "series": "continuous", "max_levels": 0, "resolution_floor": 0.0, "smooth": False, "drift_min_shift": 0.0,
-    "constant_prone": 1.0, "close_span": 0.0, "threshold_settle": 0,
+    "constant_prone": 1.0, "close_span": 0.0, "threshold_settle": 0, "tail_shape": False,
 }
 
 
