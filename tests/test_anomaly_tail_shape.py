@@ -111,6 +111,19 @@ def test_only_a_continuous_series_fits_a_shape() -> None:
     assert det.kind == CONTINUOUS and det.threshold.shaped
 
 
+def test_a_smooth_series_judged_by_its_trend_fits_no_shape() -> None:
+    """A noiseless cycle's trend residual is the predictor's own error, not noise: no shape, so a large
+    anomaly keeps the calibrated score the exponential tail gives it."""
+    t = np.arange(8 * DAY)
+    values = 200.0 + 40.0 * np.sin(2 * math.pi * t / 36 + 0.5) + 12.0 * np.sin(4 * math.pi * t / 36 + 1.0)
+    det, alerts = run(values[:6 * DAY])
+    assert not alerts and det._smooth()
+    assert not det.threshold.shaped and det.threshold.shape == 0.0
+    # (shaped like a gauge, this threshold measured the maximum shape and this alert scored 0.68)
+    alert = det.step(6 * DAY * STEP_MS, float(values[6 * DAY]) + 40.0)
+    assert alert is not None and alert.calibrated is not None and alert.calibrated > 0.9
+
+
 def test_alerts_carry_a_calibrated_score_from_the_shaped_tail() -> None:
     values = gauge(4, df=3)
     values[9 * DAY] -= 80.0

@@ -325,6 +325,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         if s_run <= 3:
             s_rr += 0.02 * ((1.0 if same else 0.0) - s_rr)
 
+        th_shaped = tail_shape and judged == CONTINUOUS and reason == BY_PROFILE  # the detector's _shaped
         # PeaksOverThreshold.value, for both thresholds: what the breach test and the alerts read
         # PeaksOverThreshold.shape and tail_reach
         th_xi = 0.0
@@ -442,8 +443,6 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 th_exc = th_run = th_learned = 0
                 th_bu = th_bm = th_bs = 0.0
                 th_bc = 0
-            # RobustZScoreDetector._shaped: only a continuous residual's tail has a shape to fit
-            th_shaped = tail_shape and judged == CONTINUOUS
             kind = judged
         offset = new_offset
         b_recent = recent

@@ -231,6 +231,13 @@ class RobustZScoreDetector(StreamDetector):
         return (self.opts.smooth and self.smooth_n >= self.opts.warmup // 2
                 and self.scale2 < SMOOTH_RATIO * self.scale)
 
+    def _shaped(self, j: _Judgement) -> bool:
+        """Whether the deviation threshold fits its tail's shape for this sample: only while the deviation is
+        a profile residual, which is noise. A burst's or a level's score is mostly exactly 0 (the moments of
+        such a mixture say nothing about a tail); the trend predictor's residual on a smooth series is its
+        own error, not noise, and a shape fitted to it would only flatten the calibrated scores."""
+        return self.opts.tail_shape and j.kind == CONTINUOUS and j.reason == BY_PROFILE
+
     def _judge(self, time_ms: int, value: float) -> _Judgement:
         opts = self.opts
         base = self.profile.value(time_ms)
@@ -301,6 +308,7 @@ class RobustZScoreDetector(StreamDetector):
 
         j = self._judge(time_ms, value)
         th, dr = self.threshold, self.drift_threshold
+        th.shaped = self._shaped(j)
         dev_threshold, drift_threshold = th.value, dr.value
         run = self.stuck.update(value, self.stuck_open)
         required = self.stuck.required(sparse=j.kind == SPARSE, seasoned=seasoned)
@@ -333,9 +341,7 @@ class RobustZScoreDetector(StreamDetector):
                 logger.debug("%s/%s: judged as a %s series from now on", self.device, self.metric,
                              _KIND_NAMES[j.kind])
                 self.threshold = opts.new_threshold()
-            # Only a continuous residual's tail has a shape to fit: a burst's or a level's score is mostly
-            # exactly 0, and the moments of such a mixture say nothing about its tail.
-            self.threshold.shaped = opts.tail_shape and j.kind == CONTINUOUS
+                self.threshold.shaped = self._shaped(j)
             self.kind = j.kind
         self.offset = j.offset
         self.bursts.recent = j.recent
