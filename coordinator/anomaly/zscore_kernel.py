@@ -33,6 +33,7 @@ from coordinator.anomaly.alert import Alert
 from coordinator.anomaly.base import StreamDetector
 from coordinator.anomaly.bursts import MIN_LOG_SCALE, RATE_ALPHA
 from coordinator.anomaly.episode import SETTLED as SETTLED_NOISE
+from coordinator.anomaly.episode import SETTLED_DRIFT
 from coordinator.anomaly.plugins.robust_zscore import (  # it imports us lazily
     _GAUSS_MAD,
     _KIND_NAMES,
@@ -381,6 +382,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
             noise = sc / (y if y > calm_scale else calm_scale)
         else:
             noise = 1.0
+        moving = drift / drift_threshold if judged == CONTINUOUS and seasoned and drifting else 0.0
 
         # EpisodeGate.update
         opened = False
@@ -400,7 +402,8 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 g_normal += 1
                 x = close_span * g_span
                 needed = x if x > close_after else close_after
-                settled = noise <= SETTLED_NOISE and (g_span <= close_after or g_normal >= min_calm)
+                settled = noise <= SETTLED_NOISE and moving <= SETTLED_DRIFT and (g_span <= close_after
+                                                                                 or g_normal >= min_calm)
                 if g_normal >= needed and (close_span == 0.0 or settled or g_normal >= 100.0 * needed):
                     g_open = False
         if opened and not alerted:

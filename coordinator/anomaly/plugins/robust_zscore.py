@@ -323,7 +323,9 @@ class RobustZScoreDetector(StreamDetector):
         breach = warm and not self.stuck_open and (j.deviation > dev_threshold
                                                    or (seasoned and j.drifting and j.drift > drift_threshold))
         noise = j.scale / max(self.calm_scale, self._floor(j.expected)) if j.kind == CONTINUOUS else 1.0
-        if self.gate.update(breach, noise) and alert is None:
+        # How far along its threshold the drift chart is: an episode stays open while the level still moves.
+        moving = j.drift / drift_threshold if j.kind == CONTINUOUS and seasoned and j.drifting else 0.0
+        if self.gate.update(breach, noise, moving) and alert is None:
             alert = self._value_alert(time_ms, value, j.deviation, j.drift, j.expected, j.base, j.offset,
                                       scale=j.scale, threshold=dev_threshold, drift_threshold=drift_threshold,
                                       reason=j.reason, centre=j.centre, spread=j.spread,
