@@ -267,6 +267,36 @@ def test_the_streams_hold_every_kind_of_event(detector_logs: Logs) -> None:
     assert accepted > 10 and changed > 3 and ints > 100 and bad > 10
 
 
+@pytest.mark.parametrize("tail_shape", [True, False])
+def test_kernel_is_step_bit_for_bit_with_a_shaped_tail(tail_shape: bool) -> None:
+    """A heavy-tailed gauge (Student t noise, spikes, a level shift and a sparse stretch that resets the
+    threshold): the deviation threshold measures a shape, and alerts are built from the shaped tail."""
+    rng = np.random.default_rng(42)
+    n = 6000
+    values = 50.0 + 5.0 * np.sin(2 * math.pi * np.arange(n) / 288) + rng.standard_t(3, n)
+    values[rng.integers(300, n, 12)] += rng.choice([-1.0, 1.0], 12) * 40.0
+    values[3000:4000] = np.where(rng.random(1000) < 0.98, 0.0, values[3000:4000])
+    values[4500:] += 25.0
+    opts = RobustZScoreOptions(tail_shape=tail_shape)
+    one, many = RobustZScoreDetector("gw-1", "cpu", opts), RobustZScoreDetector("gw-1", "cpu", opts)
+    shapes, kinds, alerts = [], set(), 0
+    for start in range(0, n, 500):
+        times = [i * 5 * MINUTE for i in range(start, start + 500)]
+        chunk = values[start:start + 500].tolist()
+        expected = []
+        for i, (t, v) in enumerate(zip(times, chunk, strict=True)):
+            if (a := one.step(t, v)) is not None:
+                expected.append((i, a))
+            kinds.add(one.kind)
+            shapes.append(one.threshold.shape)
+        assert typed(RUN_KERNEL(many, times, chunk)) == typed(expected), start
+        assert typed(many) == typed(one), start
+        alerts += len(expected)
+    assert (max(shapes) > 0.0) is tail_shape
+    assert kinds == {CONTINUOUS, SPARSE} and one.kind == CONTINUOUS  # a reset threshold, shaped again
+    assert alerts > 5
+
+
 def test_short_runs_take_step_and_a_disabled_jit_runs_the_kernel_as_python(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> None:

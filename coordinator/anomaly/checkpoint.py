@@ -18,8 +18,9 @@ from schemas.errors import CodecError, UnsupportedVersion
 __all__ = ["MAGIC", "VERSION", "decode_checkpoint", "encode_checkpoint"]
 
 MAGIC = b"EBANOM"
-#: Bump when any detector's pickled layout changes incompatibly (2: series shapes, bursts, episode spans).
-VERSION = 2
+#: Bump when any detector's pickled layout changes incompatibly (2: series shapes, bursts, episode spans;
+#: 3: the thresholds' tail shapes).
+VERSION = 3
 
 #: Modules whose classes moved after checkpoints naming them were written: old name -> new name.
 #: Pickle stores a class by module path, so a checkpoint from before a move still restores.

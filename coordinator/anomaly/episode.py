@@ -6,6 +6,8 @@ __all__ = ["EpisodeGate"]
 
 #: How much noisier than usual a stream may be for its episode to close.
 SETTLED = 1.5
+#: How near its threshold (as a share of it) a level still moving may be for its episode to close.
+SETTLED_DRIFT = 0.5
 
 
 class EpisodeGate:
@@ -20,7 +22,11 @@ class EpisodeGate:
     episode, while a spike's episode still closes after ``close_after``.
     When the caller says how much noisier than usual the stream is now, the
     episode also waits until that is at most :data:`SETTLED` (a noisy anomaly
-    the detector learned to live with is not over until the noise is) and,
+    the detector learned to live with is not over until the noise is), until
+    the drift chart, when the caller gives it, is at most :data:`SETTLED_DRIFT`
+    of its threshold (a drift whose level the detector accepted is not over
+    while the level keeps moving: closing then alerts again and again along
+    one ramp) and,
     unless the episode was a blip (a span of at most ``close_after``), for
     ``min_calm`` calm samples (the time a noise scale takes to show it); or a
     hundred times as many calm samples. ``close_span = 0`` is a fixed count.
@@ -48,9 +54,10 @@ class EpisodeGate:
         self.age = 0  # samples since the episode opened, the opening one included
         self.span = 0  # age at the latest breach
 
-    def update(self, breach: bool, noise: float = 1.0) -> bool:
-        """Record one sample (``noise``: the stream's noise scale now over its usual one, when known);
-        True when it opens a new episode (the one sample to alert on)."""
+    def update(self, breach: bool, noise: float = 1.0, drift: float = 0.0) -> bool:
+        """Record one sample (``noise``: the stream's noise scale now over its usual one, ``drift``: its
+        drift chart over the chart's threshold, when known); True when it opens a new episode (the one
+        sample to alert on)."""
         if breach:
             self.normal_run = 0
             self.breach_run += 1
@@ -66,7 +73,8 @@ class EpisodeGate:
             self.age += 1
             self.normal_run += 1
             needed = max(self.close_after, self.close_span * self.span)
-            settled = noise <= SETTLED and (self.span <= self.close_after or self.normal_run >= self.min_calm)
+            settled = noise <= SETTLED and drift <= SETTLED_DRIFT and (self.span <= self.close_after
+                                                                      or self.normal_run >= self.min_calm)
             if self.normal_run >= needed and (self.close_span == 0.0 or settled
                                               or self.normal_run >= 100.0 * needed):
                 self.is_open = False

@@ -27,7 +27,7 @@ def bool_option(where: str, options: Mapping[str, Any], key: str, default: bool)
 @dataclass(frozen=True, slots=True)
 class AlertingOptions:
     """The keys every online detector shares: the adaptive threshold (risk, base_quantile,
-    threshold_rate, min_threshold, threshold_settle), episodes (close_after, close_span,
+    threshold_rate, min_threshold, threshold_settle, tail_shape), episodes (close_after, close_span,
     adapt_after), the stuck check (stuck_samples, stuck_improbability, constant_prone,
     stuck_run_ratio), severity (critical_ratio) and forecasts (forecast_z). A detector's options
     extend it.
@@ -38,6 +38,7 @@ class AlertingOptions:
     threshold_rate: float = 0.05
     min_threshold: float = 4.0
     threshold_settle: int = 200
+    tail_shape: bool = True
     close_after: int = 10
     close_span: float = 0.5
     adapt_after: int = 20
@@ -48,10 +49,12 @@ class AlertingOptions:
     critical_ratio: float = 2.0
     forecast_z: float = 2.0
 
-    def new_threshold(self) -> PeaksOverThreshold:
-        """A fresh adaptive threshold with these settings."""
+    def new_threshold(self, *, shaped: bool = True) -> PeaksOverThreshold:
+        """A fresh adaptive threshold with these settings (``shaped``: it may fit the tail's shape, when
+        ``tail_shape`` is on; a smooth control chart's tail is not a residual's)."""
         return PeaksOverThreshold(base_quantile=self.base_quantile, risk=self.risk, floor=self.min_threshold,
-                                  rate=self.threshold_rate, settle=self.threshold_settle)
+                                  rate=self.threshold_rate, settle=self.threshold_settle,
+                                  shape=shaped and self.tail_shape)
 
     def new_gate(self, min_calm: int = 0) -> EpisodeGate:
         """A fresh episode gate with these settings (``min_calm``: see :class:`EpisodeGate`)."""
@@ -79,6 +82,8 @@ def alerting_options(where: str, options: Mapping[str, Any], defaults: AlertingO
         # 0: the threshold settles until it has seen 20 excess runs (how long depends on the stream).
         "threshold_settle": int_option(where, options, "threshold_settle", d.threshold_settle, low=0,
                                        high=1_000_000),
+        # false: the exponential tail whatever the scores' shape (heavy-tailed noise then alerts more often).
+        "tail_shape": bool_option(where, options, "tail_shape", d.tail_shape),
         "close_after": int_option(where, options, "close_after", d.close_after, low=1, high=1_000_000),
         # 0: a fixed count of calm samples closes an episode.
         "close_span": float_option(where, options, "close_span", d.close_span, low=0, high=100),

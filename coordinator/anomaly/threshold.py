@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PeaksOverThreshold", "calibrated_score", "tail_probability"]
+__all__ = ["PeaksOverThreshold", "calibrated_score", "tail_reach", "tail_probability"]
 
 #: The longest the first excess run of a settling threshold lasts (see PeaksOverThreshold.learn).
 FIRST_RUN = 20
@@ -12,6 +12,19 @@ FIRST_RUN = 20
 SETTLING_FLOOR = 1.5
 #: Decades of improbability (-log10 of the tail) that a calibrated score of 0.5 stands for.
 _HALF_TAIL_DECADES = 4.0
+#: The quantile of the scores above which the tail's shape is measured (the body: many excesses a day).
+BODY_QUANTILE = 0.9
+#: The slowest the body's excess moments forget (a memory of about 200 excesses, two days at 5 min).
+BODY_RATE = 0.005
+#: The excesses the body's moments remember (an exponential average's effective sample size).
+BODY_MEMORY = 2.0 / BODY_RATE
+#: Excesses over the body quantile seen before the measured shape counts.
+MIN_BODY = 50
+#: Standard errors added to the measured shape: a threshold set where the tail may still be, not only where
+#: it most likely is (false alerts cost more than a few sd of sensitivity on a heavy-tailed series).
+SHAPE_DOUBT = 1.0
+#: The largest tail shape used (a Student t with about 3 degrees of freedom); moments beyond it mislead.
+MAX_SHAPE = 0.3
 
 
 def calibrated_score(tail: float) -> float:
@@ -30,19 +43,31 @@ def calibrated_score(tail: float) -> float:
     return decades / (decades + _HALF_TAIL_DECADES)
 
 
-def tail_probability(score: float, u: float, mean_excess: float, cluster_rate: float, risk: float) -> float:
+def tail_reach(shape: float, decades: float) -> float:
+    """How many mean excesses beyond ``u`` a generalised Pareto tail of this ``shape`` with that mean
+    falls by ``decades`` e-folds (``decades`` itself for the exponential tail, shape 0)."""
+    if shape == 0.0:
+        return decades
+    return (1.0 - shape) * math.expm1(shape * decades) / shape
+
+
+def tail_probability(score: float, u: float, mean_excess: float, cluster_rate: float, risk: float,
+                     shape: float = 0.0) -> float:
     """The chance that a normal sample scores at least ``score``, from a :class:`PeaksOverThreshold`'s state.
 
     The fitted tail beyond ``u`` (so ``risk`` at the threshold, unless the
-    floor holds it up), and below ``u`` a geometric path from 1 at a score of
-    0. Alert builders call it with the numbers the threshold had at the
-    alerting sample.
+    floor holds it up): exponential, or a generalised Pareto tail of that
+    ``shape`` and the same mean excess; below ``u`` a geometric path from 1
+    at a score of 0. Alert builders call it with the numbers the threshold
+    had at the alerting sample.
     """
     rate = max(cluster_rate, risk)
     if score < u:
         return rate ** (score / u) if score > 0.0 else 1.0
     if mean_excess <= 0.0:
         return rate if score <= u else 0.0
+    if shape > 0.0:
+        return rate * float((1.0 + shape * (score - u) / ((1.0 - shape) * mean_excess)) ** (-1.0 / shape))
     return rate * math.exp(-(score - u) / mean_excess)
 
 
@@ -64,6 +89,16 @@ class PeaksOverThreshold:
     since a tail fitted on a few hundred scores is still a guess. State is a
     handful of numbers.
 
+    An exponential tail is right for Gaussian-like noise and wrong for heavy
+    tails (a Student t, bursty residuals): fitted at ``u`` it puts the
+    threshold where normal data still crosses several times as often as
+    ``risk`` says. With ``shape`` it measures the tail's shape where there
+    are many excesses, over the scores' :data:`BODY_QUANTILE` (the method of
+    moments of a generalised Pareto fit: ``xi = (R - 2) / (2 (R - 1))`` with
+    ``R = E[e^2] / E[e]^2``), and extrapolates from ``u`` with it. A light
+    tail measures a negative shape and keeps the exponential (shape 0), so
+    only series whose noise is heavy-tailed get a higher threshold.
+
     >>> pot = PeaksOverThreshold(base_quantile=0.9, risk=1e-3, floor=0.0, rate=0.05)
     >>> for i in range(5000):
     ...     pot.learn((i * 7919 % 1000) / 1000)  # uniform on [0, 1)
@@ -71,11 +106,12 @@ class PeaksOverThreshold:
     True
     """
 
-    __slots__ = ("base_quantile", "cluster_max", "cluster_rate", "excesses", "floor", "learned",
-                 "mean_excess", "rate", "risk", "run", "settle", "u")
+    __slots__ = ("base_quantile", "body_count", "body_mean", "body_sq", "body_u", "cluster_max",
+                 "cluster_rate", "excesses", "floor", "learned", "mean_excess", "rate", "risk", "run",
+                 "settle", "shaped", "u")
 
     def __init__(self, *, base_quantile: float, risk: float, floor: float, rate: float,
-                 settle: int = 0) -> None:
+                 settle: int = 0, shape: bool = False) -> None:
         self.base_quantile = base_quantile
         self.floor = floor
         self.rate = rate
@@ -88,18 +124,39 @@ class PeaksOverThreshold:
         self.excesses = 0
         self.run = 0
         self.cluster_max = 0.0
+        self.shaped = shape
+        self.body_u = 0.0  # the scores' BODY_QUANTILE
+        self.body_mean = 0.0  # the first two moments of the excesses over it
+        self.body_sq = 0.0
+        self.body_count = 0
+
+    @property
+    def shape(self) -> float:
+        """The tail's measured shape, in [0, MAX_SHAPE] (0: exponential, also until it is measured)."""
+        if not self.shaped or self.body_count < MIN_BODY or not self.body_mean > 0.0:
+            return 0.0
+        ratio = self.body_sq / (self.body_mean * self.body_mean)
+        if not ratio > 1.0:  # not a number (or a single value): exponential
+            return 0.0
+        # The estimate plus SHAPE_DOUBT standard errors (about 1 / sqrt(n) for a tail near exponential).
+        seen = self.body_count if self.body_count < BODY_MEMORY else BODY_MEMORY
+        xi = 0.5 * (ratio - 2.0) / (ratio - 1.0) + SHAPE_DOUBT / math.sqrt(seen)
+        if not xi > 0.0:
+            return 0.0
+        return xi if xi < MAX_SHAPE else MAX_SHAPE
 
     @property
     def value(self) -> float:
         """The current threshold."""
-        # P(a cluster's peak exceeds u + x) per sample = cluster_rate * exp(-x / mean_excess) = risk.
+        # P(a cluster's peak exceeds u + x) per sample = cluster_rate * exp(-x / mean_excess) = risk, or with
+        # a generalised Pareto tail, cluster_rate * (1 + xi x / sigma) ** (-1 / xi), sigma = (1 - xi) mean.
         tail = math.log(max(self.cluster_rate, self.risk) / self.risk)
         floor = SETTLING_FLOOR * self.floor if self.learned < self.settle else self.floor
-        return max(floor, self.u + self.mean_excess * tail)
+        return max(floor, self.u + self.mean_excess * tail_reach(self.shape, tail))
 
     def tail(self, score: float) -> float:
         """The estimated chance that a normal sample scores at least ``score`` (:func:`tail_probability`)."""
-        return tail_probability(score, self.u, self.mean_excess, self.cluster_rate, self.risk)
+        return tail_probability(score, self.u, self.mean_excess, self.cluster_rate, self.risk, self.shape)
 
     def learn(self, score: float) -> None:
         """Move the base quantile and the tail estimate toward one normal score.
@@ -111,6 +168,8 @@ class PeaksOverThreshold:
         stream with few excess runs (a sparse counter's chart) would take long
         to see 20 of them: ``settle`` counts scores instead.
         """
+        if self.shaped:
+            self._learn_body(score)
         # A step proportional to the tail's width keeps the estimate free of the score's units.
         step = self.rate * max(self.mean_excess, 0.02 * self.u, 1e-3)
         settling = self.learned < self.settle if self.settle else self.excesses < 20
@@ -135,3 +194,17 @@ class PeaksOverThreshold:
             self.run = 0
             self.cluster_max = 0.0
         self.u -= step * (1.0 - self.base_quantile)
+
+    def _learn_body(self, score: float) -> None:
+        """Move the body quantile and its excess moments toward one normal score (every excess counts:
+        the shape of the scores' distribution, not of their clusters)."""
+        step = self.rate * max(self.body_mean, 0.02 * self.body_u, 1e-3)
+        if score > self.body_u:
+            self.body_count = min(self.body_count + 1, 1_000_000)
+            weight = max(1.0 / self.body_count, BODY_RATE)
+            excess = score - self.body_u
+            self.body_mean += weight * (excess - self.body_mean)
+            self.body_sq += weight * (excess * excess - self.body_sq)
+            self.body_u += step * BODY_QUANTILE
+        else:
+            self.body_u -= step * (1.0 - BODY_QUANTILE)

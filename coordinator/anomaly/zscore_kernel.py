@@ -33,6 +33,7 @@ from coordinator.anomaly.alert import Alert
 from coordinator.anomaly.base import StreamDetector
 from coordinator.anomaly.bursts import MIN_LOG_SCALE, RATE_ALPHA
 from coordinator.anomaly.episode import SETTLED as SETTLED_NOISE
+from coordinator.anomaly.episode import SETTLED_DRIFT
 from coordinator.anomaly.plugins.robust_zscore import (  # it imports us lazily
     _GAUSS_MAD,
     _KIND_NAMES,
@@ -53,7 +54,16 @@ from coordinator.anomaly.series_shape import (
     SPARSE_ZEROS,
 )
 from coordinator.anomaly.stuck import MIN_RUNS
-from coordinator.anomaly.threshold import FIRST_RUN, SETTLING_FLOOR
+from coordinator.anomaly.threshold import (
+    BODY_MEMORY,
+    BODY_QUANTILE,
+    BODY_RATE,
+    FIRST_RUN,
+    MAX_SHAPE,
+    MIN_BODY,
+    SETTLING_FLOOR,
+    SHAPE_DOUBT,
+)
 
 __all__ = ["AVAILABLE", "run_kernel", "step_many_kernel", "warm_up"]
 
@@ -78,13 +88,14 @@ F_DR_U, F_DR_ME, F_DR_CR, F_DR_CMAX = 13, 14, 15, 16
 F_S_LAST, F_S_RR, F_S_SHARE = 17, 18, 19
 F_SH_ZERO, F_SH_RES, F_SH_LARGEST, F_SH_LAST = 20, 21, 22, 23
 F_B_RECENT, F_B_RATE, F_B_LOG_MEAN, F_B_LOG_SCALE = 24, 25, 26, 27
-F_SIZE = 28
-C_BIN_MS, C_RATE_DIV, C_CLIP, C_LEVEL_ALPHA, C_SCALE_ALPHA, C_OFF_SCALE_ALPHA = 28, 29, 30, 31, 32, 33
-C_TH_BQ, C_TH_FLOOR, C_TH_RATE, C_TH_RISK, C_TH_DOWN = 34, 35, 36, 37, 38
-C_DR_BQ, C_DR_FLOOR, C_DR_RATE, C_DR_RISK, C_DR_DOWN = 39, 40, 41, 42, 43
-C_S_LOG_IMPROBABILITY, C_S_PRONE, C_S_RATIO = 44, 45, 46
-C_RES_FLOOR, C_DRIFT_MIN_SHIFT, C_CLOSE_SPAN, C_B_ALPHA, C_B_SIZE_ALPHA = 47, 48, 49, 50, 51
-P0 = 52
+F_TH_BU, F_TH_BM, F_TH_BS = 28, 29, 30  # the deviation threshold's body quantile and excess moments
+F_SIZE = 31
+C_BIN_MS, C_RATE_DIV, C_CLIP, C_LEVEL_ALPHA, C_SCALE_ALPHA, C_OFF_SCALE_ALPHA = 31, 32, 33, 34, 35, 36
+C_TH_BQ, C_TH_FLOOR, C_TH_RATE, C_TH_RISK, C_TH_DOWN = 37, 38, 39, 40, 41
+C_DR_BQ, C_DR_FLOOR, C_DR_RATE, C_DR_RISK, C_DR_DOWN = 42, 43, 44, 45, 46
+C_S_LOG_IMPROBABILITY, C_S_PRONE, C_S_RATIO = 47, 48, 49
+C_RES_FLOOR, C_DRIFT_MIN_SHIFT, C_CLOSE_SPAN, C_B_ALPHA, C_B_SIZE_ALPHA = 50, 51, 52, 53, 54
+P0 = 55
 # The int buffer: the state (I_*: every int and bool, None as a has-flag, and where the last/first times
 # came from), the constants (K_*), then from Q0 the profile's counts.
 I_N, I_LAST_MS, I_HAS_LAST, I_FIRST_MS, I_HAS_FIRST = 0, 1, 2, 3, 4
@@ -94,21 +105,22 @@ I_S_RUN, I_S_CHANGES, I_S_RUNS, I_S_LONGEST, I_S_SAMPLES, I_STUCK_OPEN = 16, 17,
 I_SH_COUNT, I_SH_NLEVELS, I_SH_MANY = 22, 23, 24
 I_B_SEEN, I_B_SIZES, I_SMOOTH_N, I_KIND = 25, 26, 27, 28
 I_LAST_INDEX, I_FIRST_INDEX = 29, 30  # sample index that set last_ms (and stuck.last) / first_ms, or -1
-I_SIZE = 31
-K_WARMUP, K_HALF_WARMUP, K_SEASON_MS, K_PERIOD = 31, 32, 33, 34
-K_ADAPT_AFTER, K_CLOSE_AFTER, K_S_MIN = 35, 36, 37
-K_TH_SETTLE, K_DR_SETTLE, K_SERIES, K_MAX_LEVELS, K_DRIFT, K_SMOOTH, K_NBINS = 38, 39, 40, 41, 42, 43, 44
-K_MIN_CALM = 45
-Q0 = 46
+I_TH_BCOUNT, I_TH_SHAPED = 31, 32  # the deviation threshold's body excesses; whether it fits a shape
+I_SIZE = 33
+K_WARMUP, K_HALF_WARMUP, K_SEASON_MS, K_PERIOD = 33, 34, 35, 36
+K_ADAPT_AFTER, K_CLOSE_AFTER, K_S_MIN = 37, 38, 39
+K_TH_SETTLE, K_DR_SETTLE, K_SERIES, K_MAX_LEVELS, K_DRIFT, K_SMOOTH, K_NBINS = 40, 41, 42, 43, 44, 45, 46
+K_MIN_CALM, K_TAIL_SHAPE = 47, 48
+Q0 = 49
 # Event rows: (index, kind, then the numbers the alert builder or the log line needs).
 EV_STUCK, EV_VALUE, EV_LEVEL, EV_KIND = 0.0, 1.0, 2.0, 3.0
 E_INDEX, E_KIND, E_DEVIATION, E_DRIFT, E_EXPECTED, E_BASE, E_OFFSET, E_SCALE = 0, 1, 2, 3, 4, 5, 6, 7
 E_THRESHOLD, E_DRIFT_THRESHOLD, E_RUN, E_REQUIRED = 8, 9, 10, 11
 E_REASON, E_CENTRE, E_SPREAD, E_RECENT, E_RATE = 12, 13, 14, 15, 16
-E_TH_U, E_TH_ME, E_TH_CR, E_DR_U, E_DR_ME, E_DR_CR = 17, 18, 19, 20, 21, 22
+E_TH_U, E_TH_ME, E_TH_CR, E_DR_U, E_DR_ME, E_DR_CR, E_TH_XI = 17, 18, 19, 20, 21, 22, 23
 E_RUN_SHIFT, E_BREACH_RUN = 2, 3  # the level event's columns
 E_NEW_KIND = 2  # the kind event's column
-E_SIZE = 23
+E_SIZE = 24
 EVENTS_PER_SAMPLE = 3  # an alert, a new kind and a level acceptance (adapt_after == 1) can share a sample
 
 
@@ -133,6 +145,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     warmup, half_warmup, season_ms = ints[K_WARMUP], ints[K_HALF_WARMUP], ints[K_SEASON_MS]
     period, adapt_after = ints[K_PERIOD], ints[K_ADAPT_AFTER]
     close_after, s_min, min_calm = ints[K_CLOSE_AFTER], ints[K_S_MIN], ints[K_MIN_CALM]
+    tail_shape = ints[K_TAIL_SHAPE] != 0
     th_settle, dr_settle, series = ints[K_TH_SETTLE], ints[K_DR_SETTLE], ints[K_SERIES]
     max_levels, drift_on, smooth_on, nbins = ints[K_MAX_LEVELS], ints[K_DRIFT] != 0, ints[K_SMOOTH] != 0, \
         ints[K_NBINS]
@@ -161,6 +174,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         floats[F_SH_LAST]
     b_recent, b_rate, b_log_mean, b_log_scale = floats[F_B_RECENT], floats[F_B_RATE], floats[F_B_LOG_MEAN], \
         floats[F_B_LOG_SCALE]
+    th_bu, th_bm, th_bs = floats[F_TH_BU], floats[F_TH_BM], floats[F_TH_BS]
     n, last_ms, has_last, first_ms, has_first = ints[I_N], ints[I_LAST_MS], ints[I_HAS_LAST] != 0, \
         ints[I_FIRST_MS], ints[I_HAS_FIRST] != 0
     th_exc, th_run, th_learned = ints[I_TH_EXC], ints[I_TH_RUN], ints[I_TH_LEARNED]
@@ -172,6 +186,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     sh_count, sh_nlevels, sh_many = ints[I_SH_COUNT], ints[I_SH_NLEVELS], ints[I_SH_MANY] != 0
     b_seen, b_sizes, smooth_n, kind = ints[I_B_SEEN], ints[I_B_SIZES], ints[I_SMOOTH_N], ints[I_KIND]
     last_index, first_index = ints[I_LAST_INDEX], ints[I_FIRST_INDEX]
+    th_bc, th_shaped = ints[I_TH_BCOUNT], ints[I_TH_SHAPED] != 0
     inf = math.inf
     sparse_stay = SPARSE_ZEROS - 0.1
     k = 0
@@ -311,8 +326,21 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         if s_run <= 3:
             s_rr += 0.02 * ((1.0 if same else 0.0) - s_rr)
 
+        th_shaped = tail_shape and judged == CONTINUOUS and reason == BY_PROFILE  # the detector's _shaped
         # PeaksOverThreshold.value, for both thresholds: what the breach test and the alerts read
-        x = th_u + th_me * math.log((th_risk if th_risk > th_cr else th_cr) / th_risk)
+        # PeaksOverThreshold.shape and tail_reach
+        th_xi = 0.0
+        if th_shaped and th_bc >= MIN_BODY and th_bm > 0.0:
+            x = th_bs / (th_bm * th_bm)
+            if x > 1.0:
+                y = th_bc if th_bc < BODY_MEMORY else BODY_MEMORY
+                y = 0.5 * (x - 2.0) / (x - 1.0) + SHAPE_DOUBT / math.sqrt(y)
+                if y > 0.0:
+                    th_xi = y if y < MAX_SHAPE else MAX_SHAPE
+        x = math.log((th_risk if th_risk > th_cr else th_cr) / th_risk)
+        if th_xi != 0.0:
+            x = (1.0 - th_xi) * math.expm1(th_xi * x) / th_xi
+        x = th_u + th_me * x
         y = SETTLING_FLOOR * th_floor if th_learned < th_settle else th_floor
         dev_threshold = x if x > y else y
         x = dr_u + dr_me * math.log((dr_risk if dr_risk > dr_cr else dr_cr) / dr_risk)
@@ -354,6 +382,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
             noise = sc / (y if y > calm_scale else calm_scale)
         else:
             noise = 1.0
+        moving = drift / drift_threshold if judged == CONTINUOUS and seasoned and drifting else 0.0
 
         # EpisodeGate.update
         opened = False
@@ -373,7 +402,8 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 g_normal += 1
                 x = close_span * g_span
                 needed = x if x > close_after else close_after
-                settled = noise <= SETTLED_NOISE and (g_span <= close_after or g_normal >= min_calm)
+                settled = noise <= SETTLED_NOISE and moving <= SETTLED_DRIFT and (g_span <= close_after
+                                                                                 or g_normal >= min_calm)
                 if g_normal >= needed and (close_span == 0.0 or settled or g_normal >= 100.0 * needed):
                     g_open = False
         if opened and not alerted:
@@ -399,6 +429,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
             events[e + E_DR_U] = dr_u
             events[e + E_DR_ME] = dr_me
             events[e + E_DR_CR] = dr_cr
+            events[e + E_TH_XI] = th_xi
             k += 1
 
         # _learn
@@ -413,6 +444,8 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 th_cr = 1.0 - th_bq
                 th_cmax = 0.0
                 th_exc = th_run = th_learned = 0
+                th_bu = th_bm = th_bs = 0.0
+                th_bc = 0
             kind = judged
         offset = new_offset
         b_recent = recent
@@ -550,6 +583,24 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         if close_span > 0.0 and g_open:
             continue
         if n > half_warmup:
+            if th_shaped:  # PeaksOverThreshold._learn_body
+                m = th_bm
+                x = 0.02 * th_bu
+                if x > m:
+                    m = x
+                if m < 1e-3:
+                    m = 1e-3
+                step = th_rate * m
+                if deviation > th_bu:
+                    th_bc = 1_000_000 if th_bc + 1 > 1_000_000 else th_bc + 1
+                    x = 1.0 / th_bc
+                    weight = BODY_RATE if x < BODY_RATE else x
+                    y = deviation - th_bu
+                    th_bm += weight * (y - th_bm)
+                    th_bs += weight * (y * y - th_bs)
+                    th_bu += step * BODY_QUANTILE
+                else:
+                    th_bu -= step * (1.0 - BODY_QUANTILE)
             m = th_me
             x = 0.02 * th_u
             if x > m:
@@ -618,6 +669,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         sh_zero, sh_res, sh_largest, sh_last
     floats[F_B_RECENT], floats[F_B_RATE], floats[F_B_LOG_MEAN], floats[F_B_LOG_SCALE] = \
         b_recent, b_rate, b_log_mean, b_log_scale
+    floats[F_TH_BU], floats[F_TH_BM], floats[F_TH_BS] = th_bu, th_bm, th_bs
     ints[I_N], ints[I_LAST_MS], ints[I_HAS_LAST], ints[I_FIRST_MS], ints[I_HAS_FIRST] = \
         n, last_ms, has_last, first_ms, has_first
     ints[I_TH_EXC], ints[I_TH_RUN], ints[I_TH_LEARNED] = th_exc, th_run, th_learned
@@ -629,6 +681,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     ints[I_SH_COUNT], ints[I_SH_NLEVELS], ints[I_SH_MANY] = sh_count, sh_nlevels, sh_many
     ints[I_B_SEEN], ints[I_B_SIZES], ints[I_SMOOTH_N], ints[I_KIND] = b_seen, b_sizes, smooth_n, kind
     ints[I_LAST_INDEX], ints[I_FIRST_INDEX] = last_index, first_index
+    ints[I_TH_BCOUNT], ints[I_TH_SHAPED] = th_bc, th_shaped
     return k
 
 
@@ -721,6 +774,7 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
                    stuck.last, stuck.repeat_rate, stuck.repeat_share,
                    shape.zero_rate, shape.resolution, shape.largest, shape.last,
                    bursts.recent, bursts.rate, bursts.log_mean, bursts.log_scale,
+                   th.body_u, th.body_mean, th.body_sq,
                    profile.bin_ms, profile.bin_ms * profile.memory_periods, opts.clip,  # C_*
                    opts.level_alpha, opts.scale_alpha, opts.scale_alpha / 10,
                    th.base_quantile, th.floor, th.rate, th.risk, 1.0 - th.base_quantile,
@@ -735,10 +789,11 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
                  gate.is_open, gate.normal_run, gate.breach_run, gate.age, gate.span,
                  stuck.run, stuck.changes, stuck.runs, stuck.longest, stuck.samples, det.stuck_open,
                  shape.count, nlevels, shape.many, bursts.seen, bursts.sizes, det.smooth_n, det.kind,
-                 -1, -1,
+                 -1, -1, th.body_count, th.shaped,
                  opts.warmup, opts.warmup // 2, opts.season_ms, profile.period_ms,  # K_*
                  opts.adapt_after, gate.close_after, stuck.min_samples, th.settle, dr.settle, det.series,
-                 shape.max_levels, opts.drift, opts.smooth, nbins, gate.min_calm, *profile.counts]
+                 shape.max_levels, opts.drift, opts.smooth, nbins, gate.min_calm, opts.tail_shape,
+                 *profile.counts]
     if compiled:
         floats, ints = np.array(floats, dtype=np.float64), np.array(ints, dtype=np.int64)
         events: Any = np.empty(EVENTS_PER_SAMPLE * count * E_SIZE, dtype=np.float64)
@@ -761,7 +816,8 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
                 row[E_OFFSET], scale=row[E_SCALE], threshold=row[E_THRESHOLD],
                 drift_threshold=row[E_DRIFT_THRESHOLD], reason=int(row[E_REASON]), centre=row[E_CENTRE],
                 spread=row[E_SPREAD], recent=row[E_RECENT], rate=row[E_RATE],
-                tails=(row[E_TH_U], row[E_TH_ME], row[E_TH_CR], row[E_DR_U], row[E_DR_ME], row[E_DR_CR]))))
+                tails=(row[E_TH_U], row[E_TH_ME], row[E_TH_CR], row[E_TH_XI], row[E_DR_U], row[E_DR_ME],
+                       row[E_DR_CR], 0.0))))
         elif kind == EV_STUCK:
             found.append((i, det._stuck_alert(times[i], values[i], int(row[E_RUN]), int(row[E_REQUIRED]),
                                               row[E_EXPECTED], scale=row[E_SCALE],
@@ -774,13 +830,15 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
      th.u, th.mean_excess, th.cluster_rate, th.cluster_max,
      dr.u, dr.mean_excess, dr.cluster_rate, dr.cluster_max, _, stuck.repeat_rate, stuck.repeat_share,
      shape.zero_rate, shape.resolution, shape.largest, shape.last,
-     bursts.recent, bursts.rate, bursts.log_mean, bursts.log_scale) = fl[:F_SIZE]
+     bursts.recent, bursts.rate, bursts.log_mean, bursts.log_scale,
+     th.body_u, th.body_mean, th.body_sq) = fl[:F_SIZE]
     (det.n, _, _, _, _, th.excesses, th.run, th.learned, dr.excesses, dr.run, dr.learned,
      g_open, gate.normal_run, gate.breach_run, gate.age, gate.span,
      stuck.run, stuck.changes, stuck.runs, stuck.longest, stuck.samples, stuck_open,
      shape.count, nlevels, many, bursts.seen, bursts.sizes, det.smooth_n, det.kind,
-     last_index, first_index) = il[:I_SIZE]
+     last_index, first_index, th.body_count, th_shaped) = il[:I_SIZE]
     gate.is_open, det.stuck_open, shape.many = bool(g_open), bool(stuck_open), bool(many)
+    th.shaped = bool(th_shaped)
     if last_index >= 0:  # the caller's objects, as step keeps them (an int value stays an int)
         det.last_ms, stuck.last = times[last_index], values[last_index]
     if first_index >= 0:

@@ -33,7 +33,9 @@ online, or fixed per metric with ``series``):
 
 The largest applicable score is the score: unbounded, so a bigger anomaly
 scores higher and alerts do not tie. A :class:`PeaksOverThreshold` threshold
-adapts to each stream's own tail and gives every alert a calibrated score in
+adapts to each stream's own tail (on a continuous series also to its shape,
+``tail_shape``: heavy-tailed noise gets a threshold further out instead of
+alerting on its own tail) and gives every alert a calibrated score in
 [0, 1]; an :class:`EpisodeGate` turns breaches into one alert per episode,
 kept open while the anomaly lasts; a :class:`StuckRun` catches frozen sensors
 (on constant-prone series, only runs far beyond their longest). Learning is
@@ -129,6 +131,10 @@ class RobustZScoreOptions(AlertingOptions):
         )
 
 
+#: The thresholds' tails at an alerting sample: (u, mean excess, cluster rate, shape), deviation then drift.
+Tails = tuple[float, float, float, float, float, float, float, float]
+
+
 class _Judgement(NamedTuple):
     """What :meth:`RobustZScoreDetector._judge` saw in one sample, before learning from it."""
 
@@ -188,7 +194,7 @@ class RobustZScoreDetector(StreamDetector):
         self.run_shift = 0.0
         self.threshold = opts.new_threshold()
         # The drift chart is smooth and autocorrelated: its tail differs from the residual's, so its own.
-        self.drift_threshold = opts.new_threshold()
+        self.drift_threshold = opts.new_threshold(shaped=False)
         # An episode's noise has settled only after the residual scale's memory (1 / scale_alpha samples).
         self.gate = opts.new_gate(min_calm=math.ceil(1.0 / opts.scale_alpha))
         self.stuck = opts.new_stuck()
@@ -224,6 +230,13 @@ class RobustZScoreDetector(StreamDetector):
         """Whether the trend predictor judges this series (it explains it far better than the profile)."""
         return (self.opts.smooth and self.smooth_n >= self.opts.warmup // 2
                 and self.scale2 < SMOOTH_RATIO * self.scale)
+
+    def _shaped(self, j: _Judgement) -> bool:
+        """Whether the deviation threshold fits its tail's shape for this sample: only while the deviation is
+        a profile residual, which is noise. A burst's or a level's score is mostly exactly 0 (the moments of
+        such a mixture say nothing about a tail); the trend predictor's residual on a smooth series is its
+        own error, not noise, and a shape fitted to it would only flatten the calibrated scores."""
+        return self.opts.tail_shape and j.kind == CONTINUOUS and j.reason == BY_PROFILE
 
     def _judge(self, time_ms: int, value: float) -> _Judgement:
         opts = self.opts
@@ -295,6 +308,7 @@ class RobustZScoreDetector(StreamDetector):
 
         j = self._judge(time_ms, value)
         th, dr = self.threshold, self.drift_threshold
+        th.shaped = self._shaped(j)
         dev_threshold, drift_threshold = th.value, dr.value
         run = self.stuck.update(value, self.stuck_open)
         required = self.stuck.required(sparse=j.kind == SPARSE, seasoned=seasoned)
@@ -309,13 +323,15 @@ class RobustZScoreDetector(StreamDetector):
         breach = warm and not self.stuck_open and (j.deviation > dev_threshold
                                                    or (seasoned and j.drifting and j.drift > drift_threshold))
         noise = j.scale / max(self.calm_scale, self._floor(j.expected)) if j.kind == CONTINUOUS else 1.0
-        if self.gate.update(breach, noise) and alert is None:
+        # How far along its threshold the drift chart is: an episode stays open while the level still moves.
+        moving = j.drift / drift_threshold if j.kind == CONTINUOUS and seasoned and j.drifting else 0.0
+        if self.gate.update(breach, noise, moving) and alert is None:
             alert = self._value_alert(time_ms, value, j.deviation, j.drift, j.expected, j.base, j.offset,
                                       scale=j.scale, threshold=dev_threshold, drift_threshold=drift_threshold,
                                       reason=j.reason, centre=j.centre, spread=j.spread,
                                       recent=j.recent, rate=self.bursts.rate,
-                                      tails=(th.u, th.mean_excess, th.cluster_rate, dr.u, dr.mean_excess,
-                                             dr.cluster_rate))
+                                      tails=(th.u, th.mean_excess, th.cluster_rate, th.shape, dr.u,
+                                             dr.mean_excess, dr.cluster_rate, dr.shape))
 
         self._learn(time_ms, value, breach, j, j.drift if seasoned else None)
         return alert
@@ -327,6 +343,7 @@ class RobustZScoreDetector(StreamDetector):
                 logger.debug("%s/%s: judged as a %s series from now on", self.device, self.metric,
                              _KIND_NAMES[j.kind])
                 self.threshold = opts.new_threshold()
+                self.threshold.shaped = self._shaped(j)
             self.kind = j.kind
         self.offset = j.offset
         self.bursts.recent = j.recent
@@ -410,14 +427,14 @@ class RobustZScoreDetector(StreamDetector):
     def _value_alert(self, time_ms: int, value: float, deviation: float, drift: float,
                      expected: float, base: float, offset: float, *, scale: float, threshold: float,
                      drift_threshold: float, reason: int, centre: float, spread: float, recent: float,
-                     rate: float, tails: tuple[float, float, float, float, float, float]) -> Alert:
+                     rate: float, tails: Tails) -> Alert:
         risk = self.opts.risk
         bursts = reason == BY_BURSTS
         # Outside the log-size scale's range a burst's "largest usual size" is not a number.
         largest = math.exp(min(centre + threshold * spread, 709.0)) if bursts else 0.0
         if deviation / threshold >= drift / drift_threshold:
             kind, score = AlertKind.DEVIATION, deviation
-            tail = tail_probability(score, tails[0], tails[1], tails[2], risk)
+            tail = tail_probability(score, tails[0], tails[1], tails[2], risk, tails[3])
             if reason == BY_TREND:
                 side = "above" if value > centre else "below"
                 text = (f"value {_fmt(value)} is {deviation:.1f} robust sd {side} the {_fmt(centre)} its "
@@ -438,13 +455,13 @@ class RobustZScoreDetector(StreamDetector):
                 low, high = expected - threshold * scale, expected + threshold * scale
         elif bursts:  # the burst-rate chart: a storm is a sudden departure, whatever chart caught it
             kind, score, threshold = AlertKind.DEVIATION, drift, drift_threshold
-            tail = tail_probability(score, tails[3], tails[4], tails[5], risk)
+            tail = tail_probability(score, tails[4], tails[5], tails[6], risk, tails[7])
             text = (f"bursts in {100 * recent:.0f}% of recent samples against the usual {100 * rate:.1f}% "
                     f"({drift:.1f} sd above)")
             low, high = min(0.0, value), max(0.0, largest)
         else:
             kind, score, threshold = AlertKind.DRIFT, drift, drift_threshold
-            tail = tail_probability(score, tails[3], tails[4], tails[5], risk)
+            tail = tail_probability(score, tails[4], tails[5], tails[6], risk, tails[7])
             side = "above" if offset > 0 else "below"
             text = (f"recent level {_fmt(base + offset)} has drifted {drift:.1f} sd {side} the usual "
                     f"{_fmt(base)} for this time")
