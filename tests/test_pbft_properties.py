@@ -19,7 +19,12 @@ from protocols.pbft.replica import Replica
 from protocols.pbft.sim import PbftRunReport, PbftSimConfig, run_seed
 from protocols.sim.network import CALM
 from tests.pbft_variants import (
-    CredulousClient, ExecutesDuplicates, IgnoresEvidence, NeverChangesView, SmallQuorums, TrustsSignatures,
+    CredulousClient,
+    ExecutesDuplicates,
+    IgnoresEvidence,
+    NeverChangesView,
+    SmallQuorums,
+    TrustsSignatures,
 )
 
 SEEDS = st.integers(0, 2**32 - 1)

@@ -24,7 +24,9 @@ class Accepted:
 class Client:
     """One outstanding request at a time; ``tick`` returns the request again while it is unanswered."""
 
-    def __init__(self, config: PbftConfig, signer: Signer, verifier: Verifier, first_timestamp: int = 1) -> None:
+    def __init__(
+        self, config: PbftConfig, signer: Signer, verifier: Verifier, first_timestamp: int = 1,
+    ) -> None:
         self.cfg = config
         self.id = signer.identity
         self._signer = signer

@@ -16,7 +16,7 @@ Slot = tuple[str, int, int]
 
 
 def statement(s: Signed) -> tuple[Slot, bytes] | None:
-    """The slot a signed record speaks for and what it says there, for records an honest signer never varies."""
+    """The slot a signed record speaks for and what it says there (records an honest signer never varies)."""
     m = s.msg
     if isinstance(m, Header):
         return ("pre-prepare", m.view, m.seq), m.digest
@@ -40,6 +40,7 @@ def offender(ev: Evidence, verifier: Verifier) -> str | None:
     a, b = ev.first, ev.second
     if not conflicts(a, b):
         return None
-    if not (verifier.verify(a.signer, a.body, a.signature) and verifier.verify(b.signer, b.body, b.signature)):
-        return None
+    for s in (a, b):
+        if not verifier.verify(s.signer, s.body, s.signature):
+            return None
     return a.signer

@@ -24,6 +24,9 @@ import msgpack
 from schemas.errors import CodecError, PayloadTooLarge, UnsupportedVersion
 
 WIRE_VERSION = 1
+_DECODE_ERRORS = (
+    ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+)
 MAX_FRAME_BYTES = 1 << 20
 MAX_ID = 64
 DIGEST_BYTES = 32
@@ -173,7 +176,9 @@ class StateReply:
         _check_nat("seq", self.seq)
 
 
-Body = Union[Request, Header, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, StateRequest, StateReply]
+Body = Union[  # noqa: UP007 (a runtime alias of forward references)
+    Request, Header, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, StateRequest, StateReply
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +215,7 @@ class Evidence:
     second: Signed
 
 
-Frame = Union[Signed, PrePrepare, Evidence]
+Frame = Signed | PrePrepare | Evidence
 
 # ------------------------------------------------------------------ encoding
 
@@ -253,7 +258,7 @@ def _fields(m: Body) -> list[Any]:
 
 def encode_body(m: Body) -> bytes:
     """The canonical bytes a signature covers."""
-    return msgpack.packb([_TAGS[type(m)], *_fields(m)], use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb([_TAGS[type(m)], *_fields(m)], use_bin_type=True)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -263,7 +268,7 @@ def encode_frame(frame: Frame) -> bytes:
         payload = ["pp", _pp(frame)]
     else:
         payload = ["ev", [_signed(frame.first), _signed(frame.second)]]
-    return msgpack.packb([WIRE_VERSION, *payload], use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb([WIRE_VERSION, *payload], use_bin_type=True)
 
 
 def batch_digest(batch: Sequence[Signed]) -> bytes:
@@ -337,9 +342,8 @@ def _decode_fields(tag: str, f: list[Any]) -> Body:
         return Checkpoint(_int(s), _bin(d))
     if tag == "vc":
         v, s, proof, prepared = _list(f, 4)
-        proofs = tuple(
-            PreparedProof(_dec_pp(pp), _dec_signed_list(ps)) for pp, ps in (_list(p, 2) for p in _list(prepared))
-        )
+        pairs = (_list(p, 2) for p in _list(prepared))
+        proofs = tuple(PreparedProof(_dec_pp(pp), _dec_signed_list(ps)) for pp, ps in pairs)
         return ViewChange(_int(v), _int(s), _dec_signed_list(proof), proofs)
     if tag == "nv":
         v, vcs, pps = _list(f, 3)
@@ -362,7 +366,7 @@ def decode_body(data: bytes) -> Body:
         return _decode_fields(_str(parts[0]), parts[1:])
     except CodecError:
         raise
-    except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except _DECODE_ERRORS as exc:
         raise CodecError(f"malformed PBFT record: {exc}") from exc
 
 
@@ -394,5 +398,5 @@ def _decode_frame(data: bytes) -> Frame:
         raise CodecError(f"unknown PBFT frame kind {kind!r}")
     except CodecError:
         raise
-    except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except _DECODE_ERRORS as exc:
         raise CodecError(f"malformed PBFT frame: {exc}") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from protocols.pbft.messages import Evidence, PreparedProof, Signed
 
@@ -54,7 +53,7 @@ class Dropped:
     sender: str | None
 
 
-Event = Union[Executed, Quarantined, ViewEntered, StateInstalled, Dropped]
+Event = Executed | Quarantined | ViewEntered | StateInstalled | Dropped
 
 
 @dataclass(slots=True)

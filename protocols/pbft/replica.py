@@ -24,11 +24,36 @@ import msgpack
 from protocols.pbft.config import PbftConfig
 from protocols.pbft.evidence import conflicts, offender, statement
 from protocols.pbft.messages import (
-    Body, Checkpoint, Commit, Evidence, Header, NewView, Prepare, PreparedProof, PrePrepare, Reply, Request,
-    Signed, StateReply, StateRequest, ViewChange, batch_digest, decode_frame, encode_body, encode_frame,
+    Body,
+    Checkpoint,
+    Commit,
+    Evidence,
+    Header,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Reply,
+    Request,
+    Signed,
+    StateReply,
+    StateRequest,
+    ViewChange,
+    batch_digest,
+    decode_frame,
+    encode_body,
+    encode_frame,
 )
 from protocols.pbft.output import (
-    Dropped, Durable, Executed, Output, Quarantined, ReplicaStatus, Send, StateInstalled, ViewEntered,
+    Dropped,
+    Durable,
+    Executed,
+    Output,
+    Quarantined,
+    ReplicaStatus,
+    Send,
+    StateInstalled,
+    ViewEntered,
 )
 from protocols.pbft.signing import Signer, Verifier
 from protocols.pbft.state_machine import ReplicatedStateMachine
@@ -87,7 +112,8 @@ class Replica:
             if bad is not None:
                 self.quarantined[bad] = ev
         self._pending: dict[str, tuple[Signed, int]] = {}  # client -> (newest request, waiting since)
-        self._seq_next = max([self.low, *(s for (k, v, s) in self._votes if k == "pre-prepare" and v == self.view)]) + 1
+        proposed = [s for (k, v, s) in self._votes if k == "pre-prepare" and v == self.view]
+        self._seq_next = max([self.low, *proposed]) + 1
         self._checkpoints: dict[int, dict[str, Signed]] = {}
         self._my_checkpoints: dict[int, Signed] = {}
         self._snapshots: dict[int, bytes] = {self.low: d.stable_snapshot} if self.low else {}
@@ -459,7 +485,7 @@ class Replica:
 
     def _state_bytes(self) -> bytes:
         replies = sorted([c, ts, res] for c, (ts, res) in self._replies.items())
-        return msgpack.packb([self.sm.snapshot(), replies], use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb([self.sm.snapshot(), replies], use_bin_type=True)
 
     def _install(self, snapshot: bytes) -> None:
         sm_state, replies = msgpack.unpackb(snapshot, raw=False)
@@ -619,7 +645,8 @@ class Replica:
                 pm = ps.msg
                 if not (
                     isinstance(pm, Prepare) and (pm.view, pm.seq, pm.digest) == (h.view, h.seq, h.digest)
-                    and ps.signer in self.cfg.replicas and ps.signer != hs.signer and self._check_signature(ps)
+                    and ps.signer in self.cfg.replicas and ps.signer != hs.signer
+                    and self._check_signature(ps)
                 ):
                     return False
                 backups.add(ps.signer)
@@ -672,7 +699,8 @@ class Replica:
             for p in m.prepared:
                 h = p.pre_prepare.head
                 cur = best.get(h.seq)
-                if cur is None or (h.view, h.digest) > (cur.pre_prepare.head.view, cur.pre_prepare.head.digest):
+                ch = cur.pre_prepare.head if cur is not None else None
+                if ch is None or (h.view, h.digest) > (ch.view, ch.digest):
                     best[h.seq] = p
         max_s = max([min_s, *best])
         return min_s, [

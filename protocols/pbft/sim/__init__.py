@@ -1,4 +1,4 @@
-"""The PBFT simulator: seeded faulty runs of 3f+1 replicas, Byzantine behaviours and the invariant checkers."""
+"""The PBFT simulator: seeded faulty runs of 3f+1 replicas, Byzantine behaviours, invariant checkers."""
 
 from __future__ import annotations
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from protocols.pbft.config import PbftConfig
 from protocols.pbft.messages import (
-    Checkpoint, Commit, Evidence, Header, PrePrepare, Prepare, Reply, Request, Signed, batch_digest, encode_body,
+    Checkpoint,
+    Commit,
+    Evidence,
+    Header,
+    Prepare,
+    PrePrepare,
+    Reply,
+    Request,
+    Signed,
+    batch_digest,
+    encode_body,
     encode_frame,
 )
 from protocols.pbft.output import Durable, Send
@@ -122,9 +132,9 @@ class Forger(Byzantine):
             b = self.forge(Commit(self.view, seq, bytes(32)), victim)
             self.raw(None, encode_frame(Evidence(a, b)))
         else:  # a key nobody configured
-            body = Commit(self.view, seq, digest)
-            raw = encode_body(body)
-            self.raw(None, encode_frame(Signed(raw, "mallory", self._key.sign(raw), body)))
+            commit = Commit(self.view, seq, digest)
+            raw = encode_body(commit)
+            self.raw(None, encode_frame(Signed(raw, "mallory", self._key.sign(raw), commit)))
 
 
 class GarbageSender(Byzantine):

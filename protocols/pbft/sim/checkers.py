@@ -14,7 +14,9 @@ def agreement(h: PbftHistory) -> list[str]:
     for e in h.executions:
         have = first.setdefault(e.seq, (e.replica, e.digest))
         if have[1] != e.digest:
-            bad.append(f"seq {e.seq}: {have[0]} executed {have[1].hex()[:8]}, {e.replica} {e.digest.hex()[:8]}")
+            bad.append(
+                f"seq {e.seq}: {have[0]} executed {have[1].hex()[:8]}, {e.replica} {e.digest.hex()[:8]}"
+            )
     return bad[:10]
 
 
@@ -47,7 +49,7 @@ def client_validity(h: PbftHistory) -> list[str]:
     bad = []
     for a in h.acceptances:
         if a.result not in produced.get((a.client, a.timestamp), set()):
-            bad.append(f"{a.client}/{a.timestamp} accepted {a.result[:40]!r}, which no honest replica produced")
+            bad.append(f"{a.client}/{a.timestamp} accepted {a.result[:40]!r}; no honest replica produced it")
     return bad[:10]
 
 
@@ -59,12 +61,12 @@ def liveness(h: PbftHistory) -> list[str]:
 
 
 def evidence(h: PbftHistory) -> list[str]:
-    """A Byzantine replica caught contradicting itself is quarantined by every honest replica; no honest one is."""
+    """A replica caught contradicting itself is quarantined by every honest replica; no honest one is."""
     bad = []
     for liar in h.exposed:
         missing = [r for r in h.honest if liar not in h.final_quarantined.get(r, ())]
         if missing:
-            bad.append(f"{liar} equivocated (seen at t={h.exposed[liar]}) but {missing} did not quarantine it")
+            bad.append(f"{liar} equivocated (seen at t={h.exposed[liar]}); {missing} did not quarantine it")
     for t, by, who in h.quarantines:
         if who in h.honest:
             bad.append(f"t={t}: {by} quarantined honest replica {who}")

@@ -1,4 +1,4 @@
-"""The PBFT simulator: 3f+1 replicas (one possibly Byzantine), clients and a faulty network on a virtual clock.
+"""The PBFT simulator: 3f+1 replicas (some Byzantine), clients and a faulty network on a virtual clock.
 
 Everything random comes from one seed, forked per component, so a run replays
 exactly (``run_seed(seed, config)``). Frames travel as bytes, so every replica
@@ -9,6 +9,7 @@ pause (SIGSTOP) queues the frames sent to the replica until it resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +18,10 @@ from protocols.pbft.client import Client
 from protocols.pbft.config import PbftConfig
 from protocols.pbft.evidence import statement
 from protocols.pbft.messages import Prepare, PrePrepare, Signed, decode_frame
-from protocols.pbft.output import Executed, Quarantined, ViewEntered
+from protocols.pbft.output import Durable, Executed, Quarantined, ViewEntered
 from protocols.pbft.replica import Replica
 from protocols.pbft.signing import SimKeys
-from protocols.pbft.sim.byzantine import BEHAVIOURS, PRIMARY_BEHAVIOURS, Byzantine
+from protocols.pbft.sim.byzantine import BEHAVIOURS, PRIMARY_BEHAVIOURS
 from protocols.pbft.state_machine import DecisionLog
 from protocols.sim.clock import VirtualClock
 from protocols.sim.network import Network, NetworkProfile
@@ -93,7 +94,7 @@ class PbftHistory:
     executions: list[Execution] = field(default_factory=list)
     acceptances: list[Acceptance] = field(default_factory=list)
     quarantines: list[tuple[int, str, str]] = field(default_factory=list)  # time, by, offender
-    exposed: dict[str, int] = field(default_factory=dict)  # liar -> time an honest replica held a contradiction
+    exposed: dict[str, int] = field(default_factory=dict)  # liar -> when honest replicas held a contradiction
     views: list[tuple[int, str, int]] = field(default_factory=list)
     final_quarantined: dict[str, tuple[str, ...]] = field(default_factory=dict)
     settle_start: int = 0
@@ -127,14 +128,16 @@ class PbftSimulation:
         self.replica_class = replica_class
         self.history = PbftHistory(tuple(r for r in self.ids if r not in byz), byz)
         self.replicas: dict[str, Replica | None] = {r: self._make(r, None) for r in self.ids}
-        self.durable: dict[str, object] = {}
+        self.durable: dict[str, Durable] = {}
         self.paused: dict[str, list[bytes]] = {}
         self.incarnation = dict.fromkeys(self.ids, 0)
-        self.clients = {c: client_class(self.pcfg, self.keys.signer(c), self.keys_public) for c in self.client_ids}
+        self.clients = {
+            c: client_class(self.pcfg, self.keys.signer(c), self.keys_public) for c in self.client_ids
+        }
         self.probe = client_class(self.pcfg, self.keys.signer(PROBE), self.keys_public)
         self._said: dict[tuple[str, tuple[str, int, int]], set[bytes]] = {}
 
-    def _make(self, r: str, durable: object) -> Replica:
+    def _make(self, r: str, durable: Durable | None) -> Replica:
         behaviour = self.history.byzantine.get(r)
         if behaviour is not None:
             return BEHAVIOURS[behaviour](
@@ -151,7 +154,8 @@ class PbftSimulation:
         for t in range(c.tick_ms, end, c.tick_ms):
             self.clock.at(t, self._tick_all)
         for cid in self.client_ids:
-            self.clock.at(self.rng_client.between(*c.client_think), lambda cid=cid: self._client_submit(cid))
+            start = self.rng_client.between(*c.client_think)
+            self.clock.at(start, functools.partial(self._client_submit, cid))
         if c.fault_weights:
             self.clock.at_random_gaps(self.rng_fault, c.fault_gap, c.duration, self._fault)
         self.clock.at(c.duration, self._settle)
@@ -209,9 +213,9 @@ class PbftSimulation:
                 self.history.views.append((self.clock.now, r, e.view))
 
     def _transmit(self, src: str, dst: str, frame: bytes) -> None:
+        inc = self.incarnation.get(dst, 0)
         for delay in self.net.delays(src, dst):
-            inc = self.incarnation.get(dst, 0)
-            self.clock.at(self.clock.now + delay, lambda: self._deliver(src, dst, frame, inc))
+            self.clock.at(self.clock.now + delay, functools.partial(self._deliver, src, dst, frame, inc))
 
     def _deliver(self, src: str, dst: str, frame: bytes, inc: int) -> None:
         if dst in self.clients or dst == PROBE:
@@ -267,8 +271,10 @@ class PbftSimulation:
     def _fault(self) -> None:
         total = sum(w for _, w in self.cfg.fault_weights)
         pick = self.rng_fault.below(total)
-        for kind, w in self.cfg.fault_weights:
+        kind = self.cfg.fault_weights[-1][0]
+        for name, w in self.cfg.fault_weights:
             if pick < w:
+                kind = name
                 break
             pick -= w
         self.history.faults.append((self.clock.now, kind))
@@ -286,11 +292,13 @@ class PbftSimulation:
         elif kind == "crash" and live:
             r = self.rng_fault.choice(live)
             self._crash(r)
-            self.clock.at(self.clock.now + self.rng_fault.between(*self.cfg.restart_delay), lambda: self._restart(r))
+            back = self.clock.now + self.rng_fault.between(*self.cfg.restart_delay)
+            self.clock.at(back, lambda: self._restart(r))
         elif kind == "pause" and live:
             r = self.rng_fault.choice(live)
             self.paused[r] = []
-            self.clock.at(self.clock.now + self.rng_fault.between(*self.cfg.pause_time), lambda: self._resume(r))
+            back = self.clock.now + self.rng_fault.between(*self.cfg.pause_time)
+            self.clock.at(back, lambda: self._resume(r))
 
     def _crash(self, r: str) -> None:
         node = self.replicas[r]
