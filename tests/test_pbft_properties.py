@@ -51,20 +51,20 @@ def assert_seed_ok(seed: int, cfg: PbftSimConfig) -> PbftRunReport:
     return report
 
 
-# 8 profiles x 25 seeds = 200 faulty runs in the default run
-@settings(FAST, max_examples=25)
+# 8 profiles x 20 seeds = 160 faulty runs in the default run (about 30 s here); thousands in test-slow
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_crash_faults(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["crash-faults"])
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_lossy_network(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["lossy"])
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_equivocating_primary_is_proven_and_quarantined(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["equivocating-primary"])
@@ -74,34 +74,36 @@ def test_equivocating_primary_is_proven_and_quarantined(seed: int) -> None:
     assert all(liar in q for q in report.history.final_quarantined.values()), report.summary()
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_silent_primary_is_replaced(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["silent-primary"])
     assert report.history.views, "the silent primary was never replaced"
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_replayer(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["replayer"])
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_forger(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["forger"])
-    assert report.history.dropped.get("bad-signature", 0) + report.history.dropped.get("unknown-key", 0) > 0
+    dropped = report.history.dropped
+    # (once the forger has been caught lying, its frames are dropped before their signatures are checked)
+    assert dropped.get("bad-signature", 0) + dropped.get("unknown-key", 0) + dropped.get("quarantined", 0) > 0
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_garbage_sender(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["garbage"])
     assert report.history.dropped.get("malformed", 0) > 0
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=20)
 @given(SEEDS)
 def test_lossy_network_and_equivocating_primary(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["lossy-equivocating"])
@@ -124,8 +126,9 @@ def test_many_seeds(profile: str, start: int) -> None:
 
 
 def _caught(checker: str, cfg: PbftSimConfig, replica: type[Replica] = Replica,
-            client: type[Client] = Client, seeds: int = 10) -> list[int]:
-    return [s for s in range(seeds) if run_seed(s, cfg, replica, client).violations[checker]]
+            client: type[Client] = Client, seeds: int = 10) -> bool:
+    """Some seed among the first ``seeds`` makes ``checker`` report the broken variant."""
+    return any(run_seed(s, cfg, replica, client).violations[checker] for s in range(seeds))
 
 
 def test_agreement_checker_catches_small_quorums() -> None:

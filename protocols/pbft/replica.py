@@ -125,6 +125,7 @@ class Replica:
         self._vc_timeout = config.view_change_ticks
         self._vc_deadline = self.now + self._vc_timeout
         self._last_state_request = -config.resend_ticks
+        self._progress = 0  # tick of the last execution
         if self.in_view_change:
             self._send_view_change()
 
@@ -473,6 +474,7 @@ class Replica:
             if seq % self.cfg.checkpoint_interval == 0:
                 self._take_checkpoint(seq)
         if progressed:
+            self._progress = self.now
             self._vc_timeout = self.cfg.view_change_ticks
             self._pending = {c: (r, self.now) for c, (r, _) in self._pending.items()}
             if self.primary == self.id and not self.in_view_change:
@@ -778,8 +780,10 @@ class Replica:
             if self._own_vc is not None:
                 self._send(None, self._own_vc)
         else:
+            # only when stalled: while requests execute, the others evidently have what they need
+            stalled = self.now - self._progress >= self.cfg.resend_ticks
             busy = self._pending or self.last_exec > self.low or any(q > self.last_exec for q in self._slots)
-            if busy:
+            if busy and stalled:
                 for q, slot in sorted(self._slots.items()):
                     if q <= self.low:
                         continue

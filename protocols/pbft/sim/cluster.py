@@ -135,7 +135,7 @@ class PbftSimulation:
             c: client_class(self.pcfg, self.keys.signer(c), self.keys_public) for c in self.client_ids
         }
         self.probe = client_class(self.pcfg, self.keys.signer(PROBE), self.keys_public)
-        self._said: dict[tuple[str, tuple[str, int, int]], set[bytes]] = {}
+        self._said: dict[tuple[str, str, tuple[str, int, int]], set[bytes]] = {}
 
     def _make(self, r: str, durable: Durable | None) -> Replica:
         behaviour = self.history.byzantine.get(r)
@@ -160,7 +160,7 @@ class PbftSimulation:
             self.clock.at_random_gaps(self.rng_fault, c.fault_gap, c.duration, self._fault)
         self.clock.at(c.duration, self._settle)
         self.clock.at(c.duration + 50, self._probe_submit)
-        self.clock.run_until(end, stop=lambda: self.history.probe_accepted is not None)
+        self.clock.run_until(end, stop=self._done)
         for r in self.history.honest:
             node = self.replicas[r]
             self.history.final_quarantined[r] = tuple(sorted(node.quarantined)) if node else ()
@@ -168,6 +168,17 @@ class PbftSimulation:
                 for k, n in node.dropped.items():
                     self.history.dropped[k] = self.history.dropped.get(k, 0) + n
         return self.history
+
+    def _done(self) -> bool:
+        """The probe got through and every liar caught so far is shut out everywhere (or time is up)."""
+        if self.history.probe_accepted is None:
+            return False
+        for liar in self.history.exposed:
+            for r in self.history.honest:
+                node = self.replicas[r]
+                if node is not None and liar not in node.quarantined:
+                    return False
+        return True
 
     def _tick_all(self) -> None:
         for r, node in self.replicas.items():
@@ -237,13 +248,14 @@ class PbftSimulation:
         if dst in self.paused:
             self.paused[dst].append(frame)
             return
-        if src in self.history.byzantine and dst in self.history.honest:
-            self._note_statements(frame)
+        if self.history.byzantine and dst in self.history.honest:
+            self._note_statements(dst, frame)
         node.receive(frame)
         self._flush(dst, node)
 
-    def _note_statements(self, frame: bytes) -> None:
-        """Record what a Byzantine replica told honest ones, to know when it has been caught lying."""
+    def _note_statements(self, dst: str, frame: bytes) -> None:
+        """Record what Byzantine replicas signed that reached each honest one (first-hand, or inside an
+        honest replica's prepare): an honest replica holding a contradiction has caught a liar."""
         try:
             f = decode_frame(frame)
         except CodecError:
@@ -261,7 +273,7 @@ class PbftSimulation:
                 s.signer, s.body, s.signature
             ):
                 continue
-            seen = self._said.setdefault((s.signer, st[0]), set())
+            seen = self._said.setdefault((dst, s.signer, st[0]), set())
             seen.add(st[1])
             if len(seen) > 1:
                 self.history.exposed.setdefault(s.signer, self.clock.now)
@@ -305,6 +317,7 @@ class PbftSimulation:
         if node is None:
             return
         self.durable[r] = node.durable()
+        self._said = {k: v for k, v in self._said.items() if k[0] != r}  # what it held is gone
         self.replicas[r] = None
         self.incarnation[r] += 1
         self.paused.pop(r, None)
