@@ -51,20 +51,20 @@ def assert_seed_ok(seed: int, cfg: PbftSimConfig) -> PbftRunReport:
     return report
 
 
-# 8 profiles x 20 seeds = 160 faulty runs in the default run (about 30 s here); thousands in test-slow
-@settings(FAST, max_examples=20)
+# 8 profiles x 15 seeds = 120 faulty runs in the default run (about 22 s here); thousands in test-slow
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_crash_faults(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["crash-faults"])
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_lossy_network(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["lossy"])
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_equivocating_primary_is_proven_and_quarantined(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["equivocating-primary"])
@@ -74,20 +74,20 @@ def test_equivocating_primary_is_proven_and_quarantined(seed: int) -> None:
     assert all(liar in q for q in report.history.final_quarantined.values()), report.summary()
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_silent_primary_is_replaced(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["silent-primary"])
     assert report.history.views, "the silent primary was never replaced"
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_replayer(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["replayer"])
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_forger(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["forger"])
@@ -96,14 +96,14 @@ def test_forger(seed: int) -> None:
     assert dropped.get("bad-signature", 0) + dropped.get("unknown-key", 0) + dropped.get("quarantined", 0) > 0
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_garbage_sender(seed: int) -> None:
     report = assert_seed_ok(seed, PROFILES["garbage"])
     assert report.history.dropped.get("malformed", 0) > 0
 
 
-@settings(FAST, max_examples=20)
+@settings(FAST, max_examples=15)
 @given(SEEDS)
 def test_lossy_network_and_equivocating_primary(seed: int) -> None:
     assert_seed_ok(seed, PROFILES["lossy-equivocating"])

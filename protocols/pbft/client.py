@@ -59,6 +59,10 @@ class Client:
         self._age = 0
         return self._frame
 
+    def abandon(self) -> None:
+        """Give up on the outstanding request (its timestamp is never reused)."""
+        self._frame = None
+
     def tick(self) -> bytes | None:
         if self._frame is None:
             return None
