@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from protocols.pbft.client import Client
-from protocols.pbft.evidence import Evidence
-from protocols.pbft.messages import Request, Signed
+from protocols.pbft.messages import Evidence, Request, Signed
 from protocols.pbft.replica import Replica
 
 

@@ -27,7 +27,7 @@ from broker.coordination.transport import PeerTransport
 from broker.session import BusConfig
 from broker.trust import load_trusted
 from firmware_tools.keys import init_keys
-from protocols.ota.trust import KeyRing
+from protocols.ota.trust import KeyRing, TrustedKey
 from protocols.pbft import Evidence, decode_frame, offender
 from schemas.errors import ConfigError
 from tests.brokers import MosquittoUnderTest
@@ -39,7 +39,8 @@ DEADLINE = 60.0
 
 def make_group(tmp: Path, **extra: object) -> Path:
     """Keys made the fleet's way (edge-flash keys init), one trusted-keys file, and the group file."""
-    kids, ring = {}, []
+    kids: dict[str, str] = {}
+    ring: list[TrustedKey] = []
     for ident in (*REPLICAS, "coord"):
         kids[ident] = init_keys(tmp / "keys" / ident)
         ring += load_trusted(tmp / "keys" / ident).keys
@@ -108,7 +109,8 @@ def submit_until(client: BftClient, done: threading.Event, results: list[dict[st
     i = 0
     while not done.is_set():
         i += 1
-        results.append(json.loads(client.submit(json.dumps({"key": f"k{i}", "value": "v"}).encode(), DEADLINE)))
+        op = json.dumps({"key": f"k{i}", "value": "v"}).encode()
+        results.append(json.loads(client.submit(op, DEADLINE)))
 
 
 def wait_for(cond: object, what: str, timeout: float = DEADLINE) -> None:
@@ -162,7 +164,8 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
         assert first["decided"] == "yes"
         wait_for(lambda: evidence, "evidence on the topic")
         for i in range(5):
-            assert json.loads(client.submit(json.dumps({"key": f"after{i}", "value": "x"}).encode(), DEADLINE))
+            op = json.dumps({"key": f"after{i}", "value": "x"}).encode()
+            assert json.loads(client.submit(op, DEADLINE))["decided"] == "x"
     finally:
         client.stop()
         watcher.stop()

@@ -73,7 +73,7 @@ def test_every_record_round_trips_through_the_one_reader() -> None:
     prep = signed(Prepare(0, 1, hdr.msg.digest, hdr), "r1")  # type: ignore[union-attr]
     ck = signed(Checkpoint(8, bytes(32)), "r2")
     vc = signed(ViewChange(1, 0, (), (PreparedProof(pp, (prep,)),)), "r1")
-    frames = [
+    frames: list[Signed | PrePrepare | Evidence] = [
         req, hdr, pp, prep, ck, vc,
         signed(Commit(0, 1, bytes(32)), "r2"), signed(Reply(0, "c0", 1, b"ok"), "r3"),
         signed(NewView(1, (vc,), (pp,)), "r1"), signed(StateRequest(8), "r3"),
