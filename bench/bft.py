@@ -52,7 +52,7 @@ def make_group(work: Path, name: str) -> Path:
     path = work / f"{name}.json"
     path.write_text(json.dumps({
         "group": name, "replicas": list(REPLICAS), "keys": kids, "trusted_keys": "trusted_keys.json",
-        "tick_ms": 10, "view_change_ms": 200, "resend_ms": 50,
+        "tick_ms": 10, "view_change_ms": 300, "resend_ms": 50, "checkpoint_interval": 8, "window": 32,
     }))
     return path
 

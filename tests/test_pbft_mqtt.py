@@ -46,7 +46,7 @@ def make_group(tmp: Path, **extra: object) -> Path:
         ring += load_trusted(tmp / "keys" / ident).keys
     (tmp / "trusted_keys.json").write_bytes(KeyRing(tuple(ring)).to_bytes())
     doc = {"group": "fleet", "replicas": list(REPLICAS), "keys": kids, "trusted_keys": "trusted_keys.json",
-           "tick_ms": 10, "view_change_ms": 200, "resend_ms": 50, **extra}
+           "tick_ms": 10, "view_change_ms": 500, "resend_ms": 50, **extra}
     path = tmp / "group.json"
     path.write_text(json.dumps(doc))
     return path
@@ -77,14 +77,19 @@ class Group:
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
 
+    def wait_up(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Every replica has published its status: connected and subscribed (slow on a loaded host)."""
+        wait_for(lambda: sorted(self.statuses(capsys)) == list(REPLICAS), "all four replicas up")
+
     def client(self) -> BftClient:
         group = load_group(self.path)
         return BftClient(group, load_signer("coord", self.tmp / "keys" / "coord"), self.bus("coord")).start()
 
     def statuses(self, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
         capsys.readouterr()
-        assert bft_main(["status", *self.args(), "--json", "--timeout", "3"]) == 0
+        rc = bft_main(["status", *self.args(), "--json", "--timeout", "3"])
         docs: dict[str, dict[str, object]] = json.loads(capsys.readouterr().out)
+        assert rc == (0 if docs else 2)
         return docs
 
 
@@ -124,6 +129,7 @@ def test_kill_9_of_the_primary_under_load_forms_a_new_view_and_loses_nothing(
         group: Group, capsys: pytest.CaptureFixture[str]) -> None:
     for r in REPLICAS:
         group.start(r)
+    group.wait_up(capsys)
     client = group.client()
     results: list[dict[str, object]] = []
     done = threading.Event()
@@ -143,9 +149,12 @@ def test_kill_9_of_the_primary_under_load_forms_a_new_view_and_loses_nothing(
     # one client, so executed exactly once means positions 1..N with no gap and no repeat
     assert [r["index"] for r in results] == list(range(1, len(results) + 1))
     assert all(r["decided"] == "v" for r in results)
-    docs = group.statuses(capsys)  # r0's last (retained) status stays behind; the live ones moved on
-    live = [docs[r] for r in REPLICAS[1:]]
-    assert all(int(d["view"]) >= 1 and d["primary"] != "r0" for d in live)  # type: ignore[call-overload]
+
+    def moved_on() -> bool:  # r0's last (retained) status stays behind; the live ones report a new view
+        docs = group.statuses(capsys)
+        return all(int(docs[r]["view"]) >= 1 and docs[r]["primary"] != "r0" for r in REPLICAS[1:])  # type: ignore[call-overload]
+
+    wait_for(moved_on, "the live replicas to report the new view", timeout=20)
 
 
 def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_deciding(
@@ -153,6 +162,7 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
     group.start("r0", "--test-equivocate")
     for r in REPLICAS[1:]:
         group.start(r)
+    group.wait_up(capsys)
     evidence: list[bytes] = []
     watcher = PeerTransport(group.bus("watcher"), "watcher")
     watcher.subscribe(BftTopics("edgebus", "fleet").evidence, lambda m: evidence.append(m.payload))

@@ -10,6 +10,7 @@ Exit codes: 0 done, 1 refused or bad configuration, 2 no answer in time.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ def _serve(args: argparse.Namespace, group: BftGroup) -> int:
     driver = BftReplicaDriver(group, signer, _bus(args, f"bft-{args.id}"), replica_class=replica_class)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: driver.stop())
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr
     driver.run()
     return 0
 

@@ -4,7 +4,7 @@
      "replicas": ["gw-1", "gw-2", "gw-3", "gw-4"],          # primary order; n >= 3f+1
      "keys": {"gw-1": "<key id>", ..., "coordinator": "<key id>"},
      "trusted_keys": "trusted_keys.json",                  # relative to this file
-     "tick_ms": 10, "view_change_ms": 300, "checkpoint_interval": 16, "window": 64, "batch_max": 32}
+     "tick_ms": 10, "view_change_ms": 300, "checkpoint_interval": 8, "window": 32, "batch_max": 32}
 
 Every identity signs with an Ed25519 key made by ``edge-flash keys init`` (its
 ``signing.key``); ``keys`` binds each identity to a key id, and the public keys
@@ -83,8 +83,8 @@ def load_group(path: Path) -> BftGroup:
     tick = _int(doc, "tick_ms", 10, where)
     try:
         cfg = PbftConfig(
-            tuple(replicas), checkpoint_interval=_int(doc, "checkpoint_interval", 16, where),
-            window=_int(doc, "window", 64, where), batch_max=_int(doc, "batch_max", 32, where),
+            tuple(replicas), checkpoint_interval=_int(doc, "checkpoint_interval", 8, where),
+            window=_int(doc, "window", 32, where), batch_max=_int(doc, "batch_max", 32, where),
             max_inflight=_int(doc, "max_inflight", 2, where),
             view_change_ticks=max(1, _int(doc, "view_change_ms", 300, where) // tick),
             resend_ticks=max(1, _int(doc, "resend_ms", 100, where) // tick),

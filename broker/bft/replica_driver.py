@@ -66,12 +66,18 @@ class BftReplicaDriver:
         self.quarantine_event = threading.Event()
         self._stop = threading.Event()
         self._status_due = 0.0
+        self._was_in_view_change = False
 
     def _on_message(self, msg: ReceivedMessage) -> None:
         self.replica.receive(msg.payload)
         self._flush()
 
     def _flush(self) -> None:
+        if self.replica.in_view_change and not self._was_in_view_change:
+            st = self.replica.status()
+            logger.info("%s starts a view change to view %d (executed %d, dropped %s)",
+                        self.id, st.view, st.last_executed, dict(st.dropped))
+        self._was_in_view_change = self.replica.in_view_change
         out = self.replica.drain()
         for s in out.sends:
             dsts = [r for r in self.group.pbft.replicas if r != self.id] if s.dst is None else [s.dst]

@@ -60,6 +60,7 @@ from protocols.pbft.state_machine import ReplicatedStateMachine
 from schemas.errors import CodecError
 
 NULL_DIGEST = batch_digest(())
+_VERIFIED_CACHE = 16_384
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ class Replica:
         self._pending: dict[str, tuple[Signed, int]] = {}  # client -> (newest request, waiting since)
         proposed = [s for (k, v, s) in self._votes if k == "pre-prepare" and v == self.view]
         self._seq_next = max([self.low, *proposed]) + 1
+        self._verified: dict[tuple[str, bytes, bytes], bool] = {}
         self._checkpoints: dict[int, dict[str, Signed]] = {}
         self._my_checkpoints: dict[int, Signed] = {}
         self._snapshots: dict[int, bytes] = {self.low: d.stable_snapshot} if self.low else {}
@@ -209,7 +211,16 @@ class Replica:
         return last is not None and last[0] >= req.timestamp
 
     def _check_signature(self, s: Signed) -> bool:
-        return self._verifier.verify(s.signer, s.body, s.signature)
+        """Verified once per distinct record: view changes and retransmissions repeat the same ones,
+        and Ed25519 verification is most of a replica's CPU (a view-change storm once starved the
+        replicas' MQTT keepalives on a loaded host)."""
+        key = (s.signer, s.signature, s.body)
+        ok = self._verified.get(key)
+        if ok is None:
+            if len(self._verified) >= _VERIFIED_CACHE:
+                self._verified.clear()
+            ok = self._verified[key] = self._verifier.verify(s.signer, s.body, s.signature)
+        return ok
 
     # ------------------------------------------------------------------ helpers
 
