@@ -164,10 +164,17 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
         group.start(r)
     group.wait_up(capsys)
     evidence: list[bytes] = []
+    dead: list[dict[str, object]] = []
+    topics = BftTopics("edgebus", "fleet")
     watcher = PeerTransport(group.bus("watcher"), "watcher")
-    watcher.subscribe(BftTopics("edgebus", "fleet").evidence, lambda m: evidence.append(m.payload))
+    watcher.subscribe(topics.evidence, lambda m: evidence.append(m.payload))
+    watcher.subscribe(topics.dead_letter("r1"), lambda m: dead.append(json.loads(m.payload)))
     watcher.start()
     assert watcher.wait_connected(10)
+    time.sleep(0.2)  # the SUBSCRIBEs are processed
+    watcher.publish(topics.inbox("r1"), b"\x00 not a frame")
+    wait_for(lambda: dead, "a dead-letter record for the garbage frame")
+    assert dead[0]["reason"] == "malformed"
     client = group.client()
     try:
         first = json.loads(client.submit(b'{"key": "quarantine/cam-7", "value": "yes"}', DEADLINE))

@@ -39,6 +39,7 @@ from protocols.pbft import (
 logger = logging.getLogger(__name__)
 
 QuarantineHook = Callable[[str, Evidence], None]
+DEAD_LETTERS_PER_S = 20
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class BftReplicaDriver:
         self._stop = threading.Event()
         self._status_due = 0.0
         self._was_in_view_change = False
+        self._dl_window, self._dl_sent = 0.0, 0
 
     def _on_message(self, msg: ReceivedMessage) -> None:
         self.replica.receive(msg.payload)
@@ -87,12 +89,24 @@ class BftReplicaDriver:
             if isinstance(e, Executed):
                 self.stats.executed += len(e.results)
             elif isinstance(e, Dropped):
-                self.stats.dropped[e.reason] = self.stats.dropped.get(e.reason, 0) + 1
-                logger.debug("dropped a frame from %s: %s", e.sender, e.reason)
+                self._dead_letter(e)
             elif isinstance(e, Quarantined):
                 self._quarantined(e)
             elif isinstance(e, ViewEntered):
                 logger.info("%s entered view %d (primary %s)", self.id, e.view, e.primary)
+
+    def _dead_letter(self, e: Dropped) -> None:
+        """Count every refused frame; publish a record for at most DEAD_LETTERS_PER_S of them a second
+        (a garbage sender must not be able to turn this replica into an amplifier)."""
+        self.stats.dropped[e.reason] = self.stats.dropped.get(e.reason, 0) + 1
+        logger.debug("dropped a frame from %s: %s", e.sender, e.reason)
+        now = time.monotonic()
+        if now - self._dl_window >= 1.0:
+            self._dl_window, self._dl_sent = now, 0
+        if self._dl_sent < DEAD_LETTERS_PER_S:
+            self._dl_sent += 1
+            doc = {"replica": self.id, "reason": e.reason, "sender": e.sender, "time": time.time()}
+            self.transport.publish(self.topics.dead_letter(self.id), json.dumps(doc))
 
     def _quarantined(self, e: Quarantined) -> None:
         logger.warning("%s quarantines %s: it signed two conflicting statements", self.id, e.offender)

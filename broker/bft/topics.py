@@ -28,6 +28,10 @@ class BftTopics:
         """Equivocation proofs, as PBFT evidence frames anyone can verify alone."""
         return f"{self.base}/evidence"
 
+    def dead_letter(self, replica: str) -> str:
+        """JSON records of frames a replica refused (rate-limited; the status keeps the full counts)."""
+        return f"{self.base}/deadletter/{validate_name(replica, 'identity')}"
+
     def status(self, replica: str) -> str:
         """Retained JSON: view, primary, stable checkpoint, quarantined replicas with their evidence."""
         return f"{self.base}/status/{validate_name(replica, 'identity')}"
