@@ -69,11 +69,12 @@ class Group:
         return ["--group", str(self.path), "--host", b.host, "--port", str(b.port), "--username", b.username]
 
     def start(self, replica: str, *flags: str) -> None:
-        log = (self.tmp / f"{replica}.log").open("wb")
+        log = (self.tmp / f"{replica}.log").open("ab")
         env = {**os.environ, "EDGEBUS_BROKER_PASSWORD": self.broker.password}
         self.procs[replica] = subprocess.Popen(
             [sys.executable, "-m", "broker.bus_cli", "bft", "serve", *self.args(), "--id", replica,
-             "--key", str(self.tmp / "keys" / replica), "--log-level", "INFO", *flags],
+             "--key", str(self.tmp / "keys" / replica), "--data", str(self.tmp / "data"),
+             "--log-level", "INFO", *flags],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
 
@@ -155,6 +156,27 @@ def test_kill_9_of_the_primary_under_load_forms_a_new_view_and_loses_nothing(
         return all(int(docs[r]["view"]) >= 1 and docs[r]["primary"] != "r0" for r in REPLICAS[1:])  # type: ignore[call-overload]
 
     wait_for(moved_on, "the live replicas to report the new view", timeout=20)
+
+    # the old primary comes back with its vote journal: it rejoins without contradicting itself
+    restarted = time.time()
+    group.start("r0")
+    wait_for(lambda: float(group.statuses(capsys).get("r0", {}).get("time", 0)) > restarted,  # type: ignore[arg-type]
+             "r0 to come back")
+    client = group.client()
+    try:
+        for i in range(3):
+            assert json.loads(client.submit(json.dumps({"key": f"back{i}", "value": "v"}).encode(), DEADLINE))
+
+        def rejoined() -> bool:
+            docs = group.statuses(capsys)
+            r0 = docs["r0"]
+            return int(r0["view"]) >= 1 and not r0["in_view_change"]  # type: ignore[call-overload]
+
+        wait_for(rejoined, "r0 to rejoin the current view")
+    finally:
+        client.stop()
+    docs = group.statuses(capsys)
+    assert not any(d["quarantined"] for d in docs.values()), "an honest restarted replica was accused"
 
 
 def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_deciding(

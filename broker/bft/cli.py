@@ -24,12 +24,13 @@ from typing import Any
 
 from broker.bft.client import BftClient
 from broker.bft.group import BftGroup, load_group, load_signer
+from broker.bft.journal import VoteJournal
 from broker.bft.replica_driver import BftReplicaDriver
 from broker.bft.topics import BftTopics
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
-from protocols.pbft import PbftConfig, Replica, ReplicatedStateMachine, Signer, Verifier
+from protocols.pbft import Durable, PbftConfig, Replica, ReplicatedStateMachine, Signer, Verifier
 from protocols.pbft.sim.byzantine import EquivocatingPrimary
 from protocols.sim.prng import SplitMix64
 from schemas.errors import ConfigError, CoordinationTimeout
@@ -60,12 +61,18 @@ def _serve(args: argparse.Namespace, group: BftGroup) -> int:
     if args.id not in group.pbft.replicas:
         raise ConfigError(f"{args.id!r} is not a replica of group {group.name} ({group.pbft.replicas})")
     signer = load_signer(args.id, args.key)
-    def equivocating(cfg: PbftConfig, sm: ReplicatedStateMachine, sig: Signer, ver: Verifier) -> Replica:
-        return EquivocatingPrimary(cfg, sm, sig, ver, SplitMix64(1), group.clients)
+    def equivocating(
+        cfg: PbftConfig, sm: ReplicatedStateMachine, sig: Signer, ver: Verifier, durable: Durable | None,
+    ) -> Replica:
+        return EquivocatingPrimary(cfg, sm, sig, ver, SplitMix64(1), group.clients, durable)
 
     # --test-equivocate: a test-only fault; as primary, this replica sends conflicting pre-prepares
     replica_class: Callable[..., Replica] = equivocating if args.test_equivocate else Replica
-    driver = BftReplicaDriver(group, signer, _bus(args, f"bft-{args.id}"), replica_class=replica_class)
+    journal = None
+    if args.data is not None:
+        journal = VoteJournal(args.data / f"{group.name}-{args.id}.votes", fsync=args.fsync)
+    driver = BftReplicaDriver(group, signer, _bus(args, f"bft-{args.id}"), replica_class=replica_class,
+                              journal=journal)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: driver.stop())
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr
@@ -126,6 +133,10 @@ def bft_main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     s = sub.add_parser("serve", help="run one replica until SIGTERM")
     _common(s)
+    s.add_argument("--data", type=Path,
+                   help="directory for the vote journal: without it a restarted replica may sign a second, "
+                        "different vote for a slot and be quarantined as a liar")
+    s.add_argument("--fsync", action="store_true", help="fsync every journal append (survives power loss)")
     s.add_argument("--test-equivocate", action="store_true", help=argparse.SUPPRESS)
     m = sub.add_parser("submit", help="decide KEY=VALUE in the group's decision log (first value wins)")
     _common(m)

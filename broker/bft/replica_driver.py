@@ -3,10 +3,9 @@
 The protocol core (protocols.pbft.Replica) decides everything; this binds it
 to a :class:`~broker.coordination.transport.PeerTransport` (QoS 0: PBFT
 retransmits what matters) on one thread, publishes evidence and status, and
-calls the quarantine hooks. What it does not do yet: persist the replica's
-``Durable`` state, so a restarted process comes back as a fresh replica (see
-README, "Byzantine agreement": restart a replica only after the group's next
-stable checkpoint, or with a new identity).
+calls the quarantine hooks. With a :class:`VoteJournal` (``--data``) a
+restarted replica remembers what it signed, so it never contradicts itself;
+its state comes back by state transfer (the stable snapshot is not kept).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.bft.group import BftGroup
+from broker.bft.journal import VoteJournal
 from broker.bft.topics import BftTopics
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
@@ -55,11 +55,14 @@ class BftReplicaDriver:
     def __init__(
         self, group: BftGroup, signer: Ed25519Signer, bus: BusConfig, *,
         sm: ReplicatedStateMachine | None = None, replica_class: Callable[..., Replica] = Replica,
+        journal: VoteJournal | None = None,
     ) -> None:
         self.group = group
         self.id = signer.identity
         self.topics = BftTopics(bus.root, group.name)
-        self.replica = replica_class(group.pbft, sm or DecisionLog(), signer, group.verifier)
+        self.journal = journal
+        durable = journal.durable() if journal is not None else None
+        self.replica = replica_class(group.pbft, sm or DecisionLog(), signer, group.verifier, durable)
         self.transport = PeerTransport(bus, f"bft-{group.name}-{self.id}")
         self.transport.subscribe(self.topics.inbox(self.id), self._on_message)
         self.on_quarantine: list[QuarantineHook] = []
@@ -80,6 +83,8 @@ class BftReplicaDriver:
             logger.info("%s starts a view change to view %d (executed %d, dropped %s)",
                         self.id, st.view, st.last_executed, dict(st.dropped))
         self._was_in_view_change = self.replica.in_view_change
+        if self.journal is not None:  # what it signed is on disk before any of it is sent
+            self.journal.record(self.replica.votes(), self.replica.view, self.replica.quarantined)
         out = self.replica.drain()
         for s in out.sends:
             dsts = [r for r in self.group.pbft.replicas if r != self.id] if s.dst is None else [s.dst]
@@ -153,6 +158,8 @@ class BftReplicaDriver:
                     self._publish_status()
         finally:
             self.transport.stop()
+            if self.journal is not None:
+                self.journal.close()
 
     def stop(self) -> None:
         self._stop.set()

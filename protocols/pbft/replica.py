@@ -123,6 +123,8 @@ class Replica:
         self._vcs: dict[int, dict[str, Signed]] = {}
         self._own_vc: Signed | None = None
         self._own_vcs: dict[int, Signed] = {}
+        self._later: dict[int, set[str]] = {}  # later views other replicas work in -> who
+        self._helped: dict[tuple[str, int], int] = {}  # (replica, view) -> tick we last answered it
         self._new_view: Signed | None = None
         self._vc_timeout = config.view_change_ticks
         self._vc_deadline = self.now + self._vc_timeout
@@ -153,6 +155,14 @@ class Replica:
             self.view, self.in_view_change, self.low, self._stable_snapshot, self._stable_proof,
             tuple(self._votes.items()), prepared, tuple(self.quarantined.values()),
         )
+
+    def votes(self) -> dict[tuple[str, int, int], bytes]:
+        """What this replica signed per (kind, view, seq) above its stable checkpoint (a copy).
+
+        A driver that keeps only this across a restart (plus the view and the evidence)
+        never makes an honest replica contradict itself; the state comes back by transfer.
+        """
+        return dict(self._votes)
 
     def tick(self) -> None:
         self.now += 1
@@ -412,6 +422,7 @@ class Replica:
             self._drop("prepare-from-primary", s.signer)
         elif m.view != self.view or self.in_view_change:
             self._drop("stale-view" if m.view < self.view else "other-view", s.signer)
+            self._note_later_view(s.signer, m.view)
         elif not self._in_window(m.seq):
             self._drop("outside-window", s.signer)
         else:
@@ -441,6 +452,7 @@ class Replica:
             return
         if m.view != self.view or self.in_view_change:
             self._drop("stale-view" if m.view < self.view else "other-view", s.signer)
+            self._note_later_view(s.signer, m.view)
         elif not self._in_window(m.seq):
             self._drop("outside-window", s.signer)
         else:
@@ -634,6 +646,7 @@ class Replica:
         self._own_vcs[self.view] = self._own_vc
         for old in [w for w in self._own_vcs if w < self.view - 8]:
             del self._own_vcs[old]
+        self._helped = {k: t for k, t in self._helped.items() if k[1] >= self.view - 8}
         self._vcs.setdefault(self.view, {})[self.id] = self._own_vc
         self._send(None, self._own_vc)
         self._maybe_new_view()
@@ -670,9 +683,15 @@ class Replica:
     def _on_view_change(self, s: Signed, m: ViewChange) -> None:
         v = m.new_view
         if v < self.view or (v == self.view and not self.in_view_change):
+            # help a replica that is behind, at most once per resend period each (two replicas that
+            # both moved on would otherwise answer each other's old view-changes forever)
+            if self.now - self._helped.get((s.signer, v), -self.cfg.resend_ticks) < self.cfg.resend_ticks:
+                return
             if v == self.view and self._new_view is not None and self.primary == self.id:
+                self._helped[(s.signer, v)] = self.now
                 self._send(s.signer, self._new_view)  # it missed the new-view message
             elif v in self._own_vcs and v != self.view:
+                self._helped[(s.signer, v)] = self.now
                 self._send(s.signer, self._own_vcs[v])  # it may be one short of a quorum for v
             return
         if not self._valid_view_change(m):
@@ -684,6 +703,20 @@ class Replica:
         if len(ahead) >= self.cfg.f + 1:
             self._start_view_change(min(w for w, vs in self._vcs.items() if w > self.view and vs))
         self._maybe_new_view()
+
+    def _note_later_view(self, signer: str, view: int) -> None:
+        """f+1 replicas working in a later view (so at least one honest one is): ask to join it.
+
+        This is how a replica that restarted, or slept through a view change, finds the group
+        again; the primary of that view answers the view-change with its new-view message.
+        """
+        if view <= self.view or (self.in_view_change and view <= self.view):
+            return
+        seen = self._later.setdefault(view, set())
+        seen.add(signer)
+        if len(seen) >= self.cfg.f + 1:
+            self._later = {w: rs for w, rs in self._later.items() if w > view}
+            self._start_view_change(view)
 
     def _maybe_new_view(self) -> None:
         v = self.view
