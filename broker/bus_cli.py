@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("lock", add_help=False, help="fenced locks over a Raft group (edge-bus lock --help)")
     sub.add_parser("raft", add_help=False, help="run and manage Raft nodes (edge-bus raft --help)")
     sub.add_parser("tx", add_help=False, help="two-phase commit transactions (edge-bus tx --help)")
+    sub.add_parser("bft", add_help=False, help="Byzantine agreement (PBFT) groups (edge-bus bft --help)")
     return parser
 
 
@@ -345,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from broker.coordination.cli import raft_main
 
         return raft_main(argv[1:])
+    if argv[:1] == ["bft"]:
+        from broker.bft.cli import bft_main
+
+        return bft_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "sub" and not (args.topics or args.topic_options):

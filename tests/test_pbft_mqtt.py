@@ -1,0 +1,224 @@
+"""PBFT as real processes on a test Mosquitto: four `edge-bus bft serve` replicas and a BftClient.
+
+kill -9 of the primary under a steady stream of requests: a new view forms and every acknowledged
+request was executed exactly once (one client, so the decision log's positions are 1, 2, 3, ...
+with no gap and no repeat). A replica started with the test-only --test-equivocate flag: its proof
+appears on the evidence topic, every other replica quarantines it, requests keep committing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from broker.bft import BftClient, BftTopics, load_group, load_signer
+from broker.bft.cli import bft_main
+from broker.coordination.transport import PeerTransport
+from broker.session import BusConfig
+from broker.trust import load_trusted
+from firmware_tools.keys import init_keys
+from protocols.ota.trust import KeyRing, TrustedKey
+from protocols.pbft import Evidence, decode_frame, offender
+from schemas.errors import ConfigError
+from tests.brokers import MosquittoUnderTest
+
+pytestmark = pytest.mark.integration
+REPLICAS = ("r0", "r1", "r2", "r3")
+DEADLINE = 60.0
+
+
+def make_group(tmp: Path, **extra: object) -> Path:
+    """Keys made the fleet's way (edge-flash keys init), one trusted-keys file, and the group file."""
+    kids: dict[str, str] = {}
+    ring: list[TrustedKey] = []
+    for ident in (*REPLICAS, "coord"):
+        kids[ident] = init_keys(tmp / "keys" / ident)
+        ring += load_trusted(tmp / "keys" / ident).keys
+    (tmp / "trusted_keys.json").write_bytes(KeyRing(tuple(ring)).to_bytes())
+    doc = {"group": "fleet", "replicas": list(REPLICAS), "keys": kids, "trusted_keys": "trusted_keys.json",
+           "tick_ms": 10, "view_change_ms": 500, "resend_ms": 50, **extra}
+    path = tmp / "group.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@dataclass
+class Group:
+    broker: MosquittoUnderTest
+    tmp: Path
+    path: Path
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    def bus(self, name: str) -> BusConfig:
+        b = self.broker
+        return BusConfig(host=b.host, port=b.port, username=b.username, password=b.password,
+                         client_id=name, clean_start=True, keepalive=5)
+
+    def args(self) -> list[str]:
+        b = self.broker
+        return ["--group", str(self.path), "--host", b.host, "--port", str(b.port), "--username", b.username]
+
+    def start(self, replica: str, *flags: str) -> None:
+        log = (self.tmp / f"{replica}.log").open("ab")
+        env = {**os.environ, "EDGEBUS_BROKER_PASSWORD": self.broker.password}
+        self.procs[replica] = subprocess.Popen(
+            [sys.executable, "-m", "broker.bus_cli", "bft", "serve", *self.args(), "--id", replica,
+             "--key", str(self.tmp / "keys" / replica), "--data", str(self.tmp / "data"),
+             "--log-level", "INFO", *flags],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+
+    def wait_up(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Every replica has published its status: connected and subscribed (slow on a loaded host)."""
+        wait_for(lambda: sorted(self.statuses(capsys)) == list(REPLICAS), "all four replicas up")
+
+    def client(self) -> BftClient:
+        group = load_group(self.path)
+        return BftClient(group, load_signer("coord", self.tmp / "keys" / "coord"), self.bus("coord")).start()
+
+    def statuses(self, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
+        capsys.readouterr()
+        rc = bft_main(["status", *self.args(), "--json", "--timeout", "3"])
+        docs: dict[str, dict[str, object]] = json.loads(capsys.readouterr().out)
+        assert rc == (0 if docs else 2)
+        return docs
+
+
+@pytest.fixture
+def group(mosquitto_broker: MosquittoUnderTest, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[Group]:
+    monkeypatch.setenv("EDGEBUS_BROKER_PASSWORD", mosquitto_broker.password)
+    g = Group(mosquitto_broker, tmp_path, make_group(tmp_path), {})
+    yield g
+    for p in g.procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in g.procs.values():
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def submit_until(client: BftClient, done: threading.Event, results: list[dict[str, object]]) -> None:
+    i = 0
+    while not done.is_set():
+        i += 1
+        op = json.dumps({"key": f"k{i}", "value": "v"}).encode()
+        results.append(json.loads(client.submit(op, DEADLINE)))
+
+
+def wait_for(cond: object, what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_kill_9_of_the_primary_under_load_forms_a_new_view_and_loses_nothing(
+        group: Group, capsys: pytest.CaptureFixture[str]) -> None:
+    for r in REPLICAS:
+        group.start(r)
+    group.wait_up(capsys)
+    client = group.client()
+    results: list[dict[str, object]] = []
+    done = threading.Event()
+    writer = threading.Thread(target=submit_until, args=(client, done, results), daemon=True)
+    try:
+        writer.start()
+        wait_for(lambda: len(results) >= 5, "five decisions before the kill")
+        group.procs["r0"].send_signal(signal.SIGKILL)  # r0 leads view 0
+        at_kill = len(results)
+        wait_for(lambda: len(results) >= at_kill + 10, "ten decisions after the primary's kill -9")
+        done.set()
+        writer.join(DEADLINE)
+        assert not writer.is_alive()
+    finally:
+        done.set()
+        client.stop()
+    # one client, so executed exactly once means positions 1..N with no gap and no repeat
+    assert [r["index"] for r in results] == list(range(1, len(results) + 1))
+    assert all(r["decided"] == "v" for r in results)
+
+    def moved_on() -> bool:  # r0's last (retained) status stays behind; the live ones report a new view
+        docs = group.statuses(capsys)
+        return all(int(docs[r]["view"]) >= 1 and docs[r]["primary"] != "r0" for r in REPLICAS[1:])  # type: ignore[call-overload]
+
+    wait_for(moved_on, "the live replicas to report the new view", timeout=20)
+
+    # the old primary comes back with its vote journal: it rejoins without contradicting itself
+    restarted = time.time()
+    group.start("r0")
+    wait_for(lambda: float(group.statuses(capsys).get("r0", {}).get("time", 0)) > restarted,  # type: ignore[arg-type]
+             "r0 to come back")
+    client = group.client()
+    try:
+        for i in range(3):
+            assert json.loads(client.submit(json.dumps({"key": f"back{i}", "value": "v"}).encode(), DEADLINE))
+
+        def rejoined() -> bool:
+            docs = group.statuses(capsys)
+            r0 = docs["r0"]
+            return int(r0["view"]) >= 1 and not r0["in_view_change"]  # type: ignore[call-overload]
+
+        wait_for(rejoined, "r0 to rejoin the current view")
+    finally:
+        client.stop()
+    docs = group.statuses(capsys)
+    assert not any(d["quarantined"] for d in docs.values()), "an honest restarted replica was accused"
+
+
+def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_deciding(
+        group: Group, capsys: pytest.CaptureFixture[str]) -> None:
+    group.start("r0", "--test-equivocate")
+    for r in REPLICAS[1:]:
+        group.start(r)
+    group.wait_up(capsys)
+    evidence: list[bytes] = []
+    dead: list[dict[str, object]] = []
+    topics = BftTopics("edgebus", "fleet")
+    watcher = PeerTransport(group.bus("watcher"), "watcher")
+    watcher.subscribe(topics.evidence, lambda m: evidence.append(m.payload))
+    watcher.subscribe(topics.dead_letter("r1"), lambda m: dead.append(json.loads(m.payload)))
+    watcher.start()
+    assert watcher.wait_connected(10)
+    time.sleep(0.2)  # the SUBSCRIBEs are processed
+    watcher.publish(topics.inbox("r1"), b"\x00 not a frame")
+    wait_for(lambda: dead, "a dead-letter record for the garbage frame")
+    assert dead[0]["reason"] == "malformed"
+    client = group.client()
+    try:
+        first = json.loads(client.submit(b'{"key": "quarantine/cam-7", "value": "yes"}', DEADLINE))
+        assert first["decided"] == "yes"
+        wait_for(lambda: evidence, "evidence on the topic")
+        for i in range(5):
+            op = json.dumps({"key": f"after{i}", "value": "x"}).encode()
+            assert json.loads(client.submit(op, DEADLINE))["decided"] == "x"
+    finally:
+        client.stop()
+        watcher.stop()
+    ev = decode_frame(evidence[0])
+    assert isinstance(ev, Evidence) and offender(ev, load_group(group.path).verifier) == "r0"
+
+    def all_quarantined() -> bool:
+        docs = group.statuses(capsys)
+        return all("r0" in docs.get(r, {}).get("quarantined", {}) for r in REPLICAS[1:])  # type: ignore[operator]
+
+    wait_for(all_quarantined, "every honest replica to report r0 quarantined", timeout=20)
+
+
+def test_the_group_file_is_strict(tmp_path: Path) -> None:
+    path = make_group(tmp_path, windw=64)
+    with pytest.raises(ConfigError, match="windw"):
+        load_group(path)
