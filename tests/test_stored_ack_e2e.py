@@ -26,12 +26,12 @@ from broker.credentials import Credentials, generate_password
 from broker.mosquitto_config import MosquittoSite
 from broker.session import BusConfig, BusSession
 from broker.telemetry import MetricsPublisher
+from coordinator.store.blocks import decode_block
+from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 from schemas.messages import MetricSample
 from tests.brokers import MosquittoUnderTest, free_port
 from tests.bus_helpers import WAIT, wait_until
 from tests.coordinator_helpers import Parts, start_coordinator, stop_coordinator
-from coordinator.store.blocks import decode_block
-from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,8 @@ class Publisher:
 
     def publish_one(self) -> None:
         now = time.time_ns() // 1_000_000
-        if self.metrics.publish([MetricSample(time_ms=now, name="temp", value=float(i)) for i in range(BATCH)]):
+        samples = [MetricSample(time_ms=now, name="temp", value=float(i)) for i in range(BATCH)]
+        if self.metrics.publish(samples):
             self.accepted += BATCH
 
     def _run(self) -> None:
