@@ -24,7 +24,12 @@ samples in the store:
 ``stored``          distinct accepted samples in the store;
 ``duplicated``      stored rows beyond the first of the same device, epoch and sequence number;
 ``lost-counted``    accepted samples not stored that the coordinator's accounting reports missing;
-``lost-uncounted``  accepted samples not stored that nobody reports.
+``lost-uncounted``  accepted samples not stored that nobody reports;
+``still queued``    accepted samples not stored but still held in an agent's outbox (not lost; a MISS too).
+
+Every restart waits until the restarted process is connected again (its log
+says so) before the next event, so a slow start on a loaded machine does not
+turn the schedule into one long outage.
 
 Targets: 0 lost-uncounted and 0 duplicated (PASS/MISS). ``--baseline`` runs the
 same schedule first with the end-to-end acknowledgement off (agents
@@ -126,6 +131,28 @@ class Process:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env, cwd=self.log.parent)
+
+    def log_count(self, text: str) -> int:
+        try:
+            return self.log.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
+    def restart_and_wait(self, pause: float, text: str = "connected to", timeout: float = 120.0) -> bool:
+        """kill -9, start again after ``pause`` s, and wait until its log says ``text`` once more."""
+        before = self.log_count(text)
+        self.kill()
+        time.sleep(pause)
+        self.start()
+        return self.wait_log(text, before + 1, timeout)
+
+    def wait_log(self, text: str, count: int, timeout: float = 120.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_count(text) >= count:
+                return True
+            time.sleep(0.2)
+        return False
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -260,16 +287,14 @@ def chaos(fleet: Fleet, rng: random.Random, result: Result, log: Callable[[str],
         elif event == "mq-restart":
             fleet.restart_mosquitto(signal.SIGTERM, pause)
             result.mosquitto_restarts += 1
-        elif event == "coordinator":
-            fleet.coordinator.kill()
-            time.sleep(pause)
-            fleet.coordinator.start()
+        elif event == "coordinator":  # back and connected before the next event, however slow the start
+            if not fleet.coordinator.restart_and_wait(pause):
+                log("  the coordinator did not connect again within 120 s")
             result.coordinator_kills += 1
         elif event == "agent":
             i = rng.choice([i for i in range(len(fleet.agents)) if i not in stopped])
-            fleet.agents[i].kill()
-            time.sleep(pause)
-            fleet.agents[i].start()
+            if not fleet.agents[i].restart_and_wait(pause):
+                log(f"  agent {fleet.agents[i].name} did not connect again within 120 s")
             result.agent_kills += 1
         else:
             i = rng.randrange(len(fleet.agents))
@@ -282,6 +307,24 @@ def chaos(fleet: Fleet, rng: random.Random, result: Result, log: Callable[[str],
         log(f"  [{n:2d}/{len(events)}] {event}")
     for timer in timers:
         timer.join()
+
+
+def wait_quiet(db: Path, quiet: float = 8.0, timeout: float = 180.0) -> None:
+    """Until the store's sample blocks did not change for ``quiet`` seconds (at most ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                now = conn.execute("SELECT COUNT(*), MAX(rowid) FROM metric_blocks").fetchone()
+        except sqlite3.Error:
+            now = None
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.5)
 
 
 def measure(fleet: Fleet, result: Result) -> None:
@@ -297,19 +340,20 @@ def measure(fleet: Fleet, result: Result) -> None:
             device = cred.username
             with sqlite3.connect(fleet.outboxes[device]) as box:
                 meta = dict(box.execute("SELECT key, value FROM meta").fetchall())
-                queued = box.execute("SELECT COUNT(*) FROM outbox WHERE stream IS NOT NULL").fetchone()[0]
+                queued = {first + i for first, n in box.execute(
+                    "SELECT first_seq, seq_count FROM outbox WHERE stream = 'metrics'") for i in range(n)}
             epoch, accepted = int(meta["epoch"]), int(meta.get("next_seq", 0))
             rows = conn.execute("SELECT epoch, first_seq, body FROM metric_blocks WHERE device = ?",
                                 (device,)).fetchall()
             seqs = [seq for e, first, body in rows if e == epoch
                     for seq, *_ in decode_block(device, e, first, body).samples()]
             distinct = set(seqs)
-            lost = set(range(accepted)) - distinct
+            lost = set(range(accepted)) - distinct - queued
             state = states.get(device)
             counted = _gaps(state) if state is not None and state.epoch == epoch else set()
             entry = {"sent": accepted, "stored": len(distinct & set(range(accepted))),
                      "duplicated": len(seqs) - len(distinct), "lost_counted": len(lost & counted),
-                     "lost_uncounted": len(lost - counted), "still_queued": int(queued)}
+                     "lost_uncounted": len(lost - counted), "still_queued": len(queued - distinct)}
             result.per_device[device] = entry
             for key, value in entry.items():
                 setattr(result, key, getattr(result, key) + value)
@@ -335,7 +379,8 @@ def run(agents: int, seed: int, *, acks: bool, log: Callable[[str], None] = prin
                 agent.signal(signal.SIGTERM)
             for agent in fleet.agents:
                 agent.stop(STOP_TIMEOUT + 30)
-            time.sleep(2.0)
+            log("  waiting until the coordinator stores nothing more")
+            wait_quiet(fleet.coordinator_dir / "data" / DEFAULT_DB_NAME)
             fleet.coordinator.stop(60)
             measure(fleet, result)
         finally:
