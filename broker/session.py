@@ -251,7 +251,10 @@ class BusSession:
         self._hooks_checked = False
         #: Delivered rows waiting for the coordinator: row id -> when the PUBACK came (monotonic).
         self._delivered_at: dict[int, float] = {}
+        #: How often each unconfirmed row went again without an acknowledgement prompting it.
+        self._timed_resends: dict[int, int] = {}
         self._resend: deque[int] = deque()
+        self._next_overdue_check = 0.0
         self._e2e = config.end_to_end_ack == "required" or (
             config.end_to_end_ack == "auto" and bool(self.outbox.meta(E2E_SEEN_KEY)))
         if config.device is not None and config.end_to_end_ack != "off":
@@ -572,6 +575,9 @@ class BusSession:
             rc = client.loop(timeout=0.2)
             self._process_subacks(conn)
             self._process_acks(conn)
+            if self._delivered_at and time.monotonic() >= self._next_overdue_check:
+                self._next_overdue_check = time.monotonic() + 1.0
+                self._resend_unconfirmed(prompted=False)
             if rc != mqtt.MQTT_ERR_SUCCESS or conn.lost:
                 break
         graceful = self._stopping.is_set() and not conn.lost
@@ -628,6 +634,8 @@ class BusSession:
             while window > 0 and self._resend:
                 ids = [self._resend.popleft() for _ in range(min(window, len(self._resend)))]
                 rows = self.outbox.rows(ids)
+                for gone in set(ids) - {row.id for row in rows}:  # released or given up meanwhile
+                    self._timed_resends.pop(gone, None)
                 for row in rows:
                     if not self._send_row(conn, row):
                         return
@@ -718,22 +726,39 @@ class BusSession:
             self._e2e = True
             self.outbox.set_meta(E2E_SEEN_KEY, 1)
         released = self.outbox.release(ack)
-        now = time.monotonic()
         with self._pump_lock:
             for row_id in released:
                 self._delivered_at.pop(row_id, None)
-            stale = [row_id for row_id, at in self._delivered_at.items()
-                     if now - at >= self.config.ack_timeout]
-            for row_id in stale:
-                del self._delivered_at[row_id]
-            self._resend.extend(stale)
+                self._timed_resends.pop(row_id, None)
         if released:
             self._count("confirmed", len(released))
             with self._drained:
                 self._drained.notify_all()
+        self._resend_unconfirmed(prompted=True)
+
+    def _resend_unconfirmed(self, *, prompted: bool) -> None:
+        """Send again the delivered rows no acknowledgement covered in time.
+
+        ``prompted``: an acknowledgement just arrived, so the coordinator is alive
+        and skipped them: every row delivered ``ack_timeout`` ago goes. Otherwise
+        (a periodic check: the coordinator may be away, or has nothing new to
+        acknowledge) a row waits twice as long after each such try, up to 64
+        times ``ack_timeout``, so a long outage costs few repeats.
+        """
+        now = time.monotonic()
+        timeout = self.config.ack_timeout
+        with self._pump_lock:
+            waits = self._timed_resends
+            stale = [row_id for row_id, at in self._delivered_at.items()
+                     if now - at >= timeout * (1 if prompted else 2 ** min(waits.get(row_id, 0), 6))]
+            for row_id in stale:
+                del self._delivered_at[row_id]
+                if not prompted:
+                    self._timed_resends[row_id] = self._timed_resends.get(row_id, 0) + 1
+            self._resend.extend(stale)
         if stale:
-            logger.info("%d delivered messages unconfirmed after %.0f s; sending them again",
-                        len(stale), self.config.ack_timeout)
+            logger.info("%d delivered messages unconfirmed after %.0f s or more; sending them again",
+                        len(stale), timeout)
             self._pump()
 
     # -- receiving -----------------------------------------------------

@@ -29,6 +29,7 @@ from broker.telemetry import MetricsPublisher
 from coordinator.store.blocks import decode_block
 from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 from schemas.messages import MetricSample
+from schemas.stored_ack import METRICS_STREAM, StoredAck, StreamAck
 from tests.brokers import MosquittoUnderTest, free_port
 from tests.bus_helpers import WAIT, wait_until
 from tests.coordinator_helpers import Parts, start_coordinator, stop_coordinator
@@ -147,4 +148,36 @@ def test_broker_killed_while_coordinator_down_loses_nothing(tmp_path: Path, mode
         session.stop(flush_timeout=0)
         if parts is not None:
             stop_coordinator(parts)
+        mq.stop()
+
+
+def test_unconfirmed_batch_goes_again_until_an_ack_covers_it(tmp_path: Path) -> None:
+    """No coordinator at all: the broker's PUBACK does not release the batch; it is sent again
+    (with a growing pause) until an acknowledgement covering it arrives; then it leaves the outbox."""
+    device = Credentials(DEVICE, generate_password())
+    mq = _broker(tmp_path, device)
+    mq.start()
+    watcher = BusSession(BusConfig(host=mq.host, port=mq.port, username=mq.username, password=mq.password,
+                                   client_id="watcher", clean_start=True))
+    copies: list[bytes] = []
+    watcher.subscribe(f"edgebus/{DEVICE}/metrics", lambda m: copies.append(m.payload))
+    watcher.start()
+    session = BusSession(BusConfig(host=mq.host, port=mq.port, username=device.username,
+                                   password=device.password, device=DEVICE, clean_start=True,
+                                   end_to_end_ack="required", ack_timeout=0.5))
+    metrics = MetricsPublisher(session)
+    session.start()
+    try:
+        assert watcher.wait_subscribed(WAIT) and session.wait_subscribed(WAIT)
+        Publisher(metrics).publish_one()
+        assert wait_until(lambda: len(copies) >= 3), f"sent {len(copies)} times"
+        assert len(set(copies)) == 1 and len(session.outbox) == 1
+        assert session.stats().resent >= 2
+        ack = StoredAck({METRICS_STREAM: StreamAck(metrics.epoch, ((0, BATCH),))})
+        watcher.publish(f"edgebus/{DEVICE}/cmd/stored", ack.encode(), retain=True)
+        assert wait_until(lambda: len(session.outbox) == 0), "the acknowledgement did not release it"
+        assert session.stats().confirmed == 1
+    finally:
+        session.stop(flush_timeout=0)
+        watcher.stop()
         mq.stop()
