@@ -114,7 +114,13 @@ class Result:
 
     @property
     def passed(self) -> bool:
+        """The issue's target: nothing lost without being counted, nothing stored twice."""
         return self.lost_uncounted == 0 and self.duplicated == 0 and self.still_queued == 0
+
+    @property
+    def exactly_once(self) -> bool:
+        """Stronger: every accepted sample is in the store, once."""
+        return self.stored == self.sent and self.duplicated == 0
 
 
 class Process:
@@ -403,7 +409,8 @@ def report(result: Result) -> None:
     print(f"  samples sent {result.sent}, stored {result.stored}, duplicated {result.duplicated}, "
           f"lost-and-counted {result.lost_counted}, lost-uncounted {result.lost_uncounted}, "
           f"still queued {result.still_queued}")
-    print(f"  target 0 lost-uncounted, 0 duplicated: {verdict}")
+    print(f"  target 0 lost-uncounted, 0 duplicated: {verdict}; every accepted sample stored exactly "
+          f"once: {'yes' if result.exactly_once else 'no'}")
 
 
 def main() -> int:
@@ -425,7 +432,8 @@ def main() -> int:
     report(main_result)
     results.append(main_result)
     if args.json is not None:
-        args.json.write_text(json.dumps([{**asdict(r), "passed": r.passed} for r in results], indent=1))
+        args.json.write_text(json.dumps([{**asdict(r), "passed": r.passed, "exactly_once": r.exactly_once}
+                                         for r in results], indent=1))
     return 0 if main_result.passed else 1
 
 
