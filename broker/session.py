@@ -24,8 +24,9 @@ What it promises:
   ``{root}/{device}/cmd/stored`` (:mod:`schemas.stored_ack`) says its samples
   are stored. Delivered rows still unconfirmed ``ack_timeout`` seconds later
   are sent again when an acknowledgement shows the coordinator is alive but
-  skipped them, and every unconfirmed row is sent again after a reconnect (the
-  coordinator's exactly-once accounting drops what it had). ``"required"``
+  skipped them, otherwise on a timer whose pause doubles with each try (up to
+  64 x ``ack_timeout``), and every unconfirmed row is sent again after a
+  reconnect (the coordinator's exactly-once accounting drops what it had). ``"required"``
   always waits; ``"auto"`` (the default) waits once this device has received an
   acknowledgement, ever (remembered in the outbox), so a device whose
   coordinator does not acknowledge behaves as before; ``"off"`` never waits.
