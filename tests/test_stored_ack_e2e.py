@@ -181,3 +181,36 @@ def test_unconfirmed_batch_goes_again_until_an_ack_covers_it(tmp_path: Path) -> 
         session.stop(flush_timeout=0)
         watcher.stop()
         mq.stop()
+
+
+def test_another_device_cannot_forge_the_ack(tmp_path: Path) -> None:
+    """The generated ACL: the acknowledgement lane of a device is written by coordinators, not by
+    other devices; a forged one never reaches the device (Mosquitto refuses it at PUBACK)."""
+    device, other = Credentials(DEVICE, generate_password()), Credentials("other-gw", generate_password())
+    admin = Credentials("coordinator", generate_password())
+    site = MosquittoSite(listener_host="127.0.0.1", port=free_port(), data_dir=tmp_path / "mq-data",
+                         devices=[device, other], coordinators=[admin])
+    mq = MosquittoUnderTest(tmp_path / "mq", site=site)
+    mq.start()
+    victim = BusSession(BusConfig(host=mq.host, port=mq.port, username=device.username,
+                                  password=device.password, device=DEVICE, clean_start=True,
+                                  end_to_end_ack="required"))
+    forger = BusSession(BusConfig(host=mq.host, port=mq.port, username=other.username,
+                                  password=other.password, device=other.username, clean_start=True,
+                                  end_to_end_ack="off"))
+    metrics = MetricsPublisher(victim)
+    victim.start()
+    forger.start()
+    try:
+        assert victim.wait_subscribed(WAIT) and forger.wait_connected(WAIT)
+        Publisher(metrics).publish_one()
+        assert wait_until(lambda: victim.stats().acknowledged >= 1)
+        forged = StoredAck({METRICS_STREAM: StreamAck(metrics.epoch, ((0, BATCH),))})
+        assert forger.publish(f"edgebus/{DEVICE}/cmd/stored", forged.encode(), retain=True)
+        assert forger.flush(WAIT)
+        assert forger.stats().rejected_by_broker == 1, "the broker took a forged acknowledgement"
+        assert victim.stats().stored_acks == 0 and len(victim.outbox) == 1
+    finally:
+        victim.stop(flush_timeout=0)
+        forger.stop(flush_timeout=0)
+        mq.stop()
