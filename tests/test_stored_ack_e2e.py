@@ -30,8 +30,8 @@ from coordinator.store.blocks import decode_block
 from coordinator.store.plugins.sql import DEFAULT_DB_NAME
 from schemas.messages import MetricSample
 from schemas.stored_ack import METRICS_STREAM, StoredAck, StreamAck
-from tests.brokers import MosquittoUnderTest, free_port
-from tests.bus_helpers import WAIT, wait_until
+from tests.brokers import MosquittoUnderTest, RunningBroker, free_port
+from tests.bus_helpers import WAIT, config_for, wait_until
 from tests.coordinator_helpers import Parts, start_coordinator, stop_coordinator
 
 pytestmark = pytest.mark.integration
@@ -214,3 +214,24 @@ def test_another_device_cannot_forge_the_ack(tmp_path: Path) -> None:
         victim.stop(flush_timeout=0)
         forger.stop(flush_timeout=0)
         mq.stop()
+
+
+def test_coordinator_confirms_through_the_embedded_broker(embedded_broker: RunningBroker,
+                                                          tmp_path: Path) -> None:
+    """The acknowledgement also flows through the embedded (amqtt, MQTT 3.1.1) broker (the tests
+    above run Mosquitto)."""
+    broker = embedded_broker
+    parts = start_coordinator(broker, tmp_path / "coordinator", client_id="coordinator-both")
+    session = BusSession(config_for(broker, client_id=None, device=DEVICE, end_to_end_ack="required"))
+    publisher = Publisher(MetricsPublisher(session))
+    session.start()
+    try:
+        assert session.wait_subscribed(WAIT)
+        for _ in range(3):
+            publisher.publish_one()
+        assert session.flush(WAIT), f"{len(session.outbox)} batches never confirmed"
+        assert session.stats().confirmed == 3
+        assert parts[3].count_samples(DEVICE) == publisher.accepted
+    finally:
+        session.stop(flush_timeout=0)
+        stop_coordinator(parts)
