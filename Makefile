@@ -63,6 +63,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/balance.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/api.py
 	PATH="$$PATH:/usr/sbin" $(PY) bench/bft.py
+	PATH="$$PATH:/usr/sbin" $(PY) bench/chaos.py --baseline --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

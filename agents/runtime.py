@@ -159,6 +159,9 @@ class Agent:
             "outbox_depth": stats.outbox_depth,
             "outbox_bytes": stats.outbox_bytes,
             "dropped_total": self.session.outbox.dropped,
+            # Batches waiting for the coordinator's stored acknowledgement, and those given up unconfirmed.
+            "outbox_unconfirmed": stats.awaiting_confirmation,
+            "outbox_evicted_total": stats.evicted,
             "publish_latency_ms": round(stats.ack_latency_ms, 2),
             "connection_losses_total": stats.connection_losses,
             "shed_level": self.policy.level,

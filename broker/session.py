@@ -16,6 +16,20 @@ What it promises:
   route, and re-sends whatever the outbox still holds, oldest first. Keeping
   retransmission in one place (the outbox) rather than also in paho's memory
   is what makes the "re-sent once, in order" rule hold.
+* **Until the coordinator has it** (``end_to_end_ack``). A broker's PUBACK
+  only says the broker has a message, and a broker killed before it saved its
+  store loses it. A message that carries sequenced samples (its
+  :class:`~broker.outbox.SequenceSpan`) therefore stays in the outbox after the
+  PUBACK, marked delivered, until the coordinator's acknowledgement on
+  ``{root}/{device}/cmd/stored`` (:mod:`schemas.stored_ack`) says its samples
+  are stored. Delivered rows still unconfirmed ``ack_timeout`` seconds later
+  are sent again when an acknowledgement shows the coordinator is alive but
+  skipped them, otherwise on a timer whose pause doubles with each try (up to
+  64 x ``ack_timeout``), and every unconfirmed row is sent again after a
+  reconnect (the coordinator's exactly-once accounting drops what it had). ``"required"``
+  always waits; ``"auto"`` (the default) waits once this device has received an
+  acknowledgement, ever (remembered in the outbox), so a device whose
+  coordinator does not acknowledge behaves as before; ``"off"`` never waits.
 * **Persistent sessions** (``clean_start=False`` with a stable client id, and a
   session expiry under MQTT 5) so the broker queues QoS 1 messages for a
   subscriber that is briefly away.
@@ -54,7 +68,8 @@ from broker.config_values import check_section_keys
 from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
 from broker.paho_client import FewerSyscallsClient
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
-from schemas.errors import BusError, ConfigError, TopicError
+from schemas.errors import BusError, CodecError, ConfigError, TopicError
+from schemas.stored_ack import StoredAck
 from schemas.topics import TopicTree, validate_device_id, validate_publish_topic
 
 __all__ = ["BusConfig", "BusSession", "SessionStats"]
@@ -65,6 +80,9 @@ ENVELOPE_CONTENT_TYPE = "application/vnd.edgebus.envelope"
 #: How long an MQTT 5 CONNECT may wait for CONNACK before "auto" retries with 3.1.1.
 MQTT5_PROBE_TIMEOUT = 2.0
 Protocol = Literal["auto", "5", "3.1.1"]
+EndToEndAck = Literal["auto", "required", "off"]
+#: The outbox meta key that remembers an end-to-end acknowledgement was ever received.
+E2E_SEEN_KEY = "e2e_ack_seen"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,8 @@ class BusConfig:
     outbox_max_messages: int = 100_000
     outbox_max_bytes: int = 64 * 1024 * 1024
     tls_ca: Path | None = None
+    end_to_end_ack: EndToEndAck = "auto"
+    ack_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -111,6 +131,11 @@ class BusConfig:
             raise ConfigError("reconnect delays must satisfy 0 < min <= max")
         if self.max_inflight < 1:
             raise ConfigError("max_inflight must be at least 1")
+        if self.end_to_end_ack not in ("auto", "required", "off"):
+            raise ConfigError(f"end_to_end_ack must be 'auto', 'required' or 'off', not "
+                              f"{self.end_to_end_ack!r}")
+        if not self.ack_timeout > 0:
+            raise ConfigError(f"ack_timeout must be a positive number of seconds, not {self.ack_timeout!r}")
 
     def resolved_client_id(self) -> str:
         """The client id to connect with: explicit, else derived from the device."""
@@ -148,6 +173,17 @@ class SessionStats:
     received: int = 0
     outbox_depth: int = 0
     outbox_bytes: int = 0
+    #: Rows the coordinator's end-to-end acknowledgement released.
+    confirmed: int = 0
+    #: Rows sent again because no acknowledgement covered them in time.
+    resent: int = 0
+    #: Acknowledgements received, and refused as malformed.
+    stored_acks: int = 0
+    bad_stored_acks: int = 0
+    #: Rows carrying samples not yet confirmed by the coordinator (delivered or not).
+    awaiting_confirmation: int = 0
+    #: Delivered but unconfirmed rows given up to make room (possibly lost; counted).
+    evicted: int = 0
     #: Send-to-acknowledgement time of outbox messages, smoothed (EWMA, 1/16), in ms.
     ack_latency_ms: float = 0.0
     last_error: str = ""
@@ -214,6 +250,16 @@ class BusSession:
         self._subacks: deque[tuple[int, int, list[Any]]] = deque()
         self._thread: threading.Thread | None = None
         self._hooks_checked = False
+        #: Delivered rows waiting for the coordinator: row id -> when the PUBACK came (monotonic).
+        self._delivered_at: dict[int, float] = {}
+        #: How often each unconfirmed row went again without an acknowledgement prompting it.
+        self._timed_resends: dict[int, int] = {}
+        self._resend: deque[int] = deque()
+        self._next_overdue_check = 0.0
+        self._e2e = config.end_to_end_ack == "required" or (
+            config.end_to_end_ack == "auto" and bool(self.outbox.meta(E2E_SEEN_KEY)))
+        if config.device is not None and config.end_to_end_ack != "off":
+            self.subscribe(self.topics.stored_ack(config.device), self._on_stored_ack, qos=1)
 
     # -- lifecycle -----------------------------------------------------
 
@@ -274,7 +320,14 @@ class BusSession:
         snap.refused = self.outbox.dropped
         snap.outbox_depth = len(self.outbox)
         snap.outbox_bytes = self.outbox.size_bytes
+        snap.awaiting_confirmation = self.outbox.awaiting()
+        snap.evicted = self.outbox.evicted
         return snap
+
+    @property
+    def waits_for_coordinator(self) -> bool:
+        """Whether sequenced rows stay until the coordinator confirms them (see ``end_to_end_ack``)."""
+        return self._e2e
 
     def set_birth(self, birth: Callable[[], bytes]) -> None:
         """Set what is published (retained) on the birth topic at every connection."""
@@ -509,7 +562,9 @@ class BusSession:
             self._conn = conn
             self._inflight.clear()
             self._sent_at.clear()
-            self._last_sent_id = 0
+            self._last_sent_id = 0  # everything still queued, unconfirmed rows too, goes again
+            self._delivered_at.clear()
+            self._resend.clear()
             self._connected.set()
         for listener in list(self._connect_listeners):
             try:
@@ -521,6 +576,9 @@ class BusSession:
             rc = client.loop(timeout=0.2)
             self._process_subacks(conn)
             self._process_acks(conn)
+            if self._delivered_at and time.monotonic() >= self._next_overdue_check:
+                self._next_overdue_check = time.monotonic() + 1.0
+                self._resend_unconfirmed(prompted=False)
             if rc != mqtt.MQTT_ERR_SUCCESS or conn.lost:
                 break
         graceful = self._stopping.is_set() and not conn.lost
@@ -574,29 +632,44 @@ class BusSession:
             if conn is None:
                 return
             window = self.config.max_inflight - len(self._inflight)
+            while window > 0 and self._resend:
+                ids = [self._resend.popleft() for _ in range(min(window, len(self._resend)))]
+                rows = self.outbox.rows(ids)
+                for gone in set(ids) - {row.id for row in rows}:  # released or given up meanwhile
+                    self._timed_resends.pop(gone, None)
+                for row in rows:
+                    if not self._send_row(conn, row):
+                        return
+                    window -= 1
+                self._count("resent", len(rows))
             while window > 0:
                 rows = self.outbox.peek(after_id=self._last_sent_id, limit=window)
                 if not rows:
                     return
                 for row in rows:
-                    m = row.message
-                    info = conn.client.publish(
-                        m.topic, m.payload, m.qos, m.retain,
-                        properties=self._properties(conn, m.content_type),
-                    )
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    if not self._send_row(conn, row):
                         return  # connection going down; the row is re-sent next time
                     self._last_sent_id = row.id
-                    self._inflight[info.mid] = row
-                    self._sent_at[info.mid] = time.monotonic()
                     window -= 1
                 with self._stats_lock:
                     self._stats.sent += len(rows)
+
+    def _send_row(self, conn: _Connection, row: OutboxRow) -> bool:
+        """Publish one outbox row (pump lock held); False when the connection is going down."""
+        m = row.message
+        info = conn.client.publish(m.topic, m.payload, m.qos, m.retain,
+                                   properties=self._properties(conn, m.content_type))
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._inflight[info.mid] = row
+        self._sent_at[info.mid] = time.monotonic()
+        return True
 
     def _process_acks(self, conn: _Connection) -> None:
         if not self._acks:
             return
         done: list[int] = []
+        delivered: list[int] = []
         rejected = 0
         latencies: list[float] = []
         now = time.monotonic()
@@ -615,10 +688,15 @@ class BusSession:
                     rejected += 1
                     logger.error("broker rejected a message for %s (not authorised?); dropped",
                                  row.message.topic)
+                elif self._e2e and row.message.span is not None:
+                    delivered.append(row.id)  # stays until the coordinator confirms it
+                    self._delivered_at[row.id] = now
+                    continue
                 done.append(row.id)
             self.outbox.ack(done)
+            self.outbox.mark_delivered(delivered)
         with self._stats_lock:
-            self._stats.acknowledged += len(done) - rejected
+            self._stats.acknowledged += len(done) + len(delivered) - rejected
             self._stats.rejected_by_broker += rejected
             for latency in latencies:
                 self._stats.ack_latency_ms += (latency * 1000 - self._stats.ack_latency_ms) / 16
@@ -634,6 +712,55 @@ class BusSession:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = content_type
         return props
+
+    def _on_stored_ack(self, message: ReceivedMessage) -> None:
+        """The coordinator's acknowledgement (network thread): release, and re-send what it skipped."""
+        try:
+            ack = StoredAck.decode(message.payload)
+        except CodecError as exc:
+            self._count("bad_stored_acks")
+            logger.warning("ignoring a malformed stored acknowledgement on %s: %s", message.topic, exc)
+            return
+        self._count("stored_acks")
+        if not self._e2e:
+            logger.info("the coordinator confirms stored samples: keeping them in the outbox until it does")
+            self._e2e = True
+            self.outbox.set_meta(E2E_SEEN_KEY, 1)
+        released = self.outbox.release(ack)
+        with self._pump_lock:
+            for row_id in released:
+                self._delivered_at.pop(row_id, None)
+                self._timed_resends.pop(row_id, None)
+        if released:
+            self._count("confirmed", len(released))
+            with self._drained:
+                self._drained.notify_all()
+        self._resend_unconfirmed(prompted=True)
+
+    def _resend_unconfirmed(self, *, prompted: bool) -> None:
+        """Send again the delivered rows no acknowledgement covered in time.
+
+        ``prompted``: an acknowledgement just arrived, so the coordinator is alive
+        and skipped them: every row delivered ``ack_timeout`` ago goes. Otherwise
+        (a periodic check: the coordinator may be away, or has nothing new to
+        acknowledge) a row waits twice as long after each such try, up to 64
+        times ``ack_timeout``, so a long outage costs few repeats.
+        """
+        now = time.monotonic()
+        timeout = self.config.ack_timeout
+        with self._pump_lock:
+            waits = self._timed_resends
+            stale = [row_id for row_id, at in self._delivered_at.items()
+                     if now - at >= timeout * (1 if prompted else 2 ** min(waits.get(row_id, 0), 6))]
+            for row_id in stale:
+                del self._delivered_at[row_id]
+                if not prompted:
+                    self._timed_resends[row_id] = self._timed_resends.get(row_id, 0) + 1
+            self._resend.extend(stale)
+        if stale:
+            logger.info("%d delivered messages unconfirmed after %.0f s or more; sending them again",
+                        len(stale), timeout)
+            self._pump()
 
     # -- receiving -----------------------------------------------------
 

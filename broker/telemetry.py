@@ -14,11 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from broker.outbox import OutboxMessage
+from broker.outbox import OutboxMessage, SequenceSpan
 from broker.session import ENVELOPE_CONTENT_TYPE, BusSession
 from schemas.birth import Capacity
 from schemas.errors import ConfigError
 from schemas.messages import Birth, MetricSample, MetricsBatch, encode_record
+from schemas.stored_ack import METRICS_STREAM
 
 __all__ = ["MetricsPublisher", "birth_payload"]
 
@@ -52,7 +53,8 @@ class MetricsPublisher:
                 batch = MetricsBatch(device=self.device, epoch=self.epoch, first_seq=first,
                                      samples=tuple(samples))
                 message = OutboxMessage(self.topic, encode_record(batch), 1, False,
-                                        ENVELOPE_CONTENT_TYPE)
+                                        ENVELOPE_CONTENT_TYPE,
+                                        SequenceSpan(METRICS_STREAM, self.epoch, first, len(samples)))
                 if tx.put(message) is None:
                     raise _Refused
         except _Refused:

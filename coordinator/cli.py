@@ -208,7 +208,7 @@ def _start(args: argparse.Namespace) -> int:
     engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
     bus = BusSession(bus_config)
     ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest)
-    processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir)
+    processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir, stored_acks=config.stored_acks)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
     processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
     feed = LiveFeed(http.live_queue)

@@ -51,6 +51,9 @@ class CoordinatorConfig:
     batch_configured: bool = False
     #: ``[http]``: the API and dashboard (coordinator/http/config.py).
     http: HttpConfig = field(default_factory=HttpConfig)
+    #: Publish each device's stored acknowledgement after commits (coordinator/stored_acks.py), so
+    #: agents keep samples until they are stored; false: agents rely on the broker's PUBACK alone.
+    stored_acks: bool = True
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -81,6 +84,9 @@ class CoordinatorConfig:
         if group is not None and embedded:
             raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
                               "(Mosquitto, EMQX); the embedded broker does not")
+        stored_acks = data.get("stored_acks", True)
+        if not isinstance(stored_acks, bool):
+            raise ConfigError(f"stored_acks must be true or false, not {stored_acks!r}")
         anomaly = dict(data.get("anomaly", {}))
         services = ServicesConfig(batch=BatchJobConfig.from_mapping(anomaly.get("batch")),
                                   actions=tuple(parse_actions(data.get("actions"))),
@@ -89,4 +95,4 @@ class CoordinatorConfig:
                    broker=broker, store=data.get("store", {}), anomaly=anomaly,
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
-                   http=HttpConfig.from_mapping(data.get("http")))
+                   http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks)

@@ -79,7 +79,7 @@ class IngestBatch:
     """
 
     __slots__ = ("_samples", "births", "dead_letters", "detections", "duplicates", "events", "metric_runs",
-                 "statuses")
+                 "statuses", "streams")
 
     def __init__(self, samples: Sequence[SampleRecord] | None = None,
                  detections: list[DetectionRecord] | None = None, events: list[EventRecord] | None = None,
@@ -98,6 +98,8 @@ class IngestBatch:
         self.statuses: list[tuple[str, str, int]] = statuses if statuses is not None else []
         self.dead_letters: list[DeadLetterRecord] = dead_letters if dead_letters is not None else []
         self.duplicates = duplicates
+        #: Every stream whose accounting took a batch, new samples or only repeats (the stored ack's).
+        self.streams: set[str] = set()
 
     @property
     def samples(self) -> list[SampleRecord]:
@@ -539,6 +541,7 @@ class Ingest:
         if refusal is not None:
             self._dead(batch, message, refusal.reason, refusal.detail)
             return
+        batch.streams.add(device)
         if isinstance(names, set):
             self._device_names[device] = names
         new = fresh.count(True)
@@ -575,6 +578,7 @@ class Ingest:
         if refusal is not None:
             self._dead(batch, message, refusal.reason, refusal.detail)
             return
+        batch.streams.add(stream)
         for i, (frame, new) in enumerate(zip(record.frames, fresh, strict=True)):
             if not new:
                 batch.duplicates += 1

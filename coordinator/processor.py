@@ -8,7 +8,9 @@ Per batch, in this order:
    the touched streams' sequence accounting go to the store in ONE transaction,
    so after a crash the store and the accounting agree on what arrived;
 3. only then are the alerts published, as JSON on
-   ``{root}/_anomaly/{device}/{metric}``, and shown in the live view.
+   ``{root}/_anomaly/{device}/{metric}``, and shown in the live view, and
+   each touched device's stored acknowledgement (coordinator/stored_acks.py),
+   which lets its agent drop the confirmed samples from its outbox.
 
 Steps 2 and 3 run on a writer thread (``pipeline=True``, the default), so
 the store's own work (SQLite runs without the GIL) overlaps the scoring of
@@ -47,6 +49,7 @@ from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.ingest import Ingest, IngestBatch
 from coordinator.store.base import Store
 from coordinator.store.records import WriteBatch
+from coordinator.stored_acks import StoredAckPublisher
 from schemas.errors import BusError, CodecError, StoreError, UnsupportedVersion
 from schemas.metrics import cycle
 
@@ -72,7 +75,7 @@ class FleetProcessor:
     def __init__(self, session: BusSession, ingest: Ingest, store: Store, engine: AnomalyEngine, *,
                  data_dir: Path, on_alert: Callable[[Alert], None] | None = None,
                  checkpoint_interval: float = 60.0, pipeline: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stored_acks: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.ingest = ingest
         self.store = store
@@ -101,6 +104,8 @@ class FleetProcessor:
         self._unwritten = 0
         self._written = threading.Condition()
         self._writer: threading.Thread | None = None
+        #: Publishes what is stored to each device after the commit (``stored_acks=False``: nothing).
+        self.acks = StoredAckPublisher(session) if stored_acks else None
 
     def restore(self) -> None:
         """Load the anomaly checkpoint and the stored sequence accounting, if any."""
@@ -114,6 +119,8 @@ class FleetProcessor:
         states = self.store.load_sequence_state()
         announced = {d.id: d.birth_epoch for d in self.store.devices() if d.birth_epoch is not None}
         self.ingest.restore_sequences(states, announced)
+        if self.acks is not None:
+            self.acks.restore(self.ingest.sequence_snapshot())
         logger.info("sequence accounting restored for %d streams", len(states))
 
     def __call__(self, batch: IngestBatch) -> None:
@@ -130,7 +137,8 @@ class FleetProcessor:
                     seen.update(names)  # every name of the table is in use
                 else:
                     seen.update(map(names.__getitem__, set(index)))
-        streams = {run.device for run in runs} | {f"{d.device}/{d.camera}" for d in batch.detections}
+        streams = ({run.device for run in runs} | {f"{d.device}/{d.camera}" for d in batch.detections}
+                   | batch.streams)
         write = WriteBatch(sample_columns=runs, detections=batch.detections, events=batch.events,
                            births=batch.births, statuses=batch.statuses, anomalies=alerts,
                            dead_letters=batch.dead_letters,
@@ -167,9 +175,17 @@ class FleetProcessor:
         self._writes.put((write, alerts))
 
     def _write_loop(self) -> None:
+        acks = self.acks
         while True:
-            item = self._writes.get()
+            try:
+                item = self._writes.get(timeout=acks.interval if acks is not None and acks.pending else None)
+            except queue.Empty:
+                if acks is not None:
+                    acks.publish_due()
+                continue
             if item is None:
+                if acks is not None:
+                    acks.publish_due(force=True)
                 return
             items = [item]
             stop = False
@@ -193,6 +209,8 @@ class FleetProcessor:
                     self._unwritten -= len(items)
                     self._written.notify_all()
             if stop:
+                if acks is not None:
+                    acks.publish_due(force=True)
                 return
 
     def _write(self, items: Sequence[tuple[WriteBatch, list[Alert]]]) -> None:
@@ -228,12 +246,18 @@ class FleetProcessor:
         for result, (_, alerts) in zip(results, items, strict=True):
             self.stored_samples += result.samples_new
             self._announce(alerts)
+        if self.acks is not None:
+            for write, _ in items:  # in order: a later snapshot of a stream supersedes an earlier one
+                self.acks.committed(write.sequence_state)
+            self.acks.publish_due(force=not self.pipeline)
 
     def _write_failed(self, items: Sequence[tuple[WriteBatch, list[Alert]]], exc: Exception) -> None:
         if len(items) > 1:
             for item in items:
                 self._write([item])
             return
+        if self.acks is not None:
+            self.acks.block(items[0][0].sequence_state)
         if not self.pipeline:
             raise exc  # the ingest counts and logs a failing sink
         self.write_errors += 1

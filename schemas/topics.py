@@ -61,6 +61,8 @@ NAME_MAX_CHARS = 128
 TOPIC_MAX_BYTES = 65535
 
 ANOMALY_LEVEL = "_anomaly"
+#: The command-lane name the coordinator's stored acknowledgement travels on (not a command).
+STORED_ACK_NAME = "stored"
 SYS_LEVEL = "_sys"
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -295,6 +297,11 @@ class TopicTree:
     def cmd(self, device: str, name: str) -> str:
         """The topic a command ``name`` (may span levels: ``ota/chunk``) is sent to."""
         return self._device_topic(device, f"cmd/{validate_command_name(name)}")
+
+    def stored_ack(self, device: str) -> str:
+        """The retained acknowledgement of what of ``device``'s samples the coordinator stored
+        (:mod:`schemas.stored_ack`); in the device's command lane, so only it reads it."""
+        return self._device_topic(device, f"cmd/{STORED_ACK_NAME}")
 
     def ota(self, device: str, name: str) -> str:
         """A topic the device's OTA client publishes to the server on (``ota/want``)."""

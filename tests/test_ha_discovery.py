@@ -341,7 +341,8 @@ AGENT_METRICS = (
     "mem_available_bytes", "swap_used_percent", "net_rx_bytes_per_s", "net_tx_bytes_per_s",
     "net_errors_total", "battery_percent", "battery_plugged", "temp_soc_c", "temp_cpu_thermal_c",
     "disk_used_percent", "disk_data_used_percent", "agent_cpu_percent", "agent_rss_bytes",
-    "agent_outbox_depth", "agent_outbox_bytes", "agent_dropped_total", "agent_publish_latency_ms",
+    "agent_outbox_depth", "agent_outbox_bytes", "agent_outbox_unconfirmed", "agent_outbox_evicted_total",
+    "agent_dropped_total", "agent_publish_latency_ms",
     "agent_connection_losses_total", "agent_shed_level", "agent_shed_level_changes_total",
     "agent_shed_total", "agent_job_failures_total", "agent_suppressed_total",
     *(f"camera_front_door_{m}" for m in (

@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterable, Mapping
 
 from agents.camera.config import STATE_SUFFIX, CameraConfig
 from agents.camera.events import EVENT_CONTENT_TYPE, TrackEvent
-from broker.outbox import OutboxMessage
+from broker.outbox import OutboxMessage, SequenceSpan
 from broker.session import ENVELOPE_CONTENT_TYPE, BusSession
 from schemas.camera_health import CameraHealth, camera_health_name
 from schemas.detections import DetectionsBatch, FrameDetections
 from schemas.errors import ConfigError
 from schemas.messages import encode_record
+from schemas.stored_ack import detections_stream
 
 __all__ = ["DetectionsPublisher", "sequence_key"]
 
@@ -128,7 +129,9 @@ class DetectionsPublisher:
                 batch = DetectionsBatch(device=self.device, camera=self.camera, epoch=self.epoch,
                                         first_seq=first, frames=frames)
                 message = OutboxMessage(self.detections_topic, encode_record(batch), 1, False,
-                                        ENVELOPE_CONTENT_TYPE)
+                                        ENVELOPE_CONTENT_TYPE,
+                                        SequenceSpan(detections_stream(self.camera), self.epoch, first,
+                                                     len(frames)))
                 if tx.put(message) is None:
                     raise _Refused
         except _Refused:

@@ -182,6 +182,8 @@ class CommandDispatcher:
         self.device = device
         self.topic_filter = session.topics.device_commands(device)
         self.last_command_topic = session.topics.state(device, LAST_COMMAND_STATE)
+        #: The coordinator's stored acknowledgement shares the lane; the session reads it, not us.
+        self._not_commands = frozenset({session.topics.stored_ack(device)})
         self._codec = codec
         self._lock = threading.Lock()
         self._handlers: dict[str, CommandHandler] = {}
@@ -264,6 +266,8 @@ class CommandDispatcher:
     # -- network thread ------------------------------------------------
 
     def _on_message(self, message: ReceivedMessage) -> None:
+        if message.topic in self._not_commands:
+            return
         with self._lock:
             raw = self._raw.get(message.topic)
             if raw is None:
