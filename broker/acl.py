@@ -93,7 +93,7 @@ class AclRule:
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether ``topic`` matches ``topic_filter`` (MQTT 3.1.1 section 4.7; ``$`` topics need a ``$`` filter)."""
+    """Whether ``topic`` matches ``topic_filter`` (MQTT 3.1.1 section 4.7; ``$`` needs a ``$`` filter)."""
     f_levels, t_levels = topic_filter.split("/"), topic.split("/")
     if topic.startswith("$") != topic_filter.startswith("$"):
         return False
@@ -217,7 +217,7 @@ class BusAcl:
         for device in self.devices:
             lines.append(f"user {device}")
             lines += [f"topic {r.access} {r.pattern}" for r in self.device_shared_rules(device)]
-        lines += ["", "# Coordinators, Raft nodes and operators: everything under the root and Home Assistant."]
+        lines += ["", "# Coordinators, Raft nodes and operators: everything under the root and HA."]
         for user in self.coordinators:
             lines.append(f"user {user}")
             lines += [f"topic {r.access} {r.pattern}" for r in self.coordinator_rules()]
@@ -226,7 +226,7 @@ class BusAcl:
     # -- the in-process matcher (the embedded broker) ----------------------------------------------
 
     def allows(self, user: str | None, action: Action | str, topic: str) -> bool:
-        """Whether ``user`` may ``action`` on ``topic`` (a filter for ``subscribe``) - what Mosquitto decides."""
+        """Whether ``user`` may ``action`` on ``topic`` (a filter for ``subscribe``), as Mosquitto decides."""
         if user is None or not topic:
             return False
         action = Action(action)

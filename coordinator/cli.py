@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from broker.cli import lanes_line
 from broker.cli_support import run_tool, setup_logging
 from broker.credentials import Credentials, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
@@ -195,6 +196,7 @@ def _start(args: argparse.Namespace) -> int:
               f"-P '{creds.password}' -t 'edgebus/#' -v")
         print(f"  decoded:  edge-bus sub -p {embedded.port} --credentials "
               f"{data_dir / 'broker' / 'credentials.json'} 'edgebus/#'")
+        print(f"  {lanes_line(False, False, data_dir / 'broker')}")
         print(guarantees_block("embedded"))
     else:
         if config.broker is None:

@@ -41,7 +41,7 @@ from broker.mosquitto_config import MosquittoSite
 from broker.session import BusConfig
 from protocols.coordination.group_state import decode_lock_result
 from protocols.coordination.wire import AdminRequest, ClientRequest, encode
-from protocols.locks import Acquire, CloseSession, KeepAlive, LockStatus, Release, encode_command
+from protocols.locks import Acquire, KeepAlive, LockStatus, Release, encode_command
 from protocols.raft import Role
 from tests.brokers import MosquittoUnderTest, MqttProbe, Received, free_port
 
@@ -287,11 +287,12 @@ def test_break_1_every_step_is_refused(site: Site, group: list[RaftDriver]) -> N
         # member) on the admin topics, straight from the spy's connection; then a request in
         # the spy's own lane whose reply proves the leader has seen all of that.
         forger = spy
-        for topic in ("edgebus/_sys/lock/site/req/cam-2", f"edgebus/_sys/lock/site/req/cam-2/{leader.config.node}"):
+        node = leader.config.node
+        for topic in ("edgebus/_sys/lock/site/req/cam-2", f"edgebus/_sys/lock/site/req/cam-2/{node}"):
             forger.publish(topic, encode(ClientRequest("holder", 2**62, "lock",
                                                        encode_command(Release("holder", "door", token)))))
         followers = [n for n in NODES if n != leader.config.node]
-        for topic in ("edgebus/_sys/raft/site/admin/req", f"edgebus/_sys/raft/site/admin/req/{leader.config.node}"):
+        for topic in ("edgebus/_sys/raft/site/admin/req", f"edgebus/_sys/raft/site/admin/req/{node}"):
             forger.publish(topic, encode(AdminRequest("evil", 1, "remove", followers[1])))
             forger.publish(topic, encode(AdminRequest("evil", 2, "transfer", followers[0])))
         try:

@@ -142,7 +142,8 @@ class GroupTxService:
     def _run(self, effects: list[Effect]) -> None:
         for e in effects:
             if isinstance(e, Send):
-                topic = self.topics.group_inbox(self._node) if e.to == self.topics.group else self.topics.to(e.to)
+                to_group = e.to == self.topics.group
+                topic = self.topics.group_inbox(self._node) if to_group else self.topics.to(e.to)
                 self._publish(topic, encode_record(e.message), qos=1)
                 self.counters[f"sent_{e.message.TYPE}"] += 1
             elif isinstance(e, Propose):

@@ -307,7 +307,7 @@ class LockStateMachine:
         return None if session is None else session.deadline_ms
 
     def owner(self, session_id: str) -> str | None:
-        """The identity that opened ``session_id`` (``""`` before lanes), or None if there is no such session."""
+        """The identity that opened ``session_id`` (``""`` before lanes); None if there is no such session."""
         session = self._sessions.get(session_id)
         return None if session is None else session.owner
 
@@ -333,7 +333,8 @@ class LockStateMachine:
         ``locks = [[name, holder, token, [[waiter, priority], ...]], ...]`` sorted
         by name, waiters in queue order.
         """
-        sessions = [[sid, s.ttl_ms, s.deadline_ms, s.seq, s.owner] for sid, s in sorted(self._sessions.items())]
+        sessions = [[sid, s.ttl_ms, s.deadline_ms, s.seq, s.owner]
+                    for sid, s in sorted(self._sessions.items())]
         locks = [
             [name, lock.holder, lock.token, [[w.session_id, w.priority] for w in lock.waiters]]
             for name, lock in sorted(self._locks.items())
