@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from broker.acl import BusAcl
 from broker.cli_support import EXIT_OK, EXIT_USAGE, run_tool
 from broker.credentials import (
     CREDENTIALS_FILE,
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "embedded broker")
     run.add_argument("--json", action="store_true",
                      help="print one JSON line with the address and credentials path once ready")
+    run.add_argument("--devices", type=Path, default=None, metavar="CSV",
+                     help="one user per device (device_id[,password] per line, as for "
+                          "mosquitto-config): the embedded broker then enforces the same per-device "
+                          "lanes as the generated Mosquitto ACL; passwords are filled in and kept in "
+                          "DATA_DIR/device-credentials.csv. Without it the one user may do everything")
 
     conf = sub.add_parser(
         "mosquitto-config", help="write mosquitto.conf, passwd and acl for a site",
@@ -129,6 +135,17 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger("amqtt").setLevel(logging.INFO)
 
 
+def lanes_line(mosquitto: bool, per_device: bool, data_dir: Path) -> str:
+    """What the running broker enforces between devices (printed at start: never quietly open)."""
+    if per_device:
+        return (f"per-device lanes: each device logs in as itself ({data_dir / DEVICE_CREDENTIALS_FILE}) "
+                "and may write only its own topics (broker/acl.py)")
+    kind = "Mosquitto" if mosquitto else "the embedded broker"
+    return (f"OPEN BUS: {kind} has one user that may do everything - any client with its password can "
+            "publish as any device and drive the coordination service; give devices their own users "
+            "(edge-broker run --devices CSV, or edge-broker mosquitto-config)")
+
+
 def _watch_line(host: str, port: int, creds: Credentials, root: str) -> str:
     return (f"mosquitto_sub -h {host} -p {port} -u {shlex.quote(creds.username)} "
             f"-P '{creds.password}' -t '{root}/#' -v")
@@ -141,8 +158,18 @@ def _run(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     creds = load_or_create_credentials(data_dir)
     broker: EmbeddedBroker | LocalMosquitto
+    if args.mosquitto and args.devices is not None:
+        raise ConfigError("--devices is for the embedded broker; for Mosquitto write a site "
+                          "configuration with per-device users: edge-broker mosquitto-config --devices CSV")
     if args.mosquitto:
         broker = LocalMosquitto(args.host, args.port, data_dir, creds)
+    elif args.devices is not None:
+        roster = read_devices_csv(args.devices, previous=data_dir / DEVICE_CREDENTIALS_FILE)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        write_credentials_csv(data_dir / DEVICE_CREDENTIALS_FILE, roster.devices)
+        acl = BusAcl(devices=tuple(d.username for d in roster.devices), coordinators=(creds.username,))
+        broker = EmbeddedBroker(host=args.host, port=args.port, data_dir=data_dir,
+                                credentials=[creds, *roster.devices], bus_acl=acl)
     else:
         broker = EmbeddedBroker(host=args.host, port=args.port, data_dir=data_dir,
                                 credentials=[creds])
@@ -163,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
                               "url": f"mqtt://{host}:{broker.port}", "broker": kind,
                               "protocol": protocol, "username": creds.username,
                               "credentials": str(creds_path),
+                              "per_device_lanes": args.devices is not None,
                               "needs_mosquitto": [] if args.mosquitto else list(NEEDS_MOSQUITTO)}),
                   flush=True)
         else:
@@ -170,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"edge-broker: {name} MQTT {protocol} broker listening on "
                   f"{args.host or '*'}:{broker.port}")
             print(f"  credentials: {creds_path} (user {creds.username})")
+            print(f"  {lanes_line(args.mosquitto, args.devices is not None, data_dir)}")
             print(f"  watch it:    {_watch_line(host, broker.port, creds, 'edgebus')}")
             print(guarantees_block(kind))
             print("Ctrl-C stops.", flush=True)

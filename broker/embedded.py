@@ -43,9 +43,16 @@ Mosquitto too; figures in ``notes/broker-choice.md``):
   ``allow_anonymous=True``. With ``allow_anonymous=True`` amqtt marks *every*
   session anonymous, including ones that logged in, and then queues nothing
   for offline persistent sessions - which is why the default has credentials.
-* **Topic ACLs** (``acl=``) are checked on publish and on subscribe;
-  a denied publish is dropped silently (MQTT 3.1.1 has no way to say no), a
-  denied subscribe gets return code 0x80.
+* **Per-device lanes** (``bus_acl=``, a :class:`broker.acl.BusAcl`): the
+  same ACL the generated Mosquitto configuration has, enforced by
+  :mod:`broker.amqtt_acl` on every publish, subscribe, delivery and will; a
+  denied publish is dropped silently (MQTT 3.1.1 has no way to say no), a
+  denied subscribe gets return code 0x80, a CONNECT whose will names a topic
+  the user may not write is refused. Give every device its own user
+  (``credentials``) and name them in the ACL. Without an ACL every user
+  that logs in may do everything (``edge-broker run`` says so when it starts).
+* **Simple topic ACLs** (``acl=``, a mapping per user) are checked on publish
+  and on subscribe, with amqtt's own plugin (no ``%u``, no delivery check).
 * **Speed**: 1-2 thousand QoS 1 messages a second on one core, and password
   checks run Argon2id on the broker's event loop (tens of ms per CONNECT),
   so a reconnect storm of many clients is slow; use Mosquitto for a real
@@ -67,6 +74,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from broker.acl import BusAcl
 from broker.credentials import Credentials, load_or_create_credentials, write_private_text
 from schemas.errors import BrokerError, ConfigError, EdgebusError, TopicError
 from schemas.topics import validate_topic_filter
@@ -269,6 +277,7 @@ class EmbeddedBroker:
         credentials: Sequence[Credentials] | None = None,
         acl: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
         *,
+        bus_acl: BusAcl | None = None,
         allow_anonymous: bool = False,
         session_expiry_interval: int | None = None,
         persistence: bool = True,
@@ -295,6 +304,16 @@ class EmbeddedBroker:
         self.allow_anonymous = allow_anonymous
         self._acl = (None if acl is None
                      else _normalise_acl(acl, set(names), allow_anonymous))
+        if bus_acl is not None:
+            if acl is not None:
+                raise ConfigError("pass acl or bus_acl, not both")
+            if not isinstance(bus_acl, BusAcl):
+                raise ConfigError(f"bus_acl must be a broker.acl.BusAcl, not {type(bus_acl).__name__}")
+            roleless = sorted(n for n in names if bus_acl.role(n) is None)
+            if roleless:
+                raise ConfigError(f"credentials: user {roleless[0]!r} is neither a device nor a "
+                                  "coordinator in bus_acl, so it could do nothing")
+        self.bus_acl = bus_acl
         self.session_expiry_interval = session_expiry_interval
         self.persistence = persistence
         self.start_timeout = start_timeout
@@ -446,6 +465,11 @@ class EmbeddedBroker:
 
             plugins[PLUGIN] = {"path": str(self.store_file),
                                "session_expiry_interval": self.session_expiry_interval}
+        if self.bus_acl is not None:
+            from broker.amqtt_acl import TOPIC_PLUGIN, WILL_PLUGIN
+
+            plugins[TOPIC_PLUGIN] = {"acl": self.bus_acl}
+            plugins[WILL_PLUGIN] = {"acl": self.bus_acl}
         if self._acl is not None:
             plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = {
                 # amqtt 0.12 reads its subscribe table only under the deprecated key "acl".

@@ -24,10 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from broker.acl import BusAcl
+from broker.cli import lanes_line
 from broker.cli_support import run_tool, setup_logging
-from broker.credentials import Credentials, load_or_create_credentials
+from broker.credentials import Credentials, generate_password, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.guarantees import guarantees_block
+from broker.mosquitto_config import DEVICE_CREDENTIALS_FILE, read_credentials_csv, write_credentials_csv
 from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.batch_job import BatchJobConfig
@@ -169,11 +172,23 @@ def _start_http(http: HttpConfig, feed: LiveFeed, store: Store, bus: BusSession,
     return server
 
 
+def demo_credentials(broker_dir: Path, devices: list[str]) -> dict[str, Credentials]:
+    """A password per demo device, kept in ``device-credentials.csv`` (the mosquitto-config format)."""
+    path = broker_dir / DEVICE_CREDENTIALS_FILE
+    known = read_credentials_csv(path) if path.exists() else {}
+    creds = {d: Credentials(d, known.get(d) or generate_password()) for d in devices}
+    if any(known.get(d) != c.password for d, c in creds.items()):
+        broker_dir.mkdir(parents=True, exist_ok=True)
+        write_credentials_csv(path, [*creds.values()])
+    return creds
+
+
 def _start(args: argparse.Namespace) -> int:
     config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
     http = _http_config(config, args)
     data_dir = args.data_dir or config.data_dir
     embedded: EmbeddedBroker | None = None
+    demo_devices: dict[str, Credentials] = {}
     # A stable id and a persistent session: the broker keeps what arrives while we restart.
     client_id = DEFAULT_CLIENT_ID
     if config.embedded_broker:
@@ -184,8 +199,14 @@ def _start(args: argparse.Namespace) -> int:
                                "or point --config at the broker that is running there")
             port = 0
         creds: Credentials = load_or_create_credentials(data_dir / "broker")
-        embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
-                                  credentials=[creds])
+        if args.demo:  # every simulated agent logs in as itself, in its own lanes
+            demo_devices = demo_credentials(data_dir / "broker", SimulatedFleet.device_ids(args.agents))
+            acl = BusAcl(devices=tuple(demo_devices), coordinators=(creds.username,))
+            embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
+                                      credentials=[creds, *demo_devices.values()], bus_acl=acl)
+        else:
+            embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
+                                      credentials=[creds])
         embedded.start()
         bus_config = BusConfig(host=args.host, port=embedded.port, username=creds.username,
                                password=creds.password, client_id=client_id, clean_start=False,
@@ -195,6 +216,7 @@ def _start(args: argparse.Namespace) -> int:
               f"-P '{creds.password}' -t 'edgebus/#' -v")
         print(f"  decoded:  edge-bus sub -p {embedded.port} --credentials "
               f"{data_dir / 'broker' / 'credentials.json'} 'edgebus/#'")
+        print(f"  {lanes_line(False, bool(demo_devices), data_dir / 'broker')}")
         print(guarantees_block("embedded"))
     else:
         if config.broker is None:
@@ -225,7 +247,7 @@ def _start(args: argparse.Namespace) -> int:
     print(f"history in the {config.store.get('type', 'sql')} store "
           f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "
           f"anomalies on {bus.topics.root}/_anomaly/+/+")
-    fleet = SimulatedFleet(bus_config, count=args.agents) if args.demo else None
+    fleet = SimulatedFleet(bus_config, count=args.agents, credentials=demo_devices) if args.demo else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = None

@@ -12,8 +12,10 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from broker.credentials import Credentials
 from broker.session import BusConfig, BusSession
 from broker.telemetry import MetricsPublisher, birth_payload
 from schemas.messages import MetricSample
@@ -105,11 +107,22 @@ class SimulatedAgent:
 class SimulatedFleet:
     """A handful of simulated agents started and stopped together."""
 
-    def __init__(self, base: BusConfig, count: int = 4, *, interval: float = 1.0) -> None:
+    def __init__(self, base: BusConfig, count: int = 4, *, interval: float = 1.0,
+                 credentials: Mapping[str, Credentials] | None = None) -> None:
+        """``credentials``: each device's own broker user (device id -> credentials), else ``base``'s."""
+        def login(device: str) -> BusConfig:
+            creds = (credentials or {}).get(device)
+            return base if creds is None else replace(base, username=creds.username,
+                                                      password=creds.password)
+
         # The second agent has a CPU spike now and then, for the anomaly detector to find.
-        self.agents = [SimulatedAgent(f"demo-gw-{i + 1:02d}", base, interval=interval, seed=i,
+        self.agents = [SimulatedAgent(device, login(device), interval=interval, seed=i,
                                       incident_every=60 if i == 1 else 0)
-                       for i in range(count)]
+                       for i, device in enumerate(self.device_ids(count))]
+
+    @staticmethod
+    def device_ids(count: int) -> list[str]:
+        return [f"demo-gw-{i + 1:02d}" for i in range(count)]
 
     def start(self) -> None:
         for agent in self.agents:

@@ -85,9 +85,13 @@ def test_acl_confines_devices(tmp_path: Path) -> None:
     acl = make_site(tmp_path).render_acl().splitlines()
     for line in ["pattern write edgebus/%u/#", "pattern read edgebus/%u/cmd/#",
                  "pattern write homeassistant/+/%u/#", "user cam-1",
-                 "topic read homeassistant/status", "topic readwrite edgebus/_sys/#",
+                 "topic read homeassistant/status", "pattern write edgebus/_sys/lock/+/req/%u",
+                 "pattern read edgebus/_sys/lock/+/reply/%u/#", "pattern write edgebus/_sys/tx/+/from/%u",
+                 "pattern read edgebus/_sys/tx/+/to/%u",
                  "user coord", "topic readwrite edgebus/#", "topic readwrite homeassistant/#"]:
         assert line in acl
+    # Devices have only their own lanes in the coordination protocols (issue 17, break 1).
+    assert not [line for line in acl if "_sys/#" in line or "_sys/raft" in line]
     # gw.3 is node gw_3 in Home Assistant.
     user = acl.index("user gw.3")
     assert "topic write homeassistant/+/gw_3/#" in acl[user:user + 5]
@@ -190,10 +194,11 @@ def test_device_writes_only_its_own_topics(site_broker: MosquittoUnderTest) -> N
         cam.publish("edgebus/_anomaly/cam-2/temp", b"spoofed")
         cam.publish("homeassistant/sensor/cam-2/temp/config", b"spoofed")
         cam.publish("homeassistant/sensor/cam-1/temp/config", b"{}")
-        cam.publish("edgebus/_sys/raft/g/vote", b"ok")
+        cam.publish("edgebus/_sys/raft/g/vote", b"spoofed")
+        cam.publish("edgebus/_sys/lock/g/req/cam-1", b"its own lane")
         cam.publish("edgebus/cam-1/status", b"marker")
         topics = [coord.expect().topic for _ in range(3)]
-        assert topics == ["homeassistant/sensor/cam-1/temp/config", "edgebus/_sys/raft/g/vote",
+        assert topics == ["homeassistant/sensor/cam-1/temp/config", "edgebus/_sys/lock/g/req/cam-1",
                           "edgebus/cam-1/status"]
         assert coord.drain(0.2) == []
 

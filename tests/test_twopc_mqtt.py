@@ -110,10 +110,14 @@ def test_bad_input_is_refused_counted_and_dead_lettered(env: Env) -> None:
     with env.client.transaction(timeout_s=10) as t:
         t.enlist("pa", b'{"set": {"y": 2}}')
     # A vote from a stranger for an unknown transaction, and garbage on the group topic.
-    env.session.publish(env.topics.group_inbox(), encode_record(Vote("no-such-tx", "stranger", True)), qos=1)
-    env.session.publish(env.topics.group_inbox(), b"\x00not an envelope", qos=1)
+    stranger = env.topics.group_inbox("stranger")
+    env.session.publish(stranger, encode_record(Vote("no-such-tx", "stranger", True)), qos=1)
+    env.session.publish(env.topics.group_inbox("stranger"), b"\x00not an envelope", qos=1)
     env.session.publish(env.topics.to("pa"), b"\x00garbage", qos=1)
-    assert wait_until(lambda: {e["code"] for e in list(env.errors)} >= {"unknown_tx", "malformed"}, 10)
+    # A vote for participant pa sent on another sender's lane: forged, whatever it says.
+    env.session.publish(env.topics.group_inbox("stranger"), encode_record(Vote(t.tx_id, "pa", False)), qos=1)
+    codes = {"unknown_tx", "malformed", "wrong_lane"}
+    assert wait_until(lambda: {e["code"] for e in list(env.errors)} >= codes, 10)
     # Counted where an operator looks (edge-bus raft status --json: each node's status).
     assert env.watcher.wait_for(lambda st: any(
         s.get("tx", {}).get("counters", {}).get("refused_unknown_tx", 0) >= 1 for s in st.values()), 10)

@@ -19,7 +19,10 @@ behaviour, and which conformance case (``tests/conformance``) proves it:
 * :mod:`.queued_retain` - messages queued for an offline session go out with
   RETAIN 0 (§3.3.1.3);
 * :mod:`.retained_on_subscribe` - retained messages go to a new subscription
-  that matches them, not to every client that connects (§3.3.1.3).
+  that matches them, not to every client that connects (§3.3.1.3);
+* :mod:`.broadcast_snapshot` - a message is delivered to every matching
+  subscriber even when a subscription changes while a topic check (the
+  ACL, :mod:`broker.amqtt_acl`) is awaited.
 
 amqtt's plugin API cannot carry any of these: plugins only see events
 (connected, subscribed, message received, ...) and the authentication and
@@ -82,6 +85,7 @@ def check_version(version: str | None) -> None:
 def _fix_modules() -> tuple[ModuleType, ...]:
     from broker.amqtt_fixes import (
         authenticate_first,
+        broadcast_snapshot,
         delivery_qos,
         keepalive,
         queued_retain,
@@ -91,12 +95,12 @@ def _fix_modules() -> tuple[ModuleType, ...]:
     )
 
     return (keepalive, redelivery, authenticate_first, takeover, delivery_qos, queued_retain,
-            retained_on_subscribe)
+            retained_on_subscribe, broadcast_snapshot)
 
 
 #: The fix modules' names, in the order :func:`apply` installs them.
 FIXES = ("keepalive", "redelivery", "authenticate_first", "takeover", "delivery_qos",
-         "queued_retain", "retained_on_subscribe")
+         "queued_retain", "retained_on_subscribe", "broadcast_snapshot")
 
 
 def _check_targets(modules: tuple[ModuleType, ...]) -> None:

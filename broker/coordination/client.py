@@ -2,8 +2,12 @@
 
 A request goes to the leader's own request topic once a reply has named the
 leader, else (and on every retry, in case leadership moved) to
-``{root}/_sys/lock/{group}/req``, which every node hears and only the leader
-acts on; answers come back on this client's reply topic. A
+``{root}/_sys/lock/{group}/req/{lane}``, which every node hears and only the
+leader acts on; answers come back on this client's reply topic
+``.../reply/{lane}/{client_id}``. The lane is the broker user the session
+logged in as (``anonymous`` without one): the broker's ACL lets a user write
+only its own lane and read only its own replies, and the group takes the
+requester's identity from the lane (see :mod:`protocols.coordination.topics`). A
 request is re-sent with the SAME ``(client_id, seq)`` until answered, and the
 Raft session table applies it once however many copies arrive, so a retry
 after a leader crash cannot double an append or an acquire. One request is in
@@ -48,9 +52,18 @@ from protocols.coordination.wire import (
 from schemas.errors import AdminRefused, CodecError, CoordinationError, CoordinationTimeout, TopicError
 from schemas.topics import validate_name
 
-__all__ = ["RaftClient"]
+__all__ = ["ANONYMOUS_LANE", "RaftClient", "lane_of"]
+
+#: The lane of a session that logged in with no user name.
+ANONYMOUS_LANE = "anonymous"
 
 logger = logging.getLogger(__name__)
+
+
+def lane_of(session: BusSession | PeerTransport) -> str:
+    """The broker user ``session`` logs in as: the lane its lock requests travel in."""
+    config = session.bus if isinstance(session, PeerTransport) else session.config
+    return config.username or ANONYMOUS_LANE
 
 
 class RaftClient:
@@ -60,7 +73,8 @@ class RaftClient:
                  retry_interval: float = 0.25, timeout: float = 10.0) -> None:
         self.session = session
         self.topics = CoordinationTopics(session.topics, group)
-        self.client_id = client_id or f"c{uuid.uuid4().hex[:12]}"
+        self.client_id = validate_name(client_id or f"c{uuid.uuid4().hex[:12]}", "client id")
+        self.lane = lane_of(session)
         self.retry_interval = retry_interval
         self.timeout = timeout
         self._seq = time.time_ns() // 1000
@@ -73,7 +87,7 @@ class RaftClient:
         self._admin_answer: AdminReplyMsg | None = None
         self.leader: str | None = None
         self.retries = 0
-        session.subscribe(self.topics.reply(self.client_id), self._on_reply)
+        session.subscribe(self.topics.reply(self.lane, self.client_id), self._on_reply)
         session.subscribe(self.topics.admin_reply(self.client_id), self._on_admin_reply)
 
     def on_lock_event(self, listener: Callable[[LockEventMsg], None]) -> None:
@@ -92,9 +106,9 @@ class RaftClient:
             first = True
             while True:
                 if first and self.leader:
-                    topic = self.topics.requests_for(self.leader)
+                    topic = self.topics.requests_for(self.lane, self.leader)
                 else:
-                    topic = self.topics.requests()
+                    topic = self.topics.requests(self.lane)
                 if not first:
                     self.retries += 1
                 first = False

@@ -188,11 +188,11 @@ class RaftDriver:
     def start(self) -> RaftDriver:
         s = self.transport
         s.subscribe(self.topics.inbox(self.config.node), self._on_inbox)
-        s.subscribe(self.topics.requests(), self._on_request)
-        s.subscribe(self.topics.requests_for(self.config.node), self._on_request)
+        s.subscribe(self.topics.all_requests(), self._on_request)
+        s.subscribe(self.topics.all_requests_for(self.config.node), self._on_request)
         s.subscribe(self.topics.admin_requests(), self._admin_handler(directed=False))
         s.subscribe(self.topics.admin_requests_for(self.config.node), self._admin_handler(directed=True))
-        s.subscribe(self.tx.topics.group_inbox(), self._on_tx)
+        s.subscribe(self.tx.topics.all_group_inboxes(), self._on_tx)
         self._watch_presence(self.config.peers + self.node.members)
         s.start(threaded=False)  # the loop below drives it
         self._thread = threading.Thread(target=self._run, name=f"raft-{self.config.node}", daemon=True)
@@ -227,9 +227,18 @@ class RaftDriver:
             self._inputs.put(obj)
 
     def _on_request(self, msg: ReceivedMessage) -> None:
-        obj = self._decode(msg)
-        if isinstance(obj, ClientRequest):
-            self._inputs.put(obj)
+        lane = self.topics.request_lane(msg.topic)
+        obj = self._decode(msg) if lane is not None else None
+        if lane is not None and isinstance(obj, ClientRequest):
+            try:
+                validate_name(lane, "lane")
+                validate_name(obj.client_id, "client id")
+            except TopicError as exc:
+                logger.warning("dropping request on %s: %s", msg.topic, exc)
+                return
+            # Identity comes from the topic (the broker lets a user write only its own lane):
+            # the Raft session key and the lock requester are the lane, whatever the payload says.
+            self._inputs.put(ClientRequest(f"{lane}/{obj.client_id}", obj.seq, obj.op, obj.body))
 
     def _on_tx(self, msg: ReceivedMessage) -> None:
         if self.node.role is not Role.LEADER:
@@ -336,8 +345,9 @@ class RaftDriver:
         if self.node.role is not Role.LEADER:
             return  # every node hears requests; only the leader acts
         if req.op == "lock":
+            lane = req.client_id.partition("/")[0]
             try:
-                command = encode_op("lock", encode_entry(_now_ms(), decode_command(req.body)))
+                command = encode_op("lock", encode_entry(_now_ms(), decode_command(req.body), requester=lane))
             except (LockError, CodecError) as exc:
                 logger.warning("dropping malformed lock request from %s: %s", req.client_id, exc)
                 return
@@ -509,8 +519,11 @@ class RaftDriver:
 
     def _publish_events(self, rd: Ready, events: list[LockEvent]) -> None:
         if self.node.role is Role.LEADER and events:
-            for client, event in publishable_events(events):
-                self.transport.publish(self._topic(("reply", client)), encode(event), qos=1)
+            for session, event in publishable_events(events):
+                owner = self.app.locks.owner(session)
+                topic = self._topic(("reply", f"{owner}/{session}")) if owner else None
+                if topic is not None:  # a session that is gone, or from before lanes, has nobody to tell
+                    self.transport.publish(topic, encode(event), qos=1)
             for dl in events:
                 if isinstance(dl, DeadlockEvent):
                     logger.info("deadlock in %s: %s waiting on %s; victim %s", self.config.group,
@@ -541,7 +554,9 @@ class RaftDriver:
         """Replies first (a client is waiting on each), then the batch's messages."""
         for r in rd.replies:
             reply = ClientReplyMsg(r.request_seq, r.index, r.leader, r.result)
-            self.transport.publish(self._topic(("reply", r.client_id)), encode(reply))
+            topic = self._topic(("reply", r.client_id))
+            if topic is not None:
+                self.transport.publish(topic, encode(reply))
         self._send_messages(rd.messages)
 
     def _send_messages(self, messages: tuple[Message, ...]) -> None:
@@ -554,16 +569,25 @@ class RaftDriver:
             by_dst.setdefault(m.dst, []).append(m)
         for dst, msgs in by_dst.items():
             payload = encode(msgs[0]) if len(msgs) == 1 else encode(MessageBatch(tuple(msgs)))
-            self.transport.publish(self._topic(("inbox", dst)), payload)
+            topic = self._topic(("inbox", dst))
+            if topic is not None:
+                self.transport.publish(topic, payload)
 
-    def _topic(self, key: tuple[str, str]) -> str:
-        """Inbox and reply topics, built (and validated) once each."""
+    def _topic(self, key: tuple[str, str]) -> str | None:
+        """Inbox and reply topics, built (and validated) once each; None for a reply nobody can hear."""
         topic = self._topics.get(key)
         if topic is None:
             if len(self._topics) > 4096:
                 self._topics.clear()
             kind, name = key
-            topic = self.topics.inbox(name) if kind == "inbox" else self.topics.reply(name)
+            if kind == "inbox":
+                return self._topics.setdefault(key, self.topics.inbox(name))
+            lane, _, client = name.partition("/")  # a Raft session key or a lock session: "{lane}/{client}"
+            try:
+                topic = self.topics.reply(lane, client)
+            except TopicError as exc:  # a log entry from before lanes, a session id that is no topic level
+                logger.debug("no reply topic for %r: %s", name, exc)
+                return None
             self._topics[key] = topic
         return topic
 

@@ -60,6 +60,7 @@ class PeerTransport:
         self.presence_topic = presence_topic
         self.topics = TopicTree(bus.root)
         self._handlers: dict[str, Handler] = {}
+        self._wildcards: dict[str, Handler] = {}  # filters with + or #, tried after the exact topics
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._stopping = threading.Event()
@@ -71,8 +72,15 @@ class PeerTransport:
         self.dropped = 0
 
     def subscribe(self, topic: str, handler: Handler) -> None:
-        """Deliver messages on exactly ``topic`` (no wildcards) to ``handler``; call before :meth:`start`."""
-        self._handlers[topic] = handler
+        """Deliver messages on ``topic`` to ``handler``; call before :meth:`start`.
+
+        An exact topic is looked up in a dict (the hot path); a filter with
+        ``+`` or ``#`` (a node's ``req/+`` lanes) is matched after it.
+        """
+        if "+" in topic or "#" in topic:
+            self._wildcards[topic] = handler
+        else:
+            self._handlers[topic] = handler
         client = self._client
         if client is not None and self._connected.is_set():
             client.subscribe(topic, 0)
@@ -207,7 +215,7 @@ class PeerTransport:
             self._lost(client)
 
     def _begin(self, client: mqtt.Client) -> None:
-        for topic in list(self._handlers):
+        for topic in [*self._handlers, *self._wildcards]:
             client.subscribe(topic, 0)
         if self.presence_topic is not None:
             client.publish(self.presence_topic, b"online", qos=1, retain=True)
@@ -231,6 +239,9 @@ class PeerTransport:
 
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         handler = self._handlers.get(msg.topic)
+        if handler is None:
+            handler = next((h for f, h in self._wildcards.items() if mqtt.topic_matches_sub(f, msg.topic)),
+                           None)
         if handler is None:
             return
         try:

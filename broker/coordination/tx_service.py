@@ -26,16 +26,20 @@ from collections.abc import Callable, Iterable
 from broker.router import ReceivedMessage
 from protocols.coordination.group_state import encode_op
 from protocols.twopc import (
+    Ack,
+    BeginRequest,
     Effect,
     InputError,
     ManagerConfig,
     Propose,
     Send,
+    StatusQuery,
     TxDecided,
     TxEnded,
     TxManager,
     TxMessage,
     TxTable,
+    Vote,
     encode_entry,
 )
 from protocols.twopc.messages import TX_MESSAGE_TYPES, TxState
@@ -90,6 +94,14 @@ class GroupTxService:
         if not isinstance(record, TX_MESSAGE_TYPES):
             self._dead_letter("not_a_tx_message", "", f"{record.TYPE} on {msg.topic}")
             return None
+        lane = self.topics.sender_lane(msg.topic)
+        speaks_for = _speaks_for(record)
+        if lane is None or (speaks_for is not None and speaks_for != lane):
+            # The broker lets a device write only its own lane: a message that names another
+            # participant or client than its lane's is forged (or misaddressed).
+            self._dead_letter("wrong_lane", getattr(record, "tx_id", ""),
+                              f"{record.TYPE} for {speaks_for!r} on {msg.topic}")
+            return None
         return record
 
     def receive(self, message: TxMessage) -> None:
@@ -130,7 +142,8 @@ class GroupTxService:
     def _run(self, effects: list[Effect]) -> None:
         for e in effects:
             if isinstance(e, Send):
-                topic = self.topics.group_inbox() if e.to == self.topics.group else self.topics.to(e.to)
+                to_group = e.to == self.topics.group
+                topic = self.topics.group_inbox(self._node) if to_group else self.topics.to(e.to)
                 self._publish(topic, encode_record(e.message), qos=1)
                 self.counters[f"sent_{e.message.TYPE}"] += 1
             elif isinstance(e, Propose):
@@ -172,3 +185,14 @@ class GroupTxService:
                 "open": rows, "truncated": len(rows) >= _OPEN_LIST_LIMIT,
                 "pending": sum(1 for r in rows if r["state"] == TxState.PENDING.value)}
         self._publish(self.topics.open_transactions(), json.dumps(body), qos=1, retain=True)
+
+
+def _speaks_for(record: TxMessage) -> str | None:
+    """The participant or client id a group-bound message speaks for (None: names nobody)."""
+    if isinstance(record, Vote | Ack):
+        return record.participant
+    if isinstance(record, BeginRequest):
+        return record.client
+    if isinstance(record, StatusQuery):
+        return record.asker
+    return None

@@ -140,7 +140,7 @@ class TxClient:
             answers.pop(tx_id, None)
         try:
             while True:
-                if not self.session.publish(self.topics.group_inbox(), payload, qos=1):
+                if not self.session.publish(self.topics.group_inbox(self.client_id), payload, qos=1):
                     raise CoordinationError("the session refused to publish the request")
                 resend = min(deadline, time.monotonic() + self.retry_s)
                 with self._cond:

@@ -194,7 +194,7 @@ class ParticipantDriver:
     def _execute(self, effects: list[Effect]) -> None:
         for i, e in enumerate(effects):
             if isinstance(e, Send):
-                self.session.publish(self.topics.group_inbox(), encode_record(e.message), qos=1)
+                self.session.publish(self.topics.group_inbox(self.id), encode_record(e.message), qos=1)
                 self.counters[f"sent_{e.message.TYPE}"] += 1
             elif isinstance(e, Persist):
                 self.store.put(e.record)  # StorageError ends the thread: nothing after it is sent

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from protocols.locks import Granted, LockEvent, LockResult, LockStateMachine, LockStatus, decode_entry
+from protocols.locks import Granted, LockEvent, LockResult, LockStateMachine, LockStatus, decode_stamped
 from protocols.twopc.table import TxResult, TxTable, encode_result
 from schemas.errors import CodecError, UnsupportedVersion
 
@@ -63,8 +63,8 @@ class GroupStateMachine:
         if version != ENTRY_VERSION:
             return msgpack.packb([ENTRY_VERSION, "error", f"entry version {version} unknown"])
         if op == "lock":
-            now_ms, cmd = decode_entry(body)
-            result = self.locks.apply(cmd, now_ms)
+            now_ms, cmd, requester = decode_stamped(body)
+            result = self.locks.apply(cmd, now_ms, requester)
             sender = getattr(cmd, "session_id", None)
             # The sender of a granted acquire hears it in its reply; only others need an event.
             self._events.extend(e for e in result.events if not (

@@ -20,6 +20,7 @@ from protocols.locks.commands import (
     Release,
     decode_command,
     decode_entry,
+    decode_stamped,
     encode_command,
     encode_entry,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "WaitEdge",
     "decode_command",
     "decode_entry",
+    "decode_stamped",
     "encode_command",
     "encode_entry",
 ]

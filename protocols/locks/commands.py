@@ -8,7 +8,14 @@ travel inside the entry: replicas never read a clock.
 Wire form (msgpack, so another language can decode it)::
 
     command: [1, kind, field, ...]          # 1 = format version
-    entry:   [1, now_ms, [kind, field, ...]]
+    entry:   [1, now_ms, [kind, field, ...]]             # no requester (before lanes)
+    entry:   [2, now_ms, [kind, field, ...], requester]  # the requester's identity
+
+The requester is who sent the command as the broker saw it (the lane of the
+request topic, see :mod:`protocols.coordination.topics`), never a payload
+field: the state machine binds a session to the identity that opened it and
+refuses every later command for it from anyone else, so a session id is not
+a bearer secret.
 
 Field order per kind is fixed by ``_FIELDS`` below. Commands are frozen and
 validate themselves, so a decoded command is a valid one; a payload that is not
@@ -37,11 +44,13 @@ __all__ = [
     "Release",
     "decode_command",
     "decode_entry",
+    "decode_stamped",
     "encode_command",
     "encode_entry",
 ]
 
 FORMAT_VERSION = 1
+ENTRY_VERSION_WITH_REQUESTER = 2
 MAX_NAME_BYTES = 256
 # A lease longer than a week is a configuration mistake, not a lease.
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
@@ -193,15 +202,16 @@ def _from_list(body: object) -> Command:
     return command
 
 
-def _unpack(data: bytes, what: str) -> list[Any]:
+def _unpack(data: bytes, what: str, versions: tuple[int, ...] = (FORMAT_VERSION,)) -> list[Any]:
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise LockCodecError(f"{what} is not valid msgpack: {exc}") from exc
     if not isinstance(body, list) or not body or isinstance(body[0], bool) or not isinstance(body[0], int):
         raise LockCodecError(f"{what} must be a msgpack array starting with a format version")
-    if body[0] != FORMAT_VERSION:
-        raise UnsupportedVersion(f"{what} format {body[0]} is not supported (this build reads 1)")
+    if body[0] not in versions:
+        raise UnsupportedVersion(f"{what} format {body[0]} is not supported (this build reads "
+                                 f"{', '.join(map(str, versions))})")
     return body
 
 
@@ -215,19 +225,39 @@ def decode_command(data: bytes) -> Command:
     return _from_list(_unpack(data, "lock command")[1:])
 
 
-def encode_entry(now_ms: int, command: Command) -> bytes:
-    """A log entry: the command with the leader's logical time, applied identically by every replica."""
+def encode_entry(now_ms: int, command: Command, requester: str = "") -> bytes:
+    """A log entry: the command with the leader's logical time and the requester's identity.
+
+    An empty ``requester`` writes the format without one (format 1), as
+    entries were written before lanes; the state machine then treats the
+    requester as the empty identity.
+    """
     check_int("now_ms", now_ms, 0, _UINT63)
+    if not isinstance(requester, str) or len(requester) > MAX_NAME_BYTES:
+        raise LockError(f"requester must be a string of at most {MAX_NAME_BYTES} characters")
+    if requester:
+        return msgpack.packb([ENTRY_VERSION_WITH_REQUESTER, now_ms, _to_list(command), requester],
+                             use_bin_type=True)
     return msgpack.packb([FORMAT_VERSION, now_ms, _to_list(command)], use_bin_type=True)
 
 
-def decode_entry(data: bytes) -> tuple[int, Command]:
-    """Inverse of :func:`encode_entry`: ``(now_ms, command)``."""
-    body = _unpack(data, "lock log entry")
-    if len(body) != 3:
-        raise LockCodecError("a lock log entry must be [version, now_ms, command]")
+def decode_stamped(data: bytes) -> tuple[int, Command, str]:
+    """Inverse of :func:`encode_entry`: ``(now_ms, command, requester)``."""
+    body = _unpack(data, "lock log entry", (FORMAT_VERSION, ENTRY_VERSION_WITH_REQUESTER))
+    size = 3 if body[0] == FORMAT_VERSION else 4
+    if len(body) != size:
+        raise LockCodecError(f"a format {body[0]} lock log entry must have {size} parts")
     try:
         now_ms = check_int("now_ms", body[1], 0, _UINT63)
     except LockError as exc:
         raise LockCodecError(str(exc)) from exc
-    return now_ms, _from_list(body[2])
+    requester = body[3] if size == 4 else ""
+    if not isinstance(requester, str) or len(requester) > MAX_NAME_BYTES:
+        raise LockCodecError("the requester of a lock log entry must be a short string")
+    return now_ms, _from_list(body[2]), requester
+
+
+def decode_entry(data: bytes) -> tuple[int, Command]:
+    """``(now_ms, command)`` of a log entry (the requester dropped; see :func:`decode_stamped`)."""
+    now_ms, command, _requester = decode_stamped(data)
+    return now_ms, command

@@ -43,6 +43,7 @@ class LockStatus(StrEnum):
     NOT_WAITING = "not_waiting"
     NO_SESSION = "no_session"  # unknown, closed or expired session: open a new one
     SESSION_EXISTS = "session_exists"
+    NOT_OWNER = "not_owner"  # the session belongs to another identity (the one that opened it)
 
 
 class ReleaseReason(StrEnum):

@@ -46,7 +46,7 @@ from protocols.locks.commands import (
     Release,
     check_int,
     check_name,
-    decode_entry,
+    decode_stamped,
 )
 from protocols.locks.results import (
     CancelReason,
@@ -75,6 +75,7 @@ class _Session:
     ttl_ms: int
     deadline_ms: int
     seq: int  # open order: a higher seq is a younger session
+    owner: str = ""  # the identity that opened it; only it may use the session
     held: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
 
@@ -104,33 +105,43 @@ class LockStateMachine:
 
     # ---- applying commands -------------------------------------------------------------------
 
-    def apply(self, command: Command, now_ms: int) -> LockResult:
-        """Apply one committed command at the leader-stamped time ``now_ms``."""
+    def apply(self, command: Command, now_ms: int, requester: str = "") -> LockResult:
+        """Apply one committed command at the leader-stamped time ``now_ms``.
+
+        ``requester`` is who sent it as the broker saw it (the request's
+        lane, never a payload field). A session belongs to the requester that
+        opened it; any other requester's command for it is refused with
+        ``NOT_OWNER`` and changes nothing, so a session id learnt elsewhere
+        releases, renews or closes nothing.
+        """
         check_int("now_ms", now_ms, 0, _MAX_TIME)
         now = self._now = max(self._now, now_ms)
         events: list[LockEvent] = []
         self._reap_lapsed(events)
-        status, token, deadline = self._dispatch(command, events)
+        status, token, deadline = self._dispatch(command, requester, events)
         return LockResult(status, now, token, deadline, tuple(events))
 
     def apply_entry(self, entry: bytes) -> LockResult:
         """Apply an encoded log entry (see :func:`protocols.locks.commands.encode_entry`)."""
-        now_ms, command = decode_entry(entry)
-        return self.apply(command, now_ms)
+        now_ms, command, requester = decode_stamped(entry)
+        return self.apply(command, now_ms, requester)
 
-    def _dispatch(self, command: Command, events: list[LockEvent]) -> _Answer:
+    def _dispatch(self, command: Command, requester: str, events: list[LockEvent]) -> _Answer:
         if isinstance(command, Expire):
             return LockStatus.OK, None, None
         if isinstance(command, OpenSession):
             if command.session_id in self._sessions:
                 return LockStatus.SESSION_EXISTS, None, None
             deadline = self._now + command.ttl_ms
-            self._sessions[command.session_id] = _Session(command.ttl_ms, deadline, self._next_seq)
+            self._sessions[command.session_id] = _Session(command.ttl_ms, deadline, self._next_seq,
+                                                          owner=requester)
             self._next_seq += 1
             return LockStatus.OK, None, deadline
         session = self._sessions.get(command.session_id)
         if session is None:
             return LockStatus.NO_SESSION, None, None
+        if session.owner != requester:
+            return LockStatus.NOT_OWNER, None, None
         if isinstance(command, KeepAlive):
             session.deadline_ms = self._now + session.ttl_ms
             return LockStatus.OK, None, session.deadline_ms
@@ -295,6 +306,11 @@ class LockStateMachine:
         session = self._sessions.get(session_id)
         return None if session is None else session.deadline_ms
 
+    def owner(self, session_id: str) -> str | None:
+        """The identity that opened ``session_id`` (``""`` before lanes); None if there is no such session."""
+        session = self._sessions.get(session_id)
+        return None if session is None else session.owner
+
     def sessions(self) -> tuple[str, ...]:
         return tuple(sorted(self._sessions))
 
@@ -312,11 +328,13 @@ class LockStateMachine:
         """The whole state as deterministic msgpack: equal states give equal bytes.
 
         ``[1, now_ms, next_token, next_seq, sessions, locks]`` with
-        ``sessions = [[id, ttl_ms, deadline_ms, seq], ...]`` sorted by id and
+        ``sessions = [[id, ttl_ms, deadline_ms, seq, owner], ...]`` sorted by id
+        (a snapshot from before lanes has no ``owner``: ``""``) and
         ``locks = [[name, holder, token, [[waiter, priority], ...]], ...]`` sorted
         by name, waiters in queue order.
         """
-        sessions = [[sid, s.ttl_ms, s.deadline_ms, s.seq] for sid, s in sorted(self._sessions.items())]
+        sessions = [[sid, s.ttl_ms, s.deadline_ms, s.seq, s.owner]
+                    for sid, s in sorted(self._sessions.items())]
         locks = [
             [name, lock.holder, lock.token, [[w.session_id, w.priority] for w in lock.waiters]]
             for name, lock in sorted(self._locks.items())
@@ -353,13 +371,19 @@ def _decode_snapshot(data: bytes) -> tuple[int, int, int, dict[str, _Session], d
     check_int("next_token", next_token, 1, _MAX_TIME)
     check_int("next_seq", next_seq, 1, _MAX_TIME)
     sessions: dict[str, _Session] = {}
-    for sid, ttl, deadline, seq in raw_sessions:
+    for row in raw_sessions:
+        if not isinstance(row, list) or len(row) not in (4, 5):
+            raise LockCodecError("a snapshot session must be [id, ttl_ms, deadline_ms, seq, owner]")
+        sid, ttl, deadline, seq = row[:4]
+        owner = row[4] if len(row) == 5 else ""
+        if not isinstance(owner, str):
+            raise LockCodecError(f"session {sid!r}: owner must be a string")
         check_name("session_id", sid)
         if sid in sessions:
             raise LockCodecError(f"session {sid!r} twice in snapshot")
         check_int("seq", seq, 1, next_seq - 1)
         check_int("ttl_ms", ttl, 1, _MAX_TIME)
-        sessions[sid] = _Session(ttl, check_int("deadline", deadline, 0, _MAX_TIME), seq)
+        sessions[sid] = _Session(ttl, check_int("deadline", deadline, 0, _MAX_TIME), seq, owner=owner)
     locks: dict[str, _Lock] = {}
     for name, holder, token, raw_waiters in raw_locks:
         check_name("lock_name", name)
