@@ -19,6 +19,7 @@ from coordinator.batch_job import BatchJobConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.http.config import HttpConfig
 from coordinator.ingest_limits import IngestLimits
+from coordinator.placement.config import PlacementConfig
 from coordinator.services import ServicesConfig
 from schemas.errors import ConfigError
 
@@ -51,6 +52,8 @@ class CoordinatorConfig:
     batch_configured: bool = False
     #: ``[http]``: the API and dashboard (coordinator/http/config.py).
     http: HttpConfig = field(default_factory=HttpConfig)
+    #: ``[placement]``: load balancing (coordinator/placement/); None (no table): nothing is placed.
+    placement: PlacementConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -89,4 +92,5 @@ class CoordinatorConfig:
                    broker=broker, store=data.get("store", {}), anomaly=anomaly,
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
-                   http=HttpConfig.from_mapping(data.get("http")))
+                   http=HttpConfig.from_mapping(data.get("http")),
+                   placement=PlacementConfig.from_mapping(data.get("placement")))

@@ -1,0 +1,117 @@
+"""The placement table: which agent owns each managed camera, since when, and who lost it by evacuation.
+
+Published retained on ``{root}/_sys/placement/{group}/table`` by the placer
+after every change, so a standby that takes over (and an agent that comes
+back) reads the latest. Ownership follows the agents' own reports (their
+retained ``state/cameras``) and the outcome of the placer's moves; an agent
+whose camera was evacuated while it was away is *revoked*: its stale report
+is not ownership, and it drops the camera when it reconnects
+(:mod:`agents.camera.placement_fence`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols.placement import Assignment, MoveReason, MoveRecord, MoveState, Placement
+
+__all__ = ["PlacementTable", "record_from_json", "record_to_json"]
+
+logger = logging.getLogger(__name__)
+
+_KEEP_DECISIONS = 20
+
+
+def record_to_json(r: MoveRecord) -> dict[str, Any]:
+    return {"workload": r.workload, "source": r.source, "target": r.target, "reason": r.reason.value,
+            "started_ms": r.started_ms, "state": r.state.value, "finished_ms": r.finished_ms}
+
+
+def record_from_json(body: Mapping[str, Any]) -> MoveRecord:
+    return MoveRecord(body["workload"], body.get("source"), body["target"], MoveReason(body["reason"]),
+                      int(body["started_ms"]), MoveState(body.get("state", "in_flight")),
+                      body.get("finished_ms"))
+
+
+@dataclass
+class PlacementTable:
+    """Owners, revocations, recent move records and decisions; not thread-safe (the placer's own)."""
+
+    owners: dict[str, Assignment] = field(default_factory=dict)
+    revoked: dict[str, set[str]] = field(default_factory=dict)  # camera -> agents that must not run it
+    moves: list[MoveRecord] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    token: int = 0
+    blocked: list[str] = field(default_factory=list)  # work the last plan could not place or move
+
+    def observe(self, cameras: Iterable[str], reported: Mapping[str, frozenset[str]],
+                online: frozenset[str], now_ms: int) -> list[str]:
+        """Follow the agents' reports; the warnings (a camera reported by two online agents) returned.
+
+        A camera reported by exactly one agent that is not revoked for it is
+        that agent's; an agent that no longer reports a camera it was revoked
+        from is no longer revoked (it has dropped it).
+        """
+        warnings = []
+        flying = {r.workload for r in self.moves if r.in_flight}
+        for cam in cameras:
+            revoked = self.revoked.get(cam, set())
+            for agent in list(revoked):
+                if agent in reported and cam not in reported[agent]:
+                    revoked.discard(agent)
+            if not revoked:
+                self.revoked.pop(cam, None)
+            holders = sorted(a for a, cams in reported.items() if cam in cams and a not in revoked)
+            live = [a for a in holders if a in online]
+            if len(live) > 1:
+                warnings.append(f"camera {cam} is reported by {', '.join(live)}")
+            if cam in flying:
+                continue
+            current = self.owners.get(cam)
+            if len(holders) == 1 and (current is None or current.agent != holders[0]):
+                if current is None or current.agent not in holders:
+                    self.owners[cam] = Assignment(holders[0], now_ms)
+            elif not holders and current is not None and current.agent in reported:
+                del self.owners[cam]  # its owner says it does not run it
+        return warnings
+
+    def moved(self, camera: str, source: str | None, target: str, now_ms: int, *, revoke: bool) -> None:
+        self.owners[camera] = Assignment(target, now_ms)
+        if revoke and source is not None:
+            self.revoked.setdefault(camera, set()).add(source)
+        self.revoked.get(camera, set()).discard(target)
+
+    def placement(self, cameras: Iterable[str]) -> Placement:
+        known = set(cameras)
+        return Placement({c: a for c, a in self.owners.items() if c in known})
+
+    def recent(self, now_ms: int, window_ms: int) -> tuple[MoveRecord, ...]:
+        self.moves = [r for r in self.moves if r.in_flight or now_ms - r.started_ms <= window_ms]
+        return tuple(self.moves)
+
+    def decide(self, decision: Mapping[str, Any]) -> None:
+        self.decisions = [*self.decisions, dict(decision)][-_KEEP_DECISIONS:]
+
+    def to_json(self, group: str, placer: str, now_ms: int, controls: Mapping[str, Any]) -> dict[str, Any]:
+        return {"group": group, "placer": placer, "token": self.token, "updated_ms": now_ms,
+                "owners": {c: {"agent": a.agent, "since_ms": a.since_ms}
+                           for c, a in sorted(self.owners.items())},
+                "revoked": {c: sorted(a) for c, a in sorted(self.revoked.items()) if a},
+                "moves": [record_to_json(r) for r in self.moves], "controls": dict(controls),
+                "decisions": list(self.decisions), "blocked": list(self.blocked)}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> PlacementTable:
+        """The table a previous placer published (a standby continues from it); ValueError if malformed."""
+        try:
+            owners = {str(c): Assignment(str(a["agent"]), int(a["since_ms"]))
+                      for c, a in dict(body.get("owners", {})).items()}
+            revoked = {str(c): {str(x) for x in a} for c, a in dict(body.get("revoked", {})).items()}
+            moves = [record_from_json(r) for r in body.get("moves", [])]
+            decisions = [dict(d) for d in body.get("decisions", [])][-_KEEP_DECISIONS:]
+            return cls(owners, revoked, moves, decisions, int(body.get("token", 0)))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed placement table: {exc}") from exc
