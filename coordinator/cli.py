@@ -343,3 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "placement":
         return run_tool("edge-coordinator", lambda: _placement(args))
     return run_tool("edge-coordinator", lambda: _start(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,6 +46,10 @@ class Snapshot:
     agents: tuple[AgentView, ...]
     reported: dict[str, frozenset[str]] = field(default_factory=dict)  # agent -> cameras it says it runs
     online: frozenset[str] = frozenset()
+    #: Agents that report cameras but whose birth or will is not known yet: planning would guess.
+    unknown: tuple[str, ...] = ()
+    #: Online camera agents with no load report yet.
+    unmeasured: tuple[str, ...] = ()
 
 
 class FleetState:
@@ -125,14 +129,20 @@ class FleetState:
         views: list[AgentView] = []
         reported: dict[str, frozenset[str]] = {}
         online: set[str] = set()
+        unknown: list[str] = []
+        unmeasured: list[str] = []
         with self._lock:
             for device, a in sorted(self._agents.items()):
                 if a.cameras is not None:
                     reported[device] = a.cameras
+                    if a.cameras and (a.status_since_ms == 0 or not a.runs_cameras):
+                        unknown.append(device)
                 if a.online:
                     online.add(device)
                 if not a.runs_cameras:
                     continue
+                if a.online and a.measured_ms == 0:
+                    unmeasured.append(device)
                 cap = a.capacity or _FALLBACK
                 views.append(AgentView(
                     device,
@@ -140,4 +150,4 @@ class FleetState:
                                   accelerators=len(cap.accelerators), detector_fps=dict(cap.detector_fps)),
                     AgentLoad(measured_ms=a.measured_ms, cpu_share=a.cpu_share, memory_share=a.memory_share),
                     online=a.online, status_since_ms=a.status_since_ms))
-        return Snapshot(tuple(views), reported, frozenset(online))
+        return Snapshot(tuple(views), reported, frozenset(online), tuple(unknown), tuple(unmeasured))

@@ -41,6 +41,9 @@ __all__ = ["PlacementService"]
 
 logger = logging.getLogger(__name__)
 
+#: How long a new placer waits for every online camera agent's first load report before planning without.
+WARMUP_MS = 15_000
+
 DecisionSink = Callable[[Mapping[str, Any]], None]
 
 
@@ -73,6 +76,7 @@ class PlacementService:
         self.locks: LockClient | None = None
         self.token: int | None = None
         self.rounds = 0
+        self._placing_since_ms = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         root = self.session.topics
@@ -171,6 +175,7 @@ class PlacementService:
         table.token = token
         self.table = table
         self.token = token
+        self._placing_since_ms = now
         self._decide({"kind": "takeover", "detail": f"{self.name} places now (token {token}; "
                                                     f"previous {previous or 'none'})"}, now)
         logger.warning("placement: %s holds the placer lock (token %d) and places", self.name, token)
@@ -198,6 +203,12 @@ class PlacementService:
     def _round(self) -> None:
         now = self._now()
         snap = self.fleet.snapshot()
+        if snap.unknown:
+            logger.info("placement: waiting for the birth and status of %s", ", ".join(snap.unknown))
+            return
+        if snap.unmeasured and now - self._placing_since_ms < WARMUP_MS:
+            logger.info("placement: waiting for the first load report of %s", ", ".join(snap.unmeasured))
+            return
         cams = [c.name for c in self.config.cameras]
         for warning in self.table.observe(cams, snap.reported, snap.online, now):
             logger.error("placement: %s", warning)
