@@ -239,6 +239,11 @@ def _start(args: argparse.Namespace) -> int:
                              device=None)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = _open_store(config, data_dir)
+    placer: PlacementService | None = None
+    if config.placement is not None:  # needs none of the stream processing: first, as that can take a while
+        placer = PlacementService(bus_config, config.placement, bus_config.resolved_client_id(),
+                                  decision_sink=store.record_placement_decision)
+        placer.start()
     # The demo's agents start from nothing; learn for half a minute instead of two.
     online = {k: v for k, v in config.anomaly.items() if k != "batch"}  # [anomaly.batch] is the services'
     engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
@@ -265,7 +270,6 @@ def _start(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = None
-    placer: PlacementService | None = None
     try:
         if http.enabled:
             server = _start_http(http, feed, store, bus, ingest, processor, view, coordination)
@@ -274,10 +278,6 @@ def _start(args: argparse.Namespace) -> int:
             raise BusError(f"cannot reach the broker at {bus_config.host}:{bus_config.port}: "
                            f"{bus.stats().last_error}")
         services.start()
-        if config.placement is not None:
-            placer = PlacementService(bus_config, config.placement, bus_config.resolved_client_id(),
-                                      decision_sink=store.record_placement_decision)
-            placer.start()
         if fleet is not None:
             fleet.start()
             print(f"{len(fleet.agents)} simulated agents publishing metrics every second")

@@ -10,6 +10,8 @@ and two-phase commit), and ``edge-coordinator start`` processes with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -94,7 +96,8 @@ class Fleet:
 
     # -- processes --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, coordinators: tuple[str, ...] = ()) -> None:
+        """The watch, the Raft group, the coordinators (the slowest to start, so first), the agents."""
         session = BusSession(self.bus("placement-watch"))
         session.subscribe(f"{ROOT}/+/state/cameras", self.watch)
         session.subscribe(f"{ROOT}/_sys/placement/{GROUP}/#", self.watch)
@@ -103,6 +106,8 @@ class Fleet:
         self.session = session
         self.cluster = LocalCluster(self.bus("unused"), GROUP, self.root_dir / "raft")
         self.cluster.start()
+        for name in coordinators:
+            self.start_coordinator(name)
         assert GroupWatcher(session, GROUP).leader(NODES, timeout=30) is not None
         for device, owns in self.agent_cameras.items():
             self.start_agent(device, owns)
@@ -148,11 +153,15 @@ class Fleet:
                 env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=config.parent, stdout=log,
                 stderr=subprocess.STDOUT)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str) -> tuple[int, str]:
+        """``edge-coordinator placement ARGS --config``, in this process (imports are slow): exit, stdout."""
+        from coordinator.cli import main
+
         config = next(iter(self.coordinator_configs.values()))
-        return subprocess.run([sys.executable, "-m", "coordinator.cli", "placement", *args, "--config",
-                               str(config)], env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
-                              capture_output=True, timeout=60, check=False)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["placement", *args, "--config", str(config)])
+        return code, out.getvalue()
 
     def stop(self) -> None:
         for proc in self.coordinators.values():

@@ -106,8 +106,9 @@ class CameraHost(AgentExtension):
 
     @property
     def cameras(self) -> list[str]:
+        """The cameras this agent owns: running, or held by the placement fence (they count for votes)."""
         with self._lock:
-            return sorted(self._running)
+            return sorted(set(self._running) | set(self._suspended))
 
     def pipeline(self, name: str) -> CameraPipeline | None:
         with self._lock:
@@ -131,9 +132,8 @@ class CameraHost(AgentExtension):
                     camera.config.source, camera.config.detector.get("type"))
 
     def start(self) -> None:
-        if self._start_suspended:
+        if self._start_suspended:  # the placement fence resumes (and publishes) them after reading the table
             self._suspended = {c.config.name: c for c in self._initial}
-            self.publish_cameras()
             return
         for camera in self._initial:
             try:
@@ -186,6 +186,10 @@ class CameraHost(AgentExtension):
             raise ConfigError("unassign needs args.camera, the camera to stop")
         with self._lock:
             running = self._running.pop(name, None)
+            suspended = self._suspended.pop(name, None)
+        if running is None and suspended is not None:
+            self.publish_cameras()
+            return {"camera": name, "stopped": True}
         if running is None:
             if missing_ok:
                 return {"camera": name, "stopped": False}

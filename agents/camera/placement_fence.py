@@ -13,7 +13,12 @@ records the old owner as revoked. This fence makes that safe:
   fence, the agent starts nothing until it has read the retained table (or
   waited ``table_wait_s`` and found none: no placer has ever placed), then
   durably releases every camera the table gives to another agent or revokes
-  from it, and starts the rest.
+  from it, and starts the rest;
+* **after any reconnect** (a pause too short for the lease, a SIGSTOP), the
+  first table that arrives is checked the same way against what runs: the
+  broker may have published the will meanwhile, and the camera may have been
+  evacuated. Until that table arrives (a round trip after the reconnect) the
+  cameras keep running: that moment is the residual overlap.
 
 Off unless ``[transactions] placement_lease_s`` is set (agents in a fleet the
 coordinator balances). The argument and its assumptions are in
@@ -46,6 +51,11 @@ class FencedHost(Protocol):
     def suspended(self) -> list[str]: ...
 
     def resume(self, drop: list[str]) -> None: ...
+
+    @property
+    def cameras(self) -> list[str]: ...
+
+    def stop_camera(self, camera: str) -> None: ...
 
 
 def cameras_to_drop(table: Mapping[str, Any] | None, device: str, owned: list[str]) -> list[str]:
@@ -83,6 +93,7 @@ class PlacementFence(AgentExtension):
         self._table_at = -1.0
         self._lock = threading.Lock()
         self._fenced = True  # the host starts suspended: nothing runs before the table is read
+        self._recheck = False  # a reconnect happened: check the next table against what runs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,6 +103,7 @@ class PlacementFence(AgentExtension):
 
     def start(self) -> None:
         self.session.subscribe(self._topic, self._on_table)
+        self.session.on_connect(self._on_connect)
         self._thread = threading.Thread(target=self._run, name="placement-fence", daemon=True)
         self._thread.start()
 
@@ -99,6 +111,9 @@ class PlacementFence(AgentExtension):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
+
+    def _on_connect(self, _session: BusSession) -> None:
+        self._recheck = True
 
     def _on_table(self, msg: ReceivedMessage) -> None:
         try:
@@ -109,6 +124,15 @@ class PlacementFence(AgentExtension):
         with self._lock:
             self._table = body if isinstance(body, dict) else None
             self._table_at = self._clock()
+            recheck, self._recheck = self._recheck and not self._fenced, False
+        if recheck:
+            drop = cameras_to_drop(self._table, self.device, self.host.cameras)
+            for cam in drop:
+                self.assignments.release(cam)
+                self.host.stop_camera(cam)
+            if drop:
+                logger.warning("placement fence: %s moved to other agents while this one was cut off; "
+                               "stopped", ", ".join(drop))
 
     def _run(self) -> None:
         last_connected = self._clock()
@@ -137,7 +161,9 @@ class PlacementFence(AgentExtension):
         for cam in drop:
             self.assignments.release(cam)  # durable first: a crash now restarts without it
         self.host.resume(drop)
-        self._fenced = False
+        with self._lock:
+            self._fenced = False
+            self._recheck = False
         if drop:
             logger.warning("placement fence: %s moved to other agents while this one was away; dropped",
                            ", ".join(drop))

@@ -46,7 +46,8 @@ class Snapshot:
     agents: tuple[AgentView, ...]
     reported: dict[str, frozenset[str]] = field(default_factory=dict)  # agent -> cameras it says it runs
     online: frozenset[str] = frozenset()
-    #: Agents that report cameras but whose birth or will is not known yet: planning would guess.
+    #: Agents that report cameras but whose birth or will is not known yet, and online camera agents that
+    #: have not reported their cameras yet: planning would guess.
     unknown: tuple[str, ...] = ()
     #: Online camera agents with no load report yet.
     unmeasured: tuple[str, ...] = ()
@@ -141,6 +142,8 @@ class FleetState:
                     online.add(device)
                 if not a.runs_cameras:
                     continue
+                if a.online and a.cameras is None:
+                    unknown.append(device)  # it may own cameras we have not heard of: placing would guess
                 if a.online and a.measured_ms == 0:
                     unmeasured.append(device)
                 cap = a.capacity or _FALLBACK

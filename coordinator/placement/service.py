@@ -210,7 +210,9 @@ class PlacementService:
             logger.info("placement: waiting for the first load report of %s", ", ".join(snap.unmeasured))
             return
         cams = [c.name for c in self.config.cameras]
-        for warning in self.table.observe(cams, snap.reported, snap.online, now):
+        # Agents apply a committed move when they hear the decision: their reports may lag by that much.
+        grace = int(2000 * self.config.move_timeout_s)
+        for warning in self.table.observe(cams, snap.reported, snap.online, now, grace):
             logger.error("placement: %s", warning)
         with self._state_lock:
             controls = self.controls

@@ -48,12 +48,16 @@ class PlacementTable:
     blocked: list[str] = field(default_factory=list)  # work the last plan could not place or move
 
     def observe(self, cameras: Iterable[str], reported: Mapping[str, frozenset[str]],
-                online: frozenset[str], now_ms: int) -> list[str]:
+                online: frozenset[str], now_ms: int, grace_ms: int = 30_000) -> list[str]:
         """Follow the agents' reports; the warnings (a camera reported by two online agents) returned.
 
-        A camera reported by exactly one agent that is not revoked for it is
-        that agent's; an agent that no longer reports a camera it was revoked
-        from is no longer revoked (it has dropped it).
+        A committed move is applied by each agent when it hears the decision,
+        so for a while the reports lag the table: within ``grace_ms`` of an
+        assignment the table stands. After it, a camera reported by exactly
+        one agent not revoked for it is that agent's, and a camera its owner
+        does not report has no owner (only then may it be placed afresh).
+        An agent that no longer reports a camera it was revoked from is no
+        longer revoked (it has dropped it).
         """
         warnings = []
         flying = {r.workload for r in self.moves if r.in_flight}
@@ -68,12 +72,11 @@ class PlacementTable:
             live = [a for a in holders if a in online]
             if len(live) > 1:
                 warnings.append(f"camera {cam} is reported by {', '.join(live)}")
-            if cam in flying:
-                continue
             current = self.owners.get(cam)
-            if len(holders) == 1 and (current is None or current.agent != holders[0]):
-                if current is None or current.agent not in holders:
-                    self.owners[cam] = Assignment(holders[0], now_ms)
+            if cam in flying or (current is not None and now_ms - current.since_ms < grace_ms):
+                continue
+            if len(holders) == 1 and (current is None or current.agent not in holders):
+                self.owners[cam] = Assignment(holders[0], now_ms)
             elif not holders and current is not None and current.agent in reported:
                 del self.owners[cam]  # its owner says it does not run it
         return warnings
