@@ -74,7 +74,7 @@ class Fleet:
     agent_cameras: Mapping[str, list[str]]
     placement: Mapping[str, Any]
     watch: Watch = field(default_factory=Watch)
-    agents: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    agents: dict[str, subprocess.Popen[str]] = field(default_factory=dict)  # by device
     agent_configs: dict[str, Path] = field(default_factory=dict)
     coordinators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     coordinator_configs: dict[str, Path] = field(default_factory=dict)
@@ -164,12 +164,12 @@ class Fleet:
         return code, out.getvalue()
 
     def stop(self) -> None:
-        for proc in self.coordinators.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-        for proc in self.agents.values():
-            reap_agent(proc)
+        for coordinator in self.coordinators.values():
+            if coordinator.poll() is None:
+                coordinator.kill()
+            coordinator.wait(10)
+        for agent in self.agents.values():
+            reap_agent(agent)
         if self.cluster is not None:
             self.cluster.stop()
         if self.session is not None:

@@ -46,6 +46,7 @@ def one_owner_each(f: Fleet) -> bool:
 def test_an_overloaded_agent_sheds_its_cameras_and_the_standby_takes_over(fleet: Fleet) -> None:
     assert fleet.wait(lambda: fleet.placer()[0] in ("coord-1", "coord-2") and fleet.settled(), 60)
     placer, token = fleet.placer()
+    assert placer is not None
     # Equal load everywhere: nothing moves (hysteresis, no flapping).
     time.sleep(3)  # a few planning rounds; what we check is that nothing happened in them
     assert fleet.owners() == {"cam1": ["gw-a"], "cam2": ["gw-a"], "cam3": ["gw-b"], "cam4": ["gw-c"]}
