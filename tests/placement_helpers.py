@@ -121,7 +121,8 @@ class Fleet:
                      f'\n[metrics.injected_load]\nfile = "{folder / "load.json"}"\n')
             for name in owns or []:
                 table = self.cameras[name]
-                lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items() if k != "detector")
+                lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items()
+                                   if k not in ("detector", "cpu_cores"))
                 extra += f'\n[[cameras]]\nname = "{name}"\n{lines}\n[cameras.detector]\ntype = "ssdlite"\n'
             self.agent_configs[device] = agent_toml(self.broker, folder, device, interval=1.0,
                                                     batch_interval=1.0,
@@ -202,12 +203,14 @@ class Fleet:
 
 
 def make_fleet(broker: MosquittoUnderTest, tmp_path: Path, *, cameras: int = 4,
-               placement: Mapping[str, Any] | None = None) -> Fleet:
+               placement: Mapping[str, Any] | None = None, cpu_cores: float | None = None) -> Fleet:
+    """The fleet; ``cpu_cores``: each camera's declared CPU (the placement hint; default 0.25)."""
     frames = tmp_path / "frames"
-    frames.mkdir()
+    frames.mkdir(parents=True)
     for i in range(4):
         shutil.copy(PHOTOS / "coffee.jpg", frames / f"{i:03d}.jpg")
-    tables = {f"cam{i + 1}": camera_table(frames) for i in range(cameras)}
+    hint = {} if cpu_cores is None else {"cpu_cores": cpu_cores}
+    tables = {f"cam{i + 1}": {**camera_table(frames), **hint} for i in range(cameras)}
     names = list(tables)
     own = {"gw-a": names[:2], "gw-b": names[2:3], "gw-c": names[3:]}
     knobs = {"interval_s": 1.0, "min_dwell_ms": 0, "settle_ms": 1500, "evacuate_after_ms": 8000,
