@@ -29,8 +29,10 @@ What 2 assumes, honestly: the broker publishes the will no sooner than the
 keepalive timeout after the agent last reached it (MQTT: 1.5 x keepalive),
 the agent's clock runs at most a factor ``rho`` faster or slower than the
 coordinator's, and ``lease_s * (1 + rho)`` plus a stop's duration is below
-``evacuate_after_ms`` counted from the will. With the defaults (lease 5 s,
-evacuate after 10 s, stop < 1 s) any rate error below ~80% holds. An agent
+``evacuate_after_ms`` counted from the will, after the agent's own detection
+of the disconnect (which can trail the broker's by up to its keepalive). With
+lease 5 s and evacuate after 10 s, a rate error under ~50% leaves room for
+the stop and a few seconds of detection lag. An agent
 that is alive and connected but whose will was published anyway (a broker
 failover that loses sessions) is not covered by the lease; the table's
 revocation still stops it when it next reads the table (on its next
