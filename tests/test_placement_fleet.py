@@ -84,6 +84,17 @@ def test_an_overloaded_agent_sheds_its_cameras_and_the_standby_takes_over(fleet:
         drains = [d for d in fleet.watch.decisions
                   if d.get("reason") == "drain" and d["outcome"] == "committed"]
         assert drains and all(d["placer"] == standby for d in drains)
+    # The decisions are kept in the store too (the standby's SQLite store).
+    from coordinator.store.base import open_store
+
+    store = open_store({}, data_dir=fleet.root_dir / standby / "data")
+    try:
+        kept = store.placement_decisions(limit=200)
+    finally:
+        store.close()
+    assert {d["workload"] for d in kept if d.get("reason") == "drain" and d["outcome"] == "committed"} == \
+        {d["workload"] for d in drains}
+    assert any(d["kind"] == "takeover" for d in kept)
 
 
 def live_owners(f: Fleet) -> dict[str, list[str]]:
