@@ -214,7 +214,7 @@ def make_fleet(broker: MosquittoUnderTest, tmp_path: Path, *, cameras: int = 4,
     names = list(tables)
     own = {"gw-a": names[:2], "gw-b": names[2:3], "gw-c": names[3:]}
     knobs = {"interval_s": 1.0, "min_dwell_ms": 0, "settle_ms": 1500, "evacuate_after_ms": 8000,
-             "move_timeout_s": 20.0, **(placement or {})}
+             "move_timeout_s": 8.0, **(placement or {})}
     return Fleet(broker, tmp_path, tables, own, knobs)
 
 

@@ -5,7 +5,9 @@ collector) moves its cameras to the others within the configured time; at
 every observation point each camera has exactly one owner by the agents' own
 retained ``state/cameras``; ``kill -9`` of the placing coordinator hands
 placing to the standby (a higher fencing token), which then carries out an
-operator's drain given through ``edge-coordinator placement``.
+operator's drain given through ``edge-coordinator placement``. Slow: ``kill -9``
+of an agent that owns cameras (evacuated; on restart it drops them), and of
+the placer in the middle of a move.
 """
 
 from __future__ import annotations
@@ -131,3 +133,26 @@ def test_a_dead_agents_cameras_are_evacuated_and_it_drops_them_when_it_returns(f
     assert "cam1, cam2 moved to other agents while this one was away; dropped" in text
     # The restarted agent never ran either camera (its outbox may still replay its last report from before).
     assert text.count("camera cam1 started") + text.count("camera cam2 started") == started_before
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_placer_in_the_middle_of_a_move_leaves_one_owner(fleet: Fleet) -> None:
+    assert fleet.wait(lambda: fleet.placer()[0] is not None and fleet.settled(), 60)
+    placer, token = fleet.placer()
+    assert placer is not None
+    fleet.set_load("gw-a", 95.0)
+
+    def started() -> bool:
+        return any(d.get("outcome") == "started" for d in fleet.watch.decisions)
+
+    assert fleet.wait(started, 60)
+    fleet.coordinators[placer].kill()  # the move's transaction is somewhere between begin and its end
+    standby = "coord-2" if placer == "coord-1" else "coord-1"
+    assert fleet.wait(lambda: fleet.placer()[0] == standby and fleet.placer()[1] > token, 60), fleet.placer()
+    # The standby closes the dead placer's move (the agents' reports say how it ended) and finishes the job.
+    assert fleet.wait(lambda: fleet.settled() and one_owner_each(fleet)
+                      and not any("gw-a" in a for a in fleet.owners().values()), 90), fleet.owners()
+    with fleet.watch.cond:
+        by_standby = [d for d in fleet.watch.decisions
+                      if d.get("placer") == standby and d.get("kind") == "move"]
+    assert all(d["outcome"] != "committed" or d["source"] == "gw-a" for d in by_standby), by_standby
