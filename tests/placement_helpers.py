@@ -97,7 +97,7 @@ class Fleet:
     # -- processes --------------------------------------------------------------------------
 
     def start(self, coordinators: tuple[str, ...] = ()) -> None:
-        """The watch, the Raft group, the coordinators (the slowest to start, so first), the agents."""
+        """The watch, the Raft group, the agents (each running its agent.toml cameras), the coordinators."""
         session = BusSession(self.bus("placement-watch"))
         session.subscribe(f"{ROOT}/+/state/cameras", self.watch)
         session.subscribe(f"{ROOT}/_sys/placement/{GROUP}/#", self.watch)
@@ -106,11 +106,16 @@ class Fleet:
         self.session = session
         self.cluster = LocalCluster(self.bus("unused"), GROUP, self.root_dir / "raft")
         self.cluster.start()
-        for name in coordinators:
-            self.start_coordinator(name)
         assert GroupWatcher(session, GROUP).leader(NODES, timeout=30) is not None
         for device, owns in self.agent_cameras.items():
             self.start_agent(device, owns)
+        if coordinators:
+            # The agents first: a placer that saw the fleet half up would rightly place the cameras of an
+            # agent not yet started elsewhere (they run nowhere), and the scenario would not be the one given.
+            expected = {c: [a] for a, cams in self.agent_cameras.items() for c in cams}
+            assert self.wait(lambda: self.owners() == expected, 120), self.owners()
+        for name in coordinators:
+            self.start_coordinator(name)
 
     def start_agent(self, device: str, owns: list[str] | None = None) -> None:
         folder = self.root_dir / device
