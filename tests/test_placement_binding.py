@@ -70,6 +70,11 @@ def test_the_table_follows_reports_but_stands_while_agents_apply_a_commit() -> N
     assert table.revoked == {}
     both = {**reports, "a": frozenset(), "c": frozenset({"cam"})}
     assert table.observe(["cam"], both, online, 40_000, 5000) == ["camera cam is reported by b, c"]
+    # A standby without the retained table: a camera reported by a dead agent (stale) and a live one is the
+    # live one's, never unowned (placing it afresh would start it beside the live one).
+    fresh = PlacementTable()
+    fresh.observe(["cam"], {"a": frozenset({"cam"}), "b": frozenset({"cam"})}, frozenset({"b"}), 50_000, 5000)
+    assert fresh.owners["cam"].agent == "b"
 
 
 def test_the_table_round_trips_and_a_standby_reads_it() -> None:

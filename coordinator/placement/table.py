@@ -53,9 +53,9 @@ class PlacementTable:
 
         A committed move is applied by each agent when it hears the decision,
         so for a while the reports lag the table: within ``grace_ms`` of an
-        assignment the table stands. After it, a camera reported by exactly
-        one agent not revoked for it is that agent's, and a camera its owner
-        does not report has no owner (only then may it be placed afresh).
+        assignment the table stands. After it, a camera reported by an agent
+        not revoked for it (an online one first) is that agent's, and a camera
+        nobody reports has no owner (only then may it be placed afresh).
         An agent that no longer reports a camera it was revoked from is no
         longer revoked (it has dropped it).
         """
@@ -75,8 +75,11 @@ class PlacementTable:
             current = self.owners.get(cam)
             if cam in flying or (current is not None and now_ms - current.since_ms < grace_ms):
                 continue
-            if len(holders) == 1 and (current is None or current.agent not in holders):
-                self.owners[cam] = Assignment(holders[0], now_ms)
+            if holders and (current is None or current.agent not in holders):
+                # Never leave a reported camera without an owner: the planner would place it afresh with a
+                # take-only transaction next to the agent running it. With two reporters (a table lost, a
+                # stale report) any of them will do: moves from it go through its own vote.
+                self.owners[cam] = Assignment((live or holders)[0], now_ms)
             elif not holders and current is not None and current.agent in reported:
                 del self.owners[cam]  # its owner says it does not run it
         return warnings
