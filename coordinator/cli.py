@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="See the placement table, or change the operator's controls (kept "
                                    "retained on the bus; the placer applies them in its next round).\n\n"
-                                   + "\n".join(f"  {a} {args:<26} {what}" for a, (args, what)
+                                   + "\n".join(f"  {(a + ' ' + args):<36} {what}" for a, (args, what)
                                                 in PLACEMENT_ACTIONS.items()))
     p.add_argument("action", choices=list(PLACEMENT_ACTIONS), metavar="ACTION",
                    help=", ".join(PLACEMENT_ACTIONS))
