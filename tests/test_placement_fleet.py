@@ -82,6 +82,7 @@ def test_an_overloaded_agent_sheds_its_cameras_and_the_standby_takes_over(fleet:
     assert code == 0
     assert "drained gw-b" in shown and f"placer {standby}" in shown, shown
     assert "drain: " in shown, shown  # the drain moves, with their reasons
+    assert "bottleneck: " in shown, shown  # the top bottleneck and a suggestion, in plain words
     with fleet.watch.cond:
         drains = [d for d in fleet.watch.decisions
                   if d.get("reason") == "drain" and d["outcome"] == "committed"]

@@ -122,6 +122,8 @@ def format_table(table: Mapping[str, Any] | None, controls: OperatorControls,
         lines.append(f"  revoked: {cam} from {', '.join(agents)} (evacuated while it was away)")
     for blocked in table.get("blocked", []):
         lines.append(f"  blocked: {blocked}")
+    if table.get("advice"):
+        lines.append(f"bottleneck: {table['advice']}")
     decisions = table.get("decisions", [])[-10:]
     if decisions:
         lines.append("latest decisions:")

@@ -34,7 +34,15 @@ from coordinator.placement.config import PlacementConfig
 from coordinator.placement.fleet import FleetState
 from coordinator.placement.table import PlacementTable
 from coordinator.placement.topics import PlacementTopics
-from protocols.placement import Move, MoveRecord, OperatorControls, PlanInput, Planner
+from protocols.placement import (
+    Move,
+    MoveRecord,
+    OperatorControls,
+    PlanInput,
+    Planner,
+    bottleneck_advice,
+    rank_bottlenecks,
+)
 from schemas.errors import ConfigError, CoordinationError, TxAborted
 
 __all__ = ["PlacementService"]
@@ -222,10 +230,13 @@ class PlacementService:
                              now)
             self._seen_controls = controls
         window = max(self.config.planner.budget_window_ms, self.config.planner.settle_ms)
-        plan = self.planner.plan(PlanInput(
+        plan_input = PlanInput(
             now, snap.agents, tuple(c.workload() for c in self.config.cameras), self.table.placement(cams),
-            self.table.recent(now, window), controls))
+            self.table.recent(now, window), controls)
+        plan = self.planner.plan(plan_input)
         self.rounds += 1
+        self.table.bottlenecks = [b.to_json() for b in rank_bottlenecks(snap.agents)[:5]]
+        self.table.advice = bottleneck_advice(plan_input, planner_config=self.config.planner)
         self.table.blocked = [f"{b.workload}: {b.reason}" for b in (*plan.unplaced, *plan.stuck)]
         for move in plan.moves:
             if self._stop.is_set() or not self._still_placer():

@@ -46,6 +46,8 @@ class PlacementTable:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     token: int = 0
     blocked: list[str] = field(default_factory=list)  # work the last plan could not place or move
+    bottlenecks: list[dict[str, Any]] = field(default_factory=list)  # the worst agents, worst first
+    advice: str = ""  # the top bottleneck and what to do about it, in plain words
 
     def observe(self, cameras: Iterable[str], reported: Mapping[str, frozenset[str]],
                 online: frozenset[str], now_ms: int, grace_ms: int = 30_000) -> list[str]:
@@ -107,7 +109,8 @@ class PlacementTable:
                            for c, a in sorted(self.owners.items())},
                 "revoked": {c: sorted(a) for c, a in sorted(self.revoked.items()) if a},
                 "moves": [record_to_json(r) for r in self.moves], "controls": dict(controls),
-                "decisions": list(self.decisions), "blocked": list(self.blocked)}
+                "decisions": list(self.decisions), "blocked": list(self.blocked),
+                "bottlenecks": list(self.bottlenecks), "advice": self.advice}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> PlacementTable:
