@@ -77,7 +77,8 @@ def build_agent(config: AgentConfig) -> Agent:
     try:
         from agents.camera.host import CameraHost
 
-        host = CameraHost(agent.session, cameras, on_cameras=advertise_cameras)
+        fenced = bool(config.transactions.placement_lease_s)  # nothing runs before the placement is read
+        host = CameraHost(agent.session, cameras, on_cameras=advertise_cameras, start_suspended=fenced)
     except ImportError:
         logger.info("camera extra not installed: this agent serves no cameras")
     if host is not None:
@@ -93,6 +94,11 @@ def build_agent(config: AgentConfig) -> Agent:
             agent.add_extension(TransactionsHost(agent.session, config.transactions.group, config.device.id,
                                                  host, assignments, config.device.data_dir))
             agent.capabilities.append("transactions")
+            if config.transactions.placement_lease_s:
+                from agents.camera.placement_fence import PlacementFence
+
+                agent.add_extension(PlacementFence(agent.session, config.transactions.group, config.device.id,
+                                                   host, assignments, config.transactions.placement_lease_s))
     elif config.transactions.group:
         raise ConfigError("transactions.group is set but the camera extra is missing: camera moves need "
                           "it (pip install 'edgebus[camera]')")

@@ -121,7 +121,7 @@ class MetricsConfig:
         for key, value in data.items():
             if key in plain:
                 continue
-            if key in DEFAULT_COLLECTORS and isinstance(value, dict):
+            if (key in DEFAULT_COLLECTORS or key in collectors) and isinstance(value, dict):
                 options[key] = value  # [metrics.disk] and friends; the collector checks its keys
                 continue
             check_section_keys(s, {key: value}, plain | {f"{c} (table)" for c in DEFAULT_COLLECTORS})
@@ -216,18 +216,25 @@ class TransactionsConfig:
     (camera moves); empty means the agent is no participant. Its participant id is its device id."""
 
     group: str = ""
+    #: The placement fence (agents/camera/placement_fence.py) for fleets the coordinator balances: seconds
+    #: cut off from the broker after which the cameras stop; below the coordinator's evacuate_after_ms.
+    #: 0: off.
+    placement_lease_s: float = 0.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TransactionsConfig:
         s = "transactions"
-        check_section_keys(s, data, {"group"})
+        check_section_keys(s, data, {"group", "placement_lease_s"})
         group = _str(s, "group", data, "") or ""
         if group:
             try:
                 validate_name(group, "transactions.group")
             except TopicError as exc:
                 raise ConfigError(str(exc)) from exc
-        return cls(group=group)
+        lease = float_option(s, data, "placement_lease_s", 0.0, low=0.0, high=3600.0)
+        if lease and not group:
+            raise ConfigError("transactions.placement_lease_s needs transactions.group (the balanced group)")
+        return cls(group=group, placement_lease_s=lease)
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,16 +192,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="the first fleet's seed")
     parser.add_argument("--seeds", type=int, default=1, help="how many fleets (seed, seed+1, ...)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--no-real", action="store_true",
+                        help="skip the real-process run (3 agents, 2 coordinators on Mosquitto; ~1 min)")
     args = parser.parse_args(argv)
     tables = [run(s) for s in range(args.seed, args.seed + args.seeds)]
+    real = None if args.no_real else _real()
     if args.json:
-        print(json.dumps(tables if len(tables) > 1 else tables[0], indent=2))
+        print(json.dumps({"simulated": tables if len(tables) > 1 else tables[0], "real": real}, indent=2))
         return 0
     for i, table in enumerate(tables):
         if i:
             print("\n" + "-" * 100 + "\n")
         show(table)
+    if real is not None:
+        from bench.balance_fleet import show_real
+
+        print("\n" + "-" * 100 + "\n")
+        show_real(real)
     return 0
+
+
+def _real() -> dict[str, Any] | None:
+    """The real-process run, or None (said why) when Mosquitto or the camera extra is missing."""
+    try:
+        import cv2  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        from bench.balance_fleet import run_real
+        from tests.brokers import require_mosquitto
+
+        require_mosquitto()
+    except BaseException as exc:  # require_mosquitto skips with pytest's exception when it is missing
+        print(f"real-process run skipped: {exc}")
+        return None
+    return run_real()
 
 
 if __name__ == "__main__":

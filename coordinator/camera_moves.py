@@ -24,7 +24,7 @@ from protocols.twopc import Part
 from protocols.twopc.camera_work import ReleaseCamera, TakeCamera, encode_camera_work
 from schemas.errors import TxAborted, TxError
 
-__all__ = ["move_camera"]
+__all__ = ["move_camera", "take_camera"]
 
 
 def move_camera(client: TxClient, camera: str, from_agent: str, to_agent: str,
@@ -35,6 +35,21 @@ def move_camera(client: TxClient, camera: str, from_agent: str, to_agent: str,
     parts = [Part(from_agent, encode_camera_work(ReleaseCamera(camera))),
              Part(to_agent, encode_camera_work(TakeCamera(camera, dict(table))))]
     outcome = client.run(parts, timeout_s, tx_id)
+    if not outcome.committed:
+        raise TxAborted(outcome.tx_id, outcome.reason)
+    return outcome
+
+
+def take_camera(client: TxClient, camera: str, to_agent: str, table: Mapping[str, Any], *,
+                timeout_s: float = 10.0, tx_id: str | None = None) -> TxOutcome:
+    """Give a camera that has no running owner to ``to_agent``: a one-part transaction (``take`` only).
+
+    For new work and for evacuating a dead owner, which cannot vote: its
+    revocation is the placement table's (coordinator/placement/), and the
+    agent drops the camera before running anything when it comes back.
+    """
+    take = Part(to_agent, encode_camera_work(TakeCamera(camera, dict(table))))
+    outcome = client.run([take], timeout_s, tx_id)
     if not outcome.committed:
         raise TxAborted(outcome.tx_id, outcome.reason)
     return outcome

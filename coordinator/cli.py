@@ -14,6 +14,7 @@ reached); 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import socket
@@ -41,6 +42,9 @@ from coordinator.fleet_view import FleetView
 from coordinator.http.config import DEFAULT_HTTP_PORT, HttpConfig
 from coordinator.http.live_feed import LiveFeed
 from coordinator.ingest import Ingest
+from coordinator.placement.control import ACTIONS as PLACEMENT_ACTIONS
+from coordinator.placement.control import apply_control, format_table, read_placement
+from coordinator.placement.service import PlacementService
 from coordinator.processor import FleetProcessor
 from coordinator.sample_export import csv_chunks
 from coordinator.services import Services
@@ -65,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  edge-coordinator start --demo        embedded broker + simulated agents, live view\n"
                "  edge-coordinator start               embedded broker on 127.0.0.1:1883, ready for agents\n"
-               "  edge-coordinator start --config coordinator.toml   use the broker the file names",
+               "  edge-coordinator start --config coordinator.toml   use the broker the file names\n"
+               "  edge-coordinator placement show --config coordinator.toml   where cameras run, and why",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export,placement}")
     s = sub.add_parser("start", help="start the coordinator and show the fleet until Ctrl-C",
                        description="Start the coordinator. Without --config it runs the embedded "
                                    "broker (MQTT 3.1.1, credentials in DATA_DIR/broker) itself.")
@@ -102,7 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--since", default=None, help="from this moment (inclusive)")
     e.add_argument("--until", default=None, help="up to this moment (exclusive)")
     e.add_argument("-o", "--output", type=Path, default=None, help="write here (default: stdout)")
+    p = sub.add_parser("placement", help="see and steer where cameras run (load balancing)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="See the placement table, or change the operator's controls (kept "
+                                   "retained on the bus; the placer applies them in its next round).\n\n"
+                                   + "\n".join(f"  {(a + ' ' + args):<36} {what}" for a, (args, what)
+                                                in PLACEMENT_ACTIONS.items()))
+    p.add_argument("action", choices=list(PLACEMENT_ACTIONS), metavar="ACTION",
+                   help=", ".join(PLACEMENT_ACTIONS))
+    p.add_argument("args", nargs="*", help="CAMERA and/or AGENT, as the action needs")
+    p.add_argument("--config", type=Path, required=True,
+                   help="coordinator.toml (its [broker] and [placement] group)")
+    p.add_argument("--json", action="store_true", help="show: print the raw table as JSON")
     return parser
+
+
+def _placement(args: argparse.Namespace) -> int:
+    config = CoordinatorConfig.load(args.config)
+    if config.placement is None or config.broker is None:
+        raise ConfigError(f"{args.config} has no [placement] table (or no [broker]): nothing places there")
+    bus = replace(config.broker, client_id=None, device=None, clean_start=True)
+    group = config.placement.group
+    if args.action == "show":
+        if args.args:
+            raise ConfigError("placement show takes no arguments")
+        table, controls = read_placement(bus, group)
+        print(json.dumps({"table": table, "controls": controls.to_json()}, indent=1, sort_keys=True)
+              if args.json else format_table(table, controls))
+        return 0
+    controls = apply_control(bus, group, args.action, args.args)
+    print(f"placement {args.action} {' '.join(args.args)}: published; the placer applies it next round")
+    print(format_table(None, controls).splitlines()[0])
+    return 0
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -225,6 +261,11 @@ def _start(args: argparse.Namespace) -> int:
                              device=None)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = _open_store(config, data_dir)
+    placer: PlacementService | None = None
+    if config.placement is not None:  # needs none of the stream processing: first, as that can take a while
+        placer = PlacementService(bus_config, config.placement, bus_config.resolved_client_id(),
+                                  decision_sink=store.record_placement_decision)
+        placer.start()
     # The demo's agents start from nothing; learn for half a minute instead of two.
     online = {k: v for k, v in config.anomaly.items() if k != "batch"}  # [anomaly.batch] is the services'
     engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
@@ -268,6 +309,8 @@ def _start(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+        if placer is not None:
+            placer.stop()
         services.stop()
         if fleet is not None:
             fleet.stop()
@@ -319,4 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.command == "export":
         return run_tool("edge-coordinator", lambda: _export(args))
+    if args.command == "placement":
+        return run_tool("edge-coordinator", lambda: _placement(args))
     return run_tool("edge-coordinator", lambda: _start(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

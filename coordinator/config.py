@@ -19,6 +19,7 @@ from coordinator.batch_job import BatchJobConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.http.config import HttpConfig
 from coordinator.ingest_limits import IngestLimits
+from coordinator.placement.config import PlacementConfig
 from coordinator.services import ServicesConfig
 from schemas.errors import ConfigError
 
@@ -54,6 +55,8 @@ class CoordinatorConfig:
     #: Publish each device's stored acknowledgement after commits (coordinator/stored_acks.py), so
     #: agents keep samples until they are stored; false: agents rely on the broker's PUBACK alone.
     stored_acks: bool = True
+    #: ``[placement]``: load balancing (coordinator/placement/); None (no table): nothing is placed.
+    placement: PlacementConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -95,4 +98,5 @@ class CoordinatorConfig:
                    broker=broker, store=data.get("store", {}), anomaly=anomaly,
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
-                   http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks)
+                   http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks,
+                   placement=PlacementConfig.from_mapping(data.get("placement")))

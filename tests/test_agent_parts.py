@@ -84,11 +84,14 @@ def test_collector_tables_are_checked_at_load(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_every_builtin_collector_reports_named_numbers() -> None:
-    assert collector_names() == ["agent", "battery", "cpu", "disk", "memory", "network",
+def test_every_builtin_collector_reports_named_numbers(tmp_path: Path) -> None:
+    assert collector_names() == ["agent", "battery", "cpu", "disk", "injected_load", "memory", "network",
                                  "temperature"]
+    load = tmp_path / "load.json"
+    load.write_text('{"cpu_percent": 95, "note": "text is skipped"}')
     for name in collector_names():
-        collector = create_collector(name, {}, CollectorContext())
+        options = {"file": str(load)} if name == "injected_load" else {}
+        collector = create_collector(name, options, CollectorContext())
         first = collector.collect(1_000)
         second = collector.collect(2_000)
         for s in first + second:
@@ -97,6 +100,10 @@ def test_every_builtin_collector_reports_named_numbers() -> None:
     assert {"cpu_percent", "load1"} <= {s.name for s in cpu}
     mem = create_collector("memory", {}, CollectorContext()).collect(1_000)
     assert 0 <= next(s.value for s in mem if s.name == "mem_used_percent") <= 100
+    injected = create_collector("injected_load", {"file": str(load)}, CollectorContext()).collect(1_000)
+    assert [(s.name, s.value) for s in injected] == [("cpu_percent", 95.0)]
+    with pytest.raises(ConfigError, match="file is required"):
+        create_collector("injected_load", {}, CollectorContext())
     net = create_collector("network", {}, CollectorContext())
     assert net.collect(1_000) == []  # a rate needs two readings
     assert {s.name for s in net.collect(2_000)} >= {"net_rx_bytes_per_s", "net_tx_bytes_per_s"}

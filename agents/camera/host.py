@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,8 @@ class CameraHost(AgentExtension):
     def __init__(self, session: BusSession, cameras: Sequence[HostedCamera], *,
                  clock_ms: Callable[[], int] = wall_clock_ms,
                  detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector,
-                 on_cameras: Callable[[list[str]], None] | None = None) -> None:
+                 on_cameras: Callable[[list[str]], None] | None = None,
+                 start_suspended: bool = False) -> None:
         names = [c.config.name for c in cameras]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -98,11 +99,16 @@ class CameraHost(AgentExtension):
         self._policy: SheddingPolicy | None = None
         #: Hears the running cameras after every change (the agent's capabilities follow them).
         self._on_cameras = on_cameras
+        #: Cameras this agent owns but does not run while the placement fence holds them
+        #: (agents/camera/placement_fence.py); ``start_suspended``: all of them until it lets go.
+        self._suspended: dict[str, HostedCamera] = {}
+        self._start_suspended = start_suspended
 
     @property
     def cameras(self) -> list[str]:
+        """The cameras this agent owns: running, or held by the placement fence (they count for votes)."""
         with self._lock:
-            return sorted(self._running)
+            return sorted(set(self._running) | set(self._suspended))
 
     def pipeline(self, name: str) -> CameraPipeline | None:
         with self._lock:
@@ -126,6 +132,9 @@ class CameraHost(AgentExtension):
                     camera.config.source, camera.config.detector.get("type"))
 
     def start(self) -> None:
+        if self._start_suspended:  # the placement fence resumes (and publishes) them after reading the table
+            self._suspended = {c.config.name: c for c in self._initial}
+            return
         for camera in self._initial:
             try:
                 self._launch(camera)
@@ -177,6 +186,10 @@ class CameraHost(AgentExtension):
             raise ConfigError("unassign needs args.camera, the camera to stop")
         with self._lock:
             running = self._running.pop(name, None)
+            suspended = self._suspended.pop(name, None)
+        if running is None and suspended is not None:
+            self.publish_cameras()
+            return {"camera": name, "stopped": True}
         if running is None:
             if missing_ok:
                 return {"camera": name, "stopped": False}
@@ -207,9 +220,39 @@ class CameraHost(AgentExtension):
         """Stop ``camera`` (a committed release); nothing if it is not running."""
         self.unassign({"camera": camera}, missing_ok=True)
 
+    def suspend(self) -> list[str]:
+        """Stop every pipeline but keep the cameras this agent's (``state/cameras`` unchanged): the fence."""
+        with self._lock:
+            running, self._running = list(self._running.values()), {}
+            self._suspended.update({r.camera.config.name: r.camera for r in running})
+            names = sorted(self._suspended)
+        for r in running:
+            r.stop()
+        return names
+
+    @property
+    def suspended(self) -> list[str]:
+        with self._lock:
+            return sorted(self._suspended)
+
+    def resume(self, drop: Iterable[str] = ()) -> None:
+        """Start the suspended cameras again, except ``drop`` (no longer this agent's); publish the state."""
+        dropped = set(drop)
+        with self._lock:
+            suspended, self._suspended = self._suspended, {}
+        for name, camera in sorted(suspended.items()):
+            if name in dropped:
+                continue
+            try:
+                self._launch(camera)
+            except Exception:
+                logger.exception("camera %s could not start", name)
+        self.publish_cameras()
+
     def publish_cameras(self) -> None:
-        """The retained ``state/cameras``: which cameras this agent runs (one owner per camera)."""
-        names = self.cameras
+        """The retained ``state/cameras``: which cameras this agent owns (runs, or the fence suspended)."""
+        with self._lock:
+            names = sorted(set(self._running) | set(self._suspended))
         if self._on_cameras is not None:
             self._on_cameras(names)
         body = json.dumps({"cameras": names})

@@ -147,6 +147,14 @@ class Store(ABC):
         """Mark one anomaly acknowledged (the first acknowledgement stays); None if there is no such id."""
 
     @abstractmethod
+    def record_placement_decision(self, decision: Mapping[str, Any]) -> None:
+        """Keep one decision of the load balancer (coordinator/placement/service.py's JSON object)."""
+
+    @abstractmethod
+    def placement_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest decisions, newest first."""
+
+    @abstractmethod
     def check_writable(self) -> None:
         """A small write in a transaction of its own; StoreError if the store cannot take one."""
 

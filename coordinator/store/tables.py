@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 __all__ = [
     "anomalies", "births", "dead_letters", "detections", "devices", "events", "metadata",
-    "metric_blocks", "metric_rollups", "sequence_state", "store_meta",
+    "metric_blocks", "metric_rollups", "placement_decisions", "sequence_state", "store_meta",
 ]
 
 metadata = sa.MetaData()
@@ -147,6 +147,23 @@ dead_letters = sa.Table(
     sa.Column("error", sa.Text, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Index("ix_dead_letters_received", "received_ms"),
+)
+
+# The load balancer's decisions (coordinator/placement/service.py), newest last (revision 0005).
+placement_decisions = sa.Table(
+    "placement_decisions", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("time_ms", Ms, nullable=False),
+    sa.Column("placer", sa.String(128), nullable=False),
+    sa.Column("token", Ms),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("workload", sa.String(128)),
+    sa.Column("source", sa.String(128)),
+    sa.Column("target", sa.String(128)),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("outcome", sa.Text),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_placement_decisions_time", "time_ms"),
 )
 
 # Per-stream loss/duplicate accounting (schemas.sequence.DeviceSequence), so it survives a restart.

@@ -368,6 +368,26 @@ class SqlStore(Store):
             row = conn.execute(sa.select(a).where(a.c.id == anomaly_id)).first()
         return self._stored_anomaly(row) if row is not None else None
 
+    def record_placement_decision(self, decision: Mapping[str, Any]) -> None:
+        def text(key: str, size: int) -> str | None:
+            value = decision.get(key)
+            return None if value is None else str(value)[:size]
+
+        token = decision.get("token")
+        row = {"time_ms": int(decision["time_ms"]), "placer": str(decision.get("placer", ""))[:128],
+               "token": token if isinstance(token, int) else None, "kind": str(decision.get("kind", ""))[:32],
+               "workload": text("workload", 128), "source": text("source", 128),
+               "target": text("target", 128),
+               "reason": text("reason", 32), "outcome": text("outcome", 4000),
+               "detail": str(decision.get("detail", ""))}
+        with self._guard("record a placement decision"), self.engine.begin() as conn:
+            conn.execute(sa.insert(t.placement_decisions).values(**row))
+
+    def placement_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        d = t.placement_decisions
+        rows = self._rows("placement decisions", sa.select(d).order_by(d.c.id.desc()).limit(limit))
+        return [{k: v for k, v in r._mapping.items() if k != "id" and v is not None} for r in rows]
+
     def check_writable(self) -> None:
         m = t.store_meta
         now = str(time.time_ns() // 1_000_000)
