@@ -49,43 +49,43 @@ def assert_seed_ok(seed: int, cfg: SimConfig, factory: NodeFactory | None = None
     assert report.history.acks, f"seed {seed}: no command was acknowledged at all"
 
 
-@settings(FAST, max_examples=200)
+@settings(FAST, max_examples=100)
 @given(SEEDS)
 def test_default_faults(seed: int) -> None:
     assert_seed_ok(seed, DEFAULT)
 
 
-@settings(FAST, max_examples=100)
+@settings(FAST, max_examples=50)
 @given(SEEDS)
 def test_whole_cluster_crashes(seed: int) -> None:
     assert_seed_ok(seed, CRASHY)
 
 
-@settings(FAST, max_examples=50)
+@settings(FAST, max_examples=30)
 @given(SEEDS)
 def test_without_snapshots(seed: int) -> None:
     assert_seed_ok(seed, NO_SNAPSHOTS)
 
 
-@settings(FAST, max_examples=60)
+@settings(FAST, max_examples=30)
 @given(SEEDS)
 def test_membership_and_transfer(seed: int) -> None:
     assert_seed_ok(seed, RECONFIG)
 
 
-@settings(FAST, max_examples=50)
+@settings(FAST, max_examples=30)
 @given(SEEDS)
 def test_lossy_network(seed: int) -> None:
     assert_seed_ok(seed, LOSSY)
 
 
-@settings(FAST, max_examples=50)
+@settings(FAST, max_examples=30)
 @given(SEEDS)
 def test_slow_disk(seed: int) -> None:
     assert_seed_ok(seed, SLOW_DISK)
 
 
-@settings(FAST, max_examples=50)
+@settings(FAST, max_examples=30)
 @given(SEEDS)
 def test_crashes_on_a_slow_disk(seed: int) -> None:
     assert_seed_ok(seed, CRASHY_SLOW_DISK)
