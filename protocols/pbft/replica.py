@@ -174,7 +174,16 @@ class Replica:
                 if len(self._live_vcs(self.view)) >= self.cfg.quorum:
                     self._start_view_change(self.view + 1)
                 elif self.now >= self._vc_deadline:
-                    self._vc_deadline = self.now + self._vc_timeout
+                    # Stuck without a quorum for this view: the replicas that would complete it may
+                    # have moved on (and lost their view-change for it in a restart). Joining the
+                    # lowest later view another trusted replica asks for is always safe, and only
+                    # done when stuck, so one liar cannot hurry a group that is making progress.
+                    later = [w for w, vs in self._vcs.items()
+                             if w > self.view and any(r != self.id and r not in self.quarantined for r in vs)]
+                    if later:
+                        self._start_view_change(min(later))
+                    else:
+                        self._vc_deadline = self.now + self._vc_timeout
         elif self._pending and self.now - min(t for _, t in self._pending.values()) >= self._vc_timeout:
             self._start_view_change(self.view + 1)
         elif self.cfg.primary(self.view) == self.id:
