@@ -118,9 +118,13 @@ def test_critical_alert_commands_the_group_and_flips_the_anomaly_sensor(
 
         sender.publish("edgebus/gw-1/metrics", metrics(0, normal(50, 0)))
         sender.publish("edgebus/gw-1/metrics", metrics(50, [97.0]))  # a critical incident
-        assert inbox.wait_for(lambda ms: sum("/cmd/" in m.topic for m in ms) == 2)
+        # Commands, not the stored acknowledgements that share the device's command lane (cmd/stored).
+        def is_command(topic: str) -> bool:
+            return "/cmd/" in topic and not topic.endswith("/cmd/stored")
+
+        assert inbox.wait_for(lambda ms: sum(is_command(m.topic) for m in ms) == 2)
         assert processor.alerts == 1 and services.actions is not None and services.actions.fired == 1
-        commands = {m.topic: decode_record(m.payload) for m in inbox.messages if "/cmd/" in m.topic}
+        commands = {m.topic: decode_record(m.payload) for m in inbox.messages if is_command(m.topic)}
         assert set(commands) == {"edgebus/gw-1/cmd/config", "edgebus/gw-2/cmd/config"}  # not cam-1
         for cmd_topic, command in commands.items():
             assert isinstance(command, Command)
