@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from protocols.placement.agent_view import AgentView
@@ -31,7 +31,7 @@ from protocols.placement.config import PlannerConfig
 from protocols.placement.ledger import Ledger
 from protocols.placement.plan import PlanInput
 from protocols.placement.planner import Planner
-from protocols.placement.validation import fraction, frozen, non_negative, positive
+from protocols.placement.validation import fraction, from_table, frozen, non_negative, positive
 from schemas.errors import ConfigError
 
 __all__ = ["METRICS", "AgentBottleneck", "BottleneckConfig", "bottleneck_advice", "normalised_load",
@@ -74,14 +74,7 @@ class BottleneckConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "bottleneck") -> BottleneckConfig:
         """A config from a TOML table; an unknown key is an error naming it."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("bottleneck:", f"{where}:", 1)) from None
+        return from_table(cls, data, where, "bottleneck")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from protocols.placement.validation import fraction, non_negative, whole
+from protocols.placement.validation import fraction, from_table, non_negative, whole
 from schemas.errors import ConfigError
 
 __all__ = ["PlannerConfig"]
@@ -84,14 +84,7 @@ class PlannerConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "placement") -> PlannerConfig:
         """A config from a TOML table; an unknown key is an error naming it."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("placement:", f"{where}:", 1)) from None
+        return from_table(cls, data, where, "placement")
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from schemas.errors import TopicError
+from schemas.errors import ConfigError, TopicError
 from schemas.topics import validate_device_id, validate_name
 
-__all__ = ["agent_id", "agent_ids", "fraction", "frozen", "non_negative", "positive", "time_ms", "whole",
-           "workload_id"]
+__all__ = ["agent_id", "agent_ids", "fraction", "frozen", "from_table", "non_negative", "positive", "time_ms",
+           "whole", "workload_id"]
 
 ErrorType = type[ValueError]
+T = TypeVar("T")
+
+
+def from_table(cls: type[T], data: Mapping[str, Any], where: str, own: str) -> T:
+    """A strict config dataclass from a TOML table: an unknown key is an error naming it.
+
+    The dataclass names itself ``own`` in its value errors; they are re-worded to ``where``,
+    the table the operator wrote.
+    """
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace(f"{own}:", f"{where}:", 1)) from None
 
 
 def _number(where: str, value: object, error: ErrorType) -> float:
