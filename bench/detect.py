@@ -42,10 +42,18 @@ def timed(call: Callable[[], object], repeat: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+OVERHEAD_TARGET_MS = 2.0
+
+
 def report(name: str, detect: tuple[float, float], run: tuple[float, float], found: int) -> None:
+    """One line per backend; the verdict compares the median overhead (detect minus run) to the target."""
+    overhead = detect[1] - run[1]
+    verdict = "PASS" if overhead < OVERHEAD_TARGET_MS else "MISS"
+    ratio = detect[1] / run[1] if run[1] > 0 else float("inf")
     print(f"{name}: detect best {detect[0]:.2f} ms median {detect[1]:.2f} ms | onnxruntime run best "
-          f"{run[0]:.2f} ms median {run[1]:.2f} ms | pre+post overhead best {detect[0] - run[0]:.2f} ms "
-          f"median {detect[1] - run[1]:.2f} ms | {found} detection(s)")
+          f"{run[0]:.2f} ms median {run[1]:.2f} ms (baseline; detect/run {ratio:.2f}x) | pre+post overhead "
+          f"best {detect[0] - run[0]:.2f} ms median {overhead:.2f} ms (target < {OVERHEAD_TARGET_MS:g} ms: "
+          f"{verdict}) | {found} detection(s)")
 
 
 def main() -> None:
