@@ -39,7 +39,7 @@ def test_placement_is_off_without_its_table_and_strict_with_it() -> None:
     assert door.table == {**CAM, "name": "door"}  # the hints stay with the coordinator
     workload = door.workload()
     assert workload.cpu_cores == 0.5 and workload.reachable_from == frozenset({"gw-1"}) and workload.fps == 2
-    with pytest.raises(ConfigError, match=r"unknown key 'move_budgt'.*known: .*group"):
+    with pytest.raises(ConfigError, match=r"placement: unknown key 'move_budgt'; known keys: .*group"):
         PlacementConfig.from_mapping({"group": "bal", "move_budgt": 3})
     with pytest.raises(ConfigError, match=r"placement\.group is required"):
         PlacementConfig.from_mapping({"cameras": {}})

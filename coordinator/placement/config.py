@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.config_values import check_keys
 from protocols.placement import PlannerConfig, Workload
 from schemas.errors import ConfigError
 from schemas.topics import validate_device_id, validate_name
@@ -124,15 +125,8 @@ class PlacementConfig:
             validate_name(group, "placement.group")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        planner_keys = {k: v for k, v in data.items() if k not in BINDING_KEYS}
-        try:
-            planner = PlannerConfig.from_mapping(planner_keys)
-        except ConfigError as exc:
-            if "unknown key" in str(exc):
-                key = next(k for k in planner_keys if k not in PlannerConfig.__dataclass_fields__)
-                known = sorted(BINDING_KEYS | set(PlannerConfig.__dataclass_fields__))
-                raise ConfigError(f"placement: unknown key {key!r} (known: {', '.join(known)})") from None
-            raise
+        check_keys("placement", data, BINDING_KEYS | set(PlannerConfig.__dataclass_fields__))
+        planner = PlannerConfig.from_mapping({k: v for k, v in data.items() if k not in BINDING_KEYS})
         lock = data.get("lock", "placement/placer")
         if not isinstance(lock, str) or not lock:
             raise ConfigError(f"placement.lock must be a lock name, not {lock!r}")
