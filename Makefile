@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 PYTEST_ARGS ?=
+# make test runs test files in this many worker processes (most tests wait on sockets and processes).
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-slow check lint typecheck imports bench clean help
 
@@ -45,7 +47,7 @@ imports: $(VENV)/.installed-dev
 	$(BIN)/lint-imports
 
 test: check
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
