@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from broker.coordination.transport import PeerTransport
 from broker.credentials import Credentials, generate_password
 from broker.mosquitto_config import MosquittoSite, TlsFiles
 from broker.session import BusConfig, BusSession
@@ -62,7 +63,7 @@ def tls_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
     layout, other, expired = CaLayout(root / "ca"), CaLayout(root / "other"), CaLayout(root / "old")
     init_ca(layout.directory)
     issue_server_cert(layout.directory, ["localhost", "127.0.0.1"])
-    for name in ("gw-a", "gw-b"):
+    for name in ("gw-a", "gw-b", ADMIN.username):
         issue_client_cert(layout.directory, name)
     init_ca(other.directory)
     issue_client_cert(other.directory, "gw-a")
@@ -120,6 +121,24 @@ def test_a_device_publishes_on_its_own_lane_with_its_certificate(tls_site: TlsSi
         assert got[-1].payload == b"day"
     finally:
         bus.stop()
+        watcher.close()
+
+
+def test_a_coordinator_with_its_certificate_has_its_rights_over_tls(tls_site: TlsSite) -> None:
+    """The coordination transport connects with a certificate whose CN is a coordinator user."""
+    watcher = tls_site.watcher().connected()
+    files = tls_site.layout.client(ADMIN.username)
+    peer = PeerTransport(BusConfig(host="127.0.0.1", port=tls_site.broker.port, clean_start=True,
+                                   tls_ca=tls_site.layout.ca.cert, tls_cert=files.cert,
+                                   tls_key=files.key, reconnect_min_delay=0.05), "coord-tls")
+    try:
+        watcher.subscribe("edgebus/_sys/#")
+        peer.start()
+        assert peer.wait_connected(WAIT)
+        assert peer.publish("edgebus/_sys/raft/site/n1", b"hello", qos=1)  # no device may
+        assert _until(watcher, "edgebus/_sys/raft/site/n1")[-1].payload == b"hello"
+    finally:
+        peer.stop()
         watcher.close()
 
 
