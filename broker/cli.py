@@ -2,6 +2,7 @@
 
     edge-broker run [--host 127.0.0.1] [--port 1883] [--data-dir ./data/broker] [--mosquitto]
     edge-broker mosquitto-config --devices devices.csv --out DIR [--port 1883] [--root edgebus]
+    edge-broker tls init-ca | server-cert --host NAME | device-cert DEVICE [--dir tls]
 
 ``run`` prints which guarantees hold on the broker it started and which need
 Mosquitto (:mod:`broker.guarantees`); ``run --mosquitto`` is the switch: the
@@ -43,6 +44,7 @@ from broker.mosquitto_config import (
     read_devices_csv,
     write_credentials_csv,
 )
+from broker.tls.cli import add_tls_parser, run_tls
 from schemas.errors import BrokerError, ConfigError
 
 __all__ = ["main"]
@@ -119,10 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--tls-cert", type=Path, help="server certificate (PEM): listen with TLS")
     conf.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     conf.add_argument("--tls-ca", type=Path, help="CA certificate(s) (PEM)")
+    conf.add_argument("--client-certs", action="store_true",
+                      help="TLS listener requires a client certificate from --tls-ca (the "
+                           "project CA of `edge-broker tls`); its CN is the ACL's user name")
+    conf.add_argument("--loopback-port", type=_port, default=None, metavar="PORT",
+                      help="with TLS, also a plain password listener on 127.0.0.1:PORT "
+                           "(for a coordinator on the broker's machine)")
     conf.add_argument("--max-queued-messages", type=int, default=100_000, metavar="N",
                       help="per-client queue length (default 100000; Mosquitto's 1000 drops "
                            "messages for a slow subscriber)")
     conf.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_tls_parser(sub)
     return parser
 
 
@@ -233,8 +242,11 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
         raise ConfigError("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None:
         raise ConfigError("--tls-ca needs --tls-cert and --tls-key")
+    if args.client_certs and args.tls_ca is None:
+        raise ConfigError("--client-certs needs --tls-ca (the project CA, ca.pem)")
     tls = (TlsFiles(certfile=args.tls_cert.resolve(), keyfile=args.tls_key.resolve(),
-                    cafile=args.tls_ca.resolve() if args.tls_ca else None)
+                    cafile=args.tls_ca.resolve() if args.tls_ca else None,
+                    require_certificate=args.client_certs)
            if args.tls_cert is not None else None)
     port = args.port if args.port is not None else (8883 if tls else 1883)
     device_creds_path = out / DEVICE_CREDENTIALS_FILE
@@ -244,21 +256,27 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
     MosquittoSite(listener_host=args.host, port=port,
                   data_dir=args.data_dir or out / "data", devices=roster.devices,
                   coordinators=[Credentials(n, "x") for n in names], root=args.root, tls=tls,
-                  max_queued_messages=args.max_queued_messages)
+                  max_queued_messages=args.max_queued_messages, loopback_port=args.loopback_port)
     out.mkdir(parents=True, exist_ok=True)
     coordinators = [_coordinator_credentials(out, name) for name in names]
     site = MosquittoSite(listener_host=args.host, port=port,
                          data_dir=(args.data_dir or out / "data").resolve(),
                          devices=roster.devices, coordinators=[c for c, _, _ in coordinators],
-                         root=args.root, tls=tls, max_queued_messages=args.max_queued_messages)
+                         root=args.root, tls=tls, max_queued_messages=args.max_queued_messages,
+                         loopback_port=args.loopback_port)
     files = site.write(out)
     write_credentials_csv(device_creds_path, roster.devices)
 
     host = "127.0.0.1" if args.host in ("", "0.0.0.0", "::") else args.host
     start = f"mosquitto -c {shlex.quote(str(files.conf))}"
-    watch = _watch_line(host, port, coordinators[0][0], args.root)
-    if tls is not None:
-        watch += f" --cafile {shlex.quote(str(tls.cafile or tls.certfile))}"
+    if args.loopback_port is not None:
+        watch = _watch_line("127.0.0.1", args.loopback_port, coordinators[0][0], args.root)
+    else:
+        watch = _watch_line(host, port, coordinators[0][0], args.root)
+        if tls is not None:
+            watch += f" --cafile {shlex.quote(str(tls.cafile or tls.certfile))}"
+        if tls is not None and tls.require_certificate:
+            watch += " --cert <coordinator>.pem --key <coordinator>.key"
     if args.json:
         print(json.dumps({
             "conf": str(files.conf), "passwd": str(files.passwd), "acl": str(files.acl),
@@ -293,8 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _setup_logging(args.verbose)
-    return run_tool("edge-broker", lambda: _run(args) if args.command == "run"
-                    else _mosquitto_config(args))
+    commands = {"run": _run, "mosquitto-config": _mosquitto_config, "tls": run_tls}
+    return run_tool("edge-broker", lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

@@ -124,17 +124,28 @@ def verify_mosquitto_password(password: str, entry: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
     """Certificate files for a TLS listener (PEM). ``cafile`` is needed only to check
-    client certificates."""
+    client certificates.
+
+    ``require_certificate``: every client must present a certificate signed by
+    ``cafile`` (the project CA, :mod:`broker.tls.ca`), and its CN is the user
+    name the ACL sees (``use_identity_as_username``; Mosquitto then ignores the
+    password file on this listener), so a device's ``%u`` lanes follow its
+    certificate, not a password.
+    """
 
     certfile: Path
     keyfile: Path
     cafile: Path | None = None
+    require_certificate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("certfile", "keyfile", "cafile"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _config_path(value, f"tls.{name}"))
+        if self.require_certificate and self.cafile is None:
+            raise ConfigError("tls: client certificates need cafile (the project CA that "
+                              "signs them)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +208,8 @@ class MosquittoSite:
     autosave_interval: int = 60
     persistent_client_expiration: str | None = None
     run_as_user: str | None = None
+    #: With TLS, a second, plain listener on 127.0.0.1 (password logins; for a local coordinator).
+    loopback_port: int | None = None
     _ha_nodes: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -236,6 +249,14 @@ class MosquittoSite:
                               f"or y), not {expiration!r}")
         if self.run_as_user is not None:
             _user_name(self.run_as_user, "run_as_user")
+        if self.loopback_port is not None:
+            if self.tls is None:
+                raise ConfigError("loopback_port is a plain listener beside the TLS one; "
+                                  "without TLS the one listener is plain already")
+            if not isinstance(self.loopback_port, int) or not 0 < self.loopback_port <= 65535 \
+                    or self.loopback_port == self.port:
+                raise ConfigError(f"loopback_port must be 1-65535 and differ from port, not "
+                                  f"{self.loopback_port!r}")
 
         seen: dict[str, str] = {}
         for creds in devices:
@@ -305,6 +326,13 @@ class MosquittoSite:
             if self.tls.cafile is not None:
                 lines.append(f"cafile {self.tls.cafile}")
             lines.append("tls_version tlsv1.2")
+            if self.tls.require_certificate:
+                lines += ["# A client certificate from the project CA is the login; its CN is the",
+                          "# user the ACL sees (the password file is not used on this listener).",
+                          "require_certificate true", "use_identity_as_username true"]
+            if self.loopback_port is not None:
+                lines += ["", "# Plain, password logins, this machine only (a local coordinator).",
+                          f"listener {self.loopback_port} 127.0.0.1"]
         lines += [
             "",
             "# Queued QoS 1 messages and persistent sessions survive a restart.",

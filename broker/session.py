@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -68,6 +69,7 @@ from broker.config_values import check_section_keys
 from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
 from broker.paho_client import FewerSyscallsClient
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
+from broker.tls.client import client_tls_context
 from schemas.errors import BusError, CodecError, ConfigError, TopicError
 from schemas.stored_ack import StoredAck
 from schemas.topics import TopicTree, validate_device_id, validate_publish_topic
@@ -108,6 +110,8 @@ class BusConfig:
     outbox_max_messages: int = 100_000
     outbox_max_bytes: int = 64 * 1024 * 1024
     tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     end_to_end_ack: EndToEndAck = "auto"
     ack_timeout: float = 30.0
 
@@ -136,6 +140,18 @@ class BusConfig:
                               f"{self.end_to_end_ack!r}")
         if not self.ack_timeout > 0:
             raise ConfigError(f"ack_timeout must be a positive number of seconds, not {self.ack_timeout!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("broker: tls_cert and tls_key go together")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ConfigError("broker: tls_cert needs tls_ca (the CA that signed the broker's "
+                              "certificate)")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context to connect with (None: plain TCP); ConfigError names a missing file
+        or a client certificate outside its validity period."""
+        if self.tls_ca is None:
+            return None
+        return client_tls_context(self.tls_ca, self.tls_cert, self.tls_key)
 
     def resolved_client_id(self) -> str:
         """The client id to connect with: explicit, else derived from the device."""
@@ -148,7 +164,7 @@ class BusConfig:
         """Build from a parsed config section, naming any unknown key."""
         check_section_keys(section, data, {f.name for f in fields(cls)})
         values = dict(data)
-        for key in ("outbox_path", "tls_ca"):
+        for key in ("outbox_path", "tls_ca", "tls_cert", "tls_key"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         try:
@@ -218,6 +234,7 @@ class BusSession:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._tls = config.tls_context()
         self.topics = TopicTree(config.root)
         self.router = SubscriptionRouter()
         self.outbox = outbox if outbox is not None else Outbox(
@@ -469,8 +486,8 @@ class BusSession:
         client.connect_timeout = cfg.connect_timeout
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls_ca is not None:
-            client.tls_set(ca_certs=str(cfg.tls_ca))
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         if cfg.device is not None:
             client.will_set(self.topics.status(cfg.device), b"offline", qos=1, retain=True)
         conn = _Connection(client, gen, mqtt5)

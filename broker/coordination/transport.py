@@ -56,6 +56,7 @@ class PeerTransport:
 
     def __init__(self, bus: BusConfig, client_id: str, *, presence_topic: str | None = None) -> None:
         self.bus = bus
+        self._tls = bus.tls_context()
         self.client_id = client_id
         self.presence_topic = presence_topic
         self.topics = TopicTree(bus.root)
@@ -169,8 +170,8 @@ class PeerTransport:
         client.max_inflight_messages_set(max(cfg.max_inflight, 1000))
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls_ca is not None:
-            client.tls_set(ca_certs=str(cfg.tls_ca))
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         if self.presence_topic is not None:
             client.will_set(self.presence_topic, b"offline", qos=1, retain=True)
         connack = threading.Event()
