@@ -399,6 +399,19 @@ class EmbeddedBroker:
         self.revocations.emit(entry, f"embedded broker, {dropped} connection(s) dropped")
         return entry
 
+    def apply_revocations(self) -> frozenset[str]:
+        """Reread ``revoked-devices.json`` (``edge-broker revoke --data-dir``) and cut off whom it adds.
+
+        ``edge-broker run`` calls this on SIGHUP; returns the newly revoked devices.
+        """
+        new = self.revoked.reload()
+        for device in sorted(new):
+            self.credentials = tuple(c for c in self.credentials if c.username != device)
+            dropped = self._drop_connections(device)
+            logger.info("device %s is revoked in %s; dropped %d live connection(s)",
+                        device, self.revoked.path, dropped)
+        return new
+
     def _drop_connections(self, user: str) -> int:
         """Abort every live connection of ``user``; how many there were."""
         run = self._run

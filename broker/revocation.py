@@ -7,8 +7,8 @@ Every revocation is kept in ``revoked-devices.json`` beside the credentials
 the broker never lets the device back in, and each one is an audit record
 (kind ``revocation``) and an event for :meth:`on_revoked` listeners.
 
-* **Mosquitto** (:class:`MosquittoRevoker`): the device's line leaves the
-  password file and its ``user`` block leaves the ACL file, both rewritten
+* **Mosquitto** (:class:`FileRevoker`, ``edge-broker revoke --site DIR``):
+  the device's line leaves the password file and its ``user`` block leaves the ACL file, both rewritten
   atomically in place, then Mosquitto gets SIGHUP. Mosquitto 2.x reloads
   ``password_file`` and ``acl_file`` on SIGHUP and, in
   ``mosquitto_security_apply``, checks every connected client again with its
@@ -17,7 +17,10 @@ the broker never lets the device back in, and each one is an audit record
   broker's pid unchanged). No take-over connection is needed.
 * **The embedded broker** (:meth:`broker.embedded.EmbeddedBroker.revoke_device`):
   its login plugin refuses revoked users from then on, the password file
-  loses the user, and the device's live connection is dropped.
+  loses the user, and the device's live connection is dropped. A broker
+  run by ``edge-broker run --devices`` in another process does the same when
+  ``edge-broker revoke --data-dir DIR`` (:meth:`FileRevoker.for_embedded`)
+  has written the files and sent it SIGHUP.
 
 >>> revoked = RevokedDevices(None)
 >>> revoked.add("cam-7", "quarantined", 5).device, "cam-7" in revoked
@@ -37,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.atomic_file import write_atomic
 from broker.audit import AuditLog
@@ -45,7 +48,7 @@ from schemas.audit import AuditKind
 from schemas.errors import BrokerError, ConfigError, TopicError
 from schemas.topics import validate_device_id
 
-__all__ = ["REVOKED_FILE", "DeviceRevoker", "MosquittoRevoker", "Revocation", "RevocationEvents",
+__all__ = ["REVOKED_FILE", "DeviceRevoker", "FileRevoker", "Revocation", "RevocationEvents",
            "RevokedDevices", "drop_acl_user", "drop_csv_device", "drop_password_user"]
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,16 @@ class RevokedDevices:
     def __contains__(self, device: object) -> bool:
         with self._lock:
             return device in self._entries
+
+    def reload(self) -> frozenset[str]:
+        """Reread the file (another process may have revoked devices); the newly revoked ones."""
+        if self.path is None or not self.path.exists():
+            return frozenset()
+        entries = {r.device: r for r in _read(self.path)}
+        with self._lock:
+            new = frozenset(entries) - frozenset(self._entries)
+            self._entries.update(entries)
+        return new
 
     def devices(self) -> frozenset[str]:
         with self._lock:
@@ -214,26 +227,38 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class MosquittoRevoker(RevocationEvents):
-    """Revoke devices of a site written by ``edge-broker mosquitto-config`` into ``site_dir``.
+class FileRevoker(RevocationEvents):
+    """Revoke devices of a broker whose users live in files in ``directory``, then make it reload.
 
-    ``pid`` (or ``pid_file``) names the running Mosquitto to send SIGHUP to;
-    without either the files change and the operator reloads Mosquitto.
+    For Mosquitto ``directory`` is the site written by ``edge-broker
+    mosquitto-config`` (``passwd``, ``acl``); for ``edge-broker run --devices``
+    it is the embedded broker's data directory (``amqtt-passwd``, no ACL file:
+    :meth:`for_embedded`), which rereads ``revoked-devices.json`` on SIGHUP.
+    ``pid`` (or ``pid_file``) names the running broker to send SIGHUP to;
+    without either only the files change and the operator reloads the broker.
     """
 
-    def __init__(self, site_dir: Path, *, pid: int | None = None, pid_file: Path | None = None,
-                 audit: AuditLog | None = None, clock_ms: Callable[[], int] = _now_ms) -> None:
+    def __init__(self, directory: Path, *, pid: int | None = None, pid_file: Path | None = None,
+                 audit: AuditLog | None = None, clock_ms: Callable[[], int] = _now_ms,
+                 password_file: str | None = None, acl_file: str | None = "acl") -> None:
         super().__init__(audit)
-        from broker.mosquitto_config import ACL_FILE, DEVICE_CREDENTIALS_FILE, PASSWORD_FILE
+        from broker.mosquitto_config import DEVICE_CREDENTIALS_FILE, PASSWORD_FILE
 
-        self.site_dir = Path(site_dir)
-        self.passwd = self.site_dir / PASSWORD_FILE
-        self.acl = self.site_dir / ACL_FILE
+        self.site_dir = Path(directory)
+        self.passwd = self.site_dir / (password_file or PASSWORD_FILE)
+        self.acl = self.site_dir / acl_file if acl_file is not None else None
         self.credentials_csv = self.site_dir / DEVICE_CREDENTIALS_FILE
         self.revoked = RevokedDevices(self.site_dir / REVOKED_FILE)
         self.pid = pid
         self.pid_file = pid_file
         self._clock_ms = clock_ms
+
+    @classmethod
+    def for_embedded(cls, data_dir: Path, **kwargs: Any) -> FileRevoker:
+        """A revoker for ``edge-broker run --devices --data-dir DATA_DIR``."""
+        from broker.embedded import PASSWORD_FILE as AMQTT_PASSWORD_FILE
+
+        return cls(data_dir, password_file=AMQTT_PASSWORD_FILE, acl_file=None, **kwargs)
 
     def _broker_pid(self) -> int | None:
         if self.pid is not None:
@@ -249,10 +274,11 @@ class MosquittoRevoker(RevocationEvents):
         """Take ``device_id``'s login away now; returns the (first) revocation of it."""
         if not self.passwd.exists():
             raise ConfigError(f"{self.passwd} does not exist: is {self.site_dir} a site written by "
-                              "edge-broker mosquitto-config?")
+                              "edge-broker mosquitto-config (or the data directory of edge-broker run)?")
         entry = self.revoked.add(device_id, reason, self._clock_ms())
         removed = _rewrite(self.passwd, lambda text: drop_password_user(text, device_id))
-        _rewrite(self.acl, lambda text: drop_acl_user(text, device_id))
+        if self.acl is not None:
+            _rewrite(self.acl, lambda text: drop_acl_user(text, device_id))
         _rewrite(self.credentials_csv, lambda text: drop_csv_device(text, device_id))
         pid = self._broker_pid()
         if pid is not None:
@@ -262,7 +288,7 @@ class MosquittoRevoker(RevocationEvents):
                 raise BrokerError(f"cannot signal Mosquitto (pid {pid}) to reload: "
                                   f"{exc.strerror or exc}") from exc
         logger.info("revoked %s (%s)%s%s", device_id, reason, "" if removed else ": it had no password line",
-                    f"; Mosquitto {pid} reloads" if pid is not None else "; reload Mosquitto (SIGHUP)")
-        self.emit(entry, f"mosquitto pid {pid}" if pid is not None else "files only, no reload sent")
+                    f"; broker {pid} reloads" if pid is not None else "; reload the broker (SIGHUP)")
+        self.emit(entry, f"broker pid {pid} reloads" if pid is not None else "files only, no reload sent")
         return entry
 

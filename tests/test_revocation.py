@@ -24,7 +24,7 @@ from broker.embedded import EmbeddedBroker
 from broker.mosquitto_config import MosquittoSite
 from broker.revocation import (
     DeviceRevoker,
-    MosquittoRevoker,
+    FileRevoker,
     RevokedDevices,
     drop_acl_user,
     drop_csv_device,
@@ -61,7 +61,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
             devices=[REVOKED, BYSTANDER], coordinators=[COORD],
             run_as_user="root" if os.geteuid() == 0 else None))
         mosquitto.start()
-        revoker = MosquittoRevoker(tmp_path / "site", pid=mosquitto.pid, audit=audit)
+        revoker = FileRevoker(tmp_path / "site", pid=mosquitto.pid, audit=audit)
         try:
             yield Fleet("mosquitto", mosquitto.host, mosquitto.port, revoker, records, lambda: mosquitto.pid)
         finally:
@@ -143,3 +143,46 @@ def test_the_generated_files_lose_exactly_the_revoked_device() -> None:
                                            "topic readwrite edgebus/#\n")
     csv = "device_id,password\ncam-1,x\ncam-2,y\n"
     assert drop_csv_device(csv, "cam-1") == "device_id,password\ncam-2,y\n"
+
+
+def test_edge_broker_revoke_cuts_a_device_off_a_running_edge_broker_run(tmp_path: Path) -> None:
+    from broker.cli import main
+    from broker.credentials import load_credentials
+    from broker.mosquitto_config import read_credentials_csv
+    from tests.test_embedded_broker import _edge_broker_run, _stop
+
+    devices = tmp_path / "devices.csv"
+    devices.write_text("cam-1,pw-1\ncam-2,pw-2\n")
+    data, port = tmp_path / "data", free_port()
+    proc, lines = _edge_broker_run(data, "--port", str(port), "--devices", str(devices))
+    try:
+        coord = load_credentials(data / "credentials.json")
+        observer = MqttProbe(("127.0.0.1", port), "observer", coord.username, coord.password).connected()
+        device = MqttProbe(("127.0.0.1", port), "cam-1", "cam-1", "pw-1").connected()
+        gone = _watch_disconnect(device)
+        observer.subscribe("edgebus/#")
+
+        assert main(["revoke", "cam-1", "--data-dir", str(data), "--pid", str(proc.pid),
+                     "--reason", "stolen"]) == 0
+
+        assert gone.wait(10), "edge-broker run kept the revoked device's connection"
+        device.close()
+        again = MqttProbe(("127.0.0.1", port), "cam-1-again", "cam-1", "pw-1")
+        assert again.connect()[0].is_failure
+        again.close()
+        with MqttProbe(("127.0.0.1", port), "cam-2", "cam-2", "pw-2").connected() as other:
+            other.publish("edgebus/cam-2/metrics", b"x")
+            assert observer.expect().topic == "edgebus/cam-2/metrics"
+        observer.close()
+        assert proc.poll() is None
+    finally:
+        assert _stop(proc) == 0
+    assert "cam-1" not in read_credentials_csv(data / "device-credentials.csv")
+    # Restarting with the same devices file keeps the device out.
+    proc, lines = _edge_broker_run(data, "--port", str(port), "--devices", str(devices))
+    try:
+        again = MqttProbe(("127.0.0.1", port), "cam-1-restart", "cam-1", "pw-1")
+        assert again.connect()[0].is_failure
+        again.close()
+    finally:
+        assert _stop(proc) == 0
