@@ -154,7 +154,7 @@ def test_edge_broker_revoke_cuts_a_device_off_a_running_edge_broker_run(tmp_path
     devices = tmp_path / "devices.csv"
     devices.write_text("cam-1,pw-1\ncam-2,pw-2\n")
     data, port = tmp_path / "data", free_port()
-    proc, lines = _edge_broker_run(data, "--port", str(port), "--devices", str(devices))
+    proc, _lines = _edge_broker_run(data, "--port", str(port), "--devices", str(devices))
     try:
         coord = load_credentials(data / "credentials.json")
         observer = MqttProbe(("127.0.0.1", port), "observer", coord.username, coord.password).connected()
@@ -179,7 +179,7 @@ def test_edge_broker_revoke_cuts_a_device_off_a_running_edge_broker_run(tmp_path
         assert _stop(proc) == 0
     assert "cam-1" not in read_credentials_csv(data / "device-credentials.csv")
     # Restarting with the same devices file keeps the device out.
-    proc, lines = _edge_broker_run(data, "--port", str(port), "--devices", str(devices))
+    proc, _lines = _edge_broker_run(data, "--port", str(port), "--devices", str(devices))
     try:
         again = MqttProbe(("127.0.0.1", port), "cam-1-restart", "cam-1", "pw-1")
         assert again.connect()[0].is_failure
