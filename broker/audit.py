@@ -6,12 +6,17 @@ sinks: the coordinator store (:meth:`coordinator.store.base.Store.record_audit`)
 the bus (:class:`BusAuditSink`, ``{root}/_sys/audit/{source}`` at QoS 1), a
 list in a test. A sink that fails is logged and skipped: an audit write must
 never stop the broker from refusing a login or a coordinator from
-dead-lettering a message.
+dead-lettering a message. A flood cannot turn into an audit flood: records
+with the same kind, subject and reason are kept at most once per
+``min_interval_ms`` (default 1 s); the next one that passes says how many
+were folded into it (``detail`` ends with ``[+N similar]``).
 
 >>> seen = []
 >>> log = AuditLog("broker", sinks=[seen.append], clock_ms=lambda: 5)
 >>> log.record("revocation", "cam-7", "quarantined").time_ms, len(seen)
 (5, 1)
+>>> log.record("revocation", "cam-7", "quarantined") is None, log.suppressed  # within 1 s: folded
+(True, 1)
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = ["AUDIT_PROTOCOL", "AuditLog", "AuditSink", "BusAuditSink", "audit_fil
 logger = logging.getLogger(__name__)
 
 AUDIT_PROTOCOL = "audit"
+_MAX_KEYS = 4096
 
 AuditSink = Callable[[AuditRecord], object]
 
@@ -54,20 +60,44 @@ class AuditLog:
     """Record security events of one ``source`` and pass each to every sink (thread-safe)."""
 
     def __init__(self, source: str, sinks: Iterable[AuditSink] = (), *,
-                 clock_ms: Callable[[], int] = _now_ms) -> None:
+                 clock_ms: Callable[[], int] = _now_ms, min_interval_ms: int = 1000) -> None:
         self.source = source
         self._sinks = list(sinks)
         self._clock_ms = clock_ms
+        self._min_interval_ms = min_interval_ms
         self._lock = threading.Lock()
+        #: (kind, subject, reason) -> [time of the last record kept, records folded since]
+        self._recent: dict[tuple[str, str, str], list[int]] = {}
+        #: Records folded into a later one, in total.
+        self.suppressed = 0
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
 
     def add_sink(self, sink: AuditSink) -> None:
         with self._lock:
             self._sinks.append(sink)
 
-    def record(self, kind: AuditKind | str, subject: str, reason: str, detail: str = "") -> AuditRecord:
-        """Make one record (over-long text is cut to the record's limits) and deliver it."""
-        rec = AuditRecord(id=secrets.token_hex(8), time_ms=self._clock_ms(), kind=AuditKind(kind),
-                          subject=_line(subject, 128), reason=_line(reason, 64) or "unspecified",
+    def record(self, kind: AuditKind | str, subject: str, reason: str,
+               detail: str = "") -> AuditRecord | None:
+        """Make one record (over-long text is cut to the record's limits) and deliver it; None when it
+        was folded into the previous one of its kind, subject and reason (see the module docstring)."""
+        kind, subject, reason = AuditKind(kind), _line(subject, 128), _line(reason, 64) or "unspecified"
+        now = self._clock_ms()
+        key = (str(kind), subject, reason)
+        with self._lock:
+            recent = self._recent.get(key)
+            if recent is not None and now - recent[0] < self._min_interval_ms:
+                recent[1] += 1
+                self.suppressed += 1
+                return None
+            folded = recent[1] if recent is not None else 0
+            if len(self._recent) >= _MAX_KEYS:
+                self._recent.clear()
+            self._recent[key] = [now, 0]
+        if folded:
+            detail = f"{detail[:1980]} [+{folded} similar]".lstrip()
+        rec = AuditRecord(id=secrets.token_hex(8), time_ms=now, kind=kind, subject=subject, reason=reason,
                           source=self.source, detail=detail[:2000])
         self.deliver(rec)
         return rec

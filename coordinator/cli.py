@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.acl import BusAcl
+from broker.audit import AuditLog
 from broker.cli import lanes_line
 from broker.cli_support import run_tool, setup_logging
 from broker.credentials import Credentials, generate_password, load_or_create_credentials
@@ -34,6 +35,7 @@ from broker.guarantees import guarantees_block
 from broker.mosquitto_config import DEVICE_CREDENTIALS_FILE, read_credentials_csv, write_credentials_csv
 from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
+from coordinator.audit import AuditTrail
 from coordinator.batch_job import BatchJobConfig
 from coordinator.config import DEFAULT_CLIENT_ID, CoordinatorConfig
 from coordinator.coordination_view import CoordinationView
@@ -235,14 +237,16 @@ def _start(args: argparse.Namespace) -> int:
                                "or point --config at the broker that is running there")
             port = 0
         creds: Credentials = load_or_create_credentials(data_dir / "broker")
+        broker_audit = AuditLog("broker")  # stored and published once the store and the bus are up
         if args.demo:  # every simulated agent logs in as itself, in its own lanes
             demo_devices = demo_credentials(data_dir / "broker", SimulatedFleet.device_ids(args.agents))
             acl = BusAcl(devices=tuple(demo_devices), coordinators=(creds.username,))
             embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
-                                      credentials=[creds, *demo_devices.values()], bus_acl=acl)
+                                      credentials=[creds, *demo_devices.values()], bus_acl=acl,
+                                      audit=broker_audit)
         else:
             embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
-                                      credentials=[creds])
+                                      credentials=[creds], audit=broker_audit)
         embedded.start()
         bus_config = BusConfig(host=args.host, port=embedded.port, username=creds.username,
                                password=creds.password, client_id=client_id, clean_start=False,
@@ -272,6 +276,9 @@ def _start(args: argparse.Namespace) -> int:
     bus = BusSession(bus_config)
     ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest)
     processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir, stored_acks=config.stored_acks)
+    audit = AuditTrail(bus, store, source=bus_config.resolved_client_id())
+    if embedded is not None and embedded.audit is not None:
+        audit.attach(embedded.audit)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
     processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
     feed = LiveFeed(http.live_queue)
@@ -283,7 +290,7 @@ def _start(args: argparse.Namespace) -> int:
     services = Services(bus, processor, store, services_config)
     processor.restore()
     # The live feed first: live points need not wait for scoring or the store's hand-over.
-    ingest.sinks += [services.known, feed, processor, view]
+    ingest.sinks += [services.known, feed, processor, view, audit]
     ingest.start()
     print(f"history in the {config.store.get('type', 'sql')} store "
           f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "
