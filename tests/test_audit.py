@@ -30,6 +30,7 @@ from schemas.errors import CodecError, UnsupportedVersion
 from schemas.ota import OtaProgress, Phase
 from tests.brokers import MqttProbe
 from tests.bus_helpers import wait_until
+from tests.json_schema import assert_conforms
 from tests.test_store_support import StoreFactory, backend, open_backend
 
 __all__ = ["backend", "open_backend"]
@@ -139,6 +140,7 @@ def test_security_events_are_stored_once_and_published(broker: EmbeddedBroker, t
         while not wanted <= published:
             msg = watcher.expect()
             record = AuditRecord.decode(msg.payload)
+            assert_conforms(msg.payload, "audit-event")
             assert msg.topic == f"edgebus/_sys/audit/{record.source}"
             published.add((str(record.kind), record.subject, record.reason))
         dead = store.audit_events(kind="dead_letter")
