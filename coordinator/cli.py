@@ -33,6 +33,7 @@ from broker.credentials import Credentials, generate_password, load_or_create_cr
 from broker.embedded import EmbeddedBroker
 from broker.guarantees import guarantees_block
 from broker.mosquitto_config import DEVICE_CREDENTIALS_FILE, read_credentials_csv, write_credentials_csv
+from broker.mosquitto_log import MosquittoLogAudit
 from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.audit import AuditTrail
@@ -279,6 +280,11 @@ def _start(args: argparse.Namespace) -> int:
     audit = AuditTrail(bus, store, source=bus_config.resolved_client_id())
     if embedded is not None and embedded.audit is not None:
         audit.attach(embedded.audit)
+    stop_log = threading.Event()
+    if config.mosquitto_log is not None:
+        mosquitto_log = MosquittoLogAudit(config.mosquitto_log, AuditLog("mosquitto"))
+        audit.attach(mosquitto_log.audit)
+        mosquitto_log.follow(stop_log)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
     processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
     feed = LiveFeed(http.live_queue)
@@ -319,6 +325,7 @@ def _start(args: argparse.Namespace) -> int:
         if placer is not None:
             placer.stop()
         services.stop()
+        stop_log.set()
         if fleet is not None:
             fleet.stop()
         bus.stop(flush_timeout=1)

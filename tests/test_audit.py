@@ -157,3 +157,46 @@ def test_security_events_are_stored_once_and_published(broker: EmbeddedBroker, t
         bus.stop(flush_timeout=1)
         store.close()
 
+
+
+def test_mosquittos_refusals_are_read_from_its_log(tmp_path: Path) -> None:
+    import os
+
+    from broker.mosquitto_config import MosquittoSite
+    from broker.mosquitto_log import MosquittoLogAudit
+    from tests.brokers import MosquittoUnderTest, free_port
+
+    mosquitto = MosquittoUnderTest(tmp_path, MosquittoSite(
+        listener_host="127.0.0.1", port=free_port(), data_dir=tmp_path / "data", devices=[DEVICE],
+        coordinators=[COORD], run_as_user="root" if os.geteuid() == 0 else None))
+    with mosquitto.files.conf.open("a") as conf:
+        conf.write("log_type all\n")  # "Denied PUBLISH" is a debug line
+    mosquitto.start()
+    seen: list[AuditRecord] = []
+    follower = MosquittoLogAudit(mosquitto.log_path, AuditLog("mosquitto", sinks=[seen.append]))
+    try:
+        target = (mosquitto.host, mosquitto.port)
+        wrong = MqttProbe(target, "intruder", "cam-1", "guess")
+        assert wrong.connect()[0].is_failure
+        wrong.close()
+        with MqttProbe(target, "cam-1", DEVICE.username, DEVICE.password).connected() as dev:
+            dev.publish("edgebus/cam-2/metrics", b"forged")
+        wanted = {("auth_failure", "not_authorised"), ("acl_denied", "publish")}
+        assert wait_until(lambda: follower.poll() >= 0 and wanted <= {(str(r.kind), r.reason) for r in seen})
+    finally:
+        mosquitto.stop()
+    denied = next(r for r in seen if r.kind is AuditKind.ACL_DENIED)
+    assert (denied.subject, denied.detail) == ("cam-1", "topic edgebus/cam-2/metrics")
+    refused = next(r for r in seen if r.kind is AuditKind.AUTH_FAILURE)
+    assert refused.subject.startswith("127.0.0.1:")
+
+
+def test_the_coordinator_config_names_mosquittos_log() -> None:
+    from coordinator.config import CoordinatorConfig
+    from schemas.errors import ConfigError
+
+    log = "/var/log/mosquitto/mosquitto.log"
+    assert CoordinatorConfig.from_mapping({"mosquitto_log": log}).mosquitto_log == Path(log)
+    assert CoordinatorConfig.from_mapping({}).mosquitto_log is None
+    with pytest.raises(ConfigError, match="mosquitto_log"):
+        CoordinatorConfig.from_mapping({"mosquitto_log": 3})
