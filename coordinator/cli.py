@@ -5,7 +5,8 @@
 streams; ``--demo`` adds simulated gateway agents so there is something to
 watch. With ``--config`` it connects to the broker the file names instead.
 Either way it serves the HTTP API and dashboard (``[http]``; 127.0.0.1:8780 by
-default). ``edge-coordinator export`` writes a device's raw samples as CSV.
+default). ``edge-coordinator export`` writes a device's raw samples as CSV;
+``edge-coordinator audit`` lists the stored security events (coordinator/audit.py).
 
 Exit codes: 0 stopped cleanly; 1 runtime failure (broker could not start or be
 reached); 2 usage or configuration error.
@@ -22,6 +23,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-coordinator placement show --config coordinator.toml   where cameras run, and why",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export,placement}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export,placement,audit}")
     s = sub.add_parser("start", help="start the coordinator and show the fleet until Ctrl-C",
                        description="Start the coordinator. Without --config it runs the embedded "
                                    "broker (MQTT 3.1.1, credentials in DATA_DIR/broker) itself.")
@@ -122,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True,
                    help="coordinator.toml (its [broker] and [placement] group)")
     p.add_argument("--json", action="store_true", help="show: print the raw table as JSON")
+    a = sub.add_parser("audit", help="list the stored security events, newest first",
+                       description="List the audit log (refused logins, ACL denials, revocations, dead "
+                                   "letters, quarantines, OTA outcomes) from the store, newest first.")
+    a.add_argument("--config", type=Path, help="coordinator.toml (its [store] and data_dir)")
+    a.add_argument("--data-dir", type=Path, default=None, help="where state lives (default ./data)")
+    a.add_argument("--kind", default=None, help="only this kind (auth_failure, revocation, ...)")
+    a.add_argument("--subject", default=None, help="only this device or user")
+    a.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
+    a.add_argument("--json", action="store_true", help="one JSON record per line (as on the bus)")
     return parser
 
 
@@ -370,6 +381,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    store = _open_store(config, args.data_dir or config.data_dir)
+    try:
+        records = store.audit_events(args.limit, kind=args.kind, subject=args.subject)
+    finally:
+        store.close()
+    for rec in records:
+        if args.json:
+            print(rec.encode().decode())
+        else:
+            when = datetime.fromtimestamp(rec.time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            subject = rec.subject or "-"
+            print(f"{when}  {rec.kind:<13} {subject:<20} {rec.reason:<20} {rec.source}  {rec.detail}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -378,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tool("edge-coordinator", lambda: _export(args))
     if args.command == "placement":
         return run_tool("edge-coordinator", lambda: _placement(args))
+    if args.command == "audit":
+        return run_tool("edge-coordinator", lambda: _audit(args))
     return run_tool("edge-coordinator", lambda: _start(args))
 
 

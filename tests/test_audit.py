@@ -200,3 +200,20 @@ def test_the_coordinator_config_names_mosquittos_log() -> None:
     assert CoordinatorConfig.from_mapping({}).mosquitto_log is None
     with pytest.raises(ConfigError, match="mosquitto_log"):
         CoordinatorConfig.from_mapping({"mosquitto_log": 3})
+
+
+def test_edge_coordinator_audit_lists_the_stored_records(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.cli import main
+
+    store = SqlStore.open(data_dir=tmp_path)
+    store.migrate()
+    store.record_audit(rec("a", 1000))
+    store.record_audit(rec("b", 2000, "revocation", "cam-2"))
+    store.close()
+    assert main(["audit", "--data-dir", str(tmp_path), "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [AuditRecord.decode(line.encode()).id for line in lines] == ["b", "a"]
+    assert main(["audit", "--data-dir", str(tmp_path), "--kind", "revocation"]) == 0
+    out = capsys.readouterr().out
+    assert "revocation" in out and "cam-2" in out and "acl_denied" not in out
