@@ -38,6 +38,7 @@ class AuditedFileAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt is u
         password_file: str | Path | None = None
         revoked: Any = None
         audit: Any = None
+        allow_anonymous: bool = False
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
@@ -53,7 +54,7 @@ class AuditedFileAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt is u
         result = await super().authenticate(session=session)
         if result is False:
             self._refused(session, "bad_password" if user in self._users else "unknown_user")
-        elif result is None and not user:
+        elif result is None and not user and not self.config.allow_anonymous:
             self._refused(session, "no_username")
         return bool(result) if result is not None else None
 

@@ -539,7 +539,7 @@ class EmbeddedBroker:
 
         plugins: dict[str, Any] = {
             AUTH_PLUGIN: {"password_file": str(self.password_file), "revoked": self.revoked,
-                          "audit": self.audit},
+                          "audit": self.audit, "allow_anonymous": self.allow_anonymous},
         }
         if self.allow_anonymous:
             plugins["amqtt.plugins.authentication.AnonymousAuthPlugin"] = {

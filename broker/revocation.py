@@ -8,8 +8,8 @@ the broker never lets the device back in, and each one is an audit record
 (kind ``revocation``) and an event for :meth:`on_revoked` listeners.
 
 * **Mosquitto** (:class:`FileRevoker`, ``edge-broker revoke --site DIR``):
-  the device's line leaves the password file and its ``user`` block leaves the ACL file, both rewritten
-  atomically in place, then Mosquitto gets SIGHUP. Mosquitto 2.x reloads
+  the device's line leaves the password file and its ``user`` block leaves
+  the ACL file, both rewritten atomically in place, then Mosquitto gets SIGHUP. Mosquitto 2.x reloads
   ``password_file`` and ``acl_file`` on SIGHUP and, in
   ``mosquitto_security_apply``, checks every connected client again with its
   stored user name and password: a client whose user is gone is
@@ -116,6 +116,7 @@ class RevokedDevices:
                     {"device": r.device, "reason": r.reason, "time_ms": r.time_ms}
                     for r in self._entries.values()]}
                 try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
                     write_atomic(self.path, (json.dumps(doc, indent=2) + "\n").encode(), 0o600)
                 except OSError as exc:
                     raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
