@@ -399,6 +399,10 @@ class EmbeddedBroker:
         self.revocations.emit(entry, f"embedded broker, {dropped} connection(s) dropped")
         return entry
 
+    def on_revoked(self, listener: Callable[[Revocation], object]) -> None:
+        """Call ``listener`` after each revocation took effect."""
+        self.revocations.on_revoked(listener)
+
     def apply_revocations(self) -> frozenset[str]:
         """Reread ``revoked-devices.json`` (``edge-broker revoke --data-dir``) and cut off whom it adds.
 

@@ -139,9 +139,11 @@ def _read(path: Path) -> list[Revocation]:
 
 
 class DeviceRevoker(Protocol):
-    """What the PBFT quarantine and ``edge-broker revoke`` call."""
+    """What the PBFT quarantine and ``edge-broker revoke`` call, and where to hear of revocations."""
 
     def revoke_device(self, device_id: str, reason: str) -> Revocation: ...
+
+    def on_revoked(self, listener: Callable[[Revocation], object]) -> None: ...
 
 
 class RevocationEvents:

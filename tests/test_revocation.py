@@ -25,6 +25,7 @@ from broker.mosquitto_config import MosquittoSite
 from broker.revocation import (
     DeviceRevoker,
     FileRevoker,
+    Revocation,
     RevokedDevices,
     drop_acl_user,
     drop_csv_device,
@@ -99,9 +100,11 @@ def test_a_revoked_device_is_cut_off_at_once_and_the_others_are_not(fleet: Fleet
         revoked.publish("edgebus/cam-1/metrics", b"before")
         assert observer.expect().topic == "edgebus/cam-1/metrics"
 
+        heard: list[Revocation] = []
+        fleet.revoker.on_revoked(heard.append)
         entry = fleet.revoker.revoke_device("cam-1", "quarantined")
 
-        assert entry.device == "cam-1" and entry.reason == "quarantined"
+        assert entry.device == "cam-1" and entry.reason == "quarantined" and heard == [entry]
         assert revoked_gone.wait(10), "the revoked device's connection is still open"
         revoked.close()
         again = fleet.probe(REVOKED, "cam-1-again")
