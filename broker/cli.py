@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     pid = revoke.add_mutually_exclusive_group()
     pid.add_argument("--pid", type=int, help="the running broker's process id (sent SIGHUP)")
     pid.add_argument("--pid-file", type=Path, metavar="FILE", help="a file holding the broker's pid")
-    revoke.add_argument("--reason", default="revoked by operator", help="why (kept and audited; 64 chars)")
+    revoke.add_argument("--reason", default="revoked by operator",
+                        help="why (kept in revoked-devices.json; 64 chars)")
     revoke.add_argument("--json", action="store_true", help="print the revocation as JSON")
     return parser
 

@@ -414,6 +414,9 @@ class EmbeddedBroker:
             dropped = self._drop_connections(device)
             logger.info("device %s is revoked in %s; dropped %d live connection(s)",
                         device, self.revoked.path, dropped)
+            entry = self.revoked.get(device)
+            if entry is not None:
+                self.revocations.emit(entry, f"from {self.revoked.path}, {dropped} connection(s) dropped")
         return new
 
     def _drop_connections(self, user: str) -> int:
