@@ -8,6 +8,7 @@ device keeps its connection and its lanes, and the broker is never restarted
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -189,3 +190,24 @@ def test_edge_broker_revoke_cuts_a_device_off_a_running_edge_broker_run(tmp_path
         again.close()
     finally:
         assert _stop(proc) == 0
+
+
+def test_regenerating_a_mosquitto_site_leaves_a_revoked_device_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.cli import main
+
+    devices = tmp_path / "devices.csv"
+    devices.write_text("cam-1\ncam-2\n")
+    site = tmp_path / "site"
+    assert main(["mosquitto-config", "--devices", str(devices), "--out", str(site)]) == 0
+    assert main(["revoke", "cam-1", "--site", str(site), "--reason", "stolen", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert json.loads(out)["device"] == "cam-1" and json.loads(out)["reload_sent"] is False
+    users = {line.split(":")[0] for line in (site / "passwd").read_text().splitlines()}
+    assert users == {"coordinator", "cam-2"}
+    assert "user cam-1\n" not in (site / "acl").read_text() and "user cam-2\n" in (site / "acl").read_text()
+
+    assert main(["mosquitto-config", "--devices", str(devices), "--out", str(site)]) == 0
+    assert "cam-1 is revoked" in capsys.readouterr().err
+    users = {line.split(":")[0] for line in (site / "passwd").read_text().splitlines()}
+    assert users == {"coordinator", "cam-2"}
