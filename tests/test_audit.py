@@ -217,3 +217,15 @@ def test_edge_coordinator_audit_lists_the_stored_records(tmp_path: Path,
     assert main(["audit", "--data-dir", str(tmp_path), "--kind", "revocation"]) == 0
     out = capsys.readouterr().out
     assert "revocation" in out and "cam-2" in out and "acl_denied" not in out
+
+
+def test_audit_records_go_after_audit_days(open_backend: StoreFactory) -> None:
+    from coordinator.store import RetentionConfig
+    from coordinator.store.config import DAY_MS
+
+    store = open_backend(retention=RetentionConfig(audit_days=10))
+    store.record_audit(rec("old", 1000))
+    store.record_audit(rec("new", 1000 + 5 * DAY_MS))
+    assert store.apply_retention(1000 + 12 * DAY_MS).audit_events_deleted == 1
+    assert [r.id for r in store.audit_events()] == ["new"]
+    assert RetentionConfig.from_mapping({"audit_days": 0}).audit_days == 0  # 0: kept for good
