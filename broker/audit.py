@@ -78,13 +78,17 @@ class AuditLog:
         with self._lock:
             self._sinks.append(sink)
 
-    def record(self, kind: AuditKind | str, subject: str, reason: str,
-               detail: str = "") -> AuditRecord | None:
+    def record(self, kind: AuditKind | str, subject: str, reason: str, detail: str = "", *,
+               event_id: str | None = None, fold_any_reason: bool = False) -> AuditRecord | None:
         """Make one record (over-long text is cut to the record's limits) and deliver it; None when it
-        was folded into the previous one of its kind, subject and reason (see the module docstring)."""
+        was folded into the previous one of its kind, subject and reason (see the module docstring).
+
+        ``event_id`` replaces the random id (a record derived from a fact that may be seen again);
+        ``fold_any_reason`` folds by kind and subject alone, for reasons a device chooses.
+        """
         kind, subject, reason = AuditKind(kind), _line(subject, 128), _line(reason, 64) or "unspecified"
         now = self._clock_ms()
-        key = (str(kind), subject, reason)
+        key = (str(kind), subject, "" if fold_any_reason else reason)
         with self._lock:
             recent = self._recent.get(key)
             if recent is not None and now - recent[0] < self._min_interval_ms:
@@ -97,8 +101,8 @@ class AuditLog:
             self._recent[key] = [now, 0]
         if folded:
             detail = f"{detail[:1980]} [+{folded} similar]".lstrip()
-        rec = AuditRecord(id=secrets.token_hex(8), time_ms=now, kind=kind, subject=subject, reason=reason,
-                          source=self.source, detail=detail[:2000])
+        rec = AuditRecord(id=event_id or secrets.token_hex(8), time_ms=now, kind=kind, subject=subject,
+                          reason=reason, source=self.source, detail=detail[:2000])
         self.deliver(rec)
         return rec
 

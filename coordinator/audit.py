@@ -85,11 +85,11 @@ class AuditTrail:
         if kind is None or device is None:
             return
         digest = hashlib.sha256(f"{device}\0{progress.update_id}\0{progress.phase}".encode()).hexdigest()
-        rec = AuditRecord(id=f"ota-{digest[:24]}", time_ms=self.log.now_ms(), kind=kind, subject=device,
-                          reason=(progress.reason or str(progress.phase))[:64], source=self.log.source,
-                          detail=f"update {progress.update_id}: {progress.detail or ''}"[:2000])
-        if self._store(rec):  # once per device, update and outcome, also after a restart
-            BusAuditSink(self.bus)(rec)
+        # The id: once per device, update and outcome, also when the retained state comes again after a
+        # restart. Folded by device alone: the reason is the device's to choose.
+        self.log.record(kind, device, progress.reason or str(progress.phase),
+                        f"update {progress.update_id}: {progress.detail or ''}",
+                        event_id=f"ota-{digest[:24]}", fold_any_reason=True)
 
     def __call__(self, batch: IngestBatch) -> None:
         """Ingest sink: one ``dead_letter`` record per device and reason in the batch."""

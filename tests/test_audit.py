@@ -229,3 +229,19 @@ def test_audit_records_go_after_audit_days(open_backend: StoreFactory) -> None:
     assert store.apply_retention(1000 + 12 * DAY_MS).audit_events_deleted == 1
     assert [r.id for r in store.audit_events()] == ["new"]
     assert RetentionConfig.from_mapping({"audit_days": 0}).audit_days == 0  # 0: kept for good
+
+
+def test_a_device_flooding_ota_refusals_costs_one_record_a_second(tmp_path: Path) -> None:
+    store = SqlStore.open(data_dir=tmp_path)
+    store.migrate()
+    bus = BusSession(BusConfig(port=1, client_id="coordinator", outbox_path=tmp_path / "outbox.db"))
+    trail = AuditTrail(bus, store, source="coordinator")  # never connected: what it publishes queues
+    try:
+        for i in range(200):
+            refused = OtaProgress(update_id=f"u-{i}", phase=Phase.REFUSED, version="1", reason=f"r{i}")
+            trail._on_ota(ReceivedMessage("edgebus/cam-1/state/ota", refused.to_json_bytes(), 1, True))
+        assert len(store.audit_events(kind="ota_refused")) == 1
+        assert trail.log.suppressed == 199
+    finally:
+        store.close()
+        bus.outbox.close()
