@@ -41,7 +41,6 @@ class AuditKind(StrEnum):
     DEAD_LETTER = "dead_letter"  # the coordinator refused a message (reason: the dead letter's)
     QUARANTINE = "quarantine"  # a device was quarantined (PBFT decision)
     REVOCATION = "revocation"  # a device's broker credentials were revoked
-    KEY_REVOKED = "key_revoked"  # an OTA signing key was revoked
     OTA_UPDATE = "ota_update"  # an agent accepted an update
     OTA_REFUSED = "ota_refused"  # an agent refused an update (reason: UpdateRefused.reason)
 
