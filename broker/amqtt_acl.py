@@ -34,6 +34,8 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.acl import Action, BusAcl
+from broker.audit import AuditLog
+from schemas.audit import AuditKind
 
 __all__ = ["TOPIC_PLUGIN", "WILL_PLUGIN", "AclTopicPlugin", "WillTopicPlugin"]
 
@@ -53,16 +55,23 @@ def _acl(config: Any) -> BusAcl:
     return acl
 
 
+def _audit(config: Any) -> AuditLog | None:
+    audit = getattr(config, "audit", None)
+    return audit if isinstance(audit, AuditLog) else None
+
+
 class AclTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt is untyped
     """Allow a publish, subscribe or delivery only when :meth:`BusAcl.allows` does."""
 
     @dataclass
     class Config:
         acl: Any = None
+        audit: Any = None
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self._rules = _acl(self.config)
+        self._audit = _audit(self.config)
 
     async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
                               action: AmqttAction | None = None) -> bool:
@@ -71,6 +80,9 @@ class AclTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt is untyped
         allowed = wanted is not None and topic is not None and self._rules.allows(user, wanted, topic)
         if not allowed and wanted is not Action.RECEIVE:
             logger.info("ACL denied %s of %r to user %r", action, topic, user)
+            if self._audit is not None:
+                self._audit.record(AuditKind.ACL_DENIED, user or "", str(wanted or action),
+                                   f"topic {topic}")
         return allowed
 
 
@@ -80,10 +92,12 @@ class WillTopicPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
     @dataclass
     class Config:
         acl: Any = None
+        audit: Any = None
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self._rules = _acl(self.config)
+        self._audit = _audit(self.config)
 
     async def authenticate(self, *, session: Session) -> bool | None:
         topic = getattr(session, "will_topic", None)
@@ -93,4 +107,6 @@ class WillTopicPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
             return None
         logger.info("refused CONNECT of %r: its will names %r, which it may not publish to",
                     session.username, topic)
+        if self._audit is not None:
+            self._audit.record(AuditKind.ACL_DENIED, session.username or "", "will", f"topic {topic}")
         return False

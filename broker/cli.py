@@ -3,11 +3,14 @@
     edge-broker run [--host 127.0.0.1] [--port 1883] [--data-dir ./data/broker] [--mosquitto]
     edge-broker mosquitto-config --devices devices.csv --out DIR [--port 1883] [--root edgebus]
     edge-broker tls init-ca | server-cert --host NAME | device-cert DEVICE [--dir tls]
+    edge-broker revoke DEVICE (--site DIR | --data-dir DIR) [--pid PID | --pid-file FILE] [--reason TEXT]
 
 ``run`` prints which guarantees hold on the broker it started and which need
 Mosquitto (:mod:`broker.guarantees`); ``run --mosquitto`` is the switch: the
 same data directory and credentials, served by the system's ``mosquitto``
-(:mod:`broker.local_mosquitto`).
+(:mod:`broker.local_mosquitto`). ``revoke`` takes a device's login away
+while the broker runs (:mod:`broker.revocation`): the files lose the device
+and the broker reloads them on SIGHUP (Mosquitto, or ``edge-broker run``).
 
 Exit codes: 0 done, 1 the broker failed (port taken, could not start),
 2 bad usage or configuration (the message names the option or file line).
@@ -23,6 +26,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -39,6 +43,7 @@ from broker.credentials import (
 from broker.guarantees import NEEDS_MOSQUITTO, BrokerKind, guarantees_block
 from broker.mosquitto_config import (
     DEVICE_CREDENTIALS_FILE,
+    DeviceRoster,
     MosquittoSite,
     TlsFiles,
     read_devices_csv,
@@ -132,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
                            "messages for a slow subscriber)")
     conf.add_argument("--json", action="store_true", help="print what was written as JSON")
     add_tls_parser(sub)
+
+    revoke = sub.add_parser(
+        "revoke", help="take a device's login away now, without restarting the broker",
+        description="Revoke DEVICE's broker login: it is listed in revoked-devices.json (so regenerating "
+                    "the configuration or restarting never lets it back), its password line and ACL block "
+                    "are removed, and the running broker gets SIGHUP: Mosquitto 2.x reloads its files and "
+                    "disconnects the device; edge-broker run rereads the revocations and drops its "
+                    "connection. Without --pid/--pid-file only the files change.")
+    revoke.add_argument("device", metavar="DEVICE", help="the device id (its user name)")
+    where = revoke.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", type=Path, metavar="DIR",
+                       help="a Mosquitto site written by edge-broker mosquitto-config --out DIR")
+    where.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="the data directory of edge-broker run --devices")
+    pid = revoke.add_mutually_exclusive_group()
+    pid.add_argument("--pid", type=int, help="the running broker's process id (sent SIGHUP)")
+    pid.add_argument("--pid-file", type=Path, metavar="FILE", help="a file holding the broker's pid")
+    revoke.add_argument("--reason", default="revoked by operator",
+                        help="why (kept in revoked-devices.json; 64 chars)")
+    revoke.add_argument("--json", action="store_true", help="print the revocation as JSON")
     return parser
 
 
@@ -173,7 +198,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.mosquitto:
         broker = LocalMosquitto(args.host, args.port, data_dir, creds)
     elif args.devices is not None:
-        roster = read_devices_csv(args.devices, previous=data_dir / DEVICE_CREDENTIALS_FILE)
+        roster = _without_revoked(read_devices_csv(args.devices, previous=data_dir / DEVICE_CREDENTIALS_FILE),
+                                  data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         write_credentials_csv(data_dir / DEVICE_CREDENTIALS_FILE, roster.devices)
         acl = BusAcl(devices=tuple(d.username for d in roster.devices), coordinators=(creds.username,))
@@ -189,6 +215,8 @@ def _run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+    reload = threading.Event()
+    previous_hup = signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
     try:
         broker.start()
         host = broker.connect_host
@@ -212,6 +240,11 @@ def _run(args: argparse.Namespace) -> int:
             print(guarantees_block(kind))
             print("Ctrl-C stops.", flush=True)
         while not stop.wait(0.5):
+            if reload.is_set() and isinstance(broker, EmbeddedBroker):
+                reload.clear()
+                revoked = broker.apply_revocations()
+                if revoked:
+                    print(f"edge-broker: revoked {', '.join(sorted(revoked))}", flush=True)
             if isinstance(broker, LocalMosquitto) and broker.exit_code() is not None:
                 raise BrokerError(f"mosquitto exited with code {broker.exit_code()}; its log "
                                   f"({broker.log_path}):\n{broker.log_tail()}")
@@ -220,7 +253,21 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
     return EXIT_OK
+
+
+def _without_revoked(roster: DeviceRoster, directory: Path) -> DeviceRoster:
+    """The roster minus the devices ``edge-broker revoke`` listed in ``directory`` (said on stderr)."""
+    from broker.revocation import REVOKED_FILE, RevokedDevices
+
+    revoked = RevokedDevices(directory / REVOKED_FILE).devices()
+    kept = tuple(d for d in roster.devices if d.username not in revoked)
+    for device in sorted(revoked & {d.username for d in roster.devices}):
+        print(f"edge-broker: {device} is revoked ({directory / REVOKED_FILE}); left out", file=sys.stderr)
+    if not kept:
+        raise ConfigError("every device in the devices file is revoked")
+    return replace(roster, devices=kept)
 
 
 def _coordinator_credentials(out: Path, name: str) -> tuple[Credentials, Path, bool]:
@@ -250,7 +297,7 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
            if args.tls_cert is not None else None)
     port = args.port if args.port is not None else (8883 if tls else 1883)
     device_creds_path = out / DEVICE_CREDENTIALS_FILE
-    roster = read_devices_csv(args.devices, previous=device_creds_path)
+    roster = _without_revoked(read_devices_csv(args.devices, previous=device_creds_path), out)
     names = args.coordinator or ["coordinator"]
     # Validate everything before writing anything.
     MosquittoSite(listener_host=args.host, port=port,
@@ -303,6 +350,28 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _revoke(args: argparse.Namespace) -> int:
+    from broker.revocation import FileRevoker
+
+    if args.site is not None:
+        revoker = FileRevoker(args.site, pid=args.pid, pid_file=args.pid_file)
+    else:
+        revoker = FileRevoker.for_embedded(args.data_dir, pid=args.pid, pid_file=args.pid_file)
+    entry = revoker.revoke_device(args.device, args.reason[:64])
+    reloaded = args.pid is not None or args.pid_file is not None
+    if args.json:
+        print(json.dumps({"device": entry.device, "reason": entry.reason, "time_ms": entry.time_ms,
+                          "revoked_file": str(revoker.revoked.path), "reload_sent": reloaded}))
+        return EXIT_OK
+    print(f"revoked {entry.device} ({entry.reason}); listed in {revoker.revoked.path}")
+    if not reloaded:
+        print("  no --pid given: send the broker SIGHUP to apply it now (kill -HUP <pid>)")
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _run, "mosquitto-config": _mosquitto_config, "tls": run_tls, "revoke": _revoke}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-broker``; returns the exit code."""
     parser = build_parser()
@@ -311,8 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _setup_logging(args.verbose)
-    commands = {"run": _run, "mosquitto-config": _mosquitto_config, "tls": run_tls}
-    return run_tool("edge-broker", lambda: commands[args.command](args))
+    return run_tool("edge-broker", lambda: _COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

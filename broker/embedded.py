@@ -51,6 +51,12 @@ Mosquitto too; figures in ``notes/broker-choice.md``):
   the user may not write is refused. Give every device its own user
   (``credentials``) and name them in the ACL. Without an ACL every user
   that logs in may do everything (``edge-broker run`` says so when it starts).
+* **Revocation without a restart** (:meth:`EmbeddedBroker.revoke_device`):
+  the device's user is refused from then on, its live connection is
+  dropped, and ``<data_dir>/revoked-devices.json`` keeps it out across
+  restarts (:mod:`broker.revocation`). With ``audit=`` (a
+  :class:`broker.audit.AuditLog`) every refused login and ACL denial is an
+  audit record (:mod:`broker.amqtt_auth`, :mod:`broker.amqtt_acl`).
 * **Simple topic ACLs** (``acl=``, a mapping per user) are checked on publish
   and on subscribe, with amqtt's own plugin (no ``%u``, no delivery check).
 * **Speed**: 1-2 thousand QoS 1 messages a second on one core, and password
@@ -67,6 +73,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +82,9 @@ from types import TracebackType
 from typing import Any
 
 from broker.acl import BusAcl
+from broker.audit import AuditLog
 from broker.credentials import Credentials, load_or_create_credentials, write_private_text
+from broker.revocation import REVOKED_FILE, Revocation, RevocationEvents, RevokedDevices, drop_password_user
 from schemas.errors import BrokerError, ConfigError, EdgebusError, TopicError
 from schemas.topics import validate_topic_filter
 
@@ -201,10 +210,17 @@ def _log_client_failure(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
     loop.default_exception_handler(context)
 
 
-def _client_transports(amqtt_broker: Any) -> list[asyncio.WriteTransport]:
-    """The transports of the connected clients (amqtt keeps them behind two adapters)."""
+async def _call(fn: Callable[[], int]) -> int:
+    return fn()
+
+
+def _client_transports(amqtt_broker: Any, user: str | None = None) -> list[asyncio.WriteTransport]:
+    """The transports of the connected clients (of ``user`` only, if given; amqtt keeps them
+    behind two adapters)."""
     found = []
-    for _session, handler in list(getattr(amqtt_broker, "sessions", {}).values()):
+    for session, handler in list(getattr(amqtt_broker, "sessions", {}).values()):
+        if user is not None and getattr(session, "username", None) != user:
+            continue
         stream_writer = getattr(getattr(handler, "writer", None), "_writer", None)
         transport = getattr(stream_writer, "transport", None)
         if isinstance(transport, asyncio.WriteTransport):
@@ -254,6 +270,7 @@ class _Run:
     error: BaseException | None = None
     loop: asyncio.AbstractEventLoop | None = None
     stop: asyncio.Event | None = None
+    amqtt: Any = None
     thread: threading.Thread | None = None
 
 
@@ -283,6 +300,7 @@ class EmbeddedBroker:
         persistence: bool = True,
         start_timeout: float = 10.0,
         quiet_logs: bool = True,
+        audit: AuditLog | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"port must be 0-65535, not {port!r}")
@@ -302,6 +320,11 @@ class EmbeddedBroker:
         if duplicates:
             raise ConfigError(f"credentials: user {duplicates[0]!r} is listed twice")
         self.allow_anonymous = allow_anonymous
+        self.audit = audit
+        self.revoked = RevokedDevices(self.data_dir / REVOKED_FILE)
+        #: Listeners of revocations (:meth:`revoke_device`), and the audit record of each.
+        self.revocations = RevocationEvents(audit)
+        self.credentials = tuple(c for c in self.credentials if c.username not in self.revoked)
         self._acl = (None if acl is None
                      else _normalise_acl(acl, set(names), allow_anonymous))
         if bus_acl is not None:
@@ -353,6 +376,74 @@ class EmbeddedBroker:
     def running(self) -> bool:
         run = self._run
         return run is not None and run.ready.is_set() and run.error is None
+
+    # -- revocation ----------------------------------------------------------
+
+    def revoke_device(self, device_id: str, reason: str) -> Revocation:
+        """Take ``device_id``'s login away: refused from now on, its live connection dropped.
+
+        Thread-safe; callable from the broker's own event loop too (the drop
+        then happens right after the call returns). Keeps the revocation in
+        ``<data_dir>/revoked-devices.json``, so a restart keeps it.
+        """
+        entry = self.revoked.add(device_id, reason, time.time_ns() // 1_000_000)
+        self.credentials = tuple(c for c in self.credentials if c.username != device_id)
+        try:
+            if self.password_file.exists():
+                text = self.password_file.read_text(encoding="utf-8")
+                write_private_text(self.password_file, drop_password_user(text, device_id))
+        except OSError as exc:
+            raise BrokerError(f"cannot rewrite {self.password_file}: {exc.strerror or exc}") from exc
+        dropped = self._drop_connections(device_id)
+        logger.info("revoked device %s (%s); dropped %d live connection(s)", device_id, reason, dropped)
+        self.revocations.emit(entry, f"embedded broker, {dropped} connection(s) dropped")
+        return entry
+
+    def on_revoked(self, listener: Callable[[Revocation], object]) -> None:
+        """Call ``listener`` after each revocation took effect."""
+        self.revocations.on_revoked(listener)
+
+    def apply_revocations(self) -> frozenset[str]:
+        """Reread ``revoked-devices.json`` (``edge-broker revoke --data-dir``) and cut off whom it adds.
+
+        ``edge-broker run`` calls this on SIGHUP; returns the newly revoked devices.
+        """
+        new = self.revoked.reload()
+        for device in sorted(new):
+            self.credentials = tuple(c for c in self.credentials if c.username != device)
+            dropped = self._drop_connections(device)
+            logger.info("device %s is revoked in %s; dropped %d live connection(s)",
+                        device, self.revoked.path, dropped)
+            entry = self.revoked.get(device)
+            if entry is not None:
+                self.revocations.emit(entry, f"from {self.revoked.path}, {dropped} connection(s) dropped")
+        return new
+
+    def _drop_connections(self, user: str) -> int:
+        """Abort every live connection of ``user``; how many there were."""
+        run = self._run
+        if run is None or run.loop is None or run.amqtt is None or run.loop.is_closed():
+            return 0
+        amqtt_broker = run.amqtt
+
+        def drop() -> int:
+            transports = _client_transports(amqtt_broker, user)
+            for transport in transports:
+                transport.abort()
+            return len(transports)
+
+        try:
+            if asyncio.get_running_loop() is run.loop:
+                run.loop.call_soon(drop)  # cannot wait for our own loop: counted as none
+                return 0
+        except RuntimeError:
+            pass
+        future = asyncio.run_coroutine_threadsafe(_call(drop), run.loop)
+        try:
+            return future.result(self.start_timeout)
+        except TimeoutError as exc:
+            raise BrokerError(f"the broker did not drop {user}'s connection within "
+                              f"{self.start_timeout:g} s") from exc
 
     # -- sync life cycle -----------------------------------------------------
 
@@ -451,10 +542,11 @@ class EmbeddedBroker:
             run.ready.set()
 
     def _amqtt_config(self) -> dict[str, Any]:
+        from broker.amqtt_auth import AUTH_PLUGIN
+
         plugins: dict[str, Any] = {
-            "amqtt.plugins.authentication.FileAuthPlugin": {
-                "password_file": str(self.password_file),
-            },
+            AUTH_PLUGIN: {"password_file": str(self.password_file), "revoked": self.revoked,
+                          "audit": self.audit, "allow_anonymous": self.allow_anonymous},
         }
         if self.allow_anonymous:
             plugins["amqtt.plugins.authentication.AnonymousAuthPlugin"] = {
@@ -468,8 +560,8 @@ class EmbeddedBroker:
         if self.bus_acl is not None:
             from broker.amqtt_acl import TOPIC_PLUGIN, WILL_PLUGIN
 
-            plugins[TOPIC_PLUGIN] = {"acl": self.bus_acl}
-            plugins[WILL_PLUGIN] = {"acl": self.bus_acl}
+            plugins[TOPIC_PLUGIN] = {"acl": self.bus_acl, "audit": self.audit}
+            plugins[WILL_PLUGIN] = {"acl": self.bus_acl, "audit": self.audit}
         if self._acl is not None:
             plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = {
                 # amqtt 0.12 reads its subscribe table only under the deprecated key "acl".
@@ -530,6 +622,7 @@ class EmbeddedBroker:
                 raise BrokerError(f"port {self._port} on {self.host or '*'} is already in use; "
                                   "pass --port (or port=0 for any free port)") from exc
             raise BrokerError(f"the embedded broker could not start: {cause}") from exc
+        run.amqtt = amqtt_broker
         try:
             bound = _bound_port(amqtt_broker)
             if bound is not None:

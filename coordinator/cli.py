@@ -5,7 +5,8 @@
 streams; ``--demo`` adds simulated gateway agents so there is something to
 watch. With ``--config`` it connects to the broker the file names instead.
 Either way it serves the HTTP API and dashboard (``[http]``; 127.0.0.1:8780 by
-default). ``edge-coordinator export`` writes a device's raw samples as CSV.
+default). ``edge-coordinator export`` writes a device's raw samples as CSV;
+``edge-coordinator audit`` lists the stored security events (coordinator/audit.py).
 
 Exit codes: 0 stopped cleanly; 1 runtime failure (broker could not start or be
 reached); 2 usage or configuration error.
@@ -22,18 +23,22 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from broker.acl import BusAcl
+from broker.audit import AuditLog
 from broker.cli import lanes_line
 from broker.cli_support import run_tool, setup_logging
 from broker.credentials import Credentials, generate_password, load_or_create_credentials
 from broker.embedded import EmbeddedBroker
 from broker.guarantees import guarantees_block
 from broker.mosquitto_config import DEVICE_CREDENTIALS_FILE, read_credentials_csv, write_credentials_csv
+from broker.mosquitto_log import MosquittoLogAudit
 from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
+from coordinator.audit import AuditTrail
 from coordinator.batch_job import BatchJobConfig
 from coordinator.config import DEFAULT_CLIENT_ID, CoordinatorConfig
 from coordinator.coordination_view import CoordinationView
@@ -73,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-coordinator placement show --config coordinator.toml   where cameras run, and why",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export,placement}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export,placement,audit}")
     s = sub.add_parser("start", help="start the coordinator and show the fleet until Ctrl-C",
                        description="Start the coordinator. Without --config it runs the embedded "
                                    "broker (MQTT 3.1.1, credentials in DATA_DIR/broker) itself.")
@@ -119,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True,
                    help="coordinator.toml (its [broker] and [placement] group)")
     p.add_argument("--json", action="store_true", help="show: print the raw table as JSON")
+    a = sub.add_parser("audit", help="list the stored security events, newest first",
+                       description="List the audit log (refused logins, ACL denials, revocations, dead "
+                                   "letters, quarantines, OTA outcomes) from the store, newest first.")
+    a.add_argument("--config", type=Path, help="coordinator.toml (its [store] and data_dir)")
+    a.add_argument("--data-dir", type=Path, default=None, help="where state lives (default ./data)")
+    a.add_argument("--kind", default=None, help="only this kind (auth_failure, revocation, ...)")
+    a.add_argument("--subject", default=None, help="only this device or user")
+    a.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
+    a.add_argument("--json", action="store_true", help="one JSON record per line (as on the bus)")
     return parser
 
 
@@ -235,14 +249,16 @@ def _start(args: argparse.Namespace) -> int:
                                "or point --config at the broker that is running there")
             port = 0
         creds: Credentials = load_or_create_credentials(data_dir / "broker")
+        broker_audit = AuditLog("broker")  # stored and published once the store and the bus are up
         if args.demo:  # every simulated agent logs in as itself, in its own lanes
             demo_devices = demo_credentials(data_dir / "broker", SimulatedFleet.device_ids(args.agents))
             acl = BusAcl(devices=tuple(demo_devices), coordinators=(creds.username,))
             embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
-                                      credentials=[creds, *demo_devices.values()], bus_acl=acl)
+                                      credentials=[creds, *demo_devices.values()], bus_acl=acl,
+                                      audit=broker_audit)
         else:
             embedded = EmbeddedBroker(host=args.host, port=port, data_dir=data_dir / "broker",
-                                      credentials=[creds])
+                                      credentials=[creds], audit=broker_audit)
         embedded.start()
         bus_config = BusConfig(host=args.host, port=embedded.port, username=creds.username,
                                password=creds.password, client_id=client_id, clean_start=False,
@@ -272,6 +288,14 @@ def _start(args: argparse.Namespace) -> int:
     bus = BusSession(bus_config)
     ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest)
     processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir, stored_acks=config.stored_acks)
+    audit = AuditTrail(bus, store, source=bus_config.resolved_client_id())
+    if embedded is not None and embedded.audit is not None:
+        audit.attach(embedded.audit)
+    stop_log = threading.Event()
+    if config.mosquitto_log is not None:
+        mosquitto_log = MosquittoLogAudit(config.mosquitto_log, AuditLog("mosquitto"))
+        audit.attach(mosquitto_log.audit)
+        mosquitto_log.follow(stop_log)
     view = FleetView(ingest.sequence_snapshot, forecast=processor.forecast)
     processor.alert_listeners.append(lambda a: view.on_anomaly(a.device, f"{a.metric}: {a.explanation}"))
     feed = LiveFeed(http.live_queue)
@@ -283,7 +307,7 @@ def _start(args: argparse.Namespace) -> int:
     services = Services(bus, processor, store, services_config)
     processor.restore()
     # The live feed first: live points need not wait for scoring or the store's hand-over.
-    ingest.sinks += [services.known, feed, processor, view]
+    ingest.sinks += [services.known, feed, processor, view, audit]
     ingest.start()
     print(f"history in the {config.store.get('type', 'sql')} store "
           f"({'SQLite in ' + str(data_dir) if not config.store.get('url') else 'store.url'}); "
@@ -312,6 +336,7 @@ def _start(args: argparse.Namespace) -> int:
         if placer is not None:
             placer.stop()
         services.stop()
+        stop_log.set()
         if fleet is not None:
             fleet.stop()
         bus.stop(flush_timeout=1)
@@ -356,6 +381,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    config = CoordinatorConfig.load(args.config) if args.config else CoordinatorConfig()
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    store = _open_store(config, args.data_dir or config.data_dir)
+    try:
+        records = store.audit_events(args.limit, kind=args.kind, subject=args.subject)
+    finally:
+        store.close()
+    for rec in records:
+        if args.json:
+            print(rec.encode().decode())
+        else:
+            when = datetime.fromtimestamp(rec.time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            subject = rec.subject or "-"
+            print(f"{when}  {rec.kind:<13} {subject:<20} {rec.reason:<20} {rec.source}  {rec.detail}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -364,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tool("edge-coordinator", lambda: _export(args))
     if args.command == "placement":
         return run_tool("edge-coordinator", lambda: _placement(args))
+    if args.command == "audit":
+        return run_tool("edge-coordinator", lambda: _audit(args))
     return run_tool("edge-coordinator", lambda: _start(args))
 
 

@@ -57,6 +57,9 @@ class CoordinatorConfig:
     stored_acks: bool = True
     #: ``[placement]``: load balancing (coordinator/placement/); None (no table): nothing is placed.
     placement: PlacementConfig | None = None
+    #: Mosquitto's log file on this host: its refused logins (and, with ``log_type debug``, its ACL
+    #: denials) become audit records (broker/mosquitto_log.py). None: not followed.
+    mosquitto_log: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -90,6 +93,10 @@ class CoordinatorConfig:
         stored_acks = data.get("stored_acks", True)
         if not isinstance(stored_acks, bool):
             raise ConfigError(f"stored_acks must be true or false, not {stored_acks!r}")
+        mosquitto_log = data.get("mosquitto_log")
+        if mosquitto_log is not None and (not isinstance(mosquitto_log, str) or not mosquitto_log):
+            raise ConfigError(f"mosquitto_log must be the path of Mosquitto's log file, "
+                              f"not {mosquitto_log!r}")
         anomaly = dict(data.get("anomaly", {}))
         services = ServicesConfig(batch=BatchJobConfig.from_mapping(anomaly.get("batch")),
                                   actions=tuple(parse_actions(data.get("actions"))),
@@ -99,4 +106,5 @@ class CoordinatorConfig:
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
                    http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks,
-                   placement=PlacementConfig.from_mapping(data.get("placement")))
+                   placement=PlacementConfig.from_mapping(data.get("placement")),
+                   mosquitto_log=Path(mosquitto_log) if mosquitto_log is not None else None)

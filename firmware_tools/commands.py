@@ -16,7 +16,7 @@ from broker.cli_support import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, run_tool, setu
 from firmware_tools.agent_config import parse_broker_url
 from firmware_tools.bundle import PYTHON_VERSION, TARGETS, BundleRequest, build_bundle
 from firmware_tools.image import DEVICE_COLUMNS, seed_device_list, seed_image
-from firmware_tools.keys import init_keys, load_trusted, rotate_keys
+from firmware_tools.keys import init_keys, load_trusted, revoke_key, rotate_keys
 from firmware_tools.manifest import verify_bundle
 from firmware_tools.ota.publish import PublishRequest, parse_fraction, publish
 from firmware_tools.seed import SeedOptions
@@ -54,11 +54,16 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                           description="Manage the Ed25519 key that signs bundles and updates. "
                           "trusted_keys.json lists every public key agents accept; "
                           "a rotated-out key stays there marked superseded.")
-    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="{init,rotate}")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="{init,rotate,revoke}")
     for name, text in (("init", "create a key pair (signing.key is mode 0600)"),
-                       ("rotate", "replace the signing key; keep the old public key as superseded")):
+                       ("rotate", "replace the signing key; keep the old public key as superseded"),
+                       ("revoke", "mark a (rotated-out) key revoked: agents refuse what it signed, even "
+                                  "with a valid signature; deliver trusted_keys.json as a keys update")):
         p = ksub.add_parser(name, help=text, description=text)
         p.add_argument("--dir", type=Path, default=Path("keys"), help="keys directory (default: keys)")
+        if name == "revoke":
+            p.add_argument("key_id", metavar="KEY_ID", help="the key to revoke (its id)")
+            p.add_argument("--reason", default="compromised", help="why (kept in the list)")
 
 
 def _bundle_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -262,6 +267,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         if args.keys_command == "init":
             print(f"created key {init_keys(args.dir)} in {args.dir}")
+        elif args.keys_command == "revoke":
+            revoke_key(args.dir, args.key_id, args.reason)
+            print(f"revoked {args.key_id}; deliver {args.dir}/trusted_keys.json to agents: edge-flash ota "
+                  f"publish {args.dir}/trusted_keys.json --kind keys ...")
         else:
             old, new = rotate_keys(args.dir)
             print(f"rotated {old} -> {new}; distribute {args.dir}/trusted_keys.json to agents")

@@ -31,7 +31,7 @@ from protocols.ota.trust import KeyRing, TrustedKey, key_id
 from schemas.errors import ConfigError
 
 __all__ = ["PRIVATE_KEY", "PUBLIC_KEY", "TRUSTED_KEYS", "KeyRing", "TrustedKey", "init_keys",
-           "key_id", "load_signing_key", "load_trusted", "rotate_keys"]
+           "key_id", "load_signing_key", "load_trusted", "revoke_key", "rotate_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,31 @@ def init_keys(keys_dir: Path) -> str:
     _write_public(keys_dir, key, KeyRing((entry,)))
     logger.info("created signing key %s in %s", entry.id, keys_dir)
     return entry.id
+
+
+def revoke_key(keys_dir: Path, kid: str, reason: str) -> KeyRing:
+    """Mark key ``kid`` revoked in ``keys_dir/trusted_keys.json``; agents then refuse what it signed.
+
+    The active signing key cannot be revoked: rotate first (``edge-flash keys
+    rotate``), then revoke the old key, and deliver the list as a "keys" update.
+    """
+    ring = load_trusted(keys_dir)
+    key = ring.find(kid)
+    if key is None:
+        raise ConfigError(f"no key {kid!r} in {keys_dir / TRUSTED_KEYS} (listed: "
+                          f"{', '.join(k.id for k in ring.keys)})")
+    if key.status == "active":
+        raise ConfigError(f"key {kid} is the active signing key: rotate first (edge-flash keys rotate), "
+                          "then revoke it")
+    revoked = TrustedKey(id=key.id, public_key=key.public_key, status="revoked", created=key.created,
+                         superseded=key.superseded, revoked=key.revoked or _now(),
+                         reason=key.reason or reason)
+    new = KeyRing(tuple(revoked if k.id == kid else k for k in ring.keys))
+    tmp = keys_dir / (TRUSTED_KEYS + ".tmp")
+    tmp.write_bytes(new.to_bytes())
+    tmp.replace(keys_dir / TRUSTED_KEYS)
+    logger.warning("revoked signing key %s in %s (%s)", kid, keys_dir, reason)
+    return new
 
 
 def rotate_keys(keys_dir: Path) -> tuple[str, str]:

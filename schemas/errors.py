@@ -233,6 +233,7 @@ class UpdateRefused(EdgebusError):
     """An offered update is not to be installed; ``reason`` is the machine-readable why.
 
     Reasons: ``unknown_key`` (the signer is not in the ring), ``bad_signature``,
+    ``revoked_key`` (the signer was revoked: a valid signature does not help),
     and the agent's own refusals (``incompatible``, ``hash_mismatch``).
     """
 

@@ -36,6 +36,7 @@ from protocols.twopc.messages import (
     decode_message,
     encode_message,
 )
+from schemas.audit import AuditKind, AuditRecord
 from schemas.envelope import EnvelopeCodec, unpack_body
 from schemas.errors import CodecError, TopicError
 from schemas.messages import (
@@ -180,9 +181,18 @@ def ingest(data: bytes) -> None:
     _ingest._process([ReceivedMessage(topic, data[1:], 1, False)])
 
 
+def audit(data: bytes) -> None:
+    """Audit records (``_sys/audit``): a record or a CodecError; a decoded one survives its encoder."""
+    try:
+        record = AuditRecord.decode(data)
+    except CodecError:
+        return
+    assert AuditRecord.decode(record.encode()) == record
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": envelope, "records": records, "topics": topics, "twopc": twopc, "coordination": coordination,
-    "ingest": ingest,
+    "ingest": ingest, "audit": audit,
 }
 
 
@@ -213,6 +223,8 @@ def _seeds() -> dict[str, list[bytes]]:
         "topics": [b"edgebus/gw-1/metrics", b"edgebus/gw-1/detections/door", b"edgebus/_sys/raft/g/n1",
                    b"edgebus/gw-1/cmd/ota/offer", b"homeassistant/sensor/gw-1/temp/config"],
         "twopc": [encode_message(m) for m in tx],
+        "audit": [AuditRecord("9f2c41d07a3be855", t, AuditKind.ACL_DENIED, "gw-1", "publish", "broker",
+                              "topic edgebus/gw-2/metrics").encode()],
         "coordination": [wire.encode(m) for m in coord],
         # gw-1: metrics (1), birth (5), status (9), detections (13), events (17)
         "ingest": [bytes([1]) + encode_record(metric), bytes([5]) + encode_record(birth),

@@ -4,7 +4,7 @@ The files are standard JSON Schema (draft 2020-12), for any validator. This
 checker knows the keywords they use (``type``, ``enum``, ``const``,
 ``required``, ``properties``, ``additionalProperties``, ``propertyNames``,
 ``items``, ``minItems``, ``maxItems``, ``minimum``, ``maximum``,
-``minLength``, ``pattern`` and local ``$ref``) and refuses a schema with any
+``minLength``, ``maxLength``, ``pattern`` and local ``$ref``) and refuses a schema with any
 other, so a keyword it would silently skip cannot creep in.
 """
 
@@ -19,7 +19,7 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas" / "json"
 _ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description"}
 _KNOWN = _ANNOTATIONS | {"type", "enum", "const", "required", "properties", "additionalProperties",
                          "propertyNames", "items", "minItems", "maxItems", "minimum", "maximum",
-                         "minLength", "pattern", "$ref"}
+                         "minLength", "maxLength", "pattern", "$ref"}
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
@@ -65,6 +65,8 @@ def problems(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = N
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
             out.append(f"{where}: shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            out.append(f"{where}: longer than {schema['maxLength']}")
         if "pattern" in schema and not re.search(schema["pattern"], value):
             out.append(f"{where}: {value!r} does not match {schema['pattern']}")
     if isinstance(value, list):

@@ -664,6 +664,40 @@ def test_bad_signatures_unknown_keys_and_broken_models_are_refused(site: Site) -
         running.stop()
 
 
+@pytest.mark.integration
+def test_a_revoked_signing_key_is_refused_although_its_signature_is_valid(site: Site) -> None:
+    running = site.start_agent()
+    try:
+        # The site key is stolen: a keys update (signed by it, while still trusted) makes a new key
+        # active and lists the stolen one as revoked.
+        new_key = Ed25519PrivateKey.generate()
+        stolen = site.key
+        revoked = TrustedKey(id=key_id(stolen.public_key()), public_key=stolen.public_key(), status="revoked",
+                             created=CREATED, revoked=CREATED, reason="compromised")
+        keys_data = KeyRing((*ring_of(new_key).keys, revoked)).to_bytes()
+        keys = sign(stolen, keys_data, kind="keys", name="trusted_keys.json")
+        site.server.serve(keys, keys_data)
+        site.server.offer(keys)
+        site.server.wait_phase(keys.manifest.update_id, Phase.COMMITTED)
+
+        data = artifact_bytes(2 * CHUNK)
+        by_thief = sign(stolen, data, kind="model", name="m.bin")
+        reply = site.server.reply(site.server.offer(by_thief))
+        assert not reply["ok"] and reply["reason"] == "revoked_key", reply
+        assert site.server.wait_phase(by_thief.manifest.update_id, Phase.REFUSED).reason == "revoked_key"
+        assert not site.paths.update_dir(by_thief.manifest.update_id).exists()
+
+        # A later list cannot bring the stolen key back, even signed by the good key.
+        undo = ring_of(new_key, stolen).to_bytes()
+        undo_offer = sign(new_key, undo, kind="keys", name="trusted_keys.json")
+        site.server.serve(undo_offer, undo)
+        site.server.offer(undo_offer)
+        assert site.server.wait_phase(undo_offer.manifest.update_id, Phase.REFUSED).reason == "bad_keys"
+        assert site.paths.trusted_keys.read_bytes() == keys_data
+    finally:
+        running.stop()
+
+
 INSTALL_SH = b"""set -eu
 [ "${EDGEBUS_OTA:-0}" = 1 ] || { echo "not in OTA mode" >&2; exit 3; }
 case "$(readlink "$EDGEBUS_PREFIX/current")" in slot-a) target=slot-b ;; *) target=slot-a ;; esac

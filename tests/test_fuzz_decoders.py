@@ -87,6 +87,7 @@ INPUTS: dict[str, st.SearchStrategy[bytes]] = {
     "twopc": st.binary(max_size=1024) | mutated(SEEDS["twopc"]) | edited_bodies(SEEDS["twopc"]),
     "coordination": st.binary(max_size=1024) | mutated(SEEDS["coordination"])
     | envelope_bodies(bodies_of(SEEDS["coordination"])),
+    "audit": st.binary(max_size=1024) | mutated(SEEDS["audit"]),
     "ingest": st.binary(max_size=1024) | mutated(SEEDS["ingest"])
     | st.tuples(st.integers(0, 255), envelope_bodies(bodies_of(SEEDS["envelope"]))).map(
         lambda t: bytes([t[0]]) + t[1]),
@@ -126,6 +127,10 @@ def test_fuzz_twopc_messages() -> None:
 
 def test_fuzz_coordination_wire() -> None:
     fuzz("coordination")
+
+
+def test_fuzz_audit_records() -> None:
+    fuzz("audit")
 
 
 def test_fuzz_ingest() -> None:

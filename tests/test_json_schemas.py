@@ -17,6 +17,7 @@ import pytest
 from agents.camera.events import TrackEvent
 from agents.camera.tracker import Track
 from coordinator.anomaly.alert import Alert, AlertKind, Severity
+from schemas.audit import AuditKind, AuditRecord
 from schemas.camera_health import CameraHealth, SourceState
 from schemas.ha_discovery import (
     CameraEntities,
@@ -99,12 +100,15 @@ def test_the_schemas_refuse_what_readers_could_not_use(name: str, bad: object) -
 
 
 @pytest.mark.parametrize(("block", "name"), [("example-track-event", "track-event"),
-                                             ("example-camera-health", "camera-health")])
+                                             ("example-camera-health", "camera-health"),
+                                             ("example-audit-event", "audit-event")])
 def test_format_md_examples_conform(block: str, name: str) -> None:
     match = re.search(rf"```json {block}\n(.*?)```", FORMAT_MD.read_text(), re.S)
     assert match, f"FORMAT.md lost its {block} block"
     assert_conforms(match.group(1), name)
-    if name == "camera-health":
+    if name == "audit-event":
+        assert AuditRecord.decode(match.group(1).encode()).kind is AuditKind.REVOCATION
+    elif name == "camera-health":
         assert CameraHealth.decode(match.group(1)).state is SourceState.RECONNECTING
     else:
         assert TrackEvent.decode(match.group(1)).reason == "source_lost"

@@ -52,7 +52,8 @@ def test_every_revision_is_shipped_inside_the_package() -> None:
     assert (versions / "0003_anomaly_calibrated.py").is_file()
     assert (versions / "0004_anomaly_acknowledgement.py").is_file()
     assert (versions / "0005_placement_decisions.py").is_file()
-    assert head_revision() == "0005"
+    assert (versions / "0007_audit_events.py").is_file()
+    assert head_revision() == "0007"
 
 
 def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:

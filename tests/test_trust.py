@@ -102,3 +102,43 @@ def test_firmware_tools_reexports_the_moved_names() -> None:
         assert getattr(firmware_tools.keys, name) is getattr(broker.trust, name)
     for name in ("KeyRing", "TrustedKey", "key_id"):
         assert getattr(firmware_tools.keys, name) is getattr(protocols.ota.trust, name)
+
+
+def test_a_revoked_key_is_refused_although_its_signature_is_valid(tmp_path: Path) -> None:
+    from firmware_tools.keys import revoke_key
+
+    init_keys(tmp_path)
+    by_old = sign(tmp_path, manifest())
+    old_id, _new_id = rotate_keys(tmp_path)
+    with pytest.raises(ConfigError, match="active signing key"):
+        revoke_key(tmp_path, _new_id, "compromised")
+    revoke_key(tmp_path, old_id, "compromised")
+    ring = load_trusted(tmp_path)
+    old = ring.find(old_id)
+    assert old is not None and old.status == "revoked" and old.reason == "compromised"
+    old.public_key.verify(by_old.signature, by_old.manifest_bytes)  # the signature itself is fine
+    with pytest.raises(UpdateRefused, match="revoked") as refused:
+        verify_offer(ring, by_old)
+    assert refused.value.reason == "revoked_key"
+    assert not ring.verify(old_id, by_old.signature, by_old.manifest_bytes)
+    assert verify_offer(ring, sign(tmp_path, manifest("u-2"))) == manifest("u-2")
+
+
+def test_a_later_list_must_keep_every_revocation(tmp_path: Path) -> None:
+    from firmware_tools.keys import revoke_key
+    from protocols.ota.trust import KeyRing, TrustedKey, check_revocations_kept
+
+    init_keys(tmp_path)
+    before = load_trusted(tmp_path)
+    old_id, _ = rotate_keys(tmp_path)
+    revoked = revoke_key(tmp_path, old_id, "compromised")
+    check_revocations_kept(before, revoked, "new")  # revoking is always fine
+    check_revocations_kept(revoked, revoked, "same")
+    undone = KeyRing(tuple(TrustedKey(k.id, k.public_key, "superseded", k.created) if k.id == old_id else k
+                           for k in revoked.keys))
+    with pytest.raises(ConfigError, match="must stay listed as revoked"):
+        check_revocations_kept(revoked, undone, "delivered")
+    with pytest.raises(ConfigError, match="must stay listed as revoked"):
+        dropped = KeyRing(tuple(k for k in revoked.keys if k.id != old_id))
+        check_revocations_kept(revoked, dropped, "delivered")
+    assert parse_trusted(revoked.to_bytes(), "x") == revoked

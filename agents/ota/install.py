@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from agents.ota.files import atomic_write, fsync_dir
-from protocols.ota.trust import KeyRing, parse_trusted
+from protocols.ota.trust import KeyRing, check_revocations_kept, parse_trusted
 from schemas.errors import ConfigError, UpdateFailed
 from schemas.ota import Phase
 
@@ -121,10 +121,14 @@ def restore_model(models: Path, name: str) -> None:
 
 
 def install_keys(artifact: Path, dest: Path) -> KeyRing:
-    """Adopt a delivered key list; it must parse exactly like ``trusted_keys.json``."""
+    """Adopt a delivered key list; it must parse exactly like ``trusted_keys.json`` and keep every
+    revocation of the list it replaces (a list signed by a stolen key must not un-revoke it)."""
     data = artifact.read_bytes()
     try:
         ring = parse_trusted(data, "the delivered trusted_keys.json")
+        if dest.exists():
+            check_revocations_kept(parse_trusted(dest.read_bytes(), str(dest)), ring,
+                                   "the delivered trusted_keys.json")
     except ConfigError as exc:
         raise UpdateFailed("bad_keys", str(exc), Phase.REFUSED) from exc
     try:

@@ -30,6 +30,7 @@ from coordinator.store.records import (
     WriteResult,
 )
 from coordinator.store.series import Series
+from schemas.audit import AuditRecord
 from schemas.sequence import DeviceSequence
 
 __all__ = ["DEFAULT_STORE_TYPE", "STORES", "Store", "open_store", "register_store", "store_types"]
@@ -153,6 +154,15 @@ class Store(ABC):
     @abstractmethod
     def placement_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest decisions, newest first."""
+
+    @abstractmethod
+    def record_audit(self, record: AuditRecord) -> bool:
+        """Keep one audit record; False when one with its id is already stored (kept once)."""
+
+    @abstractmethod
+    def audit_events(self, limit: int = 100, kind: str | None = None,
+                     subject: str | None = None) -> list[AuditRecord]:
+        """The latest audit records, newest first, optionally of one kind or subject."""
 
     @abstractmethod
     def check_writable(self) -> None:

@@ -9,6 +9,7 @@
     detection_days = 7          # detections and track events
     anomaly_days = 90
     dead_letter_days = 30
+    audit_days = 365            # the audit log (audit_events)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class RetentionConfig:
     detection_days: float = 7
     anomaly_days: float = 90
     dead_letter_days: float = 30
+    audit_days: float = 365
 
     @property
     def downsampling(self) -> bool:
@@ -66,7 +68,7 @@ class RetentionConfig:
         check_section_keys(section, data, set(cls.__slots__))
         days = {key: number(section, key, data, getattr(defaults, key))
                 for key in ("raw_days", "downsample_after_days", "rollup_days", "detection_days",
-                            "anomaly_days", "dead_letter_days")}
+                            "anomaly_days", "dead_letter_days", "audit_days")}
         interval = int(number(section, "downsample_interval_s", data, defaults.downsample_interval_s,
                               integer=True, positive=True))
         config = cls(downsample_interval_s=interval, **days)

@@ -254,4 +254,5 @@ class RetentionResult:
     events_deleted: int = 0
     anomalies_deleted: int = 0
     dead_letters_deleted: int = 0
+    audit_events_deleted: int = 0
     rolled_up_until_ms: int | None = None

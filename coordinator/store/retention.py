@@ -140,8 +140,10 @@ def apply_retention(conn: Connection, config: RetentionConfig, now_ms: int) -> R
     result.anomalies_deleted = _delete_before(conn, t.anomalies.c.time_ms, config.anomaly_days, now_ms)
     result.dead_letters_deleted = _delete_before(conn, t.dead_letters.c.received_ms, config.dead_letter_days,
                                                  now_ms)
+    result.audit_events_deleted = _delete_before(conn, t.audit_events.c.time_ms, config.audit_days, now_ms)
     logger.info("retention: %d rollups written, %d samples, %d rollups, %d detections, %d events, "
-                "%d anomalies, %d dead letters deleted", result.rollups_written, result.samples_deleted,
-                result.rollups_deleted, result.detections_deleted, result.events_deleted,
-                result.anomalies_deleted, result.dead_letters_deleted)
+                "%d anomalies, %d dead letters, %d audit records deleted", result.rollups_written,
+                result.samples_deleted, result.rollups_deleted, result.detections_deleted,
+                result.events_deleted, result.anomalies_deleted, result.dead_letters_deleted,
+                result.audit_events_deleted)
     return result

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
-    "anomalies", "births", "dead_letters", "detections", "devices", "events", "metadata",
+    "anomalies", "audit_events", "births", "dead_letters", "detections", "devices", "events", "metadata",
     "metric_blocks", "metric_rollups", "placement_decisions", "sequence_state", "store_meta",
 ]
 
@@ -147,6 +147,21 @@ dead_letters = sa.Table(
     sa.Column("error", sa.Text, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Index("ix_dead_letters_received", "received_ms"),
+)
+
+# Security events (schemas/audit.py), one row per record id (revision 0007).
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("time_ms", Ms, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(128), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.UniqueConstraint("event_id", name="uq_audit_events_event_id"),
+    sa.Index("ix_audit_events_time", "time_ms"),
 )
 
 # The load balancer's decisions (coordinator/placement/service.py), newest last (revision 0005).

@@ -7,6 +7,14 @@ first; rotated-out keys stay listed with ``"status": "superseded"``, so an
 update signed before a rotation still verifies on a device that already got the
 new list, and one signed after it verifies once the new list (a "keys" update)
 was delivered.
+
+A compromised key is **revoked** (``"status": "revoked"``, ``edge-flash keys
+revoke KEY_ID``): it stays listed so that agents refuse what it signed
+(``UpdateRefused("revoked_key")``) even though the signature is valid, and
+:func:`check_revocations_kept` refuses a later list that un-revokes or drops it,
+so a list signed by the stolen key cannot undo the revocation once an agent
+has it. The revocation travels as an ordinary signed "keys" update, signed
+by the new active key.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from schemas.errors import ConfigError, UpdateRefused
 from schemas.ota import SignedManifest, UpdateManifest
 
-__all__ = ["KeyRing", "TrustedKey", "key_id", "parse_trusted", "verify_offer"]
+__all__ = ["KEY_STATUSES", "KeyRing", "TrustedKey", "check_revocations_kept", "key_id", "parse_trusted",
+           "verify_offer"]
 
 logger = logging.getLogger(__name__)
 
 _FORMAT = 1
+KEY_STATUSES = ("active", "superseded", "revoked")
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -47,15 +57,18 @@ class TrustedKey:
 
     id: str
     public_key: Ed25519PublicKey
-    status: str  # "active" or "superseded"
+    status: str  # "active", "superseded" or "revoked"
     created: str
     superseded: str | None = None
+    revoked: str | None = None
+    reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.id, "public_key": base64.b64encode(_raw(self.public_key)).decode(),
                                "status": self.status, "created": self.created}
-        if self.superseded:
-            doc["superseded"] = self.superseded
+        for name in ("superseded", "revoked", "reason"):
+            if getattr(self, name):
+                doc[name] = getattr(self, name)
         return doc
 
     @classmethod
@@ -67,12 +80,13 @@ class TrustedKey:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: bad or missing public_key: {exc}") from exc
         status = doc.get("status", "active")
-        if status not in ("active", "superseded"):
-            raise ConfigError(f"{where}: status must be 'active' or 'superseded', not {status!r}")
+        if status not in KEY_STATUSES:
+            raise ConfigError(f"{where}: status must be one of {', '.join(KEY_STATUSES)}, not {status!r}")
         if doc.get("id") != key_id(public):
             raise ConfigError(f"{where}: id {doc.get('id')!r} does not match its public key")
         return cls(id=key_id(public), public_key=public, status=status,
-                   created=str(doc.get("created", "")), superseded=doc.get("superseded"))
+                   created=str(doc.get("created", "")), superseded=doc.get("superseded"),
+                   revoked=doc.get("revoked"), reason=doc.get("reason"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +99,9 @@ class KeyRing:
         return next((k for k in self.keys if k.id == kid), None)
 
     def verify(self, kid: str, signature: bytes, data: bytes) -> bool:
-        """True when ``kid`` is listed and its key made ``signature`` over ``data``."""
+        """True when ``kid`` is listed, not revoked, and its key made ``signature`` over ``data``."""
         key = self.find(kid)
-        if key is None:
+        if key is None or key.status == "revoked":
             return False
         try:
             key.public_key.verify(signature, data)
@@ -121,6 +135,9 @@ def verify_offer(ring: KeyRing, signed: SignedManifest) -> UpdateManifest:
         known = ", ".join(k.id for k in ring.keys)
         raise UpdateRefused("unknown_key", f"update signed by key {signed.key_id!r}, which is not "
                                            f"trusted here (trusted: {known})")
+    if key.status == "revoked":
+        raise UpdateRefused("revoked_key", f"update {signed.manifest.update_id!r} is signed by key {key.id}, "
+                                           f"which was revoked ({key.reason or 'no reason given'})")
     try:
         key.public_key.verify(signed.signature, signed.manifest_bytes)
     except InvalidSignature:
@@ -129,3 +146,13 @@ def verify_offer(ring: KeyRing, signed: SignedManifest) -> UpdateManifest:
     if key.status != "active":
         logger.info("update %s is signed by superseded key %s; accepted", signed.manifest.update_id, key.id)
     return signed.manifest
+
+
+def check_revocations_kept(current: KeyRing, new: KeyRing, where: str) -> None:
+    """ConfigError when ``new`` lists a key ``current`` has revoked as anything but revoked, or drops it."""
+    for key in current.keys:
+        if key.status != "revoked":
+            continue
+        replacement = new.find(key.id)
+        if replacement is None or replacement.status != "revoked":
+            raise ConfigError(f"{where}: key {key.id} is revoked here and must stay listed as revoked")

@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.util import CommandError
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from broker.config_values import check_section_keys
 from coordinator.store import migrate as migrations
@@ -50,6 +50,7 @@ from coordinator.store.retention import apply_retention
 from coordinator.store.series import Series, series_of_blocks
 from coordinator.store.sql_engine import create_engine, normalise_url, redacted
 from coordinator.store.sql_write import write_batch, write_sequence_state
+from schemas.audit import AuditRecord
 from schemas.errors import ConfigError, StoreError
 from schemas.sequence import DeviceSequence
 
@@ -387,6 +388,32 @@ class SqlStore(Store):
         d = t.placement_decisions
         rows = self._rows("placement decisions", sa.select(d).order_by(d.c.id.desc()).limit(limit))
         return [{k: v for k, v in r._mapping.items() if k != "id" and v is not None} for r in rows]
+
+    def record_audit(self, record: AuditRecord) -> bool:
+        a = t.audit_events
+        row = {"event_id": record.id, "time_ms": record.time_ms, "kind": str(record.kind),
+               "subject": record.subject, "reason": record.reason, "source": record.source,
+               "detail": record.detail}
+        with self._guard("record an audit event"), self.engine.begin() as conn:
+            if conn.execute(sa.select(a.c.id).where(a.c.event_id == record.id)).first() is not None:
+                return False
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(a).values(**row))
+            except IntegrityError:  # the same record from another writer, just now
+                return False
+        return True
+
+    def audit_events(self, limit: int = 100, kind: str | None = None,
+                     subject: str | None = None) -> list[AuditRecord]:
+        a = t.audit_events
+        query = sa.select(a).order_by(a.c.time_ms.desc(), a.c.id.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(a.c.kind == kind)
+        if subject is not None:
+            query = query.where(a.c.subject == subject)
+        return [AuditRecord(id=r.event_id, time_ms=r.time_ms, kind=r.kind, subject=r.subject, reason=r.reason,
+                            source=r.source, detail=r.detail) for r in self._rows("audit events", query)]
 
     def check_writable(self) -> None:
         m = t.store_meta
