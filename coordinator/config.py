@@ -16,6 +16,7 @@ from broker.config_file import load_toml
 from broker.session import BusConfig
 from coordinator.actions import parse_actions
 from coordinator.batch_job import BatchJobConfig
+from coordinator.fleet_decisions import DecisionsConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.http.config import HttpConfig
 from coordinator.ingest_limits import IngestLimits
@@ -57,6 +58,9 @@ class CoordinatorConfig:
     stored_acks: bool = True
     #: ``[placement]``: load balancing (coordinator/placement/); None (no table): nothing is placed.
     placement: PlacementConfig | None = None
+    #: ``[decisions]``: the fleet decision log this coordinator consults (coordinator/fleet_decisions.py);
+    #: None (no table): quarantines and model acceptances are not consulted.
+    decisions: DecisionsConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -99,4 +103,5 @@ class CoordinatorConfig:
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
                    http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks,
-                   placement=PlacementConfig.from_mapping(data.get("placement")))
+                   placement=PlacementConfig.from_mapping(data.get("placement")),
+                   decisions=DecisionsConfig.from_mapping(data.get("decisions")))

@@ -25,12 +25,11 @@ from broker.bft import BftClient, BftTopics, load_group, load_signer
 from broker.bft.cli import bft_main
 from broker.coordination.transport import PeerTransport
 from broker.session import BusConfig
-from broker.trust import load_trusted
-from firmware_tools.keys import init_keys
-from protocols.ota.trust import KeyRing, TrustedKey
 from protocols.pbft import Evidence, decode_frame, offender
 from schemas.errors import ConfigError
+from tests import pbft_groups
 from tests.brokers import MosquittoUnderTest
+from tests.pbft_groups import trust_root
 
 pytestmark = pytest.mark.integration
 REPLICAS = ("r0", "r1", "r2", "r3")
@@ -38,18 +37,7 @@ DEADLINE = 60.0
 
 
 def make_group(tmp: Path, **extra: object) -> Path:
-    """Keys made the fleet's way (edge-flash keys init), one trusted-keys file, and the group file."""
-    kids: dict[str, str] = {}
-    ring: list[TrustedKey] = []
-    for ident in (*REPLICAS, "coord"):
-        kids[ident] = init_keys(tmp / "keys" / ident)
-        ring += load_trusted(tmp / "keys" / ident).keys
-    (tmp / "trusted_keys.json").write_bytes(KeyRing(tuple(ring)).to_bytes())
-    doc = {"group": "fleet", "replicas": list(REPLICAS), "keys": kids, "trusted_keys": "trusted_keys.json",
-           "tick_ms": 10, "view_change_ms": 500, "resend_ms": 50, **extra}
-    path = tmp / "group.json"
-    path.write_text(json.dumps(doc))
-    return path
+    return pbft_groups.make_group(tmp, REPLICAS, ("coord",), extra=extra)
 
 
 @dataclass
@@ -66,7 +54,8 @@ class Group:
 
     def args(self) -> list[str]:
         b = self.broker
-        return ["--group", str(self.path), "--host", b.host, "--port", str(b.port), "--username", b.username]
+        return ["--group", str(self.path), "--trust", str(trust_root(self.tmp)), "--host", b.host,
+                "--port", str(b.port), "--username", b.username]
 
     def start(self, replica: str, *flags: str) -> None:
         log = (self.tmp / f"{replica}.log").open("ab")
@@ -83,7 +72,7 @@ class Group:
         wait_for(lambda: sorted(self.statuses(capsys)) == list(REPLICAS), "all four replicas up")
 
     def client(self) -> BftClient:
-        group = load_group(self.path)
+        group = load_group(self.path, trust_root(self.tmp))
         return BftClient(group, load_signer("coord", self.tmp / "keys" / "coord"), self.bus("coord")).start()
 
     def statuses(self, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
@@ -209,7 +198,8 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
         client.stop()
         watcher.stop()
     ev = decode_frame(evidence[0])
-    assert isinstance(ev, Evidence) and offender(ev, load_group(group.path).verifier) == "r0"
+    verifier = load_group(group.path, trust_root(group.tmp)).verifier
+    assert isinstance(ev, Evidence) and offender(ev, verifier) == "r0"
 
     def all_quarantined() -> bool:
         docs = group.statuses(capsys)
@@ -221,4 +211,4 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
 def test_the_group_file_is_strict(tmp_path: Path) -> None:
     path = make_group(tmp_path, windw=64)
     with pytest.raises(ConfigError, match="windw"):
-        load_group(path)
+        load_group(path, trust_root(tmp_path))

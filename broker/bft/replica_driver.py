@@ -18,16 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.bft.group import BftGroup
+from broker.bft.hooks import QuarantineHook
 from broker.bft.journal import VoteJournal
 from broker.bft.topics import BftTopics
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
 from protocols.pbft import (
-    DecisionLog,
     Dropped,
     Ed25519Signer,
-    Evidence,
     Executed,
     Quarantined,
     Replica,
@@ -38,7 +37,6 @@ from protocols.pbft import (
 
 logger = logging.getLogger(__name__)
 
-QuarantineHook = Callable[[str, Evidence], None]
 DEAD_LETTERS_PER_S = 20
 
 
@@ -62,7 +60,8 @@ class BftReplicaDriver:
         self.topics = BftTopics(bus.root, group.name)
         self.journal = journal
         durable = journal.durable() if journal is not None else None
-        self.replica = replica_class(group.pbft, sm or DecisionLog(), signer, group.verifier, durable)
+        sm = sm or group.new_state_machine()
+        self.replica = replica_class(group.pbft, sm, signer, group.verifier, durable)
         self.transport = PeerTransport(bus, f"bft-{group.name}-{self.id}")
         self.transport.subscribe(self.topics.inbox(self.id), self._on_message)
         self.on_quarantine: list[QuarantineHook] = []
@@ -117,6 +116,9 @@ class BftReplicaDriver:
         logger.warning("%s quarantines %s: it signed two conflicting statements", self.id, e.offender)
         self.stats.quarantined_at[e.offender] = time.time()
         self.transport.publish(self.topics.evidence, encode_frame(e.evidence), qos=1)
+        event = {"replica": self.id, "offender": e.offender, "time": self.stats.quarantined_at[e.offender],
+                 "evidence": encode_frame(e.evidence).hex()}
+        self.transport.publish(self.topics.quarantined(self.id), json.dumps(event), qos=1)
         self.quarantine_event.set()
         for hook in self.on_quarantine:
             try:

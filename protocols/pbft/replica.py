@@ -493,7 +493,7 @@ class Replica:
                 assert isinstance(req, Request)
                 if self._already_executed(req):
                     continue  # executed at an earlier sequence number
-                result = self.sm.apply(req.operation)
+                result = self.sm.apply(req.operation, req.client)
                 self._replies[req.client] = (req.timestamp, result)
                 self._send_reply(req.client, req.timestamp, result)
                 pending = self._pending.get(req.client)
