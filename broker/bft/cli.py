@@ -179,6 +179,7 @@ def bft_main(argv: list[str] | None = None) -> int:
     sg = sub.add_parser("sign", help="sign the group file (and its trusted_keys) with the fleet's key")
     sg.add_argument("--group", required=True, type=Path)
     sg.add_argument("--keys", required=True, type=Path, help="an `edge-flash keys` directory or signing.key")
+    sg.add_argument("--log-level", default="WARNING")
     st = sub.add_parser("status", help="view, primary, stable checkpoint and quarantined replicas")
     _common(st, identity=False)
     st.add_argument("--timeout", type=float, default=3.0)
