@@ -5,7 +5,7 @@ to a :class:`~broker.coordination.transport.PeerTransport` (QoS 0: PBFT
 retransmits what matters) on one thread, publishes evidence and status, and
 calls the quarantine hooks. With a :class:`VoteJournal` (``--data``) a
 restarted replica remembers what it signed, so it never contradicts itself;
-its state comes back by state transfer (the stable snapshot is not kept).
+it resumes from its last stable checkpoint (state transfer brings the rest).
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class BftReplicaDriver:
         self._was_in_view_change = self.replica.in_view_change
         if self.journal is not None:  # what it signed is on disk before any of it is sent
             self.journal.record(self.replica.votes(), self.replica.view, self.replica.quarantined)
+            self.journal.record_stable(*self.replica.stable_checkpoint())
         out = self.replica.drain()
         for s in out.sends:
             dsts = [r for r in self.group.pbft.replicas if r != self.id] if s.dst is None else [s.dst]
