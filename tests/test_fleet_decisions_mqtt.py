@@ -4,9 +4,9 @@ Four `edge-bus bft serve` replicas run the fleet_log state machine (decision_quo
 primary of view 0, is started with the test-only --test-equivocate flag and every replica with
 --on-quarantine tests.pbft_hook:record. The coordinator's ingest and FleetDecisions run in this
 process as `edge-coordinator start` wires them. One proposal (the coordinator's own vote) changes
-nothing; a second proposer's vote decides, the coordinator follows the decision (status topic,
-ingest refuses the device's messages), the liar is proven and quarantined by every honest replica,
-and the hook ran in each of them.
+nothing; a second proposer's vote decides (a BftClient, then `edge-bus bft propose`), the
+coordinator follows the decision (status topic, ingest refuses the device's messages), the liar is
+proven and quarantined by every honest replica, and the hook ran in each of them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from broker.bft import BftTopics
+from broker.bft.cli import bft_main
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
 from coordinator.fleet_decisions import DecisionsConfig, FleetDecisions
@@ -91,7 +92,10 @@ def test_a_quarantine_takes_effect_only_once_the_group_decided_it_despite_a_lyin
         wait_for(lambda: any(d["quarantined"] == ["cam-7"] for d in decided), "the decided status topic")
         # a model version for a group, decided the same way
         assert decisions.propose("accept_model", group="lobby", version="2026-11")["status"] == "pending"
-        device.submit(b'{"op": "accept_model", "group": "lobby", "version": "2026-11"}', DEADLINE)
+        capsys.readouterr()
+        assert bft_main(["propose", *group.args(), "--id", "gw-b", "--key", str(tmp_path / "keys" / "gw-b"),
+                         "accept-model", "lobby", "2026-11"]) == 0  # the second vote, from the command line
+        assert json.loads(capsys.readouterr().out)["status"] == "decided"
         wait_for(lambda: decisions.models == {"lobby": "2026-11"}, "the model acceptance")
     finally:
         device.stop()
