@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.coordination import NODES, lock_latency, pct, verdict
 from bench.mosquitto import start_mosquitto, stop
-from broker.bft import BftClient, load_group, load_signer
+from broker.bft import BftClient, load_group, load_signer, sign_group
+from broker.bft.group import load_private_key
 from broker.bft.topics import BftTopics
 from broker.coordination import LockClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
@@ -54,6 +55,9 @@ def make_group(work: Path, name: str) -> Path:
         "group": name, "replicas": list(REPLICAS), "keys": kids, "trusted_keys": "trusted_keys.json",
         "tick_ms": 10, "view_change_ms": 300, "resend_ms": 50, "checkpoint_interval": 8, "window": 32,
     }))
+    if not (work / "keys" / "operator").exists():
+        init_keys(work / "keys" / "operator")
+    sign_group(path, load_private_key(work / "keys" / "operator"))  # replicas refuse an unsigned group file
     return path
 
 
@@ -64,7 +68,8 @@ def start_group(
     for r in REPLICAS:
         flags = ["--test-equivocate"] if r == equivocator else []
         procs[r] = subprocess.Popen(
-            [sys.executable, "-m", "broker.bus_cli", "bft", "serve", "--group", str(path), "--id", r,
+            [sys.executable, "-m", "broker.bus_cli", "bft", "serve", "--group", str(path),
+             "--trust", str(work / "keys" / "operator"), "--id", r,
              "--key", str(work / "keys" / r), "--port", str(port), *flags],
             stdout=subprocess.DEVNULL, stderr=(work / f"{path.stem}-{r}.log").open("wb"),
         )
@@ -84,7 +89,8 @@ def end_group(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 def client(work: Path, path: Path, port: int, ident: str) -> BftClient:
     bus = BusConfig(port=port, client_id=ident, clean_start=True, keepalive=5)
-    return BftClient(load_group(path), load_signer(ident, work / "keys" / ident), bus).start()
+    group = load_group(path, work / "keys" / "operator")
+    return BftClient(group, load_signer(ident, work / "keys" / ident), bus).start()
 
 
 def op(key: str) -> bytes:

@@ -43,6 +43,7 @@ from coordinator.batch_job import BatchJobConfig
 from coordinator.config import DEFAULT_CLIENT_ID, CoordinatorConfig
 from coordinator.coordination_view import CoordinationView
 from coordinator.demo import SimulatedFleet
+from coordinator.fleet_decisions import FleetDecisions
 from coordinator.fleet_view import FleetView
 from coordinator.http.config import DEFAULT_HTTP_PORT, HttpConfig
 from coordinator.http.live_feed import LiveFeed
@@ -287,6 +288,10 @@ def _start(args: argparse.Namespace) -> int:
     engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
     bus = BusSession(bus_config)
     ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest)
+    decisions: FleetDecisions | None = None
+    if config.decisions is not None:  # quarantines take effect here only once the BFT group decided them
+        decisions = FleetDecisions(config.decisions, bus_config)
+        decisions.refuse_in(ingest)
     processor = FleetProcessor(bus, ingest, store, engine, data_dir=data_dir, stored_acks=config.stored_acks)
     audit = AuditTrail(bus, store, source=bus_config.resolved_client_id())
     if embedded is not None and embedded.audit is not None:
@@ -324,6 +329,9 @@ def _start(args: argparse.Namespace) -> int:
             raise BusError(f"cannot reach the broker at {bus_config.host}:{bus_config.port}: "
                            f"{bus.stats().last_error}")
         services.start()
+        if decisions is not None:
+            decisions.start()
+            print(f"following the fleet decision log of BFT group {decisions.group.name}")
         if fleet is not None:
             fleet.start()
             print(f"{len(fleet.agents)} simulated agents publishing metrics every second")
@@ -335,6 +343,8 @@ def _start(args: argparse.Namespace) -> int:
             server.stop()
         if placer is not None:
             placer.stop()
+        if decisions is not None:
+            decisions.stop()
         services.stop()
         stop_log.set()
         if fleet is not None:

@@ -16,6 +16,7 @@ from broker.config_file import load_toml
 from broker.session import BusConfig
 from coordinator.actions import parse_actions
 from coordinator.batch_job import BatchJobConfig
+from coordinator.fleet_decisions import DecisionsConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.http.config import HttpConfig
 from coordinator.ingest_limits import IngestLimits
@@ -60,6 +61,9 @@ class CoordinatorConfig:
     #: Mosquitto's log file on this host: its refused logins (and, with ``log_type debug``, its ACL
     #: denials) become audit records (broker/mosquitto_log.py). None: not followed.
     mosquitto_log: Path | None = None
+    #: ``[decisions]``: the fleet decision log this coordinator consults (coordinator/fleet_decisions.py);
+    #: None (no table): quarantines and model acceptances are not consulted.
+    decisions: DecisionsConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -107,4 +111,5 @@ class CoordinatorConfig:
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
                    http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks,
                    placement=PlacementConfig.from_mapping(data.get("placement")),
-                   mosquitto_log=Path(mosquitto_log) if mosquitto_log is not None else None)
+                   mosquitto_log=Path(mosquitto_log) if mosquitto_log is not None else None,
+                   decisions=DecisionsConfig.from_mapping(data.get("decisions")))

@@ -26,7 +26,9 @@ message (``too_many_samples``, ``too_many_detections``, ``too_many_names``,
 :mod:`schemas.sequence`; an epoch moves only to one a birth announced, so no
 single message can blind the coordinator to a device), and each device's rate
 (``rate_limited``: checked before decoding; the device is flagged in
-:meth:`Ingest.stats` and logged, the others are not slowed).
+:meth:`Ingest.stats` and logged, the others are not slowed). A device the
+fleet decision log quarantined (:mod:`coordinator.fleet_decisions`) is refused
+as ``quarantined``, before anything else.
 
 With ``shared_group`` set, the high-volume streams are subscribed as
 ``$share/{group}/...`` so several coordinators split them (Mosquitto, EMQX;
@@ -181,6 +183,9 @@ class Ingest:
         self._pending = 0
         self._seq_lock = threading.Lock()
         self._parsed: dict[str, ParsedTopic] = {}
+        #: Devices a fleet decision quarantined (coordinator/fleet_decisions.py): their messages are refused
+        #: as ``quarantined`` dead letters. Replaced whole (one assignment), never mutated in place.
+        self.quarantined: frozenset[str] = frozenset()
 
     # -- subscriptions -------------------------------------------------
 
@@ -350,6 +355,9 @@ class Ingest:
                 self._parsed.clear()
             self._parsed[message.topic] = parsed
         device = parsed.device or ""
+        if device in self.quarantined:
+            self._dead(batch, message, "quarantined", f"device {device!r} is quarantined by a fleet decision")
+            return
         refused = self._rates.admit(device, now)  # before any decoding: a flood costs a look-up
         if refused is not None:
             self._dead(batch, message, refused, f"device {device!r}: {self._refusal_text(refused)}")

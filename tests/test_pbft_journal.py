@@ -48,3 +48,36 @@ def test_a_restarted_replica_finds_the_later_view_the_group_works_in() -> None:
         h.submit("c0", op("k", f"c{i}"))
         h.tick(3)
     assert r0.last_exec >= h.replicas["r1"].low > 0
+
+
+def test_a_restarted_replica_resumes_from_the_stable_checkpoint_on_its_disk(tmp_path: Path) -> None:
+    h = Harness(checkpoint_interval=2, window=4, clients=1)
+    for i in range(5):
+        h.submit("c0", op(f"k{i}", "v"))
+        h.tick(3)
+    r1 = h.replicas["r1"]
+    seq, snapshot, proof = r1.stable_checkpoint()
+    assert seq >= 2 and len(proof) >= h.cfg.quorum
+    path = tmp_path / "g-r1.votes"
+    j = VoteJournal(path)
+    j.record(r1.votes(), r1.view, r1.quarantined)
+    j.record_stable(seq, snapshot, proof)
+    j.record_stable(seq - 1, b"older", ())  # never replaces a newer one
+    j.close()
+    sm = DecisionLog()
+    back = Replica(h.cfg, sm, KEYS.signer("r1"), KEYS, VoteJournal(path).durable())
+    # before hearing from anyone: the state up to the checkpoint is there, from disk
+    assert back.last_exec == seq and back.stable_checkpoint() == (seq, snapshot, proof)
+    assert sm.decisions and set(sm.decisions) <= set(r1.sm.decisions)  # type: ignore[attr-defined]
+    h.replicas["r1"] = back
+    for i in range(4):
+        h.submit("c0", op(f"after{i}", "v"))
+        h.tick(3)
+    assert back.last_exec > seq and "after3" in sm.decisions
+
+
+def test_an_unreadable_stable_checkpoint_falls_back_to_state_transfer(tmp_path: Path) -> None:
+    path = tmp_path / "g-r1.votes"
+    VoteJournal(path).close()
+    path.with_name(path.name + ".stable").write_bytes(b"\x93garbage")
+    assert VoteJournal(path).durable().stable_seq == 0

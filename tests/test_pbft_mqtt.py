@@ -9,89 +9,27 @@ appears on the evidence topic, every other replica quarantines it, requests keep
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from broker.bft import BftClient, BftTopics, load_group, load_signer
-from broker.bft.cli import bft_main
+from broker.bft import BftClient, BftTopics, load_group
 from broker.coordination.transport import PeerTransport
-from broker.session import BusConfig
-from broker.trust import load_trusted
-from firmware_tools.keys import init_keys
-from protocols.ota.trust import KeyRing, TrustedKey
 from protocols.pbft import Evidence, decode_frame, offender
 from schemas.errors import ConfigError
+from tests import pbft_groups
 from tests.brokers import MosquittoUnderTest
+from tests.pbft_groups import DEADLINE, REPLICAS, Group, trust_root, wait_for
 
 pytestmark = pytest.mark.integration
-REPLICAS = ("r0", "r1", "r2", "r3")
-DEADLINE = 60.0
 
 
 def make_group(tmp: Path, **extra: object) -> Path:
-    """Keys made the fleet's way (edge-flash keys init), one trusted-keys file, and the group file."""
-    kids: dict[str, str] = {}
-    ring: list[TrustedKey] = []
-    for ident in (*REPLICAS, "coord"):
-        kids[ident] = init_keys(tmp / "keys" / ident)
-        ring += load_trusted(tmp / "keys" / ident).keys
-    (tmp / "trusted_keys.json").write_bytes(KeyRing(tuple(ring)).to_bytes())
-    doc = {"group": "fleet", "replicas": list(REPLICAS), "keys": kids, "trusted_keys": "trusted_keys.json",
-           "tick_ms": 10, "view_change_ms": 500, "resend_ms": 50, **extra}
-    path = tmp / "group.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-@dataclass
-class Group:
-    broker: MosquittoUnderTest
-    tmp: Path
-    path: Path
-    procs: dict[str, subprocess.Popen[bytes]]
-
-    def bus(self, name: str) -> BusConfig:
-        b = self.broker
-        return BusConfig(host=b.host, port=b.port, username=b.username, password=b.password,
-                         client_id=name, clean_start=True, keepalive=5)
-
-    def args(self) -> list[str]:
-        b = self.broker
-        return ["--group", str(self.path), "--host", b.host, "--port", str(b.port), "--username", b.username]
-
-    def start(self, replica: str, *flags: str) -> None:
-        log = (self.tmp / f"{replica}.log").open("ab")
-        env = {**os.environ, "EDGEBUS_BROKER_PASSWORD": self.broker.password}
-        self.procs[replica] = subprocess.Popen(
-            [sys.executable, "-m", "broker.bus_cli", "bft", "serve", *self.args(), "--id", replica,
-             "--key", str(self.tmp / "keys" / replica), "--data", str(self.tmp / "data"),
-             "--log-level", "INFO", *flags],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-
-    def wait_up(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """Every replica has published its status: connected and subscribed (slow on a loaded host)."""
-        wait_for(lambda: sorted(self.statuses(capsys)) == list(REPLICAS), "all four replicas up")
-
-    def client(self) -> BftClient:
-        group = load_group(self.path)
-        return BftClient(group, load_signer("coord", self.tmp / "keys" / "coord"), self.bus("coord")).start()
-
-    def statuses(self, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
-        capsys.readouterr()
-        rc = bft_main(["status", *self.args(), "--json", "--timeout", "3"])
-        docs: dict[str, dict[str, object]] = json.loads(capsys.readouterr().out)
-        assert rc == (0 if docs else 2)
-        return docs
+    return pbft_groups.make_group(tmp, REPLICAS, ("coord",), extra=extra)
 
 
 @pytest.fixture
@@ -100,15 +38,7 @@ def group(mosquitto_broker: MosquittoUnderTest, tmp_path: Path,
     monkeypatch.setenv("EDGEBUS_BROKER_PASSWORD", mosquitto_broker.password)
     g = Group(mosquitto_broker, tmp_path, make_group(tmp_path), {})
     yield g
-    for p in g.procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in g.procs.values():
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    g.stop_all()
 
 
 def submit_until(client: BftClient, done: threading.Event, results: list[dict[str, object]]) -> None:
@@ -117,13 +47,6 @@ def submit_until(client: BftClient, done: threading.Event, results: list[dict[st
         i += 1
         op = json.dumps({"key": f"k{i}", "value": "v"}).encode()
         results.append(json.loads(client.submit(op, DEADLINE)))
-
-
-def wait_for(cond: object, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_kill_9_of_the_primary_under_load_forms_a_new_view_and_loses_nothing(
@@ -209,7 +132,8 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
         client.stop()
         watcher.stop()
     ev = decode_frame(evidence[0])
-    assert isinstance(ev, Evidence) and offender(ev, load_group(group.path).verifier) == "r0"
+    verifier = load_group(group.path, trust_root(group.tmp)).verifier
+    assert isinstance(ev, Evidence) and offender(ev, verifier) == "r0"
 
     def all_quarantined() -> bool:
         docs = group.statuses(capsys)
@@ -221,4 +145,4 @@ def test_an_equivocating_replica_is_proven_quarantined_and_the_group_keeps_decid
 def test_the_group_file_is_strict(tmp_path: Path) -> None:
     path = make_group(tmp_path, windw=64)
     with pytest.raises(ConfigError, match="windw"):
-        load_group(path)
+        load_group(path, trust_root(tmp_path))

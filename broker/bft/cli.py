@@ -1,8 +1,10 @@
 """``edge-bus bft serve|submit|status``: run a PBFT replica, submit a decision, show the group.
 
-    edge-bus bft serve  --group fleet.json --id gw-1 --key keys/gw-1
-    edge-bus bft submit --group fleet.json --id coordinator --key keys/coord quarantine/cam-7 yes
-    edge-bus bft status --group fleet.json [--json]
+    edge-bus bft sign    --group fleet.json --keys keys/            # the fleet's edge-flash keys
+    edge-bus bft serve   --group fleet.json --trust keys/ --id gw-1 --key keys/gw-1
+    edge-bus bft submit  --group fleet.json --trust keys/ --id coord --key keys/coord quarantine/cam-7 yes
+    edge-bus bft propose --group fleet.json --trust keys/ --id gw-1c --key keys/gw-1c quarantine cam-7
+    edge-bus bft status  --group fleet.json --trust keys/ [--json]
 
 Exit codes: 0 done, 1 refused or bad configuration, 2 no answer in time.
 """
@@ -23,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.bft.client import BftClient
-from broker.bft.group import BftGroup, load_group, load_signer
+from broker.bft.group import BftGroup, load_group, load_private_key, load_signer
+from broker.bft.group_signature import sign_group
+from broker.bft.hooks import load_hook
 from broker.bft.journal import VoteJournal
 from broker.bft.replica_driver import BftReplicaDriver
 from broker.bft.topics import BftTopics
@@ -40,6 +44,9 @@ __all__ = ["bft_main"]
 
 def _common(p: argparse.ArgumentParser, identity: bool = True) -> None:
     p.add_argument("--group", required=True, type=Path, help="the group file (see broker/bft/group.py)")
+    p.add_argument("--trust", required=True, type=Path,
+                   help="the fleet's trusted_keys.json (or keys directory) the group file's signature must "
+                        "verify against")
     if identity:
         p.add_argument("--id", required=True, help="this replica's or client's identity in the group file")
         p.add_argument("--key", required=True, type=Path,
@@ -73,6 +80,7 @@ def _serve(args: argparse.Namespace, group: BftGroup) -> int:
         journal = VoteJournal(args.data / f"{group.name}-{args.id}.votes", fsync=args.fsync)
     driver = BftReplicaDriver(group, signer, _bus(args, f"bft-{args.id}"), replica_class=replica_class,
                               journal=journal)
+    driver.on_quarantine += [load_hook(spec) for spec in args.on_quarantine]
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: driver.stop())
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr
@@ -81,8 +89,25 @@ def _serve(args: argparse.Namespace, group: BftGroup) -> int:
 
 
 def _submit(args: argparse.Namespace, group: BftGroup) -> int:
+    return _send(args, group, json.dumps({"key": args.decision_key, "value": args.value}).encode())
+
+
+def _propose(args: argparse.Namespace, group: BftGroup) -> int:
+    if group.state_machine != "fleet_log":
+        raise ConfigError(f"group {group.name} runs {group.state_machine!r}; propose needs 'fleet_log'")
+    doc: dict[str, object] = {"op": args.kind.replace("-", "_")}
+    want = 2 if args.kind == "accept-model" else 1
+    if len(args.args) != want:
+        raise ConfigError(f"propose {args.kind} takes {'GROUP VERSION' if want == 2 else 'DEVICE'}")
+    if args.kind == "accept-model":
+        doc["group"], doc["version"] = args.args
+    else:
+        doc["device"] = args.args[0]
+    return _send(args, group, json.dumps(doc).encode())
+
+
+def _send(args: argparse.Namespace, group: BftGroup, op: bytes) -> int:
     client = BftClient(group, load_signer(args.id, args.key), _bus(args, f"bft-{args.id}"))
-    op = json.dumps({"key": args.decision_key, "value": args.value}).encode()
     try:
         client.start(args.timeout)
         print(client.submit(op, args.timeout).decode())
@@ -138,11 +163,23 @@ def bft_main(argv: list[str] | None = None) -> int:
                         "different vote for a slot and be quarantined as a liar")
     s.add_argument("--fsync", action="store_true", help="fsync every journal append (survives power loss)")
     s.add_argument("--test-equivocate", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--on-quarantine", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="call FUNCTION(replica_id, evidence) when a replica is proven a liar (repeatable)")
     m = sub.add_parser("submit", help="decide KEY=VALUE in the group's decision log (first value wins)")
     _common(m)
     m.add_argument("decision_key", metavar="KEY")
     m.add_argument("value", metavar="VALUE")
     m.add_argument("--timeout", type=float, default=10.0)
+    pr = sub.add_parser("propose", help="vote for a fleet decision (fleet_log groups): quarantine DEVICE, "
+                                        "release DEVICE, accept-model GROUP VERSION")
+    _common(pr)
+    pr.add_argument("kind", choices=("quarantine", "release", "accept-model"))
+    pr.add_argument("args", nargs="+")
+    pr.add_argument("--timeout", type=float, default=10.0)
+    sg = sub.add_parser("sign", help="sign the group file (and its trusted_keys) with the fleet's key")
+    sg.add_argument("--group", required=True, type=Path)
+    sg.add_argument("--keys", required=True, type=Path, help="an `edge-flash keys` directory or signing.key")
+    sg.add_argument("--log-level", default="WARNING")
     st = sub.add_parser("status", help="view, primary, stable checkpoint and quarantined replicas")
     _common(st, identity=False)
     st.add_argument("--timeout", type=float, default=3.0)
@@ -150,8 +187,12 @@ def bft_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        group = load_group(args.group)
-        return {"serve": _serve, "submit": _submit, "status": _status}[args.action](args, group)
+        if args.action == "sign":
+            print(sign_group(args.group, load_private_key(args.keys)))
+            return 0
+        group = load_group(args.group, args.trust)
+        actions = {"serve": _serve, "submit": _submit, "propose": _propose, "status": _status}
+        return actions[args.action](args, group)
     except ConfigError as exc:
         print(f"edge-bus bft: {exc}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from schemas.errors import CoordinationTimeout
 
 
 class BftClient:
-    """Thread-safe for one caller at a time: one outstanding request (PBFT's client model)."""
+    """One outstanding request (PBFT's client model): concurrent callers of :meth:`submit` take turns."""
 
     def __init__(self, group: BftGroup, signer: Ed25519Signer, bus: BusConfig) -> None:
         if signer.identity in group.pbft.replicas:
@@ -25,6 +25,7 @@ class BftClient:
         # timestamps from the wall clock (microseconds), so a restarted client is never taken for a replay
         self._core = Client(group.pbft, signer, group.verifier, first_timestamp=time.time_ns() // 1000)
         self._lock = threading.Lock()
+        self._turn = threading.Lock()  # held for a whole submit: waiting on _done releases _lock
         self._done = threading.Condition(self._lock)
         self._result: Accepted | None = None
         self.transport = PeerTransport(bus, f"bft-{group.name}-{signer.identity}")
@@ -54,7 +55,7 @@ class BftClient:
         """The group's result for ``operation`` (f+1 replicas agree on it); CoordinationTimeout if none."""
         resend = self.group.pbft.client_resend_ticks * self.group.tick_ms / 1000
         deadline = time.monotonic() + timeout
-        with self._lock:
+        with self._turn, self._lock:
             self._result = None
             frame = self._core.submit(operation)
             self._send(frame)

@@ -4,13 +4,17 @@
      "replicas": ["gw-1", "gw-2", "gw-3", "gw-4"],          # primary order; n >= 3f+1
      "keys": {"gw-1": "<key id>", ..., "coordinator": "<key id>"},
      "trusted_keys": "trusted_keys.json",                  # relative to this file
-     "tick_ms": 10, "view_change_ms": 300, "checkpoint_interval": 8, "window": 32, "batch_max": 32}
+     "tick_ms": 10, "view_change_ms": 300, "checkpoint_interval": 8, "window": 32, "batch_max": 32,
+     "state_machine": "decision_log",                      # or "fleet_log" (protocols/pbft/fleet_log.py)
+     "decision_quorum": 2}                                 # fleet_log: distinct proposers per decision
 
 Every identity signs with an Ed25519 key made by ``edge-flash keys init`` (its
 ``signing.key``); ``keys`` binds each identity to a key id, and the public keys
 come from a ``trusted_keys.json`` read by :func:`broker.trust.load_trusted`
 (the fleet's usual trusted-key file). Identities in ``keys`` that are not
-replicas are the group's clients.
+replicas are the group's clients. The file is trusted configuration: it is
+read only with a valid ``<file>.sig`` from a key in the trust root
+(:mod:`broker.bft.group_signature`).
 """
 
 from __future__ import annotations
@@ -23,14 +27,23 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.bft.group_signature import verify_group
 from broker.trust import load_trusted
-from protocols.pbft import Ed25519Signer, Ed25519Verifier, PbftConfig
+from protocols.pbft import (
+    DecisionLog,
+    Ed25519Signer,
+    Ed25519Verifier,
+    FleetDecisionLog,
+    PbftConfig,
+    ReplicatedStateMachine,
+)
 from schemas.errors import ConfigError
 
 _KNOWN = {
     "group", "replicas", "keys", "trusted_keys", "tick_ms", "view_change_ms", "resend_ms",
-    "checkpoint_interval", "window", "batch_max", "max_inflight",
+    "checkpoint_interval", "window", "batch_max", "max_inflight", "state_machine", "decision_quorum",
 }
+STATE_MACHINES = ("decision_log", "fleet_log")
 PRIVATE_KEY = "signing.key"
 
 
@@ -41,6 +54,14 @@ class BftGroup:
     verifier: Ed25519Verifier
     clients: tuple[str, ...]
     tick_ms: int
+    state_machine: str = "decision_log"
+    decision_quorum: int = 2
+
+    def new_state_machine(self) -> ReplicatedStateMachine:
+        """A fresh instance of the group's state machine (every replica runs the same one)."""
+        if self.state_machine == "fleet_log":
+            return FleetDecisionLog(self.decision_quorum)
+        return DecisionLog()
 
 
 def _int(doc: dict[str, Any], key: str, default: int, where: str) -> int:
@@ -50,12 +71,20 @@ def _int(doc: dict[str, Any], key: str, default: int, where: str) -> int:
     return v
 
 
-def load_group(path: Path) -> BftGroup:
-    """Read and check a group file; a :class:`ConfigError` names the key that is wrong."""
+def load_group(path: Path, trust: Path) -> BftGroup:
+    """Read and check a signed group file; a :class:`ConfigError` names the key that is wrong.
+
+    ``trust`` is the fleet's ``trusted_keys.json`` (or keys directory) the signature must verify against.
+    """
     where = str(path)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read BFT group file {where}: {exc}") from exc
+    verify_group(path, raw, trust)  # the bytes checked are the bytes parsed
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
         raise ConfigError(f"cannot read BFT group file {where}: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: a BFT group file is a JSON object")
@@ -93,11 +122,18 @@ def load_group(path: Path) -> BftGroup:
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     clients = tuple(sorted(i for i in keys if i not in replicas))
-    return BftGroup(str(doc["group"]), cfg, Ed25519Verifier(public), clients, tick)
+    sm = doc.get("state_machine", "decision_log")
+    if sm not in STATE_MACHINES:
+        raise ConfigError(f"{where}: 'state_machine' must be one of {STATE_MACHINES}, got {sm!r}")
+    quorum = _int(doc, "decision_quorum", 2, where)
+    if sm == "fleet_log" and quorum > len(clients):
+        raise ConfigError(f"{where}: 'decision_quorum' {quorum} is more than the group's {len(clients)} "
+                          "client(s): nothing could ever be decided")
+    return BftGroup(str(doc["group"]), cfg, Ed25519Verifier(public), clients, tick, sm, quorum)
 
 
-def load_signer(identity: str, key_path: Path) -> Ed25519Signer:
-    """The signer for ``identity`` from an ``edge-flash keys`` directory (or its ``signing.key``)."""
+def load_private_key(key_path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key of an ``edge-flash keys`` directory (or its ``signing.key``)."""
     path = key_path / PRIVATE_KEY if key_path.is_dir() else key_path
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -105,4 +141,9 @@ def load_signer(identity: str, key_path: Path) -> Ed25519Signer:
         raise ConfigError(f"cannot read private key {path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 key")
-    return Ed25519Signer(identity, key)
+    return key
+
+
+def load_signer(identity: str, key_path: Path) -> Ed25519Signer:
+    """The signer for ``identity`` from an ``edge-flash keys`` directory (or its ``signing.key``)."""
+    return Ed25519Signer(identity, load_private_key(key_path))

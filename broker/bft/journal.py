@@ -4,8 +4,11 @@ A replica that forgot its votes could sign a second, different pre-prepare or
 prepare for a slot after a restart, and the others would rightly quarantine
 it as a liar. The journal is the smallest thing that prevents that: one
 msgpack record per vote, the highest view and the evidence it holds. It is
-compacted when it grows; the replicated state itself comes back by state
-transfer from the others.
+compacted when it grows. The last stable checkpoint (the replicated state,
+with the 2f+1 signed checkpoints that prove it) is kept beside it in
+``<journal>.stable``, replaced atomically at each new one, so a restarted
+replica resumes from its own state and needs state transfer only for what
+the group decided since.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import msgpack
 
 from broker.atomic_file import write_atomic
 from protocols.pbft import Durable, Evidence, decode_frame, encode_frame
+from protocols.pbft.messages import Signed
 from schemas.errors import CodecError, StorageError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +39,12 @@ class VoteJournal:
         self.view = 0
         self.evidence: dict[str, Evidence] = {}
         self._records = 0
+        self.stable_path = path.with_name(path.name + ".stable")
+        self.stable: tuple[int, bytes, tuple[Signed, ...]] = (0, b"", ())
         if path.exists():
             self._load()
+        if self.stable_path.exists():
+            self._load_stable()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("ab")
@@ -51,6 +59,30 @@ class VoteJournal:
         except (OSError, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:  # a torn last record after a crash: what came before stands
             logger.warning("vote journal %s ends in a damaged record (%s); keeping the rest", self.path, exc)
+
+    def _load_stable(self) -> None:
+        try:
+            seq, snapshot, frames = msgpack.unpackb(self.stable_path.read_bytes(), raw=False)
+            proof = [decode_frame(bytes(f)) for f in frames]
+            signed = tuple(p for p in proof if isinstance(p, Signed))
+            if len(signed) != len(proof):
+                raise ValueError("a proof entry is not a signed checkpoint")
+            self.stable = (int(seq), bytes(snapshot), signed)
+        except (OSError, ValueError, TypeError, CodecError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError) as exc:  # written atomically: damage means someone else wrote it
+            logger.warning("stable checkpoint %s is unreadable (%s); state will come by state transfer",
+                           self.stable_path, exc)
+
+    def record_stable(self, seq: int, snapshot: bytes, proof: tuple[Signed, ...]) -> None:
+        """Keep a newer stable checkpoint (one atomic replace; older ones are dropped)."""
+        if seq <= self.stable[0]:
+            return
+        data = msgpack.packb([seq, snapshot, [encode_frame(p) for p in proof]], use_bin_type=True)
+        try:
+            write_atomic(self.stable_path, data, mode=0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot write the stable checkpoint {self.stable_path}: {exc}") from exc
+        self.stable = (seq, snapshot, proof)
 
     def _apply(self, rec: Any) -> None:
         self._records += 1
@@ -70,7 +102,9 @@ class VoteJournal:
     def durable(self) -> Durable:
         votes, evidence = tuple(self.votes.items()), tuple(self.evidence.values())
         # back in a view it may have left mid-change: ask for it (the primary answers with its new-view)
-        return Durable(view=self.view, in_view_change=self.view > 0, votes=votes, evidence=evidence)
+        seq, snapshot, proof = self.stable
+        return Durable(view=self.view, in_view_change=self.view > 0, stable_seq=seq, stable_snapshot=snapshot,
+                       stable_proof=proof, votes=votes, evidence=evidence)
 
     def record(self, votes: dict[Vote, bytes], view: int, evidence: dict[str, Evidence]) -> None:
         """Append what is new; call it before the replica's frames are published."""

@@ -5,7 +5,7 @@ to a :class:`~broker.coordination.transport.PeerTransport` (QoS 0: PBFT
 retransmits what matters) on one thread, publishes evidence and status, and
 calls the quarantine hooks. With a :class:`VoteJournal` (``--data``) a
 restarted replica remembers what it signed, so it never contradicts itself;
-its state comes back by state transfer (the stable snapshot is not kept).
+it resumes from its last stable checkpoint (state transfer brings the rest).
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.bft.group import BftGroup
+from broker.bft.hooks import QuarantineHook
 from broker.bft.journal import VoteJournal
 from broker.bft.topics import BftTopics
 from broker.coordination.transport import PeerTransport
 from broker.router import ReceivedMessage
 from broker.session import BusConfig
 from protocols.pbft import (
-    DecisionLog,
     Dropped,
     Ed25519Signer,
-    Evidence,
     Executed,
     Quarantined,
     Replica,
@@ -38,7 +37,6 @@ from protocols.pbft import (
 
 logger = logging.getLogger(__name__)
 
-QuarantineHook = Callable[[str, Evidence], None]
 DEAD_LETTERS_PER_S = 20
 
 
@@ -62,7 +60,8 @@ class BftReplicaDriver:
         self.topics = BftTopics(bus.root, group.name)
         self.journal = journal
         durable = journal.durable() if journal is not None else None
-        self.replica = replica_class(group.pbft, sm or DecisionLog(), signer, group.verifier, durable)
+        sm = sm or group.new_state_machine()
+        self.replica = replica_class(group.pbft, sm, signer, group.verifier, durable)
         self.transport = PeerTransport(bus, f"bft-{group.name}-{self.id}")
         self.transport.subscribe(self.topics.inbox(self.id), self._on_message)
         self.on_quarantine: list[QuarantineHook] = []
@@ -85,6 +84,7 @@ class BftReplicaDriver:
         self._was_in_view_change = self.replica.in_view_change
         if self.journal is not None:  # what it signed is on disk before any of it is sent
             self.journal.record(self.replica.votes(), self.replica.view, self.replica.quarantined)
+            self.journal.record_stable(*self.replica.stable_checkpoint())
         out = self.replica.drain()
         for s in out.sends:
             dsts = [r for r in self.group.pbft.replicas if r != self.id] if s.dst is None else [s.dst]
@@ -117,6 +117,9 @@ class BftReplicaDriver:
         logger.warning("%s quarantines %s: it signed two conflicting statements", self.id, e.offender)
         self.stats.quarantined_at[e.offender] = time.time()
         self.transport.publish(self.topics.evidence, encode_frame(e.evidence), qos=1)
+        event = {"replica": self.id, "offender": e.offender, "time": self.stats.quarantined_at[e.offender],
+                 "evidence": encode_frame(e.evidence).hex()}
+        self.transport.publish(self.topics.quarantined(self.id), json.dumps(event), qos=1)
         self.quarantine_event.set()
         for hook in self.on_quarantine:
             try:

@@ -32,9 +32,18 @@ class BftTopics:
         """JSON records of frames a replica refused (rate-limited; the status keeps the full counts)."""
         return f"{self.base}/deadletter/{validate_name(replica, 'identity')}"
 
+    def quarantined(self, replica: str) -> str:
+        """JSON events: this replica quarantined an offender (with the evidence), once per offender."""
+        return f"{self.base}/quarantined/{validate_name(replica, 'identity')}"
+
     def status(self, replica: str) -> str:
         """Retained JSON: view, primary, stable checkpoint, quarantined replicas with their evidence."""
         return f"{self.base}/status/{validate_name(replica, 'identity')}"
+
+    @property
+    def decided(self) -> str:
+        """Retained JSON by the coordinator: the decided state it follows (coordinator/fleet_decisions.py)."""
+        return f"{self.base}/decided"
 
     @property
     def all_status(self) -> str:

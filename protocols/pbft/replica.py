@@ -156,6 +156,10 @@ class Replica:
             tuple(self._votes.items()), prepared, tuple(self.quarantined.values()),
         )
 
+    def stable_checkpoint(self) -> tuple[int, bytes, tuple[Signed, ...]]:
+        """The last stable checkpoint: (seq, state snapshot, its 2f+1 signed checkpoints); seq 0 when none."""
+        return self.low, self._stable_snapshot, self._stable_proof
+
     def votes(self) -> dict[tuple[str, int, int], bytes]:
         """What this replica signed per (kind, view, seq) above its stable checkpoint (a copy).
 
@@ -493,7 +497,7 @@ class Replica:
                 assert isinstance(req, Request)
                 if self._already_executed(req):
                     continue  # executed at an earlier sequence number
-                result = self.sm.apply(req.operation)
+                result = self.sm.apply(req.operation, req.client)
                 self._replies[req.client] = (req.timestamp, result)
                 self._send_reply(req.client, req.timestamp, result)
                 pending = self._pending.get(req.client)

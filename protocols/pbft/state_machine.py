@@ -9,7 +9,8 @@ from typing import Protocol
 class ReplicatedStateMachine(Protocol):
     """Deterministic: every honest replica that applies the same operations in the same order agrees."""
 
-    def apply(self, operation: bytes) -> bytes: ...
+    def apply(self, operation: bytes, client: str) -> bytes:
+        """``client``: the signed client identity of the request (who proposed it), not a claim in it."""
 
     def snapshot(self) -> bytes: ...
 
@@ -25,9 +26,9 @@ class DecisionLog:
     valid JSON objects are answered with an error result, deterministically.
 
     >>> log = DecisionLog()
-    >>> log.apply(b'{"key": "quarantine/cam-7", "value": "yes"}')
+    >>> log.apply(b'{"key": "quarantine/cam-7", "value": "yes"}', "c1")
     b'{"decided":"yes","index":1,"key":"quarantine/cam-7"}'
-    >>> log.apply(b'{"key": "quarantine/cam-7", "value": "no"}')
+    >>> log.apply(b'{"key": "quarantine/cam-7", "value": "no"}', "c2")
     b'{"decided":"yes","index":2,"key":"quarantine/cam-7"}'
     """
 
@@ -35,7 +36,7 @@ class DecisionLog:
         self.decisions: dict[str, str] = {}
         self.applied = 0
 
-    def apply(self, operation: bytes) -> bytes:
+    def apply(self, operation: bytes, client: str = "") -> bytes:
         self.applied += 1
         try:
             doc = json.loads(operation)
