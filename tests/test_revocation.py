@@ -211,3 +211,26 @@ def test_regenerating_a_mosquitto_site_leaves_a_revoked_device_out(
     assert "cam-1 is revoked" in capsys.readouterr().err
     users = {line.split(":")[0] for line in (site / "passwd").read_text().splitlines()}
     assert users == {"coordinator", "cam-2"}
+
+
+def test_a_pbft_quarantine_revokes_the_liars_login(fleet: Fleet) -> None:
+    """``edge-bus bft serve --revoke-site``: the quarantine hook takes the proven liar off the broker."""
+    from typing import cast
+
+    from broker.bft.hooks import revocation_hook
+    from protocols.pbft import Evidence
+
+    liar = fleet.probe(REVOKED, "cam-1").connected()
+    try:
+        gone = _watch_disconnect(liar)
+        hook = revocation_hook(fleet.revoker, "fleet")
+        hook("cam-1", cast(Evidence, None))  # the hook needs only who; the replica publishes the proof
+        assert gone.wait(10), "the liar's connection is still open"
+    finally:
+        liar.close()
+    again = fleet.probe(REVOKED, "cam-1-again")
+    rc, _ = again.connect()
+    again.close()
+    assert rc.is_failure, f"the liar logged in again: {rc}"
+    assert (AuditKind.REVOCATION, "cam-1", "PBFT equivocation proof, group fleet") in [
+        (r.kind, r.subject, r.reason) for r in fleet.audit]

@@ -27,7 +27,7 @@ from typing import Any
 from broker.bft.client import BftClient
 from broker.bft.group import BftGroup, load_group, load_private_key, load_signer
 from broker.bft.group_signature import sign_group
-from broker.bft.hooks import load_hook
+from broker.bft.hooks import load_hook, revocation_hook
 from broker.bft.journal import VoteJournal
 from broker.bft.replica_driver import BftReplicaDriver
 from broker.bft.topics import BftTopics
@@ -81,6 +81,13 @@ def _serve(args: argparse.Namespace, group: BftGroup) -> int:
     driver = BftReplicaDriver(group, signer, _bus(args, f"bft-{args.id}"), replica_class=replica_class,
                               journal=journal)
     driver.on_quarantine += [load_hook(spec) for spec in args.on_quarantine]
+    if args.revoke_site is not None or args.revoke_data_dir is not None:
+        from broker.revocation import FileRevoker
+
+        pid_file = args.broker_pid_file
+        revoker = (FileRevoker(args.revoke_site, pid_file=pid_file) if args.revoke_site is not None
+                   else FileRevoker.for_embedded(args.revoke_data_dir, pid_file=pid_file))
+        driver.on_quarantine.append(revocation_hook(revoker, group.name))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: driver.stop())
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr
@@ -165,6 +172,15 @@ def bft_main(argv: list[str] | None = None) -> int:
     s.add_argument("--test-equivocate", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--on-quarantine", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="call FUNCTION(replica_id, evidence) when a replica is proven a liar (repeatable)")
+    revoke = s.add_mutually_exclusive_group()
+    revoke.add_argument("--revoke-site", type=Path, metavar="DIR",
+                        help="revoke a proven liar's broker login in this Mosquitto site (edge-broker "
+                             "mosquitto-config --out DIR; replica ids are device ids)")
+    revoke.add_argument("--revoke-data-dir", type=Path, metavar="DIR",
+                        help="the same for the embedded broker of edge-broker run --devices --data-dir DIR")
+    s.add_argument("--broker-pid-file", type=Path, metavar="FILE",
+                   help="with --revoke-*: the broker's pid file, sent SIGHUP so the revocation takes effect "
+                        "at once (without it only the files change)")
     m = sub.add_parser("submit", help="decide KEY=VALUE in the group's decision log (first value wins)")
     _common(m)
     m.add_argument("decision_key", metavar="KEY")
