@@ -77,7 +77,7 @@ def bounds_problem(command: Command, limits: CommandsConfig) -> str | None:
         for key, limit in _PERIODS:
             value = _number(metrics.get(key))
             lowest = float(getattr(limits, limit))
-            if value is not None and value < lowest:
+            if value is not None and 0 < value < lowest:  # 0 and below: the strict reader's refusal
                 return (f"metrics.{key} = {metrics[key]!r} is below the {lowest:g} s a command may set "
                         f"([commands] {limit})")
         return None
