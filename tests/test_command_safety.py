@@ -160,6 +160,31 @@ def test_a_detector_model_from_the_bus_must_be_an_allowed_file(tmp_path: Path) -
     policy.check_table({"source": 0, "detector": {"type": "yolo", "model": str(tmp_path / "allowed/m.onnx")}})
 
 
+def test_a_camera_moved_here_by_two_phase_commit_meets_the_same_allow_list_and_cap(tmp_path: Path) -> None:
+    """The coordinator's TakeCamera is a table from the bus too: the participant votes no."""
+    from agents.camera.assignments import CameraAssignments
+    from agents.camera.host import CameraHost
+    from agents.camera.move_resource import CameraMoveResource
+    from broker.session import BusConfig, BusSession
+    from protocols.twopc.camera_work import TakeCamera, encode_camera_work
+
+    def no_detector(options: Any) -> Any:
+        raise ConfigError("not launched here")
+
+    session = BusSession(BusConfig.from_mapping({"host": "127.0.0.1", "port": 1, "device": DEVICE,
+                                                 "outbox_path": str(tmp_path / "outbox.sqlite")}))
+    host = CameraHost(session, [], detector_factory=no_detector,
+                      limits=CommandsConfig(camera_folders=(str(tmp_path),)))
+    resource = CameraMoveResource(host, CameraAssignments(tmp_path / "assignments.json"), tmp_path / "tx")
+    shadow = resource.prepare("t1", encode_camera_work(TakeCamera("door", {"source": "/etc/shadow"})), 0)
+    assert not shadow.ok and "camera_folders" in shadow.reason
+    assert resource.prepare("t2", encode_camera_work(TakeCamera("door", {"source": str(tmp_path)})), 0).ok
+    none = CameraHost(session, [], detector_factory=no_detector, limits=CommandsConfig(max_cameras=0))
+    with pytest.raises(CommandRefused) as refused:
+        none.check_table({"name": "door", "source": 0})
+    assert refused.value.reason == "too_many_cameras"
+
+
 # -- over the bus: a real agent process on Mosquitto --------------------------------------
 
 
