@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,11 +44,16 @@ def _no_detector(options: Mapping[str, Any]) -> Any:
     raise ConfigError("fuzz: cameras are not launched")
 
 
+def _no_dns(host: str, port: int, **_: Any) -> Any:
+    raise socket.gaierror(f"fuzz: {host!r} not looked up")
+
+
 class CommandBench:
     """A never-started agent with the real command handlers, driven one message at a time."""
 
     def __init__(self, root: Path) -> None:
         from agents.camera.host import CameraHost
+        from agents.camera.source_policy import SourcePolicy
         from agents.commands.dispatcher import CommandDispatcher
         from agents.commands.handlers import camera_handler, rebirth_handler
         from agents.config import AgentConfig
@@ -63,7 +69,10 @@ class CommandBench:
         self.agent = Agent(config)
         session = self.agent.session
         self.dispatcher = CommandDispatcher(session, DEVICE, limits=config.commands)
-        self.cameras = CameraHost(session, [], detector_factory=_no_detector, limits=config.commands)
+        # Host names are not looked up: a fuzzer's made-up names must not hammer the resolver.
+        policy = SourcePolicy(config.commands, resolve=_no_dns)
+        self.cameras = CameraHost(session, [], detector_factory=_no_detector, limits=config.commands,
+                                  source_policy=policy)
         self.dispatcher.register("config", lambda c: self.agent.apply_config(dict(c.args)))
         self.dispatcher.register("assign", camera_handler("assign", self.cameras.assign))
         self.dispatcher.register("unassign", camera_handler("unassign", self.cameras.unassign))

@@ -87,7 +87,8 @@ class CameraHost(AgentExtension):
                  clock_ms: Callable[[], int] = wall_clock_ms,
                  detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector,
                  on_cameras: Callable[[list[str]], None] | None = None,
-                 start_suspended: bool = False, limits: CommandsConfig | None = None) -> None:
+                 start_suspended: bool = False, limits: CommandsConfig | None = None,
+                 source_policy: SourcePolicy | None = None) -> None:
         names = [c.config.name for c in cameras]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -95,7 +96,7 @@ class CameraHost(AgentExtension):
         self.session = session
         #: What a camera from the bus (assign, a move) may be: sources, detector model, how many.
         self.limits = limits or CommandsConfig()
-        self._policy_sources = SourcePolicy(self.limits)
+        self._policy_sources = source_policy or SourcePolicy(self.limits)
         self._initial = list(cameras)
         self._clock_ms = clock_ms
         self._detector_factory = detector_factory
