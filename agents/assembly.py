@@ -78,7 +78,8 @@ def build_agent(config: AgentConfig) -> Agent:
         from agents.camera.host import CameraHost
 
         fenced = bool(config.transactions.placement_lease_s)  # nothing runs before the placement is read
-        host = CameraHost(agent.session, cameras, on_cameras=advertise_cameras, start_suspended=fenced)
+        host = CameraHost(agent.session, cameras, on_cameras=advertise_cameras, start_suspended=fenced,
+                          limits=config.commands)
     except ImportError:
         logger.info("camera extra not installed: this agent serves no cameras")
     if host is not None:

@@ -31,8 +31,8 @@ from broker.session import BusConfig
 from schemas.errors import ConfigError, TopicError
 from schemas.topics import validate_device_id, validate_name
 
-__all__ = ["AgentConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig", "OtaConfig",
-           "SheddingConfig", "TransactionsConfig"]
+__all__ = ["AgentConfig", "CommandsConfig", "DeviceConfig", "HomeAssistantConfig", "MetricsConfig",
+           "OtaConfig", "SheddingConfig", "TransactionsConfig"]
 
 DEFAULT_COLLECTORS = ("cpu", "memory", "disk", "temperature", "network", "battery", "agent")
 DEFAULT_OTA_PREFIX = "/opt/edgebus"
@@ -237,6 +237,51 @@ class TransactionsConfig:
         return cls(group=group, placement_lease_s=lease)
 
 
+def _patterns(section: str, key: str, data: Mapping[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    value = data.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{section}.{key} must be a list of non-empty strings, not {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """``[commands]``: what a command over the bus may ask of this device (agents/commands/bounds.py).
+
+    A ``config`` command may not set a period below the ``min_*`` values (the file may:
+    it is the operator's); an ``assign`` (or a camera moved here) may use only the
+    sources ``camera_devices`` (globs), ``camera_folders`` and ``camera_urls``
+    (prefixes) allow, at most ``max_fps``, and the agent runs at most ``max_cameras``.
+    """
+
+    min_interval: float = 1.0
+    min_batch_interval: float = 1.0
+    min_heartbeat: float = 10.0
+    max_fps: float = 30.0
+    max_cameras: int = 8
+    camera_devices: tuple[str, ...] = ("/dev/video*",)
+    camera_folders: tuple[str, ...] = ()
+    camera_urls: tuple[str, ...] = ("rtsp://", "rtsps://")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> CommandsConfig:
+        s = "commands"
+        d = cls()
+        check_section_keys(s, data, set(cls.__slots__))
+        folders = _patterns(s, "camera_folders", data, d.camera_folders)
+        relative = [f for f in folders if not Path(f).expanduser().is_absolute()]
+        if relative:
+            raise ConfigError(f"commands.camera_folders must be absolute paths, not {relative[0]!r}")
+        return cls(min_interval=_interval(s, "min_interval", data, d.min_interval),
+                   min_batch_interval=_interval(s, "min_batch_interval", data, d.min_batch_interval),
+                   min_heartbeat=_interval(s, "min_heartbeat", data, d.min_heartbeat),
+                   max_fps=float_option(s, data, "max_fps", d.max_fps, low=0.0, high=1000.0, low_open=True),
+                   max_cameras=int_option(s, data, "max_cameras", d.max_cameras, low=0, high=1024),
+                   camera_devices=_patterns(s, "camera_devices", data, d.camera_devices),
+                   camera_folders=folders,
+                   camera_urls=_patterns(s, "camera_urls", data, d.camera_urls))
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     device: DeviceConfig
@@ -247,6 +292,7 @@ class AgentConfig:
     cameras: tuple[Mapping[str, Any], ...] = ()
     ota: OtaConfig = field(default_factory=OtaConfig)
     transactions: TransactionsConfig = field(default_factory=TransactionsConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -260,7 +306,7 @@ class AgentConfig:
     def from_mapping(cls, data: Mapping[str, Any]) -> AgentConfig:
         check_section_keys("(top level)", data,
                     {"device", "broker", "metrics", "shedding", "home_assistant", "cameras", "ota",
-                     "transactions"})
+                     "transactions", "commands"})
         device = DeviceConfig.from_mapping(section_table("device", data.get("device")))
         broker_data = dict(section_table("broker", data.get("broker")))
         if "device" in broker_data:
@@ -270,6 +316,10 @@ class AgentConfig:
         cameras = data.get("cameras", [])
         if not isinstance(cameras, list) or not all(isinstance(c, dict) for c in cameras):
             raise ConfigError("cameras must be an array of tables ([[cameras]])")
+        commands = CommandsConfig.from_mapping(section_table("commands", data.get("commands")))
+        if len(cameras) > commands.max_cameras:
+            raise ConfigError(f"{len(cameras)} [[cameras]] configured; commands.max_cameras is "
+                              f"{commands.max_cameras}")
         return cls(device=device, broker=broker,
                    metrics=MetricsConfig.from_mapping(section_table("metrics", data.get("metrics"))),
                    shedding=SheddingConfig.from_mapping(section_table("shedding", data.get("shedding"))),
@@ -278,4 +328,5 @@ class AgentConfig:
                    cameras=tuple(cameras),
                    ota=OtaConfig.from_mapping(section_table("ota", data.get("ota"))),
                    transactions=TransactionsConfig.from_mapping(
-                       section_table("transactions", data.get("transactions"))))
+                       section_table("transactions", data.get("transactions"))),
+                   commands=commands)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import pwd
 import shlex
 import signal
 import sys
@@ -45,6 +47,7 @@ from broker.mosquitto_config import (
     DEVICE_CREDENTIALS_FILE,
     DeviceRoster,
     MosquittoSite,
+    SiteFiles,
     TlsFiles,
     read_devices_csv,
     write_credentials_csv,
@@ -53,6 +56,9 @@ from broker.tls.cli import add_tls_parser, run_tls
 from schemas.errors import BrokerError, ConfigError
 
 __all__ = ["main"]
+
+#: The user Mosquitto 2.x drops to when started as root (its ``user`` option's default).
+BROKER_USER = "mosquitto"
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +321,10 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
     write_credentials_csv(device_creds_path, roster.devices)
 
     host = "127.0.0.1" if args.host in ("", "0.0.0.0", "::") else args.host
+    given_to = _give_to_broker_user(files)
     start = f"mosquitto -c {shlex.quote(str(files.conf))}"
+    chown = ("chown " + shlex.quote(BROKER_USER) + ": "
+             + " ".join(shlex.quote(str(p)) for p in (files.passwd, files.acl, files.data_dir)))
     if args.loopback_port is not None:
         watch = _watch_line("127.0.0.1", args.loopback_port, coordinators[0][0], args.root)
     else:
@@ -331,7 +340,8 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
             "devices": len(roster.devices), "generated_passwords": list(roster.generated),
             "reused_passwords": list(roster.reused),
             "coordinators": {c.username: str(p) for c, p, _ in coordinators},
-            "port": port, "start": start,
+            "port": port, "start": start, "owner": given_to,
+            "as_root_first": None if given_to else chown,
         }))
         return EXIT_OK
     given = len(roster.devices) - len(roster.generated) - len(roster.reused)
@@ -344,10 +354,37 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
     for creds, path, created in coordinators:
         print(f"  coordinator {creds.username}: {path}{' (new)' if created else ''}")
     print(f"start it:  {start}")
-    print(f"  as a system service (user mosquitto): chown mosquitto: {files.passwd} "
-          f"{files.acl} {files.data_dir}")
+    if given_to:
+        print(f"  passwd, acl and {files.data_dir.name}/ belong to user {given_to}: Mosquitto started as "
+              "root drops to it before it reads them")
+    else:
+        print(f"  started as root, Mosquitto drops to user {BROKER_USER} before it reads passwd and acl; "
+              f"first: {chown}")
     print(f"watch it:  {watch}")
     return EXIT_OK
+
+
+def _give_to_broker_user(files: SiteFiles) -> str | None:
+    """As root, hand passwd, acl and the data directory to the ``mosquitto`` user; its name, or None.
+
+    Mosquitto 2.x started as root drops to the ``mosquitto`` user (its default ``user``)
+    before it opens the password and ACL files and its persistence directory, so files
+    only root can read make the printed ``mosquitto -c`` fail ("Unable to open pwfile").
+    Run as another user, the files stay that user's (Mosquitto then runs as it and
+    drops nothing), and the printed line says what to do before starting it as root.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return None
+    try:
+        for path in (files.passwd, files.acl, files.data_dir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    except OSError as exc:
+        raise ConfigError(f"cannot give {path} to user {BROKER_USER}: {exc.strerror or exc}") from exc
+    return BROKER_USER
 
 
 def _revoke(args: argparse.Namespace) -> int:

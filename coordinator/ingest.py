@@ -37,6 +37,7 @@ the embedded amqtt broker never delivers shared subscriptions).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -340,8 +341,16 @@ class Ingest:
             self._idle.notify_all()
 
     def _dead(self, batch: IngestBatch, message: ReceivedMessage, reason: str, error: str) -> None:
-        batch.dead_letters.append(DeadLetterRecord(self._clock_ms(), message.topic, reason, error[:500],
-                                             bytes(message.payload[:65536])))
+        """A dead letter keeps the first ``dead_letter_payload_bytes`` of the payload; a longer one's
+        length and SHA-256 go into its error text, so a flood of large refusals cannot fill the store."""
+        payload = message.payload
+        keep = self.limits.dead_letter_payload_bytes
+        error = error[:500]
+        if len(payload) > keep:
+            error += (f" [payload {len(payload)} bytes, sha256 {hashlib.sha256(payload).hexdigest()}, "
+                      f"first {keep} kept]")
+        batch.dead_letters.append(DeadLetterRecord(self._clock_ms(), message.topic, reason, error,
+                                                   bytes(payload[:keep])))
 
     def _decode_into(self, message: ReceivedMessage, batch: IngestBatch, now_ms: int, now: float) -> None:
         parsed = self._parsed.get(message.topic)

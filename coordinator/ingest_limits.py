@@ -22,6 +22,7 @@ letter with the limit's reason and a counter, and ingest goes on. Keys
     device_messages_per_s = 200     # sustained messages per device; more are refused (rate_limited)
     device_samples_per_s = 20000    # sustained samples (or frames) per device
     burst_s = 10                    # how many seconds of each rate a device may send at once
+    dead_letter_payload_bytes = 4096  # payload kept with a dead letter (its length and SHA-256 always)
 
 The sequence epoch of the agents is the clock (milliseconds) when their
 outbox was made, so an epoch far ahead of the coordinator's clock is not one
@@ -66,6 +67,7 @@ class IngestLimits:
     device_messages_per_s: float = 200.0
     device_samples_per_s: float = 20_000.0
     burst_s: float = 10.0
+    dead_letter_payload_bytes: int = 4096
 
     def __post_init__(self) -> None:
         if self.max_name_chars > NAME_MAX_CHARS:

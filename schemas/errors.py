@@ -8,6 +8,7 @@ at the I/O boundary with ``raise ... from exc`` (usually through
 
     EdgebusError
     ├── ConfigError              operator configuration is wrong (names the key)
+    │   └── CommandRefused       a command asks more than this device allows (``reason``)
     ├── TopicError               a topic or device id is malformed
     ├── CodecError               a payload cannot be decoded or encoded
     │   ├── PayloadTooLarge      over the configured size limit
@@ -61,6 +62,7 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "CoordinationError",
+    "CommandRefused",
     "CoordinationTimeout",
     "DeadlockVictim",
     "EdgebusError",
@@ -91,6 +93,20 @@ class EdgebusError(Exception):
 
 class ConfigError(EdgebusError, ValueError):
     """Operator configuration is invalid; the message names the offending key."""
+
+
+class CommandRefused(ConfigError):
+    """A command asks what the device's own configuration does not allow; ``reason`` says which bound.
+
+    Reasons: ``out_of_bounds`` (a number outside its command bound),
+    ``source_not_allowed`` (a camera source outside the allow-list),
+    ``too_many_cameras`` (the agent's camera cap). A ConfigError, so callers
+    that refuse bad tables refuse these too.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TopicError(EdgebusError, ValueError):

@@ -27,12 +27,17 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit(__doc__)
     name = argv.pop(1)
-    with atheris.instrument_imports(include=["schemas", "protocols", "coordinator"]):
+    with atheris.instrument_imports(include=["schemas", "protocols", "coordinator", "agents"]):
+        from tests.fuzz_commands import COMMAND_TARGETS
         from tests.fuzz_targets import TARGETS
 
         if name == "ingest":
             import coordinator.ingest  # noqa: F401  (instrumented; the target imports it on first use)
-    targets = {**TARGETS, "canary": canary}
+        if name in COMMAND_TARGETS:
+            from tests.fuzz_commands import bench
+
+            bench()  # the agent's modules imported (and instrumented) here, not on the first input
+    targets = {**TARGETS, **COMMAND_TARGETS, "canary": canary}
     if name not in targets:
         raise SystemExit(f"unknown target {name!r}; targets: {', '.join(sorted(targets))}")
     target = targets[name]

@@ -124,6 +124,9 @@ class Fleet:
             self.set_load(device, 30.0)
             extra = (f'\n[transactions]\ngroup = "{GROUP}"\nplacement_lease_s = 3.0\n'
                      f'\n[metrics.injected_load]\nfile = "{folder / "load.json"}"\n')
+            # Cameras moved here over the bus must be in its allow-list (agents/camera/source_policy.py).
+            folders = sorted({str(t["source"]) for t in self.cameras.values()})
+            extra += f'\n[commands]\ncamera_folders = {json.dumps(folders)}\n'
             for name in owns or []:
                 table = self.cameras[name]
                 lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items()

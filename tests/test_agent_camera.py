@@ -93,8 +93,10 @@ threshold = 0.5
 
 
 def test_cameras_are_assigned_and_unassigned_by_command(broker: RunningBroker, tmp_path: Path) -> None:
-    config = agent_toml(broker, tmp_path, DEVICE, interval=0.5, collectors=["agent"])
     folder = scene(tmp_path / "frames")
+    # A source from the bus must be in the device's allow-list ([commands], agents/camera/source_policy.py).
+    config = agent_toml(broker, tmp_path, DEVICE, interval=0.5, collectors=["agent"],
+                        extra=f'\n[commands]\ncamera_folders = ["{tmp_path}"]\n')
     obs, inbox = observer(broker, f"edgebus/{DEVICE}/#")
     proc = spawn_agent(config)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fuzz_commands import COMMAND_SEEDS
 from tests.fuzz_targets import SEEDS, TARGETS
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ RSS_LIMIT_MB = 1024
 def run_atheris(target: str, workdir: Path, runs: int) -> subprocess.CompletedProcess[str]:
     corpus = workdir / "corpus"
     corpus.mkdir()
-    for i, seed in enumerate(SEEDS["envelope" if target == "canary" else target]):
+    for i, seed in enumerate({**SEEDS, **COMMAND_SEEDS}["envelope" if target == "canary" else target]):
         (corpus / f"seed-{i}").write_bytes(seed)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(

@@ -65,7 +65,7 @@ def fleet(mosquitto_broker: MosquittoUnderTest, tmp_path: Path) -> Iterator[dict
     for device, owns in (("gw-a", True), ("gw-b", False)):
         folder = tmp_path / device
         folder.mkdir()
-        extra = f'\n[transactions]\ngroup = "{GROUP}"\n'
+        extra = f'\n[transactions]\ngroup = "{GROUP}"\n\n[commands]\ncamera_folders = ["{frames}"]\n'
         if owns:
             extra += f'\n[[cameras]]\nname = "door"\n{camera_lines}\n[cameras.detector]\ntype = "ssdlite"\n'
         configs[device] = agent_toml(mosquitto_broker, folder, device, interval=1.0, collectors=["agent"],

@@ -27,12 +27,14 @@ from typing import Any
 from agents.camera.config import CameraConfig
 from agents.camera.pipeline import CameraPipeline
 from agents.camera.publisher import DetectionsPublisher
+from agents.camera.source_policy import SourcePolicy
 from agents.camera.sources import wall_clock_ms
+from agents.config import CommandsConfig
 from agents.detectors.base import Detector, create_detector
 from agents.extension import AgentExtension
 from agents.shedding import SheddingPolicy
 from broker.session import BusSession
-from schemas.errors import ConfigError
+from schemas.errors import CommandRefused, ConfigError
 from schemas.messages import MetricSample
 
 __all__ = ["CAMERAS_STATE", "CameraHost", "parse_camera"]
@@ -85,12 +87,16 @@ class CameraHost(AgentExtension):
                  clock_ms: Callable[[], int] = wall_clock_ms,
                  detector_factory: Callable[[Mapping[str, Any]], Detector] = create_detector,
                  on_cameras: Callable[[list[str]], None] | None = None,
-                 start_suspended: bool = False) -> None:
+                 start_suspended: bool = False, limits: CommandsConfig | None = None,
+                 source_policy: SourcePolicy | None = None) -> None:
         names = [c.config.name for c in cameras]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ConfigError(f"camera names must be unique; repeated: {', '.join(sorted(duplicates))}")
         self.session = session
+        #: What a camera from the bus (assign, a move) may be: sources, detector model, how many.
+        self.limits = limits or CommandsConfig()
+        self._policy_sources = source_policy or SourcePolicy(self.limits)
         self._initial = list(cameras)
         self._clock_ms = clock_ms
         self._detector_factory = detector_factory
@@ -164,6 +170,7 @@ class CameraHost(AgentExtension):
         table = {k: v for k, v in args.items() if k != "camera"}
         table["name"] = args.get("camera")
         camera = parse_camera(table, "assign")
+        self._admit(table)
         with self._lock:
             previous = self._running.get(camera.config.name)
         replaced = self.unassign({"camera": camera.config.name}, missing_ok=True)["stopped"]
@@ -201,8 +208,19 @@ class CameraHost(AgentExtension):
     # -- two-phase commit moves (agents/camera/move_resource.py) ----------
 
     def check_table(self, table: Mapping[str, Any]) -> None:
-        """Raise ConfigError if ``table`` is not a camera this agent could run."""
+        """Raise ConfigError if ``table`` is not a camera this agent could run (or may: [commands])."""
         parse_camera(table, f"camera {table.get('name')!r}")
+        self._admit(table)
+
+    def _admit(self, table: Mapping[str, Any]) -> None:
+        """Refuse a camera from the bus that ``[commands]`` does not allow: its source, or one too many."""
+        self._policy_sources.check_table(table)
+        name = table.get("name")
+        with self._lock:
+            owned = set(self._running) | set(self._suspended)
+        if name not in owned and len(owned) >= self.limits.max_cameras:
+            raise CommandRefused("too_many_cameras", f"this agent already runs {len(owned)} cameras, its "
+                                                     f"[commands] max_cameras")
 
     def start_camera(self, table: Mapping[str, Any]) -> None:
         """Start the camera of ``table`` (a committed take); ConfigError if its pipeline cannot start."""

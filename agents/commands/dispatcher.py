@@ -38,7 +38,13 @@ payload on; a callback that raises is logged and counted, never fatal.
 
 **Handler-chosen reasons.** A handler that raises an edgebus error carrying a
 string ``reason`` attribute (``UpdateRefused("bad_signature")``) is answered
-with that reason, so a requester can act on it; it is counted as ``rejected``.
+with that reason, so a requester can act on it; it is counted as ``rejected``,
+except a :class:`~schemas.errors.CommandRefused` whose reason is one of
+:data:`REASONS` (``source_not_allowed``, ``too_many_cameras``): counted under it.
+
+**Bounds.** Before a built-in handler runs, the numbers in its args are checked
+against what a command may set (:mod:`agents.commands.bounds`, ``[commands]``
+in agent.toml); one outside is refused as ``out_of_bounds``, the handler unrun.
 
 **Bad input** (garbage, another record type, another device's command, an
 unknown name, a handler that raises) is answered with an error, counted by
@@ -62,12 +68,21 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
+from agents.commands.bounds import bounds_problem
 from agents.commands.handlers import BUILTIN_COMMANDS, CommandHandler, builtin_args_problem
+from agents.config import CommandsConfig
 from broker.router import ReceivedMessage, Route
 from broker.session import BusSession
 from schemas.command import Command
 from schemas.envelope import EnvelopeCodec
-from schemas.errors import CodecError, ConfigError, EdgebusError, TopicError, UnsupportedVersion
+from schemas.errors import (
+    CodecError,
+    CommandRefused,
+    ConfigError,
+    EdgebusError,
+    TopicError,
+    UnsupportedVersion,
+)
 from schemas.messages import DEFAULT_CODEC, decode_record
 from schemas.record_base import jsonable
 from schemas.topics import TopicKind, validate_command_name, validate_device_id
@@ -97,6 +112,9 @@ REASONS: Final = (
     "unknown_command",      # no handler by that name
     "no_handler",           # a built-in name the runtime did not register
     "bad_args",             # args the command cannot use (or the handler raised CodecError)
+    "out_of_bounds",        # a number outside what a command may set (agents/commands/bounds.py)
+    "source_not_allowed",   # a camera source outside [commands]' allow-list
+    "too_many_cameras",     # the agent already runs [commands] max_cameras
     "rejected",             # the handler refused it (ConfigError)
     "handler_error",        # the handler raised anything else
     "queue_full",           # too many commands waiting; refused unrun
@@ -171,7 +189,7 @@ class CommandDispatcher:
     def __init__(self, session: BusSession, device: str,
                  handlers: Mapping[str, CommandHandler] | None = None, *,
                  queue_size: int = 64, remember: int = 1024, dead_letters: int = 32,
-                 codec: EnvelopeCodec = DEFAULT_CODEC) -> None:
+                 codec: EnvelopeCodec = DEFAULT_CODEC, limits: CommandsConfig | None = None) -> None:
         try:
             validate_device_id(device)
         except TopicError as exc:
@@ -185,6 +203,7 @@ class CommandDispatcher:
         #: The coordinator's stored acknowledgement shares the lane; the session reads it, not us.
         self._not_commands = frozenset({session.topics.stored_ack(device)})
         self._codec = codec
+        self.limits = limits or CommandsConfig()
         self._lock = threading.Lock()
         self._handlers: dict[str, CommandHandler] = {}
         self._raw: dict[str, RawHandler] = {}  # full topic -> callback
@@ -378,8 +397,14 @@ class CommandDispatcher:
         problem = builtin_args_problem(command)
         if problem is not None:
             raise _Failure("bad_args", problem)
+        problem = bounds_problem(command, self.limits)
+        if problem is not None:
+            raise _Failure("out_of_bounds", problem)
         try:
             return handler(command)
+        except CommandRefused as exc:
+            counted = exc.reason if exc.reason in REASONS else "rejected"
+            raise _Failure(exc.reason[:64], str(exc), counted_as=counted) from None
         except ConfigError as exc:
             raise _Failure("rejected", str(exc)) from None
         except CodecError as exc:

@@ -27,7 +27,7 @@ class CommandHost(AgentExtension):
     def __init__(self, agent: Agent, *, assign: Callable[[dict[str, Any]], Any] | None = None,
                  unassign: Callable[[dict[str, Any]], Any] | None = None,
                  on_rebirth: tuple[Callable[[], object], ...] = ()) -> None:
-        self.dispatcher = CommandDispatcher(agent.session, agent.device)
+        self.dispatcher = CommandDispatcher(agent.session, agent.device, limits=agent.config.commands)
         self.dispatcher.register("config", lambda c: agent.apply_config(dict(c.args)))
         self.dispatcher.register("assign", camera_handler("assign", assign))
         self.dispatcher.register("unassign", camera_handler("unassign", unassign))

@@ -11,6 +11,7 @@ import platform
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from schemas.listing import few
 from schemas.ota import UpdateManifest
 
 __all__ = ["KNOWN_REQUIREMENTS", "incompatibility", "machine_matches"]
@@ -42,13 +43,14 @@ def incompatibility(manifest: UpdateManifest, capabilities: Collection[str], *,
     unknown = sorted(set(requires) - KNOWN_REQUIREMENTS)
     if unknown:
         known = ", ".join(sorted(KNOWN_REQUIREMENTS))
-        return f"unknown requirements {', '.join(unknown)} (this agent knows {known})"
+        return f"unknown requirements {few(unknown, 'keys')} (this agent knows {known})"
     needed = set(requires.get("capabilities") or ())
     if manifest.kind == "model":
         needed.add("cameras")
     missing = sorted(needed - set(capabilities))
     if missing:
-        return f"needs capabilities {', '.join(missing)}; this agent has {', '.join(sorted(capabilities))}"
+        return (f"needs capabilities {few(missing, 'capabilities')}; this agent has "
+                f"{few(sorted(capabilities), 'capabilities')}")
     machine = machine or platform.machine()
     target = requires.get("target")
     if target is not None and not machine_matches(str(target), machine):

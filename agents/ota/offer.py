@@ -52,8 +52,9 @@ class OfferHandler:
         try:
             verify_offer(self._key_ring(), signed)
         except UpdateRefused as exc:
-            # Not recorded: an unverified update id is nobody's to claim.
-            self.report.publish(self.report.progress(m, Phase.REFUSED, reason=exc.reason, detail=str(exc)))
+            # Not recorded: an unverified update id is nobody's to claim. Nor is its version shown:
+            # the retained state carries a version only once a trusted key signed it.
+            self.report.publish(self.report.unverified(m.update_id, exc.reason, str(exc)))
             raise
         recorded = read_outcome(self.paths.update_dir(m.update_id))
         if recorded is not None:

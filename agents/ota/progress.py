@@ -1,5 +1,7 @@
 """The retained ``state/ota`` report: what an operator and ``edge-flash ota publish`` follow.
 
+A version appears only after the offer's signature checked out: an offer refused
+before that is reported with ``version`` :data:`UNVERIFIED_VERSION`.
 Progress goes out on every phase change and at most once a second while
 downloading; a terminal outcome is also written where a repeated offer of the
 same update finds it (:mod:`agents.ota.outcome`).
@@ -18,7 +20,8 @@ from broker.session import BusSession
 from schemas.errors import UpdateFailed, UpdateRefused
 from schemas.ota import OtaProgress, Phase, UpdateManifest
 
-__all__ = ["DETAIL_CHARS", "JSON", "PROGRESS_INTERVAL", "ProgressReport", "failure_of", "wall_ms"]
+__all__ = ["DETAIL_CHARS", "JSON", "PROGRESS_INTERVAL", "UNVERIFIED_VERSION", "ProgressReport", "failure_of",
+           "wall_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,9 @@ JSON: Final = "application/json"
 PROGRESS_INTERVAL = 1.0
 #: Longest ``detail`` a report carries (an install log's tail, a health check's words).
 DETAIL_CHARS = 2000
+#: The ``version`` of a refusal whose signature did not check out: the manifest's own claim is
+#: not repeated on the retained state before a trusted key vouched for it.
+UNVERIFIED_VERSION: Final = "unverified"
 
 
 def wall_ms() -> int:
@@ -61,6 +67,11 @@ class ProgressReport:
                            total=m.chunk_count, reason=reason,
                            detail=detail[:DETAIL_CHARS] if detail is not None else None, slot=slot,
                            time_ms=wall_ms())
+
+    def unverified(self, update_id: str, reason: str, detail: str) -> OtaProgress:
+        """A refusal before the signature checked out: the offer's id, none of its other claims."""
+        return OtaProgress(update_id=update_id, phase=Phase.REFUSED, version=UNVERIFIED_VERSION,
+                           reason=reason, detail=detail[:DETAIL_CHARS], time_ms=wall_ms())
 
     def download(self, m: UpdateManifest, phase: Phase, received: int, *, force: bool = False) -> None:
         """A download's progress: at most once per :data:`PROGRESS_INTERVAL` unless ``force``."""

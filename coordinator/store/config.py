@@ -9,6 +9,7 @@
     detection_days = 7          # detections and track events
     anomaly_days = 90
     dead_letter_days = 30
+    dead_letter_max_rows = 100000   # and at most this many dead letters (the newest); 0: no count bound
     audit_days = 365            # the audit log (audit_events)
 """
 
@@ -54,6 +55,7 @@ class RetentionConfig:
     detection_days: float = 7
     anomaly_days: float = 90
     dead_letter_days: float = 30
+    dead_letter_max_rows: int = 100_000
     audit_days: float = 365
 
     @property
@@ -71,7 +73,9 @@ class RetentionConfig:
                             "anomaly_days", "dead_letter_days", "audit_days")}
         interval = int(number(section, "downsample_interval_s", data, defaults.downsample_interval_s,
                               integer=True, positive=True))
-        config = cls(downsample_interval_s=interval, **days)
+        max_rows = int(number(section, "dead_letter_max_rows", data, defaults.dead_letter_max_rows,
+                              integer=True))
+        config = cls(downsample_interval_s=interval, dead_letter_max_rows=max_rows, **days)
         if config.downsampling and 0 < config.raw_days < config.downsample_after_days:
             raise ConfigError(f"{section}.raw_days ({config.raw_days:g}) is below downsample_after_days "
                               f"({config.downsample_after_days:g}): raw samples would be deleted before "

@@ -128,6 +128,20 @@ def _delete_samples_before(conn: Connection, days: float, now_ms: int) -> int:
     return deleted
 
 
+def _keep_newest_dead_letters(conn: Connection, max_rows: int) -> int:
+    """Delete all but the newest ``max_rows`` dead letters (0: no count bound): a flood of refusals
+    must not fill the disk within the days they are kept."""
+    if max_rows <= 0:
+        return 0
+    d = t.dead_letters
+    # By id (insertion order): the newest kept exactly, also when many share a millisecond.
+    newest_gone = conn.execute(sa.select(d.c.id).order_by(d.c.id.desc()).offset(max_rows).limit(1)).scalar()
+    if newest_gone is None:
+        return 0
+    deleted = conn.execute(sa.delete(d).where(d.c.id <= newest_gone)).rowcount or 0
+    return int(deleted)
+
+
 def apply_retention(conn: Connection, config: RetentionConfig, now_ms: int) -> RetentionResult:
     """Downsample, then delete what is past its retention (inside the caller's transaction)."""
     result = RetentionResult()
@@ -140,6 +154,7 @@ def apply_retention(conn: Connection, config: RetentionConfig, now_ms: int) -> R
     result.anomalies_deleted = _delete_before(conn, t.anomalies.c.time_ms, config.anomaly_days, now_ms)
     result.dead_letters_deleted = _delete_before(conn, t.dead_letters.c.received_ms, config.dead_letter_days,
                                                  now_ms)
+    result.dead_letters_deleted += _keep_newest_dead_letters(conn, config.dead_letter_max_rows)
     result.audit_events_deleted = _delete_before(conn, t.audit_events.c.time_ms, config.audit_days, now_ms)
     logger.info("retention: %d rollups written, %d samples, %d rollups, %d detections, %d events, "
                 "%d anomalies, %d dead letters, %d audit records deleted", result.rollups_written,

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from schemas.errors import ConfigError, UpdateRefused
+from schemas.listing import few
 from schemas.ota import SignedManifest, UpdateManifest
 
 __all__ = ["KEY_STATUSES", "KeyRing", "TrustedKey", "check_revocations_kept", "key_id", "parse_trusted",
@@ -132,8 +133,8 @@ def verify_offer(ring: KeyRing, signed: SignedManifest) -> UpdateManifest:
     """The offered manifest, once its signature checks out against ``ring``."""
     key = ring.find(signed.key_id)
     if key is None:
-        known = ", ".join(k.id for k in ring.keys)
-        raise UpdateRefused("unknown_key", f"update signed by key {signed.key_id!r}, which is not "
+        known = few([k.id for k in ring.keys], "keys")
+        raise UpdateRefused("unknown_key", f"update signed by key {signed.key_id[:64]!r}, which is not "
                                            f"trusted here (trusted: {known})")
     if key.status == "revoked":
         raise UpdateRefused("revoked_key", f"update {signed.manifest.update_id!r} is signed by key {key.id}, "
