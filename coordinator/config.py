@@ -16,6 +16,7 @@ from broker.config_file import load_toml
 from broker.session import BusConfig
 from coordinator.actions import parse_actions
 from coordinator.batch_job import BatchJobConfig
+from coordinator.cluster.config import ClusterConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.http.config import HttpConfig
 from coordinator.ingest_limits import IngestLimits
@@ -44,7 +45,8 @@ class CoordinatorConfig:
     anomaly: Mapping[str, Any] = field(default_factory=dict)
     #: ``[ingest]``: what one message and one device may cost (coordinator/ingest_limits.py).
     ingest: IngestLimits = field(default_factory=IngestLimits)
-    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
+    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt): any
+    #: member gets any message, so per-device accounting is split; ``[cluster]`` keeps each device on one.
     shared_group: str | None = None
     #: ``[[actions]]``, ``[home_assistant]`` and ``[anomaly.batch]`` (coordinator/services.py).
     services: ServicesConfig = field(default_factory=ServicesConfig)
@@ -57,6 +59,9 @@ class CoordinatorConfig:
     stored_acks: bool = True
     #: ``[placement]``: load balancing (coordinator/placement/); None (no table): nothing is placed.
     placement: PlacementConfig | None = None
+    #: ``[cluster]``: several coordinators, each device on exactly one (coordinator/cluster/); None: this
+    #: coordinator takes every device.
+    cluster: ClusterConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -87,6 +92,17 @@ class CoordinatorConfig:
         if group is not None and embedded:
             raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
                               "(Mosquitto, EMQX); the embedded broker does not")
+        cluster = ClusterConfig.from_mapping(data.get("cluster"))
+        if cluster is not None and group is not None:
+            raise ConfigError("shared_group and [cluster] both split the streams; keep [cluster] (each "
+                              "device on exactly one coordinator) and remove shared_group")
+        if cluster is not None and embedded:
+            raise ConfigError("[cluster] needs the broker every member connects to ([broker], "
+                              "embedded_broker = false)")
+        if cluster is not None and cluster.member is None and broker is not None \
+                and broker.client_id == DEFAULT_CLIENT_ID:
+            raise ConfigError("[cluster]: give each coordinator its own name: [cluster] member, or "
+                              "[broker] client_id")
         stored_acks = data.get("stored_acks", True)
         if not isinstance(stored_acks, bool):
             raise ConfigError(f"stored_acks must be true or false, not {stored_acks!r}")
@@ -99,4 +115,4 @@ class CoordinatorConfig:
                    ingest=IngestLimits.from_mapping(data.get("ingest")),
                    shared_group=group, services=services, batch_configured="batch" in anomaly,
                    http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks,
-                   placement=PlacementConfig.from_mapping(data.get("placement")))
+                   placement=PlacementConfig.from_mapping(data.get("placement")), cluster=cluster)
