@@ -10,6 +10,8 @@ store run from 0 to the last one the agent used, each exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -28,6 +30,7 @@ import sqlalchemy as sa
 
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
+from coordinator.cli import main
 from coordinator.demo import SimulatedAgent
 from coordinator.store.plugins.sql import SqlStore
 from coordinator.store.sql_engine import normalise_url
@@ -126,7 +129,8 @@ class Cluster:
                 proc.wait(5)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.parent.name}\n{p.read_text()[-3000:]}" for p in self.root.glob("*/coordinator.log"))
+        return "\n".join(f"--- {p.parent.name}\n{p.read_text()[-3000:]}"
+                         for p in self.root.glob("*/coordinator.log"))
 
 
 @pytest.fixture
@@ -161,7 +165,8 @@ def check_store(c: Cluster, agents: list[SimulatedAgent]) -> None:
     for agent in agents:
         seqs = stored_seqs(c, agent.device)
         assert seqs, f"{agent.device}: nothing stored"
-        assert len(set(seqs)) == len(seqs), f"{agent.device}: {len(seqs) - len(set(seqs))} samples stored twice"
+        twice = len(seqs) - len(set(seqs))
+        assert not twice, f"{agent.device}: {twice} samples stored twice"
         assert {e for e, _ in seqs} == {agent.publisher.epoch}
         numbers = [s for _, s in seqs]
         assert numbers == list(range(len(numbers))), f"{agent.device}: gaps in {numbers[:5]}..{numbers[-5:]}"
@@ -191,12 +196,20 @@ def test_devices_move_on_kill_and_join_and_every_sample_is_stored_once(cluster: 
         c.kill(victim)
         survivors = {"c1", "c2", "c3"} - {victim}
         assert shares.wait(survivors, devices, 30, c), (shares, c.logs())
-        print(f"\n{len(moved)} devices of the killed coordinator moved in {time.monotonic() - killed_at:.2f} s")
+        print(f"\n{len(moved)} devices of the killed coordinator moved in "
+              f"{time.monotonic() - killed_at:.2f} s")
         time.sleep(1.0)  # the devices keep publishing to their new owners (not synchronisation: load)
         c.start("c4")
         assert shares.wait(survivors | {"c4"}, devices, 60, c), (shares, c.logs())
         taken = shares.of("c4")
         assert taken, "the newcomer took no device"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            config = c.root / "c4" / "coordinator.toml"
+            assert main(["cluster", "show", "--json", "--config", str(config)]) == 0
+        shown = json.loads(out.getvalue())
+        assert not shown[victim]["online"] and shown["c4"]["online"]
+        assert set(shown["c4"]["devices"]) == taken
         time.sleep(1.0)  # and to the newcomer
         for agent in agents:
             agent._stop.set()
