@@ -320,6 +320,9 @@ def _start(args: argparse.Namespace) -> int:
         shards = DeviceShards(bus_config, config.cluster, member, take=processor.take_devices,
                               release=processor.release_devices)
         print(f"cluster {config.cluster.group}: member {member}; devices are taken as the members agree")
+        if not config.store.get("url"):
+            logger.warning("[cluster] with the default SQLite store in %s: each member stores its devices in "
+                           "its own file; give every member the same [store] url (PostgreSQL)", data_dir)
     # The live feed first: live points need not wait for scoring or the store's hand-over.
     ingest.sinks += [services.known, feed, processor, view]
     ingest.start()

@@ -173,7 +173,16 @@ def check_store(c: Cluster, agents: list[SimulatedAgent]) -> None:
 
 
 def test_devices_move_on_kill_and_join_and_every_sample_is_stored_once(cluster: Cluster) -> None:
-    c = cluster
+    run_moves(cluster, devices=8, rounds=1)
+
+
+@pytest.mark.slow
+def test_repeated_kills_and_joins_under_more_devices(cluster: Cluster) -> None:
+    run_moves(cluster, devices=24, rounds=3)
+
+
+def run_moves(c: Cluster, *, devices: int, rounds: int) -> None:
+    """Three members; ``rounds`` times: kill -9 the busiest, then a new member joins. Then check the store."""
     shares = Shares()
     watch = BusSession(c.bus("cluster-watch"))
     watch.subscribe(f"{ROOT}/_sys/cluster/{GROUP}/#", shares)
@@ -181,36 +190,41 @@ def test_devices_move_on_kill_and_join_and_every_sample_is_stored_once(cluster: 
     assert watch.wait_connected(10) and watch.wait_subscribed(10)
     # Agents keep every sample until a coordinator confirms it stored; unconfirmed ones go again after 1 s.
     base = c.bus("unused", end_to_end_ack="required", ack_timeout=1.0)
-    agents = [SimulatedAgent(f"gw-{i:02d}", base, interval=0.05, seed=i) for i in range(8)]
-    devices = {a.device for a in agents}
+    agents = [SimulatedAgent(f"gw-{i:02d}", base, interval=0.05, seed=i) for i in range(devices)]
+    ids = {a.device for a in agents}
+    members = {"c1", "c2", "c3"}
     try:
-        for name in ("c1", "c2", "c3"):
+        for name in sorted(members):
             c.start(name)
         for agent in agents:
             agent.start()
-        assert shares.wait({"c1", "c2", "c3"}, devices, 60, c), (shares, c.logs())
-        victim = max(("c1", "c2", "c3"), key=lambda m: len(shares.of(m)))
-        moved = shares.of(victim)
-        assert moved, "the hash left a coordinator without devices: pick more devices"
-        killed_at = time.monotonic()
-        c.kill(victim)
-        survivors = {"c1", "c2", "c3"} - {victim}
-        assert shares.wait(survivors, devices, 30, c), (shares, c.logs())
-        print(f"\n{len(moved)} devices of the killed coordinator moved in "
-              f"{time.monotonic() - killed_at:.2f} s")
-        time.sleep(1.0)  # the devices keep publishing to their new owners (not synchronisation: load)
-        c.start("c4")
-        assert shares.wait(survivors | {"c4"}, devices, 60, c), (shares, c.logs())
-        taken = shares.of("c4")
-        assert taken, "the newcomer took no device"
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            config = c.root / "c4" / "coordinator.toml"
-            assert main(["cluster", "show", "--json", "--config", str(config)]) == 0
-        shown = json.loads(out.getvalue())
-        assert not shown[victim]["online"] and shown["c4"]["online"]
-        assert set(shown["c4"]["devices"]) == taken
-        time.sleep(1.0)  # and to the newcomer
+        assert shares.wait(members, ids, 60, c), (shares, c.logs())
+        for n in range(rounds):
+            victim = max(sorted(members), key=lambda m: len(shares.of(m)))
+            moved = shares.of(victim)
+            assert moved, "the hash left a coordinator without devices: pick more devices"
+            killed_at = time.monotonic()
+            c.kill(victim)
+            members -= {victim}
+            assert shares.wait(members, ids, 30, c), (shares, c.logs())
+            print(f"\n{len(moved)} devices of the killed coordinator moved in "
+                  f"{time.monotonic() - killed_at:.2f} s")
+            time.sleep(1.0)  # the devices keep publishing to their new owners (load, not synchronisation)
+            newcomer = f"c{4 + n}"
+            c.start(newcomer)
+            members |= {newcomer}
+            assert shares.wait(members, ids, 60, c), (shares, c.logs())
+            taken = shares.of(newcomer)
+            assert taken, "the newcomer took no device"
+            if n == 0:
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    config = c.root / newcomer / "coordinator.toml"
+                    assert main(["cluster", "show", "--json", "--config", str(config)]) == 0
+                shown = json.loads(out.getvalue())
+                assert not shown[victim]["online"] and shown[newcomer]["online"]
+                assert set(shown[newcomer]["devices"]) == taken
+            time.sleep(1.0)  # and to the newcomer
         for agent in agents:
             agent._stop.set()
         for agent in agents:
