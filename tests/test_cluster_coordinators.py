@@ -226,9 +226,8 @@ def run_moves(c: Cluster, *, devices: int, rounds: int) -> None:
                 assert set(shown[newcomer]["devices"]) == taken
             time.sleep(1.0)  # and to the newcomer
         for agent in agents:
-            agent._stop.set()
+            agent.stop_sampling()
         for agent in agents:
-            agent._thread.join(5)
             # Everything published is confirmed stored (a sample leaves the outbox only then).
             assert agent.session.flush(60), (agent.device, len(agent.session.outbox), c.logs())
     finally:
