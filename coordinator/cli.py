@@ -40,6 +40,7 @@ from broker.session import BusConfig, BusSession
 from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.audit import AuditTrail
 from coordinator.batch_job import BatchJobConfig
+from coordinator.cluster import DeviceShards, read_cluster
 from coordinator.config import DEFAULT_CLIENT_ID, CoordinatorConfig
 from coordinator.coordination_view import CoordinationView
 from coordinator.demo import SimulatedFleet
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  edge-coordinator placement show --config coordinator.toml   where cameras run, and why",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{start,export,placement,audit}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{start,export,placement,audit,cluster}")
     s = sub.add_parser("start", help="start the coordinator and show the fleet until Ctrl-C",
                        description="Start the coordinator. Without --config it runs the embedded "
                                    "broker (MQTT 3.1.1, credentials in DATA_DIR/broker) itself.")
@@ -134,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--subject", default=None, help="only this device or user")
     a.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
     a.add_argument("--json", action="store_true", help="one JSON record per line (as on the bus)")
+    c = sub.add_parser("cluster", help="see which coordinator owns which devices ([cluster])",
+                       description="Show the members of the [cluster] group (online or not) and the devices "
+                                   "each last said it takes, from their retained messages on the bus.")
+    c.add_argument("action", choices=["show"], metavar="ACTION", help="show")
+    c.add_argument("--config", type=Path, required=True, help="coordinator.toml (its [broker] and [cluster])")
+    c.add_argument("--json", action="store_true", help="print member -> {online, devices, members, time_ms}")
     return parser
 
 
@@ -153,6 +161,23 @@ def _placement(args: argparse.Namespace) -> int:
     controls = apply_control(bus, group, args.action, args.args)
     print(f"placement {args.action} {' '.join(args.args)}: published; the placer applies it next round")
     print(format_table(None, controls).splitlines()[0])
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    config = CoordinatorConfig.load(args.config)
+    if config.cluster is None or config.broker is None:
+        raise ConfigError(f"{args.config} has no [cluster] table (or no [broker])")
+    members = read_cluster(config.broker, config.cluster.group)
+    if args.json:
+        print(json.dumps(members, indent=1, sort_keys=True))
+        return 0
+    if not members:
+        print(f"cluster {config.cluster.group}: no member has announced itself")
+    for name, entry in sorted(members.items()):
+        devices = entry.get("devices") or []
+        state = "online" if entry.get("online") else "offline"
+        print(f"{name:<24} {state:<8} {len(devices):>5} devices  {' '.join(devices)}")
     return 0
 
 
@@ -276,6 +301,13 @@ def _start(args: argparse.Namespace) -> int:
             raise ConfigError("embedded_broker = false needs a [broker] table")
         bus_config = replace(config.broker, client_id=config.broker.client_id or client_id,
                              device=None)
+        if config.cluster is not None:
+            # Each member its own session; a clean one, so no per-device subscription of an earlier run
+            # (devices it may no longer own) outlives it on the broker.
+            member = config.cluster.member or bus_config.resolved_client_id()
+            if bus_config.client_id == DEFAULT_CLIENT_ID:
+                bus_config = replace(bus_config, client_id=f"{DEFAULT_CLIENT_ID}-{member}")
+            bus_config = replace(bus_config, clean_start=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = _open_store(config, data_dir)
     placer: PlacementService | None = None
@@ -287,7 +319,8 @@ def _start(args: argparse.Namespace) -> int:
     online = {k: v for k, v in config.anomaly.items() if k != "batch"}  # [anomaly.batch] is the services'
     engine = AnomalyEngine(online or (DEMO_ANOMALY if args.demo else {}))
     bus = BusSession(bus_config)
-    ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest)
+    ingest = Ingest(bus, shared_group=config.shared_group, limits=config.ingest,
+                    sharded=config.cluster is not None)
     decisions: FleetDecisions | None = None
     if config.decisions is not None:  # quarantines take effect here only once the BFT group decided them
         decisions = FleetDecisions(config.decisions, bus_config)
@@ -311,6 +344,15 @@ def _start(args: argparse.Namespace) -> int:
         services_config = replace(services_config, batch=BatchJobConfig.from_mapping(DEMO_BATCH))
     services = Services(bus, processor, store, services_config)
     processor.restore()
+    shards: DeviceShards | None = None
+    if config.cluster is not None:
+        member = config.cluster.member or bus_config.resolved_client_id()
+        shards = DeviceShards(bus_config, config.cluster, member, take=processor.take_devices,
+                              release=processor.release_devices)
+        print(f"cluster {config.cluster.group}: member {member}; devices are taken as the members agree")
+        if not config.store.get("url"):
+            logger.warning("[cluster] with the default SQLite store in %s: each member stores its devices in "
+                           "its own file; give every member the same [store] url (PostgreSQL)", data_dir)
     # The live feed first: live points need not wait for scoring or the store's hand-over.
     ingest.sinks += [services.known, feed, processor, view, audit]
     ingest.start()
@@ -332,6 +374,8 @@ def _start(args: argparse.Namespace) -> int:
         if decisions is not None:
             decisions.start()
             print(f"following the fleet decision log of BFT group {decisions.group.name}")
+        if shards is not None:
+            shards.start()
         if fleet is not None:
             fleet.start()
             print(f"{len(fleet.agents)} simulated agents publishing metrics every second")
@@ -345,6 +389,8 @@ def _start(args: argparse.Namespace) -> int:
             placer.stop()
         if decisions is not None:
             decisions.stop()
+        if shards is not None:
+            shards.stop()
         services.stop()
         stop_log.set()
         if fleet is not None:
@@ -420,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tool("edge-coordinator", lambda: _placement(args))
     if args.command == "audit":
         return run_tool("edge-coordinator", lambda: _audit(args))
+    if args.command == "cluster":
+        return run_tool("edge-coordinator", lambda: _cluster(args))
     return run_tool("edge-coordinator", lambda: _start(args))
 
 

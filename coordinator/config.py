@@ -16,6 +16,7 @@ from broker.config_file import load_toml
 from broker.session import BusConfig
 from coordinator.actions import parse_actions
 from coordinator.batch_job import BatchJobConfig
+from coordinator.cluster.config import ClusterConfig
 from coordinator.fleet_decisions import DecisionsConfig
 from coordinator.ha_anomalies import HomeAssistantConfig
 from coordinator.http.config import HttpConfig
@@ -45,7 +46,8 @@ class CoordinatorConfig:
     anomaly: Mapping[str, Any] = field(default_factory=dict)
     #: ``[ingest]``: what one message and one device may cost (coordinator/ingest_limits.py).
     ingest: IngestLimits = field(default_factory=IngestLimits)
-    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt).
+    #: Split the streams with other coordinators through ``$share/{group}/...`` (not on amqtt): any
+    #: member gets any message, so per-device accounting is split; ``[cluster]`` keeps each device on one.
     shared_group: str | None = None
     #: ``[[actions]]``, ``[home_assistant]`` and ``[anomaly.batch]`` (coordinator/services.py).
     services: ServicesConfig = field(default_factory=ServicesConfig)
@@ -64,6 +66,9 @@ class CoordinatorConfig:
     #: ``[decisions]``: the fleet decision log this coordinator consults (coordinator/fleet_decisions.py);
     #: None (no table): quarantines and model acceptances are not consulted.
     decisions: DecisionsConfig | None = None
+    #: ``[cluster]``: several coordinators, each device on exactly one (coordinator/cluster/); None: this
+    #: coordinator takes every device.
+    cluster: ClusterConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
@@ -94,6 +99,17 @@ class CoordinatorConfig:
         if group is not None and embedded:
             raise ConfigError("shared_group needs a broker that delivers $share subscriptions "
                               "(Mosquitto, EMQX); the embedded broker does not")
+        cluster = ClusterConfig.from_mapping(data.get("cluster"))
+        if cluster is not None and group is not None:
+            raise ConfigError("shared_group and [cluster] both split the streams; keep [cluster] (each "
+                              "device on exactly one coordinator) and remove shared_group")
+        if cluster is not None and embedded:
+            raise ConfigError("[cluster] needs the broker every member connects to ([broker], "
+                              "embedded_broker = false)")
+        if cluster is not None and cluster.member is None and broker is not None \
+                and broker.client_id == DEFAULT_CLIENT_ID:
+            raise ConfigError("[cluster]: give each coordinator its own name: [cluster] member, or "
+                              "[broker] client_id")
         stored_acks = data.get("stored_acks", True)
         if not isinstance(stored_acks, bool):
             raise ConfigError(f"stored_acks must be true or false, not {stored_acks!r}")
@@ -112,4 +128,4 @@ class CoordinatorConfig:
                    http=HttpConfig.from_mapping(data.get("http")), stored_acks=stored_acks,
                    placement=PlacementConfig.from_mapping(data.get("placement")),
                    mosquitto_log=Path(mosquitto_log) if mosquitto_log is not None else None,
-                   decisions=DecisionsConfig.from_mapping(data.get("decisions")))
+                   decisions=DecisionsConfig.from_mapping(data.get("decisions")), cluster=cluster)

@@ -76,9 +76,14 @@ class SimulatedAgent:
         self.session.start()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop_sampling(self) -> None:
+        """Publish no more samples; the session stays up, so what is queued still goes (tests wait for it)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+
+    def stop(self) -> None:
+        self.stop_sampling()
         self.session.stop(flush_timeout=2)
 
     def sample(self, time_ms: int) -> list[MetricSample]:

@@ -30,9 +30,15 @@ single message can blind the coordinator to a device), and each device's rate
 fleet decision log quarantined (:mod:`coordinator.fleet_decisions`) is refused
 as ``quarantined``, before anything else.
 
-With ``shared_group`` set, the high-volume streams are subscribed as
-``$share/{group}/...`` so several coordinators split them (Mosquitto, EMQX;
-the embedded amqtt broker never delivers shared subscriptions).
+With ``sharded=True`` (``[cluster]``, coordinator/cluster/) the high-volume
+streams are subscribed per device, only for the devices this coordinator
+owns (:meth:`Ingest.take_devices`, :meth:`Ingest.drop_devices`); a metrics,
+detections or events message of any other device is dropped unread (a
+``not_owned`` count), not stored and so not acknowledged: its agent sends it
+again to the owner. Births and statuses stay fleet-wide. With
+``shared_group`` set, the high-volume streams are subscribed as
+``$share/{group}/...`` instead: the broker hands each message to any member,
+so per-device accounting is split (kept for compatibility; see README).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from broker.router import ReceivedMessage
+from broker.router import ReceivedMessage, Route
 from broker.session import BusSession
 from coordinator.batch_queue import BatchQueue
 from coordinator.device_rates import DeviceRates
@@ -67,6 +73,9 @@ BATCH_IDLE = 0.02
 PARSED_TOPICS = 10_000
 
 logger = logging.getLogger(__name__)
+
+#: The streams a sharded ingest takes only from the devices it owns.
+_STREAMS = frozenset({TopicKind.METRICS, TopicKind.DETECTIONS, TopicKind.EVENTS})
 
 
 class IngestBatch:
@@ -148,6 +157,8 @@ class IngestStats:
     throttled: Counter[str] = field(default_factory=Counter)
     #: Devices refused for their rate within the last minute.
     flagged: list[str] = field(default_factory=list)
+    #: Stream messages of devices another coordinator owns (sharded: dropped unread, sent again by the agent).
+    not_owned: int = 0
 
 
 class Ingest:
@@ -157,7 +168,9 @@ class Ingest:
                  queue_size: int = 20_000, batch_messages: int = 2_000, batch_wait: float = 0.2,
                  clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
                  sequences: SequenceTracker | None = None, limits: IngestLimits | None = None,
-                 rate_clock: Callable[[], float] = time.monotonic) -> None:
+                 rate_clock: Callable[[], float] = time.monotonic, sharded: bool = False) -> None:
+        if sharded and shared_group:
+            raise ValueError("an ingest is either sharded by device or on a shared subscription, not both")
         self.session = session
         self.limits = limits or IngestLimits()
         self._codec = self.limits.codec()
@@ -187,12 +200,16 @@ class Ingest:
         #: Devices a fleet decision quarantined (coordinator/fleet_decisions.py): their messages are refused
         #: as ``quarantined`` dead letters. Replaced whole (one assignment), never mutated in place.
         self.quarantined: frozenset[str] = frozenset()
+        #: The devices whose streams this ingest takes (sharded); None: every device.
+        self._owned: frozenset[str] | None = frozenset() if sharded else None
+        self._device_routes: dict[str, list[Route]] = {}
+        self._own_lock = threading.Lock()
 
     # -- subscriptions -------------------------------------------------
 
     def subscriptions(self) -> list[str]:
         t = self.topics
-        heavy = [t.all_metrics(), t.all_detections(), t.all_events()]
+        heavy = [t.all_metrics(), t.all_detections(), t.all_events()] if self._owned is None else []
         if self.shared_group:
             heavy = [f"$share/{self.shared_group}/{f}" for f in heavy]
         # Births first: the broker sends the retained ones as it handles each SUBSCRIBE, in order, so a
@@ -242,6 +259,44 @@ class Ingest:
             if callable(flush):
                 done = bool(flush(max(deadline - time.monotonic(), 0.0))) and done
         return done
+
+    # -- devices (sharded) ----------------------------------------------
+
+    def owned(self) -> frozenset[str] | None:
+        """The devices whose streams this ingest takes (sharded), or None: all."""
+        return self._owned
+
+    def take_devices(self, devices: set[str], states: dict[str, DeviceSequence]) -> None:
+        """Take these devices' streams from now on, continuing the accounting ``states`` (from the store).
+
+        The accounting first, then the subscriptions: no message of theirs is
+        decoded against an older account this process may still hold.
+        """
+        if self._owned is None:
+            raise ValueError("take_devices needs a sharded ingest")
+        with self._own_lock:
+            devices = devices - self._owned
+            with self._seq_lock:
+                self.sequences.replace({k: v for k, v in states.items() if k.partition("/")[0] in devices})
+            self._owned = self._owned | devices
+            t = self.topics
+            for device in sorted(devices):
+                self._device_routes[device] = [
+                    self.session.subscribe(f, self._enqueue, qos=1)
+                    for f in (t.metrics(device), t.device_detections(device), t.device_events(device))]
+
+    def drop_devices(self, devices: set[str]) -> None:
+        """Stop taking these devices' streams (another coordinator owns them) and forget their accounting."""
+        if self._owned is None:
+            raise ValueError("drop_devices needs a sharded ingest")
+        with self._own_lock:
+            devices = devices & self._owned
+            self._owned = self._owned - devices
+            for device in devices:
+                for route in self._device_routes.pop(device, []):
+                    self.session.unsubscribe(route)
+            with self._seq_lock:
+                self.sequences.forget([k for k in self.sequences.devices() if k.partition("/")[0] in devices])
 
     def sequence_snapshot(self, streams: set[str] | None = None) -> dict[str, DeviceSequence]:
         """A consistent copy of the per-stream accounting (all, or just ``streams``)."""
@@ -366,6 +421,11 @@ class Ingest:
         device = parsed.device or ""
         if device in self.quarantined:
             self._dead(batch, message, "quarantined", f"device {device!r} is quarantined by a fleet decision")
+            return
+        owned = self._owned
+        if owned is not None and device not in owned and parsed.kind in _STREAMS:
+            with self._stats_lock:
+                self._stats.not_owned += 1
             return
         refused = self._rates.admit(device, now)  # before any decoding: a flood costs a look-up
         if refused is not None:

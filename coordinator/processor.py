@@ -117,11 +117,35 @@ class FleetProcessor:
             except (CodecError, UnsupportedVersion) as exc:
                 logger.warning("ignoring anomaly checkpoint %s: %s", self.checkpoint_path, exc)
         states = self.store.load_sequence_state()
+        owned = self.ingest.owned()
+        if owned is not None:  # sharded: a device's accounting is loaded when it is taken (take_devices)
+            states = {k: v for k, v in states.items() if k.partition("/")[0] in owned}
         announced = {d.id: d.birth_epoch for d in self.store.devices() if d.birth_epoch is not None}
         self.ingest.restore_sequences(states, announced)
         if self.acks is not None:
             self.acks.restore(self.ingest.sequence_snapshot())
         logger.info("sequence accounting restored for %d streams", len(states))
+
+    def take_devices(self, devices: set[str]) -> None:
+        """Start taking these devices (sharded): their stored accounting, then their streams.
+
+        The accounting comes from the store (where their previous owner
+        committed it with their samples), so repeats are still told apart and
+        the first acknowledgement covers what the previous owner stored. The
+        anomaly detectors start afresh: their state lives in each
+        coordinator's own checkpoint file, not in the store.
+        """
+        states = {k: v for k, v in self.store.load_sequence_state().items() if k.partition("/")[0] in devices}
+        if self.acks is not None:
+            self.acks.adopt(states)
+        self.ingest.take_devices(devices, states)
+
+    def release_devices(self, devices: set[str]) -> None:
+        """Stop taking these devices (another coordinator owns them): their streams, accounting, detectors."""
+        self.ingest.drop_devices(devices)
+        with self.engine_lock:
+            for device in devices:
+                self.engine.forget(device)
 
     def __call__(self, batch: IngestBatch) -> None:
         runs = batch.metric_runs

@@ -65,6 +65,11 @@ class StoredAckPublisher:
         self._update(states)
         self._dirty.clear()
 
+    def adopt(self, states: Mapping[str, DeviceSequence]) -> None:
+        """Streams moving in from another coordinator, as it stored them (safe beside the writer thread:
+        dictionary writes only)."""
+        self._update(states)
+
     def committed(self, states: Mapping[str, DeviceSequence]) -> None:
         """The accounting of streams a commit just made durable."""
         self._dirty |= self._update(states)

@@ -19,6 +19,7 @@ device look like a straggler of an older epoch, for good.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +246,18 @@ class SequenceTracker:
 
     def device(self, device: str) -> DeviceSequence:
         return self._devices[device]
+
+    def replace(self, states: dict[str, DeviceSequence]) -> None:
+        """Take these streams' accounting as given (a stream moving in from another receiver)."""
+        for stream, state in states.items():
+            self._devices[stream] = state
+            self._jumps.pop(stream, None)
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop these streams' accounting (a stream moving out to another receiver)."""
+        for stream in streams:
+            self._devices.pop(stream, None)
+            self._jumps.pop(stream, None)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able snapshot, so accounting survives a restart of the receiver."""

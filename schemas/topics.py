@@ -290,6 +290,14 @@ class TopicTree:
         """The topic of one camera's track start/end events (JSON)."""
         return self._device_topic(device, f"events/{validate_name(camera, 'camera')}")
 
+    def device_detections(self, device: str) -> str:
+        """Every camera's detections of one device: ``{root}/{device}/detections/+``."""
+        return self._device_topic(device, "detections/+")
+
+    def device_events(self, device: str) -> str:
+        """Every camera's track events of one device: ``{root}/{device}/events/+``."""
+        return self._device_topic(device, "events/+")
+
     def state(self, device: str, name: str) -> str:
         """A retained human-readable state topic."""
         return self._device_topic(device, f"state/{validate_name(name, 'state name')}")

@@ -105,6 +105,7 @@ def test_readme_coordinator_configuration_is_valid() -> None:
     block = re.search(r"```toml\n(embedded_broker = false.*?)```", readme, re.S)
     assert block, "README lost its coordinator.toml example"
     config = CoordinatorConfig.from_mapping(tomllib.loads(block.group(1)))
-    assert config.shared_group == "coordinators" and not config.embedded_broker
+    assert config.cluster is not None and config.cluster.group == "coordinators"
+    assert not config.embedded_broker
     assert config.services.actions and config.services.batch.interval_s == 300
     AnomalyEngine({k: v for k, v in config.anomaly.items() if k != "batch"})

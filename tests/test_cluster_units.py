@@ -1,0 +1,89 @@
+"""[cluster] without a broker: the strict table, and a sharded ingest taking only its devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.router import ReceivedMessage
+from broker.session import BusConfig, BusSession
+from coordinator.config import CoordinatorConfig
+from coordinator.ingest import Ingest, IngestBatch
+from schemas.errors import ConfigError
+from schemas.messages import MetricSample, MetricsBatch, encode_record
+from schemas.sequence import DeviceSequence
+
+BROKER = {"host": "127.0.0.1", "port": 1883, "client_id": "c1"}
+
+
+def test_a_cluster_table_is_read() -> None:
+    config = CoordinatorConfig.from_mapping({"embedded_broker": False, "broker": BROKER,
+                                             "cluster": {"group": "ingest", "settle_s": 1}})
+    assert config.cluster is not None and config.cluster.group == "ingest" and config.cluster.member is None
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"cluster": {"grup": "x"}}, "unknown key 'grup'"),
+    ({"cluster": {"member": "a/b"}}, "cluster:"),
+    ({"cluster": {"settle_s": -1}}, "settle_s"),
+    ({"cluster": "yes"}, "cluster must be a table"),
+    ({"cluster": {}, "shared_group": "g"}, "remove shared_group"),
+    ({"cluster": {}, "broker": {"host": "h"}}, "its own name"),
+])
+def test_bad_cluster_configuration_names_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CoordinatorConfig.from_mapping({"embedded_broker": False, "broker": BROKER, **data})
+
+
+def test_a_cluster_needs_a_shared_broker() -> None:
+    with pytest.raises(ConfigError, match="embedded_broker = false"):
+        CoordinatorConfig.from_mapping({"cluster": {"member": "c1"}})
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.batches: list[IngestBatch] = []
+
+    def __call__(self, batch: IngestBatch) -> None:
+        self.batches.append(batch)
+
+    def seqs(self, device: str) -> list[int]:
+        return [s.seq for b in self.batches for s in b.samples if s.device == device]
+
+
+def metrics(device: str, first_seq: int, count: int, epoch: int = 7) -> ReceivedMessage:
+    batch = MetricsBatch(device=device, epoch=epoch, first_seq=first_seq,
+                         samples=tuple(MetricSample(1_000 + i, "cpu_percent", float(i))
+                                       for i in range(count)))
+    return ReceivedMessage(f"edgebus/{device}/metrics", encode_record(batch), 1, False)
+
+
+def test_a_sharded_ingest_takes_only_its_devices_and_continues_their_accounting(tmp_path: Path) -> None:
+    session = BusSession(BusConfig(client_id="c1", outbox_path=tmp_path / "outbox.db"))
+    got = Collected()
+    ingest = Ingest(session, [got], batch_wait=0.01, sharded=True)
+    assert ingest.subscriptions() == ["edgebus/+/birth", "edgebus/+/status"]
+    ingest.start()
+    try:
+        # gw-1 arrives with what its previous owner stored: 0..9 of epoch 7.
+        ingest.take_devices({"gw-1"}, {"gw-1": DeviceSequence(epoch=7, ranges=[[0, 10]], received=10),
+                                       "gw-2": DeviceSequence(epoch=7, ranges=[[0, 4]], received=4)})
+        filters = {r.topic_filter for r in session.router.routes()}
+        assert {"edgebus/gw-1/metrics", "edgebus/gw-1/detections/+", "edgebus/gw-1/events/+"} <= filters
+        assert not any("gw-2" in f for f in filters)
+        for message in (metrics("gw-1", 8, 4), metrics("gw-2", 0, 3)):
+            ingest._enqueue(message)  # as the network thread hands messages over
+        assert ingest.drain(10)
+        assert got.seqs("gw-1") == [10, 11]  # 8 and 9 were stored by the previous owner
+        assert got.seqs("gw-2") == [] and ingest.stats().not_owned == 1
+        assert set(ingest.sequence_snapshot()) == {"gw-1"}
+        ingest.drop_devices({"gw-1"})
+        assert not any("gw-1" in r.topic_filter for r in session.router.routes())
+        assert ingest.sequence_snapshot() == {} and ingest.owned() == frozenset()
+        ingest._enqueue(metrics("gw-1", 12, 1))
+        assert ingest.drain(10)
+        assert got.seqs("gw-1") == [10, 11] and ingest.stats().not_owned == 2
+    finally:
+        ingest.stop()
