@@ -41,9 +41,9 @@ compiled scoring loop over long runs of each kind, beside the previous
 default's.
 
 The figures to report come from held-out seeds (the default ``--seeds``),
-never from the seeds the defaults were tried on (1-3; the tail shape's
-constants on 1-8). Seeds 21-23 were never looked at while choosing anything:
-a second held-out set.
+never from the seeds the defaults were tried on (1-3; the tail shape and its
+confidence bound on 1-8). Seeds 21-23 are a second held-out set (checked once
+per candidate, never tuned on); 31-33 were used once, for the final figures.
 
     python bench/anomaly.py [--seeds 11,12,13] [--streams 8] [--days 12] [--quick] [--river] [--json]
 """

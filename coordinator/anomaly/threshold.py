@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PeaksOverThreshold", "calibrated_score", "tail_reach", "tail_probability"]
+__all__ = ["PeaksOverThreshold", "calibrated_score", "shape_variance", "tail_reach", "tail_probability"]
 
 #: The longest the first excess run of a settling threshold lasts (see PeaksOverThreshold.learn).
 FIRST_RUN = 20
@@ -20,9 +20,10 @@ BODY_RATE = 0.005
 BODY_MEMORY = 2.0 / BODY_RATE
 #: Excesses over the body quantile seen before the measured shape counts.
 MIN_BODY = 50
-#: Standard errors added to the measured shape: a threshold set where the tail may still be, not only where
-#: it most likely is (false alerts cost more than a few sd of sensitivity on a heavy-tailed series).
-SHAPE_DOUBT = 1.0
+#: Standard errors added to the measured shape (:func:`shape_variance`), a one-sided 95% upper confidence
+#: limit: a threshold set where the tail may still be, not only where it most likely is (false alerts cost
+#: more than a few sd of sensitivity on a heavy-tailed series).
+SHAPE_DOUBT = 1.645
 #: The largest tail shape used (a Student t with about 3 degrees of freedom); moments beyond it mislead.
 MAX_SHAPE = 0.3
 
@@ -41,6 +42,25 @@ def calibrated_score(tail: float) -> float:
         return 0.0
     decades = -math.log10(tail) if tail > 0.0 else 324.0  # below the smallest double
     return decades / (decades + _HALF_TAIL_DECADES)
+
+
+def shape_variance(shape: float) -> float:
+    """``n`` times the variance of the moment estimate of a generalised Pareto shape from ``n`` excesses.
+
+    Hosking and Wallis (Technometrics 1987): ``(1 - xi)^2 (1 - 2 xi)^2 (1 - xi + 6 xi^2) / ((1 - 3 xi)
+    (1 - 4 xi))``, infinite from ``xi = 1/4`` (the fourth moment is gone). Taken at ``max(xi, 0)``: 1 for
+    an exponential tail (a light tail keeps the exponential anyway), and growing fast with a heavy tail,
+    whose measured shape is exactly the one the moments are least sure of.
+
+    >>> shape_variance(-0.1), round(shape_variance(0.2), 2), shape_variance(0.25)
+    (1.0, 3.0, inf)
+    """
+    if not shape > 0.0:
+        return 1.0
+    if shape >= 0.25:
+        return math.inf
+    a = (1.0 - shape) * (1.0 - 2.0 * shape)
+    return a * a * (1.0 - shape + 6.0 * shape * shape) / ((1.0 - 3.0 * shape) * (1.0 - 4.0 * shape))
 
 
 def tail_reach(shape: float, decades: float) -> float:
@@ -95,9 +115,12 @@ class PeaksOverThreshold:
     ``risk`` says. With ``shape`` it measures the tail's shape where there
     are many excesses, over the scores' :data:`BODY_QUANTILE` (the method of
     moments of a generalised Pareto fit: ``xi = (R - 2) / (2 (R - 1))`` with
-    ``R = E[e^2] / E[e]^2``), and extrapolates from ``u`` with it. A light
-    tail measures a negative shape and keeps the exponential (shape 0), so
-    only series whose noise is heavy-tailed get a higher threshold.
+    ``R = E[e^2] / E[e]^2``), and extrapolates from ``u`` with the upper
+    confidence limit of that estimate (its standard error grows fast with the
+    shape: a heavy tail is the one its moments measure worst, and the one
+    that alerts on its own noise when under-read). A light tail measures a
+    negative shape and keeps the exponential (shape 0), so only series whose
+    noise is heavy-tailed get a higher threshold.
 
     >>> pot = PeaksOverThreshold(base_quantile=0.9, risk=1e-3, floor=0.0, rate=0.05)
     >>> for i in range(5000):
@@ -132,15 +155,27 @@ class PeaksOverThreshold:
 
     @property
     def shape(self) -> float:
-        """The tail's measured shape, in [0, MAX_SHAPE] (0: exponential, also until it is measured)."""
-        if not self.shaped or self.body_count < MIN_BODY or not self.body_mean > 0.0:
+        """The upper confidence limit of the tail's measured shape, in [0, MAX_SHAPE] (0: exponential).
+
+        Until the body has :data:`MIN_BODY` excesses nothing bounds it but MAX_SHAPE: an unmeasured tail may
+        be a heavy one, so a short history does not lower the threshold to the exponential tail's.
+        """
+        if not self.shaped:
+            return 0.0
+        if self.body_count < MIN_BODY:  # not measured yet: the doubt is as wide as the shapes used
+            return MAX_SHAPE
+        if not self.body_mean > 0.0:
             return 0.0
         ratio = self.body_sq / (self.body_mean * self.body_mean)
         if not ratio > 1.0:  # not a number (or a single value): exponential
             return 0.0
-        # The estimate plus SHAPE_DOUBT standard errors (about 1 / sqrt(n) for a tail near exponential).
+        # The estimate plus SHAPE_DOUBT standard errors of the moment estimator (shape_variance) at it.
         seen = self.body_count if self.body_count < BODY_MEMORY else BODY_MEMORY
-        xi = 0.5 * (ratio - 2.0) / (ratio - 1.0) + SHAPE_DOUBT / math.sqrt(seen)
+        xi = 0.5 * (ratio - 2.0) / (ratio - 1.0)
+        spread = shape_variance(xi)
+        if not spread < math.inf:
+            return MAX_SHAPE
+        xi += SHAPE_DOUBT * math.sqrt(spread / seen)
         if not xi > 0.0:
             return 0.0
         return xi if xi < MAX_SHAPE else MAX_SHAPE

@@ -330,13 +330,26 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         # PeaksOverThreshold.value, for both thresholds: what the breach test and the alerts read
         # PeaksOverThreshold.shape and tail_reach
         th_xi = 0.0
-        if th_shaped and th_bc >= MIN_BODY and th_bm > 0.0:
+        if th_shaped and th_bc < MIN_BODY:
+            th_xi = MAX_SHAPE
+        elif th_shaped and th_bm > 0.0:
             x = th_bs / (th_bm * th_bm)
             if x > 1.0:
-                y = th_bc if th_bc < BODY_MEMORY else BODY_MEMORY
-                y = 0.5 * (x - 2.0) / (x - 1.0) + SHAPE_DOUBT / math.sqrt(y)
-                if y > 0.0:
-                    th_xi = y if y < MAX_SHAPE else MAX_SHAPE
+                xi = 0.5 * (x - 2.0) / (x - 1.0)
+                # shape_variance
+                if not xi > 0.0:
+                    y = 1.0
+                elif xi >= 0.25:
+                    y = math.inf
+                else:
+                    y = (1.0 - xi) * (1.0 - 2.0 * xi)
+                    y = y * y * (1.0 - xi + 6.0 * xi * xi) / ((1.0 - 3.0 * xi) * (1.0 - 4.0 * xi))
+                if not y < math.inf:
+                    th_xi = MAX_SHAPE
+                else:
+                    xi += SHAPE_DOUBT * math.sqrt(y / (th_bc if th_bc < BODY_MEMORY else BODY_MEMORY))
+                    if xi > 0.0:
+                        th_xi = xi if xi < MAX_SHAPE else MAX_SHAPE
         x = math.log((th_risk if th_risk > th_cr else th_cr) / th_risk)
         if th_xi != 0.0:
             x = (1.0 - th_xi) * math.expm1(th_xi * x) / th_xi
