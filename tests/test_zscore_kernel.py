@@ -432,3 +432,28 @@ def test_numpy_array_input_scores_as_lists() -> None:
     got = RUN_KERNEL(arrays, np.array([t for t, _ in samples]), np.array([float(v) for _, v in samples]))
     assert [(i, a.score, a.kind) for i, a in got] == [(i, a.score, a.kind) for i, a in expected]
     assert typed(arrays.profile) == typed(lists.profile) and typed(arrays.threshold) == typed(lists.threshold)
+
+
+def test_the_kernel_cache_goes_stale_when_a_module_it_takes_constants_from_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba stamps its cache with the kernel's own file only; a changed threshold.py must recompile."""
+    from types import SimpleNamespace
+
+    def stamp_with(threshold_source: str) -> object:
+        source = tmp_path / "threshold.py"
+        source.write_text(threshold_source)
+        fake = SimpleNamespace(__file__=str(source))
+        monkeypatch.setitem(sys.modules, "coordinator.anomaly.threshold", fake)
+        cache_file = SimpleNamespace(_source_stamp=("mtime", "size"))
+        zscore_kernel._stamp_with_constants(SimpleNamespace(_cache=SimpleNamespace(_cache_file=cache_file)))
+        return cache_file._source_stamp
+
+    assert stamp_with("SHAPE_DOUBT = 1.645\n") == stamp_with("SHAPE_DOUBT = 1.645\n")
+    assert stamp_with("SHAPE_DOUBT = 1.645\n") != stamp_with("SHAPE_DOUBT = 1.0\n")
+
+
+def test_the_compiled_kernels_cache_is_stamped_with_its_constant_modules() -> None:
+    if not zscore_kernel.AVAILABLE:
+        pytest.skip("numba kernel off (EDGEBUS_JIT=0)")
+    stamp = zscore_kernel._compiled_kernel._cache._cache_file._source_stamp
+    assert isinstance(stamp, tuple) and len(stamp) == 2 and len(stamp[1]) == 64

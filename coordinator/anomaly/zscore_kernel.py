@@ -22,11 +22,14 @@ Call :func:`warm_up` at start-up to pay that before the first batch.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from coordinator.anomaly.alert import Alert
@@ -698,9 +701,40 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     return k
 
 
+def _stamp_with_constants(dispatcher: Any) -> None:
+    """Key the on-disk kernel cache on the modules whose constants it froze, not on this file alone.
+
+    numba checks a cached kernel against this file's mtime and size only, yet
+    the machine code holds the thresholds and shapes imported from the other
+    anomaly modules: after an upgrade that changed only ``threshold.py`` it
+    would load the old kernel, no longer bit-identical to ``step``. Folding
+    those modules' sources into the cache's stamp makes such a cache stale.
+    """
+    digest = hashlib.sha256()
+    for name in _CONSTANT_MODULES:
+        source = getattr(sys.modules.get(name), "__file__", None)
+        if source is not None:
+            digest.update(Path(source).read_bytes())
+    try:
+        cache_file = dispatcher._cache._cache_file  # numba internals: the index file of this kernel
+        cache_file._source_stamp = (cache_file._source_stamp, digest.hexdigest())
+    except AttributeError:  # another numba layout: compile in every process rather than risk a stale kernel
+        from numba.core.caching import NullCache
+
+        logger.warning("cannot key the anomaly kernel's cache on its constants: it is compiled, not cached")
+        dispatcher._cache = NullCache()
+
+
+#: The modules whose constants :func:`step_many_kernel` compiles in (see the imports above).
+_CONSTANT_MODULES = ("coordinator.anomaly.alert", "coordinator.anomaly.bursts", "coordinator.anomaly.episode",
+                     "coordinator.anomaly.plugins.robust_zscore", "coordinator.anomaly.series_shape",
+                     "coordinator.anomaly.stuck", "coordinator.anomaly.threshold", __name__)
+
 # Python's error model: a division by zero raises (as in plain Python) instead of giving inf.
 _compiled_kernel: Any = (numba.njit(cache=True, error_model="python")(step_many_kernel) if AVAILABLE
                          else None)
+if _compiled_kernel is not None:
+    _stamp_with_constants(_compiled_kernel)
 _compiled = False
 
 
