@@ -17,9 +17,15 @@ Two roles (DESIGN.md section 6: the broker, not the payload, tells devices apart
   ``{ha}/status``, and in the coordination protocols only its own lanes:
   lock requests on ``{root}/_sys/lock/+/req/%u`` (and ``.../req/%u/{node}``),
   its replies on ``{root}/_sys/lock/+/reply/%u/#``, the groups' deadlock
-  reports ``{root}/_sys/lock/+/events``, and two-phase commit messages from
-  ``{root}/_sys/tx/+/from/%u`` and to ``{root}/_sys/tx/+/to/%u``. No Raft
-  peer or admin topic, no ``_anomaly``, no other device.
+  reports ``{root}/_sys/lock/+/events``, two-phase commit messages from
+  ``{root}/_sys/tx/+/from/%u`` and to ``{root}/_sys/tx/+/to/%u``, and as a
+  PBFT replica or client (its identity in the group file is its user name):
+  it reads only its own inbox ``{root}/_sys/bft/+/to/%u``, writes any
+  inbox ``{root}/_sys/bft/+/to/+`` (broadcasts and replies; every frame is
+  Ed25519-signed, so the signature, not the topic, says who sent it), the
+  group's ``evidence``, its own ``status/%u``, ``deadletter/%u`` and
+  ``quarantined/%u``, and reads the coordinator's retained ``decided``. No
+  Raft peer or admin topic, no ``_anomaly``, no other device.
 * **coordinator** - coordinators, Raft nodes and operators: read and write
   everything under ``{root}/#`` and ``{ha}/#`` (also through ``$share/...``)
   and read ``$SYS/#``.
@@ -34,6 +40,10 @@ False
 >>> acl.allows("cam-1", "publish", "edgebus/_sys/raft/site/admin/req")
 False
 >>> acl.allows("coord", "publish", "edgebus/_sys/raft/site/admin/req")
+True
+>>> acl.allows("cam-1", "subscribe", "edgebus/_sys/bft/fleet/to/cam-2")
+False
+>>> acl.allows("cam-1", "publish", "edgebus/_sys/bft/fleet/to/cam-2")
 True
 """
 
@@ -169,6 +179,11 @@ class BusAcl:
             AclRule("read", f"{sys}/lock/+/reply/%u/#"),
             AclRule("write", f"{sys}/tx/+/from/%u"),
             AclRule("read", f"{sys}/tx/+/to/%u"),
+            # PBFT (broker/bft/replica_driver.py, client.py): exactly what the driver and client use
+            AclRule("read", f"{sys}/bft/+/to/%u"),
+            AclRule("write", f"{sys}/bft/+/status/%u"),
+            AclRule("write", f"{sys}/bft/+/deadletter/%u"),
+            AclRule("write", f"{sys}/bft/+/quarantined/%u"),
         )
 
     def device_shared_rules(self, device: str) -> tuple[AclRule, ...]:
@@ -178,6 +193,10 @@ class BusAcl:
         node = ha_slug(device)
         if node != device:
             rules.append(AclRule("write", f"{self.ha_prefix}/+/{node}/#"))
+        bft = f"{self.root}/_sys/bft/+"
+        rules += [AclRule("write", f"{bft}/to/+"),  # signed frames: the signature names the sender
+                  AclRule("write", f"{bft}/evidence"),
+                  AclRule("read", f"{bft}/decided")]
         return tuple(rules)
 
     def coordinator_rules(self) -> tuple[AclRule, ...]:
@@ -211,7 +230,8 @@ class BusAcl:
             "# Devices: the user name is the device id (%u). Patterns apply to every user.",
             *(f"pattern {r.access} {r.pattern}" for r in self.device_rules()),
             "",
-            "# Each device: Home Assistant's birth topic and the lock groups' deadlock reports.",
+            "# Each device: Home Assistant's birth topic, the lock groups' deadlock reports, the PBFT",
+            "# groups' inboxes (signed frames) and evidence, and the coordinator's decided state.",
             "# (Topic lines before any user line would apply only to anonymous clients.)",
         ]
         for device in self.devices:

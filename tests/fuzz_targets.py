@@ -1,10 +1,11 @@
 """Fuzz targets: each takes arbitrary bytes and fails (raises) only on a real defect.
 
 Shared by the hypothesis tests (tests/test_fuzz_decoders.py) and the atheris
-runs (tests/fuzz_atheris.py). A decoder may refuse its input with the error it
-documents (a CodecError, a TopicError); anything else escaping it, or a decoded
-value that does not survive its own encoder, is a defect. Seeds are valid
-inputs for the fuzzers to mutate.
+runs (tests/fuzz_atheris.py); the PBFT targets live in tests/fuzz_pbft.py. A
+decoder may refuse its input with the error it documents (a CodecError, a
+TopicError); anything else escaping it, or a decoded value that does not
+survive its own encoder, is a defect. Seeds are valid inputs for the fuzzers
+to mutate.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from schemas.messages import (
 from schemas.metrics import MetricColumns
 from schemas.record_base import record_from_body
 from schemas.topics import TopicTree, validate_publish_topic, validate_topic_filter
+from tests import fuzz_pbft
 
 __all__ = ["SEEDS", "TARGETS"]
 
@@ -193,6 +195,7 @@ def audit(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": envelope, "records": records, "topics": topics, "twopc": twopc, "coordination": coordination,
     "ingest": ingest, "audit": audit,
+    "pbft_wire": fuzz_pbft.pbft_wire, "pbft_replica": fuzz_pbft.pbft_replica,
 }
 
 
@@ -233,7 +236,7 @@ def _seeds() -> dict[str, list[bytes]]:
     }
 
 
-SEEDS = _seeds()
+SEEDS = {**_seeds(), **fuzz_pbft.SEEDS}
 
 
 def within_budget(target: Callable[[bytes], None], data: bytes, *, cpu_s: float, peak_bytes: int) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from broker.bft import BftClient, load_group, load_signer, sign_group
 from broker.bft.cli import bft_main
 from broker.bft.group import load_private_key
+from broker.credentials import Credentials
 from broker.session import BusConfig
 from broker.trust import load_trusted
 from firmware_tools.keys import init_keys
@@ -59,22 +60,27 @@ class Group:
     tmp: Path
     path: Path
     procs: dict[str, subprocess.Popen[bytes]]
+    logins: Mapping[str, Credentials] = field(default_factory=dict)
+    """Broker login per identity (e.g. device users); the broker's admin user for the others."""
+
+    def login(self, ident: str) -> Credentials:
+        return self.logins.get(ident) or Credentials(self.broker.username, self.broker.password)
 
     def bus(self, name: str) -> BusConfig:
-        b = self.broker
-        return BusConfig(host=b.host, port=b.port, username=b.username, password=b.password,
+        b, login = self.broker, self.login(name)
+        return BusConfig(host=b.host, port=b.port, username=login.username, password=login.password,
                          client_id=name, clean_start=True, keepalive=5)
 
-    def args(self) -> list[str]:
+    def args(self, ident: str = OPERATOR) -> list[str]:
         b = self.broker
         return ["--group", str(self.path), "--trust", str(trust_root(self.tmp)), "--host", b.host,
-                "--port", str(b.port), "--username", b.username]
+                "--port", str(b.port), "--username", self.login(ident).username]
 
     def start(self, replica: str, *flags: str) -> None:
         log = (self.tmp / f"{replica}.log").open("ab")
-        env = {**os.environ, "EDGEBUS_BROKER_PASSWORD": self.broker.password}
+        env = {**os.environ, "EDGEBUS_BROKER_PASSWORD": self.login(replica).password}
         self.procs[replica] = subprocess.Popen(
-            [sys.executable, "-m", "broker.bus_cli", "bft", "serve", *self.args(), "--id", replica,
+            [sys.executable, "-m", "broker.bus_cli", "bft", "serve", *self.args(replica), "--id", replica,
              "--key", str(self.tmp / "keys" / replica), "--data", str(self.tmp / "data"),
              "--log-level", "INFO", *flags],
             stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -17,11 +17,16 @@ in this process (its nodes log in as ``coord``) and replays every step the
 hostile tester took: read the holder's session id and token from the
 replies, release the holder's lock with them, acquire it, transfer the
 leadership, remove a member.
+
+PBFT replicas and proposers need no coordinator login: four ``edge-bus bft
+serve`` processes and a proposer, each logged in as a device user, commit on
+Mosquitto with the generated ACL (``test_pbft_*``).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +48,7 @@ from protocols.coordination.group_state import decode_lock_result
 from protocols.coordination.wire import AdminRequest, ClientRequest, encode
 from protocols.locks import Acquire, KeepAlive, LockStatus, Release, encode_command
 from protocols.raft import Role
+from tests import pbft_groups
 from tests.brokers import MosquittoUnderTest, MqttProbe, Received, free_port
 
 COORD = Credentials("coord", "coord-pw")
@@ -113,11 +119,18 @@ DENIED_WRITES = (
     "edgebus/_sys/lock/site/reply/cam-2/holder", "edgebus/_sys/lock/site/events",
     "edgebus/_sys/tx/site/from/cam-2", "edgebus/_sys/tx/site/to/cam-2",
     "homeassistant/sensor/cam-2/cpu/config", "homeassistant/status",
+    "edgebus/_sys/bft/site/status/cam-2", "edgebus/_sys/bft/site/deadletter/cam-2",
+    "edgebus/_sys/bft/site/quarantined/cam-2", "edgebus/_sys/bft/site/decided",
+    "edgebus/_sys/bft/site/to/cam-2/x", "edgebus/_sys/bft/site/status/cam-1/x",
 )
 ALLOWED_WRITES = (
     "edgebus/cam-1/metrics", "edgebus/cam-1/birth", "homeassistant/sensor/cam-1/cpu/config",
     "edgebus/_sys/lock/site/req/cam-1", "edgebus/_sys/lock/site/req/cam-1/n1",
     "edgebus/_sys/tx/site/from/cam-1",
+    # PBFT: any inbox (frames are signed), the evidence, its own status, dead letters and quarantines
+    "edgebus/_sys/bft/site/to/cam-2", "edgebus/_sys/bft/site/to/r0", "edgebus/_sys/bft/site/evidence",
+    "edgebus/_sys/bft/site/status/cam-1", "edgebus/_sys/bft/site/deadletter/cam-1",
+    "edgebus/_sys/bft/site/quarantined/cam-1",
 )
 
 
@@ -144,19 +157,26 @@ DEVICE_FILTERS = (
     "edgebus/_sys/lock/site/reply/cam-2/#", "edgebus/_sys/lock/site/reply/+/+",
     "edgebus/_sys/tx/site/to/cam-2", "edgebus/_sys/tx/site/to/+", "edgebus/_sys/raft/site/#",
     "$share/g/edgebus/cam-2/cmd/#",
+    "edgebus/_sys/bft/#", "edgebus/_sys/bft/site/to/+", "edgebus/_sys/bft/site/to/cam-2",
+    "edgebus/_sys/bft/site/status/+", "edgebus/_sys/bft/site/evidence",
     # its own
     "edgebus/cam-1/cmd/#", "edgebus/_sys/lock/site/reply/cam-1/#", "edgebus/_sys/tx/site/to/cam-1",
     "edgebus/_sys/lock/site/events", "homeassistant/status",
+    "edgebus/_sys/bft/site/to/cam-1", "edgebus/_sys/bft/site/decided",
 )
 DENIED_READS = (
     "edgebus/cam-2/cmd/config", "edgebus/cam-2/metrics", "edgebus/_anomaly/cam-2/cpu",
     "edgebus/_sys/lock/site/reply/cam-2/holder", "edgebus/_sys/lock/site/req/cam-2",
     "edgebus/_sys/tx/site/to/cam-2", "edgebus/_sys/tx/site/from/cam-2",
     "edgebus/_sys/raft/site/n1", "edgebus/_sys/raft/site/admin/req", "edgebus/_sys/raft/site/admin/reply/op",
+    "edgebus/_sys/bft/site/to/cam-2", "edgebus/_sys/bft/site/to/r0", "edgebus/_sys/bft/site/status/cam-2",
+    "edgebus/_sys/bft/site/evidence", "edgebus/_sys/bft/site/deadletter/cam-2",
+    "edgebus/_sys/bft/site/quarantined/cam-2",
 )
 ALLOWED_READS = (
     "edgebus/cam-1/cmd/config", "edgebus/_sys/lock/site/reply/cam-1/c1", "edgebus/_sys/tx/site/to/cam-1",
     "edgebus/_sys/lock/site/events", "homeassistant/status",
+    "edgebus/_sys/bft/site/to/cam-1", "edgebus/_sys/bft/site/decided",
 )
 
 
@@ -327,3 +347,36 @@ def test_break_1_every_step_is_refused(site: Site, group: list[RaftDriver]) -> N
         if thief is not None:
             thief.close()
         holder.close()
+
+
+# -- PBFT: replicas and a proposer as device users ---------------------------------------------------
+
+
+def test_pbft_replicas_and_a_proposer_logged_in_as_devices_commit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device users are enough for the whole protocol: inboxes, broadcasts, replies and status."""
+    proposer = "p1"
+    logins = {i: Credentials(i, f"pw-{i}") for i in (*pbft_groups.REPLICAS, proposer)}
+    mosquitto = MosquittoUnderTest(tmp_path / "mosquitto", MosquittoSite(
+        listener_host="127.0.0.1", port=free_port(), data_dir=tmp_path / "mosquitto" / "data",
+        devices=list(logins.values()), coordinators=[COORD]))
+    mosquitto.start()
+    monkeypatch.setenv("EDGEBUS_BROKER_PASSWORD", COORD.password)  # `edge-bus bft status`, the operator's
+    path = pbft_groups.make_group(tmp_path, pbft_groups.REPLICAS, (proposer,))
+    group = pbft_groups.Group(mosquitto, tmp_path, path, {}, logins)
+    results: list[dict[str, object]] = []
+    try:
+        for r in pbft_groups.REPLICAS:
+            group.start(r)
+        group.wait_up(capsys)  # the operator (a coordinator user) reads every replica's status
+        client = group.client(proposer)
+        try:
+            for i in range(3):
+                op = json.dumps({"key": f"k{i}", "value": "v"}).encode()
+                results.append(json.loads(client.submit(op, pbft_groups.DEADLINE)))
+        finally:
+            client.stop()
+    finally:
+        group.stop_all()
+        mosquitto.stop()
+    assert [r["index"] for r in results] == [1, 2, 3]

@@ -74,6 +74,30 @@ def bodies_of(seeds: list[bytes]) -> list[bytes]:
     return [bytes(codec.unwrap(s)) for s in seeds]
 
 
+@st.composite
+def pbft_edited(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
+    """A seed PBFT frame with one field of its (first) signed body replaced; the signature stays as it was."""
+    frame: Any = msgpack.unpackb(draw(st.sampled_from(seeds)), raw=False)
+    signed = frame[2] if frame[1] in ("s", "ev") else frame[2][0]
+    signed = signed[0] if frame[1] == "ev" else signed
+    body = msgpack.unpackb(signed[0], raw=False)
+    body[draw(st.integers(1, max(len(body) - 1, 1)))] = draw(values)
+    signed[0] = msgpack.packb(body, use_bin_type=True)
+    return bytes(msgpack.packb(frame, use_bin_type=True))
+
+
+def pbft_frames() -> st.SearchStrategy[bytes]:
+    seeds = SEEDS["pbft_wire"]
+    return st.binary(max_size=1024) | mutated(seeds) | pbft_edited(seeds) | edited_bodies(seeds)
+
+
+def pbft_sequences() -> st.SearchStrategy[bytes]:
+    """``pbft_replica``'s layout (tests/fuzz_pbft.py): a mode byte, then ticks, length and frame, repeated."""
+    frames = st.lists(st.tuples(st.integers(0, 3), pbft_frames()), max_size=6)
+    return st.tuples(st.integers(0, 15), frames).map(lambda t: bytes([t[0]]) + b"".join(
+        bytes([ticks]) + len(f).to_bytes(2, "big") + f for ticks, f in t[1]))
+
+
 INPUTS: dict[str, st.SearchStrategy[bytes]] = {
     "envelope": st.binary(max_size=2048) | mutated(SEEDS["envelope"])
     | envelope_bodies(bodies_of(SEEDS["envelope"])) | values.map(lambda v: EnvelopeCodec().encode(v)),
@@ -91,6 +115,8 @@ INPUTS: dict[str, st.SearchStrategy[bytes]] = {
     "ingest": st.binary(max_size=1024) | mutated(SEEDS["ingest"])
     | st.tuples(st.integers(0, 255), envelope_bodies(bodies_of(SEEDS["envelope"]))).map(
         lambda t: bytes([t[0]]) + t[1]),
+    "pbft_wire": pbft_frames(),
+    "pbft_replica": pbft_sequences() | mutated(SEEDS["pbft_replica"]),
 }
 
 
@@ -135,6 +161,14 @@ def test_fuzz_audit_records() -> None:
 
 def test_fuzz_ingest() -> None:
     fuzz("ingest")
+
+
+def test_fuzz_pbft_frame_decoder() -> None:
+    fuzz("pbft_wire")
+
+
+def test_fuzz_pbft_replica_and_client_handlers() -> None:
+    fuzz("pbft_replica")
 
 
 def test_a_bomb_is_over_the_budget_without_the_decoder_limits() -> None:

@@ -88,6 +88,10 @@ def test_acl_confines_devices(tmp_path: Path) -> None:
                  "topic read homeassistant/status", "pattern write edgebus/_sys/lock/+/req/%u",
                  "pattern read edgebus/_sys/lock/+/reply/%u/#", "pattern write edgebus/_sys/tx/+/from/%u",
                  "pattern read edgebus/_sys/tx/+/to/%u",
+                 "pattern read edgebus/_sys/bft/+/to/%u", "pattern write edgebus/_sys/bft/+/status/%u",
+                 "pattern write edgebus/_sys/bft/+/deadletter/%u",
+                 "pattern write edgebus/_sys/bft/+/quarantined/%u", "topic write edgebus/_sys/bft/+/to/+",
+                 "topic write edgebus/_sys/bft/+/evidence", "topic read edgebus/_sys/bft/+/decided",
                  "user coord", "topic readwrite edgebus/#", "topic readwrite homeassistant/#"]:
         assert line in acl
     # Devices have only their own lanes in the coordination protocols (issue 17, break 1).
