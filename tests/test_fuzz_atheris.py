@@ -56,14 +56,18 @@ def executed(output: str) -> int:
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_atheris_runs_every_target_without_a_failing_input(target: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    want = RUNS_FOR.get(target, RUNS)
-    done = run_atheris(target, tmp_path, want)
+    check_atheris_run(target, tmp_path, RUNS_FOR.get(target, RUNS), capsys)
+
+
+def check_atheris_run(target: str, workdir: Path, want: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``want`` inputs of ``target``, print the count and peak RSS, and fail on any saved input."""
+    done = run_atheris(target, workdir, want)
     runs = executed(done.stderr)
     peak = re.search(r"stat::peak_rss_mb:\s*(\d+)", done.stderr)
     with capsys.disabled():
         print(f"\natheris {target}: {runs} inputs, peak RSS {peak.group(1) if peak else '?'} MB, "
               f"exit {done.returncode}")
-    crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-")))
+    crashes = sorted(p.name for p in workdir.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-")))
     assert done.returncode == 0 and not crashes, f"{crashes}\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
     assert runs >= want
 

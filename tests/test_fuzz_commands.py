@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,14 +89,6 @@ def test_every_handler_answers_hostile_args_within_budget(target: str) -> None:
 def test_atheris_reaches_the_input_count_on_every_handler(target: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("atheris")
-    from tests.test_fuzz_atheris import executed, run_atheris
+    from tests.test_fuzz_atheris import check_atheris_run
 
-    done = run_atheris(target, tmp_path, RUNS)
-    runs = executed(done.stderr)
-    peak = re.search(r"stat::peak_rss_mb:\s*(\d+)", done.stderr)
-    with capsys.disabled():
-        print(f"\natheris {target}: {runs} inputs, peak RSS {peak.group(1) if peak else '?'} MB, "
-              f"exit {done.returncode}")
-    crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-")))
-    assert done.returncode == 0 and not crashes, f"{crashes}\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
-    assert runs >= RUNS
+    check_atheris_run(target, tmp_path, RUNS, capsys)
