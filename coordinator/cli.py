@@ -229,7 +229,8 @@ def _http_config(config: CoordinatorConfig, args: argparse.Namespace) -> HttpCon
 
 
 def _start_http(http: HttpConfig, feed: LiveFeed, store: Store, bus: BusSession, ingest: Ingest,
-                processor: FleetProcessor, view: FleetView, coordination: CoordinationView) -> Any:
+                processor: FleetProcessor, view: FleetView, coordination: CoordinationView,
+                shards: DeviceShards | None = None) -> Any:
     """The API and dashboard server, started (imported here: without them no web stack is needed)."""
     try:
         from coordinator.http.app import build_app
@@ -239,7 +240,7 @@ def _start_http(http: HttpConfig, feed: LiveFeed, store: Store, bus: BusSession,
         raise ConfigError(f"the HTTP API needs the coordinator extra ({exc}): pip install "
                           "'edgebus[coordinator]', or set [http] enabled = false") from exc
     context = ApiContext(store=store, config=http, feed=feed, session=bus, ingest=ingest, processor=processor,
-                         view=view, coordination=coordination)
+                         view=view, coordination=coordination, cluster=shards)
     server = HttpServer(build_app(context), http).start()
     print(f"dashboard: {server.url}  (API {server.url}api/v1, Prometheus {server.url}metrics)", flush=True)
     if not http.loopback:
@@ -365,7 +366,7 @@ def _start(args: argparse.Namespace) -> int:
     server = None
     try:
         if http.enabled:
-            server = _start_http(http, feed, store, bus, ingest, processor, view, coordination)
+            server = _start_http(http, feed, store, bus, ingest, processor, view, coordination, shards)
         bus.start()
         if not bus.wait_connected(bus_config.connect_timeout + 5):
             raise BusError(f"cannot reach the broker at {bus_config.host}:{bus_config.port}: "

@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -35,7 +36,7 @@ from coordinator.demo import SimulatedAgent
 from coordinator.store.plugins.sql import SqlStore
 from coordinator.store.sql_engine import normalise_url
 from protocols.sharding import assign
-from tests.brokers import MosquittoUnderTest
+from tests.brokers import MosquittoUnderTest, free_port
 from tests.test_store_support import POSTGRES_ENV, postgres_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,19 @@ class Shares:
             return set(self.devices.get(member, []))
 
 
+def api_cluster(port: int, settled: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+    """``/api/v1/cluster`` once ``settled`` holds (the members' retained shares arrive in their own time)."""
+    deadline = time.monotonic() + timeout
+    got: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            got = httpx.get(f"http://127.0.0.1:{port}/api/v1/cluster", timeout=5).json()
+            if settled(got):
+                return got
+        time.sleep(0.2)
+    raise AssertionError(f"/api/v1/cluster never showed the members' shares: {got}")
+
+
 @dataclass
 class Cluster:
     broker: MosquittoUnderTest
@@ -97,7 +111,8 @@ class Cluster:
                          password=self.broker.password, client_id=client_id, clean_start=True,
                          reconnect_min_delay=0.05, reconnect_max_delay=0.5, **extra)
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, http_port: int | None = None) -> None:
+        """Start coordinator ``name``; with ``http_port`` it also serves its API there."""
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "coordinator.toml"
@@ -107,10 +122,12 @@ class Cluster:
             f'username = "{self.broker.username}"', f'password = "{self.broker.password}"',
             f'client_id = "{name}"', "reconnect_min_delay = 0.05", "reconnect_max_delay = 0.5", "",
             "[store]", f'url = "{self.url}"', f'schema = "{self.schema}"', "",
-            "[cluster]", f'group = "{GROUP}"', "settle_s = 0.3", ""]))
+            "[cluster]", f'group = "{GROUP}"', "settle_s = 0.3", "",
+            *(["[http]", f"port = {http_port}", ""] if http_port is not None else [])]))
         with (folder / "coordinator.log").open("a") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "coordinator.cli", "start", "--config", str(config), "--no-http"],
+                [sys.executable, "-m", "coordinator.cli", "start", "--config", str(config),
+                 *(["--no-http"] if http_port is None else [])],
                 env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self, name: str) -> None:
@@ -211,7 +228,8 @@ def run_moves(c: Cluster, *, devices: int, rounds: int) -> None:
                   f"{time.monotonic() - killed_at:.2f} s")
             time.sleep(1.0)  # the devices keep publishing to their new owners (load, not synchronisation)
             newcomer = f"c{4 + n}"
-            c.start(newcomer)
+            api_port = free_port() if n == 0 else None
+            c.start(newcomer, http_port=api_port)
             members |= {newcomer}
             assert shares.wait(members, ids, 60, c), (shares, c.logs())
             taken = shares.of(newcomer)
@@ -224,6 +242,13 @@ def run_moves(c: Cluster, *, devices: int, rounds: int) -> None:
                 shown = json.loads(out.getvalue())
                 assert not shown[victim]["online"] and shown[newcomer]["online"]
                 assert set(shown[newcomer]["devices"]) == taken
+                # The same table from the newcomer's API: what it takes, and each member's share.
+                assert api_port is not None
+                expected = {m: shares.of(m) for m in members}
+                api = api_cluster(api_port, lambda got, want=expected: {
+                    m: set(got.get("table", {}).get(m, {}).get("devices", [])) for m in want} == want)
+                assert api["clustered"] and api["member"] == newcomer and set(api["owned"]) == taken
+                assert not api["table"][victim]["online"] and set(api["members"]) == members
             time.sleep(1.0)  # and to the newcomer
         for agent in agents:
             agent.stop_sampling()

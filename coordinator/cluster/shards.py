@@ -66,6 +66,9 @@ class DeviceShards:
         self._transport = PeerTransport(bus, f"{member}-cluster", presence_topic=self.presence_topic)
         self._transport.subscribe(self.topics.sys(PROTOCOL, config.group, "members") + "/+", self._on_member)
         self._transport.subscribe(self.topics.all_births(), self._on_birth)
+        self._transport.subscribe(self.topics.sys(PROTOCOL, config.group, "devices") + "/+", self._on_share)
+        #: Every member's presence and last published share, as ``edge-coordinator cluster show`` reads them.
+        self._table: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._members: dict[str, bool] = {}
         self._devices: set[str] = set()
@@ -102,7 +105,19 @@ class DeviceShards:
         name = message.topic.rsplit("/", 1)[-1]
         with self._lock:
             self._members[name] = message.payload == b"online"
+            note_member_message(self._table, message)
         self._changed.set()
+
+    def _on_share(self, message: ReceivedMessage) -> None:
+        with self._lock:
+            note_member_message(self._table, message)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This member's view for the API: group, itself, the live members, each member's published share."""
+        with self._lock:
+            table = {name: dict(entry) for name, entry in sorted(self._table.items())}
+        return {"group": self.config.group, "member": self.member, "members": list(self.members),
+                "owned": sorted(self.owned), "moves": self.moves, "table": table}
 
     def _on_birth(self, message: ReceivedMessage) -> None:
         try:
@@ -163,27 +178,28 @@ class DeviceShards:
                                 retain=True)
 
 
+def note_member_message(table: dict[str, dict[str, Any]], message: ReceivedMessage) -> None:
+    """Fold one ``members/{m}`` presence or ``devices/{m}`` share into member -> {online, devices, ...}."""
+    *_, kind, name = message.topic.split("/")
+    entry = table.setdefault(name, {"online": False, "devices": [], "members": [], "time_ms": None})
+    if kind == "members":
+        entry["online"] = message.payload == b"online"
+    elif message.payload:
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            return
+        if isinstance(body, dict):
+            entry.update({k: body.get(k) for k in ("devices", "members", "time_ms")})
+
+
 def read_cluster(bus: BusConfig, group: str, wait_s: float = 1.5) -> dict[str, dict[str, Any]]:
     """Each member's presence and last published share: member -> {online, devices, members, time_ms}."""
     topics = TopicTree(bus.root)
     session = BusSession(replace(bus, client_id=f"cluster-cli-{uuid.uuid4().hex[:8]}", clean_start=True,
                                  device=None, outbox_path=None))
     got: dict[str, dict[str, Any]] = {}
-
-    def on(message: ReceivedMessage) -> None:
-        *_, kind, name = message.topic.split("/")
-        entry = got.setdefault(name, {"online": False, "devices": [], "members": [], "time_ms": None})
-        if kind == "members":
-            entry["online"] = message.payload == b"online"
-        elif message.payload:
-            try:
-                body = json.loads(message.payload)
-            except ValueError:
-                return
-            if isinstance(body, dict):
-                entry.update({k: body.get(k) for k in ("devices", "members", "time_ms")})
-
-    session.subscribe(topics.sys_group(PROTOCOL, group), on)
+    session.subscribe(topics.sys_group(PROTOCOL, group), lambda m: note_member_message(got, m))
     session.start()
     try:
         if not session.wait_connected(bus.connect_timeout + 5) or not session.wait_subscribed(10):

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from coordinator.http import (
     anomalies,
     camera_events,
+    cluster,
     coordination,
     devices,
     export,
@@ -45,8 +46,8 @@ def build_app(context: ApiContext) -> FastAPI:
     app.state.context = context
     app.state.store_probe = health.StoreProbe()
     install_error_handlers(app)
-    for module in (fleet, devices, history, camera_events, anomalies, coordination, export, health,
-                   prometheus, websocket):
+    for module in (fleet, devices, history, camera_events, anomalies, coordination, cluster, export,
+                   health, prometheus, websocket):
         app.include_router(module.router)
     mount_dashboard(app)
     return app

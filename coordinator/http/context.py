@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from broker.session import BusSession
+from coordinator.cluster import DeviceShards
 from coordinator.coordination_view import CoordinationView
 from coordinator.fleet_view import FleetView
 from coordinator.http.config import HttpConfig
@@ -38,6 +39,7 @@ class ApiContext:
     processor: FleetProcessor | None = None
     view: FleetView | None = None
     coordination: CoordinationView | None = None
+    cluster: DeviceShards | None = None
     wall_clock_ms: Callable[[], int] = _wall_ms
     started_ms: int = field(default_factory=_wall_ms)
 
