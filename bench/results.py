@@ -76,8 +76,11 @@ def record(figure: str, value: float, unit: str, *, target: str, ok: bool, basel
 def save_curve(name: str, data: dict[str, object]) -> None:
     """Write ``data`` as ``$EDGEBUS_BENCH_CURVES/<name>.json`` when that directory is set.
 
-    Names bench/report.py plots: ``latency`` (end-to-end latency against offered load) and
-    ``coordinators`` (ingest throughput against the number of coordinators).
+    Names bench/report.py plots: ``latency`` (end-to-end latency against offered load:
+    ``{"samples_per_message": n, "curve": [{"rate": msg/s, "edgebus": {"p50", "p90", "p99", "max"},
+    "baseline": {...}}, ...]}``, from bench/ingest.py ``--latency``) and ``coordinators``
+    (ingest throughput against the number of coordinators:
+    ``{"points": [{"coordinators": n, "samples_per_s": x}, ...]}``).
     """
     folder = os.environ.get(CURVES_ENV)
     if folder:
