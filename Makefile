@@ -15,7 +15,7 @@ help:
 	@echo "make demo       run the live demo (embedded broker + simulated agents); Ctrl-C stops"
 	@echo "make test       lint, type-check, import layers and the test suite (not the slow chaos runs)"
 	@echo "make test-slow  the slow chaos and soak tests"
-	@echo "make bench      print the benchmark figures"
+	@echo "make bench      run every benchmark and write bench/REPORT.md (BENCH_ARGS=--quick: short runs)"
 	@echo "make clean      remove .venv and caches"
 
 $(VENV)/.created:
@@ -52,20 +52,9 @@ test: check
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
+# Every bench in bench/, one after the other; the figures, baselines and verdicts go to bench/REPORT.md.
 bench: $(VENV)/.installed-dev
-	$(PY) bench/codec.py
-	$(PY) bench/detect.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/agent.py
-	$(PY) bench/anomaly.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/ingest.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/coordination.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/twopc.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/ota.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/broker.py
-	$(PY) bench/balance.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/api.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/bft.py
-	PATH="$$PATH:/usr/sbin" $(PY) bench/chaos.py --baseline --quiet
+	$(PY) bench/report.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

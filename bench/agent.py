@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
+from bench.results import record  # noqa: E402
 
 MINIMAL_AGENT = textwrap.dedent("""
     import json, sys, time, psutil
@@ -94,6 +95,8 @@ batch_interval = 5.0
           "ratio: baseline used no measurable CPU")
     verdict = "PASS" if agent_cpu < 2.0 else "MISS"
     print(f"{verdict}  idle CPU {agent_cpu:.2f} % (target < 2 % of one core at a 1 s interval)")
+    record("gateway agent idle CPU", agent_cpu, "% of a core", baseline="minimal paho+psutil loop",
+           baseline_value=base_cpu, target="< 2 %", ok=agent_cpu < 2.0)
 
 
 def bench_camera(workdir: Path, port: int) -> None:

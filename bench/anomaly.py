@@ -671,6 +671,29 @@ def print_table(table: dict[str, Any], by_anomaly: bool) -> None:
         print("kernel: numba is not installed (the scoring loop runs as plain Python)")
 
 
+def record_figures(table: dict[str, Any]) -> None:
+    """bench/results.py records: each kind's precision, recall and false alerts beside the baseline."""
+    from bench.results import record
+
+    for kind, rows in table["kinds"].items():
+        new, old = rows["detector"]["overall"], rows["baseline"]["overall"]
+        p, r = new["precision"], new["recall"]
+        record(f"{kind} precision", math.nan if p is None else p, "", baseline="previous default",
+               baseline_value=old["precision"], target=f">= {TARGET_PRECISION}",
+               ok=p is not None and p >= TARGET_PRECISION)
+        record(f"{kind} recall", math.nan if r is None else r, "", baseline="previous default",
+               baseline_value=old["recall"], target=f">= {TARGET_RECALL}",
+               ok=r is not None and r >= TARGET_RECALL)
+        record(f"{kind} false alerts", new["false_per_10k"], "per 10k samples", baseline="previous default",
+               baseline_value=old["false_per_10k"], target=f"<= {TARGET_FALSE_PER_10K:g}",
+               ok=new["false_per_10k"] <= TARGET_FALSE_PER_10K)
+    kernel = table["kernel"]
+    if kernel:
+        record("anomaly kernel", kernel["detector"], "samples/s", baseline="previous default",
+               baseline_value=kernel["baseline"], target=f">= {TARGET_KERNEL_PER_S:,}",
+               ok=kernel["detector"] >= TARGET_KERNEL_PER_S)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="11,12,13",
@@ -692,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(table, indent=2))
     else:
         print_table(table, args.by_anomaly)
+    record_figures(table)
     return 0
 
 

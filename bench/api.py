@@ -48,6 +48,7 @@ import httpx  # noqa: E402
 
 from bench.ingest import make_stream, publish  # noqa: E402
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
+from bench.results import record  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from coordinator.anomaly.engine import AnomalyEngine  # noqa: E402
 from coordinator.fleet_view import FleetView  # noqa: E402
@@ -356,6 +357,12 @@ def main() -> None:
           f"(target < 100 ms, {len(delays)} of ~{expected:.0f} points)")
     print(f"{'PASS' if with_clients >= 0.9 * without else 'MISS'}  ingest with {args.clients} clients / "
           f"without {with_clients / without:.2f} (target >= 0.9)")
+    record("history query p50 over HTTP", statistics.median(api), "ms", baseline="store.samples() in Python",
+           baseline_value=statistics.median(direct), target="no slower than the store read", ok=ratio <= 1.0)
+    record("live-feed delay p99", pct(delays, 0.99) if delays else float("nan"), "ms",
+           target="< 100 ms, >= 90% of points", ok=bool(delays) and pct(delays, 0.99) < 100 and complete)
+    record(f"ingest with {args.clients} clients", with_clients, "samples/s", baseline="no clients",
+           baseline_value=without, target=">= 0.9 x no clients", ok=with_clients >= 0.9 * without)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import record, verdict
 from protocols.placement import PlannerConfig
 from protocols.placement.baselines import greedy_plan, static_plan
 from protocols.placement.scenario import Fleet, build_fleet, describe_step
@@ -113,10 +115,6 @@ def _profiles(fleet: Fleet) -> dict[str, int]:
     return counts
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def _time(ms: int | None, over: int | None) -> str:
     if over is None:
         return "no overload"
@@ -179,6 +177,17 @@ def show(table: dict[str, Any]) -> bool:
           + ("never" if slowest >= 10**12 else f"{slowest / 1000:.0f} s") + f" over {len(times)} overloads")
     print(f"{verdict(ok_checks)}  every balancer plan kept every property (hard limits, hysteresis, dwell, "
           f"budget, completeness, drains){'' if ok_checks else ': ' + json.dumps(bal['violations'])}")
+    seed = f"seed {table['seed']}: "
+    record(seed + "worst CV of utilisation after a phase", worst, "", baseline="static placement",
+           baseline_value=max(r["cv_after"] for r in table["static"]["phases"]), target=f"< {CV_TARGET}",
+           ok=ok_cv)
+    record(seed + "most budgeted moves in a window", bal["max_budgeted_in_window"], "moves",
+           baseline="greedy", baseline_value=table["greedy"]["max_budgeted_in_window"],
+           target=f"<= {cfg['move_budget']}", ok=ok_budget)
+    record(seed + "slowest overload -> balanced", math.inf if slowest >= 10**12 else slowest / 1000, "s",
+           target=f"<= {BALANCE_TARGET_MS // 1000} s", ok=ok_time)
+    record(seed + "plans breaking a planner property", len(bal["violations"]), "plans", target="0",
+           ok=ok_checks)
     ratio = handover[0] / handover[2] if handover[2] else float("nan")
     print(f"      frames dropped in hand-over: balancer {handover[0]:,.0f}, greedy {handover[2]:,.0f} "
           f"(ratio {ratio:.2f}); static drops {table['static']['frames_dropped_overload']:,.0f} by overload "

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.results import record, verdict
 from tests.brokers import MosquittoUnderTest
 from tests.placement_helpers import Fleet, make_fleet
 
@@ -169,9 +170,6 @@ def _quiet(fleet: Fleet, for_s: float, within_s: float) -> bool:
 
 
 def show_real(r: dict[str, Any]) -> bool:
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
-
     print("real processes: 3 edge-agent camera agents, 2 edge-coordinator placers, Mosquitto, a Raft group; "
           "load emulated (base + 20% CPU per camera), gw-a's base 15% -> 60% at the overload")
     print(f"{'':30}{'balancer':>20}{'static':>20}")
@@ -196,4 +194,10 @@ def show_real(r: dict[str, Any]) -> bool:
           f"while commits were applied two agents listed a camera for {r['overlap_s']:.2f} s in all")
     print(f"{verdict(ok_budget)}  at most {r['max_moves_in_60s']} moves in any 60 s (budget "
           f"{r['move_budget']}), {r['moves_after_balanced']} once balanced (no flapping)")
+    record("real fleet: overload -> balanced", r["time_to_balance_s"], "s",
+           baseline="static placement: never", target=f"<= {BALANCE_TARGET_S:.0f} s", ok=ok_time)
+    record("real fleet: double-owner observations", r["double_owner_observations"], "", target="0",
+           ok=ok_owner)
+    record("real fleet: most moves in 60 s", r["max_moves_in_60s"], "moves", target=f"<= {r['move_budget']}, "
+           "none once balanced", ok=ok_budget)
     return ok_time and ok_owner and ok_budget

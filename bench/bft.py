@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.coordination import NODES, lock_latency, pct, verdict
+from bench.coordination import NODES, lock_latency, pct
 from bench.mosquitto import start_mosquitto, stop
+from bench.results import record, verdict
 from broker.bft import BftClient, load_group, load_signer, sign_group
 from broker.bft.group import load_private_key
 from broker.bft.topics import BftTopics
@@ -289,6 +290,10 @@ def main() -> int:
           f"target < 1 s          {verdict(failover < 1)}")
     print(f"  first equivocating message -> quarantined on all 3  {quarantine * 1000:7.0f} ms        "
           f"target < 1 s          {verdict(quarantine < 1)}")
+    record("BFT decision latency p50", p50, "ms", baseline="Raft lock acquire+release p50",
+           baseline_value=r50, target="< 20 ms", ok=p50 < 20)
+    record("BFT kill -9 primary -> next commit", failover * 1000, "ms", target="< 1 s", ok=failover < 1)
+    record("BFT equivocation -> quarantined", quarantine * 1000, "ms", target="< 1 s", ok=quarantine < 1)
     return 0
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results import record, verdict  # noqa: E402
 from tests.brokers import EmbeddedUnderTest, MosquittoUnderTest, RunningBroker  # noqa: E402
 from tests.conformance.candidates import CANDIDATE_KINDS  # noqa: E402
 from tests.conformance.raw_client import PUBLISH, SUBSCRIBE, connect_packet, encode_packet  # noqa: E402
@@ -321,10 +322,6 @@ def _start(spec: str, workdir: Path) -> RunningBroker:
     return running
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def report(results: list[Figures]) -> None:
     ref = next(f for f in results if f.broker == "mosquitto")
     print(f"{'broker':<12}{'connect ms':>11}{'conn/s':>9}{'QoS0 msg/s':>12}{'QoS1 msg/s':>12}"
@@ -338,17 +335,29 @@ def report(results: list[Figures]) -> None:
             continue
         r0, r1 = f.qos0_per_s / ref.qos0_per_s, f.qos1_per_s / ref.qos1_per_s
         print(f"\n{f.broker} against mosquitto:")
-        print(f"  QoS 0 throughput {r0:5.2f} x  {_verdict(r0 >= THROUGHPUT_RATIO_TARGET)} "
+        print(f"  QoS 0 throughput {r0:5.2f} x  {verdict(r0 >= THROUGHPUT_RATIO_TARGET)} "
               f"(target >= {THROUGHPUT_RATIO_TARGET})")
-        print(f"  QoS 1 throughput {r1:5.2f} x  {_verdict(r1 >= THROUGHPUT_RATIO_TARGET)} "
+        print(f"  QoS 1 throughput {r1:5.2f} x  {verdict(r1 >= THROUGHPUT_RATIO_TARGET)} "
               f"(target >= {THROUGHPUT_RATIO_TARGET})")
         print(f"  QoS 1 p99 {f.p99_ms:6.2f} ms ({f.p99_ms / ref.p99_ms:5.1f} x)  "
-              f"{_verdict(f.p99_ms < P99_TARGET_MS)} (target < {P99_TARGET_MS:g} ms)")
+              f"{verdict(f.p99_ms < P99_TARGET_MS)} (target < {P99_TARGET_MS:g} ms)")
         print(f"  connect {f.connect_ms:6.2f} ms ({f.connect_ms / ref.connect_ms:5.1f} x)  "
-              f"{_verdict(f.connect_ms < CONNECT_TARGET_MS)} (target < {CONNECT_TARGET_MS:g} ms)")
+              f"{verdict(f.connect_ms < CONNECT_TARGET_MS)} (target < {CONNECT_TARGET_MS:g} ms)")
         # QoS 0 may be dropped under load (at most once); QoS 1 never.
-        print(f"  QoS 1 messages lost: {f.lost_qos1}  {_verdict(f.lost_qos1 == 0)}"
+        print(f"  QoS 1 messages lost: {f.lost_qos1}  {verdict(f.lost_qos1 == 0)}"
               f"  (QoS 0 dropped: {f.lost_qos0})")
+        name = f"{f.broker} broker"
+        record(f"{name} QoS 0 throughput", f.qos0_per_s, "msg/s", baseline="mosquitto",
+               baseline_value=ref.qos0_per_s, target=f">= {THROUGHPUT_RATIO_TARGET} x mosquitto",
+               ok=r0 >= THROUGHPUT_RATIO_TARGET)
+        record(f"{name} QoS 1 throughput", f.qos1_per_s, "msg/s", baseline="mosquitto",
+               baseline_value=ref.qos1_per_s, target=f">= {THROUGHPUT_RATIO_TARGET} x mosquitto",
+               ok=r1 >= THROUGHPUT_RATIO_TARGET)
+        record(f"{name} QoS 1 p99 at {LATENCY_RATE:,} msg/s", f.p99_ms, "ms", baseline="mosquitto",
+               baseline_value=ref.p99_ms, target=f"< {P99_TARGET_MS:g} ms", ok=f.p99_ms < P99_TARGET_MS)
+        record(f"{name} connect", f.connect_ms, "ms", baseline="mosquitto", baseline_value=ref.connect_ms,
+               target=f"< {CONNECT_TARGET_MS:g} ms", ok=f.connect_ms < CONNECT_TARGET_MS)
+        record(f"{name} QoS 1 messages lost", f.lost_qos1, "messages", target="0", ok=f.lost_qos1 == 0)
 
 
 def main() -> None:

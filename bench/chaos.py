@@ -59,6 +59,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results import record  # noqa: E402
 from broker.credentials import Credentials, generate_password  # noqa: E402
 from broker.mosquitto_config import MosquittoSite  # noqa: E402
 from coordinator.store.base import open_store  # noqa: E402
@@ -431,6 +432,12 @@ def main() -> int:
     main_result = run(args.agents, args.seed, acks=True, log=log)
     report(main_result)
     results.append(main_result)
+    base = results[0] if args.baseline else None
+    record(f"chaos ({main_result.mode}): lost-uncounted + duplicated",
+           main_result.lost_uncounted + main_result.duplicated, "samples",
+           baseline="" if base is None else base.mode,
+           baseline_value=None if base is None else base.lost_uncounted + base.duplicated,
+           target="0 lost-uncounted, 0 duplicated", ok=main_result.passed)
     if args.json is not None:
         args.json.write_text(json.dumps([{**asdict(r), "passed": r.passed, "exactly_once": r.exactly_once}
                                          for r in results], indent=1))

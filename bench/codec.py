@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import msgpack
 
+from bench.results import record
 from schemas.dictionaries.train import GATEWAY_METRICS, SyntheticFleet
 from schemas.messages import (
     DetectionsBatch,
@@ -135,6 +136,10 @@ def main() -> int:
           f"{TARGET_REDUCTION:.0%})")
     print(f"{'PASS' if speed_ok else 'MISS'}  speed at 60 samples: encode+decode "
           f"{typical['env_us']:.2f} µs per sample (target <= {TARGET_US_PER_SAMPLE:.0f} µs)")
+    record("envelope size at 60 samples", typical["env_b"], "B/sample", baseline="compact JSON",
+           baseline_value=typical["json_b"], target=f"<= {1 - TARGET_REDUCTION:.0%} of JSON", ok=size_ok)
+    record("encode+decode at 60 samples", typical["env_us"], "µs/sample", baseline="json dumps+loads",
+           baseline_value=typical["json_us"], target=f"<= {TARGET_US_PER_SAMPLE:.0f} µs", ok=speed_ok)
     slowest = max(results, key=lambda r: r["env_us"])
     if slowest["env_us"] > TARGET_US_PER_SAMPLE:
         print(f"note  {slowest['case']}: {slowest['env_us']:.2f} µs per sample (fixed per-message "

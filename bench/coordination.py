@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mosquitto import start_mosquitto, stop
+from bench.results import record, verdict
 from broker.coordination import LockClient, RaftClient
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.session import BusConfig, BusSession
@@ -126,10 +127,6 @@ def failover(cluster: LocalCluster, watcher: GroupWatcher, client: RaftClient) -
     return (elected[0] if elected else float("nan")), acked
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -175,6 +172,10 @@ def main() -> int:
           f"target < 500 ms        {verdict(elected < 0.5)}")
     print(f"                                 first acked append    {acked * 1000:7.0f} ms        "
           f"(client retry every 20 ms)")
+    record("Raft lock acquire+release p50", p50, "ms", baseline="raw MQTT request/reply p50",
+           baseline_value=b50, target="< 5 ms", ok=p50 < 5)
+    record("Raft lock operations/s", ops, "ops/s", target=">= 1,000/s", ok=ops >= 1000)
+    record("Raft leader failover after kill -9", elected * 1000, "ms", target="< 500 ms", ok=elected < 0.5)
     return 0
 
 

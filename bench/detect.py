@@ -26,6 +26,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agents.detectors.base import Frame, create_detector  # noqa: E402
+from bench.results import record  # noqa: E402
 
 PHOTO = REPO / "tests" / "data" / "photos" / "cameraman.jpg"
 
@@ -54,6 +55,9 @@ def report(name: str, detect: tuple[float, float], run: tuple[float, float], fou
           f"{run[0]:.2f} ms median {run[1]:.2f} ms (baseline; detect/run {ratio:.2f}x) | pre+post overhead "
           f"best {detect[0] - run[0]:.2f} ms median {overhead:.2f} ms (target < {OVERHEAD_TARGET_MS:g} ms: "
           f"{verdict}) | {found} detection(s)")
+    record(f"{name} detect median", detect[1], "ms/frame", baseline="onnxruntime run alone",
+           baseline_value=run[1], target=f"overhead < {OVERHEAD_TARGET_MS:g} ms",
+           ok=overhead < OVERHEAD_TARGET_MS)
 
 
 def main() -> None:

@@ -26,12 +26,24 @@ per sample (beside the wire's), and whether every sample arrived exactly once
 (sequence accounting: missing and duplicates must be 0).
 Targets: >= 100,000 samples/s with zero loss at QoS 1, and >= half the
 mosquitto_sub message rate.
+
+``--latency 250,500,1000,2000`` measures end-to-end latency against offered
+load instead: a paced publisher sends messages of 10 samples at each rate for
+``--latency-seconds``; the latency of a message is from its publish call to
+the moment the coordinator's store committed it (decoded, scored, stored:
+the store's ``write_batches`` returned), both clocks CLOCK_MONOTONIC. The
+baseline at each rate is a minimal paho subscriber's publish-to-delivery time
+in the same run. Target (issue 18): p99 under 10 ms at 1,000 messages/s.
+The coordinator's ingest gathers messages for up to its batch window (0.2 s
+by default) before it decodes them, which bounds latency from below under
+steady load; ``--batch-wait`` runs the sweep with another window.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -46,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
+from bench.results import record, save_curve  # noqa: E402
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from coordinator.ingest import Ingest, IngestBatch  # noqa: E402
@@ -77,6 +90,42 @@ PUBLISHER = textwrap.dedent("""
     c.loop_stop()
     c.disconnect()
 """)
+
+
+PACED_PUBLISHER = textwrap.dedent("""
+    import json, sys, time
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    port, path, rate = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    data = open(path, "rb").read()
+    messages, pos = [], 0
+    while pos < len(data):
+        tlen = int.from_bytes(data[pos:pos + 2], "big"); plen = int.from_bytes(data[pos + 2:pos + 6], "big")
+        pos += 6
+        messages.append((data[pos:pos + tlen].decode(), data[pos + tlen:pos + tlen + plen]))
+        pos += tlen + plen
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-paced-pub")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    sent, infos = [], []
+    start = time.monotonic()
+    for k, (t, p) in enumerate(messages):
+        pause = start + k / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        sent.append(time.monotonic_ns())
+        infos.append(c.publish(t, p, qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    c.loop_stop()
+    c.disconnect()
+    print(json.dumps(sent))
+""")
+LATENCY_SAMPLES = 10  # samples per message in the latency sweep (an agent's batch of a few metrics)
+LATENCY_TARGET_RATE = 1_000
+LATENCY_TARGET_MS = 10.0
 
 
 def make_stream(path: Path, devices: int, batches: int, samples: int) -> int:
@@ -250,6 +299,139 @@ def edgebus(port: int, stream: Path, total_samples: int, workdir: Path,
     return counter.samples / (end - counter.first), ingest, size
 
 
+def paced_publish(port: int, stream: Path, rate: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", PACED_PUBLISHER, str(port), str(stream), str(rate)],
+                            stdout=subprocess.PIPE)
+
+
+def sent_times(pub: subprocess.Popen[bytes]) -> list[int]:
+    out, _ = pub.communicate(timeout=300)
+    times: list[int] = json.loads(out.decode().strip().splitlines()[-1])
+    return times
+
+
+def latency_baseline(port: int, stream: Path, rate: float, messages: int) -> list[float]:
+    """Publish-to-delivery milliseconds per message at a minimal paho subscriber (the Python ceiling)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    received: list[int] = []
+    done, subscribed = threading.Event(), threading.Event()
+
+    def on_message(client: object, userdata: object, msg: object) -> None:
+        received.append(time.monotonic_ns())
+        if len(received) >= messages:
+            done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency-baseline")
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    sub.subscribe("edgebus/+/metrics", qos=1)
+    subscribed.wait(10)
+    sent = sent_times(paced_publish(port, stream, rate))
+    done.wait(60)
+    sub.loop_stop()
+    sub.disconnect()
+    if len(received) != messages:
+        raise SystemExit(f"baseline subscriber received {len(received)} of {messages} messages")
+    return [(r - s) / 1e6 for s, r in zip(sent, received, strict=True)]
+
+
+def latency_edgebus(port: int, stream: Path, rate: float, messages: int, workdir: Path,
+                    batch_wait: float | None = None) -> list[float]:
+    """Publish-to-stored milliseconds per message through the coordinator's full path (score + store).
+
+    Messages come from one publisher through one subscription, so they are stored in the order they were
+    published: the store's n-th committed sample belongs to message n // LATENCY_SAMPLES.
+    """
+    from coordinator.anomaly.engine import AnomalyEngine
+    from coordinator.processor import FleetProcessor
+    from coordinator.store.base import open_store
+    from coordinator.store.records import WriteBatch, WriteResult
+
+    bus = BusSession(BusConfig(port=port, client_id="bench-latency-coordinator", clean_start=True,
+                               protocol="3.1.1"))
+    limits = IngestLimits(device_messages_per_s=1e9, device_samples_per_s=1e11)
+    ingest = (Ingest(bus, limits=limits) if batch_wait is None
+              else Ingest(bus, limits=limits, batch_wait=batch_wait))
+    data_dir = workdir / f"latency-{rate:g}"
+    data_dir.mkdir()
+    store = open_store({}, data_dir=data_dir)
+    commits: list[tuple[int, int]] = []  # (time the write returned, samples stored so far)
+    write_batches = store.write_batches
+    stored = [0]
+
+    def timed_write(batches: list[WriteBatch]) -> list[WriteResult]:
+        results = write_batches(batches)
+        stored[0] += sum(r.samples_new for r in results)
+        commits.append((time.monotonic_ns(), stored[0]))
+        return results
+
+    store.write_batches = timed_write  # type: ignore[method-assign]
+    processor = FleetProcessor(bus, ingest, store, AnomalyEngine(), data_dir=data_dir,
+                               checkpoint_interval=1e9)
+    ingest.sinks.append(processor)
+    ingest.start()
+    bus.start()
+    bus.wait_subscribed(10)
+    sent = sent_times(paced_publish(port, stream, rate))
+    ingest.drain(120)
+    bus.stop(flush_timeout=0)
+    ingest.stop()
+    store.close()
+    if stored[0] != messages * LATENCY_SAMPLES:
+        raise SystemExit(f"stored {stored[0]} of {messages * LATENCY_SAMPLES} samples")
+    delays, c = [], 0
+    for n, t in enumerate(sent):
+        while commits[c][1] < (n + 1) * LATENCY_SAMPLES:
+            c += 1
+        delays.append((commits[c][0] - t) / 1e6)
+    return delays
+
+
+def latency_sweep(rates: list[float], seconds: float, batch_wait: float | None) -> None:
+    def pcts(xs: list[float]) -> dict[str, float]:
+        xs = sorted(xs)
+        return {f"p{p}": xs[min(len(xs) - 1, int(p / 100 * len(xs)))] for p in (50, 90, 99)} | {"max": xs[-1]}
+
+    if LATENCY_TARGET_RATE not in rates:
+        rates = sorted([*rates, LATENCY_TARGET_RATE])
+    curve = []
+    print(f"end-to-end latency (publish -> scored and stored in SQLite), {LATENCY_SAMPLES} samples/message, "
+          f"{seconds:g} s per rate, QoS 1, ingest batch window "
+          f"{'default' if batch_wait is None else f'{batch_wait:g} s'}, cpus={os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"{'msg/s':>7} | {'edgebus p50':>11} {'p90':>7} {'p99':>7} {'max':>7} | "
+          f"{'paho p50':>8} {'p90':>7} {'p99':>7} {'max':>7}  (ms)")
+    for rate in rates:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            stream = workdir / "stream.bin"
+            devices = 20
+            messages = make_stream(stream, devices, max(1, round(rate * seconds / devices)), LATENCY_SAMPLES)
+            broker, port = start_mosquitto(workdir)
+            try:
+                base = pcts(latency_baseline(port, stream, rate, messages))
+                edge = pcts(latency_edgebus(port, stream, rate, messages, workdir, batch_wait))
+            finally:
+                stop(broker)
+        curve.append({"rate": rate, "messages": messages, "edgebus": edge, "baseline": base})
+        print(f"{rate:7.0f} | {edge['p50']:11.2f} {edge['p90']:7.2f} {edge['p99']:7.2f} {edge['max']:7.2f} | "
+              f"{base['p50']:8.2f} {base['p90']:7.2f} {base['p99']:7.2f} {base['max']:7.2f}", flush=True)
+    at = next(c for c in curve if c["rate"] == LATENCY_TARGET_RATE)
+    p99 = at["edgebus"]["p99"]
+    ok = p99 < LATENCY_TARGET_MS
+    print(f"{'PASS' if ok else 'MISS'}  end-to-end p99 {p99:.2f} ms at {LATENCY_TARGET_RATE:,} messages/s "
+          f"(target < {LATENCY_TARGET_MS:g} ms)")
+    record(f"end-to-end latency p99 at {LATENCY_TARGET_RATE:,} msg/s", p99, "ms",
+           baseline="minimal paho subscriber p99", baseline_value=at["baseline"]["p99"],
+           target=f"< {LATENCY_TARGET_MS:g} ms", ok=ok)
+    save_curve("latency", {"samples_per_message": LATENCY_SAMPLES, "seconds": seconds,
+                           "batch_wait": batch_wait, "curve": curve})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=50)
@@ -262,7 +444,15 @@ def main() -> None:
                       help="also feed the live view, as edge-coordinator does (a row object per sample)")
     parser.add_argument("--client", choices=("paho", "gmqtt", "gmqtt-optimistic"), default="paho",
                         help="the MQTT client that receives the stream (default: the session's paho)")
+    parser.add_argument("--latency", metavar="RATES",
+                        help="measure end-to-end latency at these messages/s (e.g. 250,500,1000,2000)")
+    parser.add_argument("--batch-wait", type=float, default=None,
+                        help="the latency sweep's ingest batch window in s (default: Ingest's own)")
+    parser.add_argument("--latency-seconds", type=float, default=5.0, help="publishing time per rate")
     args = parser.parse_args()
+    if args.latency:
+        latency_sweep([float(r) for r in args.latency.split(",")], args.latency_seconds, args.batch_wait)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         stream = workdir / "stream.bin"
@@ -299,6 +489,11 @@ def main() -> None:
     print(f"{'PASS' if ok_rate else 'MISS'}  {rate:.0f} samples/s (target >= 100,000)")
     print(f"{'PASS' if ok_ratio else 'MISS'}  ratio {rate / (sub_rate * args.samples):.2f} (target >= 0.5)")
     print(f"{'PASS' if ok_loss else 'MISS'}  zero loss at QoS 1")
+    record("ingest samples/s", rate, "samples/s", baseline="mosquitto_sub",
+           baseline_value=sub_rate * args.samples, target=">= 100,000 and >= 0.5 x mosquitto_sub",
+           ok=ok_rate and ok_ratio)
+    record("ingest samples missing or duplicated", missing + stats.duplicates, "samples",
+           target="0 at QoS 1", ok=ok_loss)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.mosquitto import start_mosquitto, stop  # noqa: E402
+from bench.results import record  # noqa: E402
 from broker.router import ReceivedMessage  # noqa: E402
 from broker.session import BusConfig, BusSession  # noqa: E402
 from firmware_tools.agent_config import BrokerTarget  # noqa: E402
@@ -237,6 +238,7 @@ def main() -> int:
             print(f"baseline (raw paho QoS 1, {chunk // 1024} KiB messages): {base_s:.2f} s "
                   f"({m.size / 1e6 / base_s:.1f} MB/s)")
             results = {}
+            times_by_label: dict[str, float] = {}
             for label, kill in (("clean", None), ("interrupted", args.kill_at)):
                 report, times, systemd = run_update(work, f"bench-{label}", port, artifact, keys,
                                                     args.health_window, kill)
@@ -245,7 +247,7 @@ def main() -> int:
                 sent = report.bytes_sent.get(device, 0)
                 resent = report.resent_chunks.get(device, 0)
                 results[label] = (outcome, sent, resent)
-                transfer_s = times["transfer_s"]
+                transfer_s = times_by_label[label] = times["transfer_s"]
                 print(f"{label}: {outcome}; transfer {transfer_s:.2f} s "
                       f"({m.size / 1e6 / transfer_s:.1f} MB/s, {transfer_s / base_s:.1f}x the "
                       f"baseline's time), whole update {times['update_s']:.2f} s; sent {sent / 1e6:.2f} MB = "
@@ -259,6 +261,11 @@ def main() -> int:
             verdict = "PASS" if outcome == "committed" and share < TARGET_RESENT else "MISS"
             print(f"{verdict}: after a mid-transfer kill the server re-sent {share:.2%} of the artifact's "
                   f"bytes ({resent} distinct chunks; target under {TARGET_RESENT:.0%})")
+            record("OTA re-sent after a mid-transfer kill", share * 100, "% of the artifact",
+                   target=f"< {TARGET_RESENT:.0%}, committed", ok=verdict == "PASS")
+            record("OTA clean transfer time", times_by_label["clean"], "s", baseline="raw paho QoS 1 push",
+                   baseline_value=base_s,
+                   target="committed (no time target)", ok=results["clean"][0] == "committed")
             return 0 if verdict == "PASS" else 1
         finally:
             stop(broker)

@@ -73,6 +73,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mosquitto import start_mosquitto, stop
+from bench.results import record, verdict
 from broker.coordination.local_cluster import GroupWatcher, LocalCluster
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
@@ -554,10 +555,6 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run (fewer samples, shorter load)")
@@ -665,6 +662,12 @@ def main() -> int:
           f"p50 {pct(to_applied, 0.5):6.0f} ms  max {max(to_applied):6.0f} ms")
     print(f"                                -> new leader on the bus                      "
           f"p50 {pct(to_leader, 0.5):6.0f} ms  max {max(to_leader):6.0f} ms")
+    record("2PC commit latency p50", p50, "ms", baseline="ask 5 participants once p50", baseline_value=b50,
+           target=f"< {LATENCY_TARGET_MS:g} ms", ok=p50 < LATENCY_TARGET_MS)
+    record(f"2PC committed transactions/s, {args.clients} clients", rate, "tx/s", baseline="asks/s",
+           baseline_value=base_rate, target=f">= {THROUGHPUT_TARGET:g}/s", ok=rate >= THROUGHPUT_TARGET)
+    record("2PC leader kill -9 -> client decision (max)", max(to_client), "ms",
+           target=f"< {FAILOVER_TARGET_MS:g} ms", ok=max(to_client) < FAILOVER_TARGET_MS)
     if steps:
         print("  where a commit's time goes (one client, seen on the bus; ms, p50 / p99):")
         for name, xs in steps.items():
