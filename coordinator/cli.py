@@ -348,6 +348,7 @@ def _start(args: argparse.Namespace) -> int:
     shards: DeviceShards | None = None
     if config.cluster is not None:
         member = config.cluster.member or bus_config.resolved_client_id()
+        processor.cluster_member = member
         shards = DeviceShards(bus_config, config.cluster, member, take=processor.take_devices,
                               release=processor.release_devices)
         print(f"cluster {config.cluster.group}: member {member}; devices are taken as the members agree")

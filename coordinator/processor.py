@@ -106,6 +106,8 @@ class FleetProcessor:
         self._writer: threading.Thread | None = None
         #: Publishes what is stored to each device after the commit (``stored_acks=False``: nothing).
         self.acks = StoredAckPublisher(session) if stored_acks else None
+        #: This coordinator's ``[cluster]`` member name: the owner recorded with the detector states it keeps.
+        self.cluster_member = ""
 
     def restore(self) -> None:
         """Load the anomaly checkpoint and the stored sequence accounting, if any."""
@@ -127,25 +129,47 @@ class FleetProcessor:
         logger.info("sequence accounting restored for %d streams", len(states))
 
     def take_devices(self, devices: set[str]) -> None:
-        """Start taking these devices (sharded): their stored accounting, then their streams.
+        """Start taking these devices (sharded): their stored accounting and detectors, then their streams.
 
         The accounting comes from the store (where their previous owner
         committed it with their samples), so repeats are still told apart and
         the first acknowledgement covers what the previous owner stored. The
-        anomaly detectors start afresh: their state lives in each
-        coordinator's own checkpoint file, not in the store.
+        anomaly detectors come from the store too (``detector_states``: kept by
+        the previous owner when it released the device, and at each of its
+        checkpoints), so they go on instead of warming up again; a device with
+        none kept starts afresh.
         """
         states = {k: v for k, v in self.store.load_sequence_state().items() if k.partition("/")[0] in devices}
+        try:
+            kept = self.store.load_detector_states(sorted(devices))
+        except StoreError as exc:
+            logger.warning("detector states of %d devices not read (%s): they start afresh",
+                           len(devices), exc)
+            kept = {}
+        with self.engine_lock:
+            restored = self.engine.restore_devices(kept)
+        if kept:
+            logger.info("took %d devices: %d anomaly detectors of %d go on from the store", len(devices),
+                        restored, len(kept))
         if self.acks is not None:
             self.acks.adopt(states)
         self.ingest.take_devices(devices, states)
 
     def release_devices(self, devices: set[str]) -> None:
-        """Stop taking these devices (another coordinator owns them): their streams, accounting, detectors."""
+        """Stop taking these devices (another coordinator owns them): their streams and accounting; their
+        detectors are kept in the store for the next owner, then forgotten here."""
         self.ingest.drop_devices(devices)
         with self.engine_lock:
+            blobs = self.engine.checkpoint_devices(devices)
             for device in devices:
                 self.engine.forget(device)
+        self._keep_detector_states(blobs)
+
+    def _keep_detector_states(self, blobs: dict[str, bytes]) -> None:
+        try:
+            self.store.save_detector_states(blobs, self.cluster_member, time.time_ns() // 1_000_000)
+        except StoreError as exc:  # the next owner's detectors then start afresh: not worth stopping for
+            logger.warning("detector states of %d devices not kept (%s)", len(blobs), exc)
 
     def __call__(self, batch: IngestBatch) -> None:
         runs = batch.metric_runs
@@ -349,8 +373,13 @@ class FleetProcessor:
         self._last_checkpoint = self._clock()
         self.flush()
         tmp = self.checkpoint_path.with_suffix(".tmp")
+        owned = self.ingest.owned()
         with self.engine_lock:
             data = self.engine.checkpoint()
+            # Sharded: also each owned device's detectors, for whoever takes it if this process dies.
+            blobs = self.engine.checkpoint_devices(owned) if owned else {}
+        if blobs:
+            self._keep_detector_states(blobs)
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()

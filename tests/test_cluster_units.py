@@ -9,11 +9,16 @@ import pytest
 
 from broker.router import ReceivedMessage
 from broker.session import BusConfig, BusSession
+from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.config import CoordinatorConfig
 from coordinator.ingest import Ingest, IngestBatch
+from coordinator.processor import FleetProcessor
 from schemas.errors import ConfigError
 from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.sequence import DeviceSequence
+from tests.test_store_support import StoreFactory, backend, open_backend
+
+__all__ = ["backend", "open_backend"]  # the store fixtures, used by name
 
 BROKER = {"host": "127.0.0.1", "port": 1883, "client_id": "c1"}
 
@@ -87,3 +92,45 @@ def test_a_sharded_ingest_takes_only_its_devices_and_continues_their_accounting(
         assert got.seqs("gw-1") == [10, 11] and ingest.stats().not_owned == 2
     finally:
         ingest.stop()
+
+
+def test_a_moved_device_takes_its_anomaly_detectors_along_through_the_store(
+        tmp_path: Path, open_backend: StoreFactory) -> None:
+    """Released (a graceful move) or checkpointed (before a kill -9): the next owner's detectors go on."""
+    store = open_backend()
+
+    def member(name: str) -> tuple[Ingest, FleetProcessor]:
+        session = BusSession(BusConfig(client_id=name, outbox_path=tmp_path / f"{name}.db"))
+        ingest = Ingest(session, [], batch_wait=0.01, sharded=True)
+        processor = FleetProcessor(session, ingest, store, AnomalyEngine(), data_dir=tmp_path / name,
+                                   pipeline=False, stored_acks=False)
+        (tmp_path / name).mkdir()
+        processor.cluster_member = name
+        ingest.sinks.append(processor)
+        ingest.start()
+        return ingest, processor
+
+    (ingest_a, a), (ingest_b, b), (ingest_c, c) = member("c1"), member("c2"), member("c3")
+    try:
+        a.take_devices({"gw-1"})
+        for first in range(0, 300, 50):
+            ingest_a._enqueue(metrics("gw-1", first, 50))
+        assert ingest_a.drain(10)
+        seen = a.engine.checkpoint_devices({"gw-1"})
+        assert set(seen) == {"gw-1"}
+
+        a.checkpoint()  # what a member keeps at each checkpoint: enough if it is then killed
+        c.take_devices({"gw-1"})
+        assert c.engine.checkpoint_devices({"gw-1"}) == seen
+
+        a.release_devices({"gw-1"})  # a graceful move: kept, then forgotten here
+        assert a.engine.checkpoint_devices({"gw-1"}) == {}
+        b.take_devices({"gw-1"})
+        assert b.engine.checkpoint_devices({"gw-1"}) == seen
+        assert store.load_detector_states(["gw-1", "gw-9"]).keys() == {"gw-1"}
+
+        b.take_devices({"gw-9"})  # nothing kept for it: it starts afresh
+        assert b.engine.checkpoint_devices({"gw-9"}) == {}
+    finally:
+        for ingest in (ingest_a, ingest_b, ingest_c):
+            ingest.stop()

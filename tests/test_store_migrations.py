@@ -53,7 +53,8 @@ def test_every_revision_is_shipped_inside_the_package() -> None:
     assert (versions / "0004_anomaly_acknowledgement.py").is_file()
     assert (versions / "0005_placement_decisions.py").is_file()
     assert (versions / "0007_audit_events.py").is_file()
-    assert head_revision() == "0007"
+    assert (versions / "0008_detector_states.py").is_file()
+    assert head_revision() == "0008"
 
 
 def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:

@@ -313,6 +313,43 @@ class AnomalyEngine:
         """All detector state, to be handed back to :meth:`restore` after a restart."""
         return encode_checkpoint({"streams": self._streams})
 
+    def checkpoint_devices(self, devices: Iterable[str]) -> dict[str, bytes]:
+        """Each of these devices' detectors as its own checkpoint blob (devices without detectors left out).
+
+        A device that moves to another coordinator ([cluster]) takes these along
+        through the store, so its detectors go on where they were.
+        """
+        wanted = set(devices)
+        by_device: dict[str, dict[tuple[str, str], StreamDetector]] = {}
+        for key, detector in self._streams.items():
+            if key[0] in wanted:
+                by_device.setdefault(key[0], {})[key] = detector
+        return {device: encode_checkpoint({"streams": streams}) for device, streams in by_device.items()}
+
+    def restore_devices(self, blobs: Mapping[str, bytes]) -> int:
+        """Replace these devices' detectors with their blobs (from :meth:`checkpoint_devices`); how many
+        detectors were restored. A blob that is unreadable or names another device is skipped with a
+        warning: that device's detectors then start afresh."""
+        restored = 0
+        for device, blob in blobs.items():
+            try:
+                state = decode_checkpoint(blob)
+            except CodecError as exc:  # UnsupportedVersion too
+                logger.warning("detector state of %s not restored (%s): its detectors start afresh",
+                               device, exc)
+                continue
+            streams = state.get("streams") if isinstance(state, dict) else None
+            if not isinstance(streams, dict) or not all(
+                    isinstance(k, tuple) and len(k) == 2 and k[0] == device and isinstance(d, StreamDetector)
+                    for k, d in streams.items()):
+                logger.warning("detector state of %s does not hold that device's detectors: not restored",
+                               device)
+                continue
+            self.forget(device)
+            self._streams.update(streams)
+            restored += len(streams)
+        return restored
+
     def restore(self, blob: bytes) -> None:
         """Replace detector state with a checkpoint's; CodecError/UnsupportedVersion if unreadable.
 

@@ -172,6 +172,14 @@ class Store(ABC):
     def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None: ...
 
     @abstractmethod
+    def save_detector_states(self, states: Mapping[str, bytes], owner: str, time_ms: int) -> None:
+        """Keep each device's anomaly detectors (a checkpoint blob) for the next coordinator that takes it."""
+
+    @abstractmethod
+    def load_detector_states(self, devices: Sequence[str]) -> dict[str, bytes]:
+        """The kept detector blobs of these devices (those that have one)."""
+
+    @abstractmethod
     def apply_retention(self, now_ms: int) -> RetentionResult: ...
 
     @abstractmethod

@@ -30,7 +30,7 @@ from coordinator.store.blocks import MAX_SEQ_SPAN, Block, blocks_of_rows, blocks
 from coordinator.store.records import DetectionRecord, WriteBatch, WriteResult
 from schemas.sequence import DeviceSequence
 
-__all__ = ["write_batch", "write_sequence_state"]
+__all__ = ["upsert", "write_batch", "write_sequence_state"]
 
 _BLOCK_COLUMNS = ("device", "epoch", "first_seq", "last_seq", "count", "first_ms", "last_ms", "body")
 _BLOCK_TYPES = ("text", "bigint", "bigint", "bigint", "integer", "bigint", "bigint", "bytea")
@@ -230,7 +230,7 @@ def _device_rows(batch: WriteBatch) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str,
+def upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str,
             updates: Callable[[Any], dict[str, Any]]) -> None:
     """``INSERT .. ON CONFLICT (key) DO UPDATE SET updates(excluded)`` for ``rows``.
 
@@ -252,7 +252,7 @@ def _upsert_devices(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     table = t.devices
-    _upsert(conn, table, rows, "id", lambda ex: {
+    upsert(conn, table, rows, "id", lambda ex: {
         "first_seen_ms": sa.case((ex.first_seen_ms < table.c.first_seen_ms, ex.first_seen_ms),
                                  else_=table.c.first_seen_ms),
         "last_seen_ms": sa.case((ex.last_seen_ms > table.c.last_seen_ms, ex.last_seen_ms),
@@ -271,7 +271,7 @@ def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence])
     rows = [{"stream": stream, "epoch": s.epoch, "ranges": [list(r) for r in s.ranges],
              "received": s.received, "duplicates": s.duplicates, "epochs_seen": s.epochs_seen}
             for stream, s in states.items()]
-    _upsert(conn, t.sequence_state, rows, "stream", lambda ex: {
+    upsert(conn, t.sequence_state, rows, "stream", lambda ex: {
         name: ex[name] for name in ("epoch", "ranges", "received", "duplicates", "epochs_seen")})
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
-    "anomalies", "audit_events", "births", "dead_letters", "detections", "devices", "events", "metadata",
-    "metric_blocks", "metric_rollups", "placement_decisions", "sequence_state", "store_meta",
+    "anomalies", "audit_events", "births", "dead_letters", "detections", "detector_states", "devices",
+    "events", "metadata", "metric_blocks", "metric_rollups", "placement_decisions", "sequence_state",
+    "store_meta",
 ]
 
 metadata = sa.MetaData()
@@ -182,6 +183,16 @@ placement_decisions = sa.Table(
 )
 
 # Per-stream loss/duplicate accounting (schemas.sequence.DeviceSequence), so it survives a restart.
+# A device's anomaly detectors as one checkpoint blob, kept by the coordinator that takes the
+# device ([cluster]) so the next one continues them instead of warming up again.
+detector_states = sa.Table(
+    "detector_states", metadata,
+    sa.Column("device", sa.String(128), primary_key=True),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column("time_ms", Ms, nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+)
+
 sequence_state = sa.Table(
     "sequence_state", metadata,
     sa.Column("stream", sa.String(300), primary_key=True),

@@ -49,7 +49,7 @@ from coordinator.store.records import (
 from coordinator.store.retention import apply_retention
 from coordinator.store.series import Series, series_of_blocks
 from coordinator.store.sql_engine import create_engine, normalise_url, redacted
-from coordinator.store.sql_write import write_batch, write_sequence_state
+from coordinator.store.sql_write import upsert, write_batch, write_sequence_state
 from schemas.audit import AuditRecord
 from schemas.errors import ConfigError, StoreError
 from schemas.sequence import DeviceSequence
@@ -147,6 +147,24 @@ class SqlStore(Store):
     def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None:
         with self._guard("save sequence state"), self.engine.begin() as conn:
             write_sequence_state(conn, states)
+
+    def save_detector_states(self, states: Mapping[str, bytes], owner: str, time_ms: int) -> None:
+        if not states:
+            return
+        rows = [{"device": device, "state": blob, "time_ms": time_ms, "owner": owner[:128]}
+                for device, blob in states.items()]
+        with self._guard("save detector states"), self.engine.begin() as conn:
+            upsert(conn, t.detector_states, rows, "device",
+                   lambda ex: {"state": ex.state, "time_ms": ex.time_ms, "owner": ex.owner})
+
+    def load_detector_states(self, devices: Sequence[str]) -> dict[str, bytes]:
+        d = t.detector_states
+        wanted = sorted(set(devices))
+        found: dict[str, bytes] = {}
+        for start in range(0, len(wanted), 500):  # within every backend's bound-parameter limit
+            query = sa.select(d.c.device, d.c.state).where(d.c.device.in_(wanted[start:start + 500]))
+            found.update((device, bytes(state)) for device, state in self._rows("detector states", query))
+        return found
 
     def apply_retention(self, now_ms: int) -> RetentionResult:
         with self._guard("apply retention"), self.engine.begin() as conn:

@@ -1,7 +1,7 @@
 """The audit log: security events (refused logins, ACL denials, dead letters, quarantines, revocations, OTA).
 
-Numbered 0007, revising 0005: another change adds 0006; when both are merged,
-this revision's ``down_revision`` becomes "0006" (one line) so the chain stays linear.
+Numbered 0007, revising 0005: 0006 was reserved by a parallel change that
+needed no table, so the chain goes 0005 -> 0007 -> 0008.
 
 Revision ID: 0007
 Revises: 0005
