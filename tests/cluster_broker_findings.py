@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from broker.session import BusConfig, BusSession
 from tests.cluster_broker import NatsCluster, NatsNode, find_nats_server, running_cluster
 
 WAIT = 15.0
@@ -77,6 +78,11 @@ def findings(cluster: NatsCluster) -> None:
     five.wait(lambda: five.connack is not None, 5)
     print(f"MQTT 5 connect: {five.connack}")
     five.close()
+    auto = BusSession(BusConfig(port=n1.mqtt_port, client_id="auto-probe", clean_start=True))
+    auto.start()
+    print(f"edgebus session, protocol auto: connected {auto.wait_connected(WAIT)}, "
+          f"speaks {auto.stats().protocol}")
+    auto.stop(flush_timeout=0)
 
     a, b = Client(n1, "share-a"), Client(n2, "share-b")
     print(f"$share subscribe: {a.subscribe('$share/g/t/share')}, {b.subscribe('$share/g/t/share')}")
