@@ -80,7 +80,8 @@ def save_curve(name: str, data: dict[str, object]) -> None:
     ``{"samples_per_message": n, "curve": [{"rate": msg/s, "edgebus": {"p50", "p90", "p99", "max"},
     "baseline": {...}}, ...]}``, from bench/ingest.py ``--latency``) and ``coordinators``
     (ingest throughput against the number of coordinators:
-    ``{"points": [{"coordinators": n, "samples_per_s": x}, ...]}``).
+    ``{"points": [{"coordinators": n, "samples_per_s": x}, ...]}``, optionally ``"y"`` naming what
+    samples_per_s is and a per-point ``"stored_per_s"``, from bench/cluster_scale.py).
     """
     folder = os.environ.get(CURVES_ENV)
     if folder:
