@@ -67,11 +67,9 @@ from coordinator.store.plugins.sql import DEFAULT_DB_NAME  # noqa: E402
 from schemas.messages import MetricSample, MetricsBatch, encode_record  # noqa: E402
 from schemas.topics import TopicTree  # noqa: E402
 
-PUBLISHER = textwrap.dedent("""
-    import sys, time
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    port, path = int(sys.argv[1]), sys.argv[2]
+# Both publisher scripts read the messages file (2-byte topic length, 4-byte payload length, topic,
+# payload) and connect the same way; %(client_id)s is filled in per script.
+_LOAD_AND_CONNECT = textwrap.dedent("""
     data = open(path, "rb").read()
     messages, pos = [], 0
     while pos < len(data):
@@ -79,11 +77,19 @@ PUBLISHER = textwrap.dedent("""
         pos += 6
         messages.append((data[pos:pos + tlen].decode(), data[pos + tlen:pos + tlen + plen]))
         pos += tlen + plen
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="%(client_id)s")
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
     c.connect("127.0.0.1", port)
     c.loop_start()
+""")
+
+PUBLISHER = textwrap.dedent("""
+    import sys, time
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    port, path = int(sys.argv[1]), sys.argv[2]
+""") + _LOAD_AND_CONNECT % {"client_id": "bench-pub"} + textwrap.dedent("""
     infos = [c.publish(t, p, qos=1) for t, p in messages]
     for info in infos:
         info.wait_for_publish(60)
@@ -97,18 +103,7 @@ PACED_PUBLISHER = textwrap.dedent("""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
     port, path, rate = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-    data = open(path, "rb").read()
-    messages, pos = [], 0
-    while pos < len(data):
-        tlen = int.from_bytes(data[pos:pos + 2], "big"); plen = int.from_bytes(data[pos + 2:pos + 6], "big")
-        pos += 6
-        messages.append((data[pos:pos + tlen].decode(), data[pos + tlen:pos + tlen + plen]))
-        pos += tlen + plen
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-paced-pub")
-    c.max_inflight_messages_set(1000)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+""") + _LOAD_AND_CONNECT % {"client_id": "bench-paced-pub"} + textwrap.dedent("""
     sent, infos = [], []
     start = time.monotonic()
     for k, (t, p) in enumerate(messages):
