@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from schemas.errors import CodecError, UnsupportedVersion
+from schemas.json_object import json_object
 
 __all__ = ["AUDIT_VERSION", "MAX_AUDIT_BYTES", "AuditKind", "AuditRecord"]
 
@@ -98,12 +99,7 @@ class AuditRecord:
         """A record from its JSON; CodecError for anything malformed or too large."""
         if len(data) > MAX_AUDIT_BYTES:
             raise CodecError(f"audit record of {len(data)} bytes is over {MAX_AUDIT_BYTES}")
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CodecError(f"audit record is not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise CodecError("audit record must be a JSON object")
+        doc = json_object(data, "audit record")
         if doc.get("v") != AUDIT_VERSION:
             raise UnsupportedVersion(f"audit record version {doc.get('v')!r} (this reader knows "
                                      f"{AUDIT_VERSION})")

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import CodecError, TopicError
+from schemas.json_object import json_object
 from schemas.topics import validate_name
 
 __all__ = ["HEALTH_SUFFIX", "CameraHealth", "SourceState", "camera_health_name"]
@@ -106,12 +106,7 @@ class CameraHealth:
     @classmethod
     def decode(cls, payload: bytes | str) -> CameraHealth:
         """Parse a published health state; unknown fields are ignored, bad ones are CodecError."""
-        try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CodecError(f"camera health is not JSON: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise CodecError("camera health must be a JSON object")
+        data = json_object(payload, "camera health")
         try:
             return cls(camera=data["camera"], state=data["state"], since_ms=data["since_ms"],
                        error=data.get("error", ""), source=data.get("source", ""))

@@ -33,9 +33,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from schemas.errors import CodecError, UnsupportedVersion
+from schemas.json_object import json_object
 from schemas.topics import validate_name
 
 __all__ = ["MAX_RANGES", "MAX_STREAMS", "STORED_ACK_VERSION", "METRICS_STREAM", "StoredAck", "StreamAck",
@@ -135,12 +135,7 @@ class StoredAck:
         """Read an acknowledgement; :class:`CodecError` for anything malformed."""
         if len(payload) > MAX_BYTES:
             raise CodecError(f"stored ack is {len(payload)} bytes; at most {MAX_BYTES}")
-        try:
-            body: Any = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CodecError(f"stored ack is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise CodecError("stored ack must be a JSON object")
+        body = json_object(payload, "stored ack")
         if body.get("v") != STORED_ACK_VERSION:
             raise UnsupportedVersion(f"stored ack version {body.get('v')!r}; this build reads "
                                      f"{STORED_ACK_VERSION}")

@@ -40,7 +40,6 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +47,7 @@ from agents.camera.tracker import Track
 from agents.detectors.base import Frame
 from schemas.detections import Box
 from schemas.errors import CodecError
+from schemas.json_object import json_object
 
 __all__ = ["EVENT_CONTENT_TYPE", "TrackEvent", "snapshot_jpeg"]
 
@@ -152,12 +152,7 @@ class TrackEvent:
     @classmethod
     def decode(cls, payload: bytes | str) -> TrackEvent:
         """Parse a published event; unknown fields are ignored, missing or bad ones are CodecError."""
-        try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CodecError(f"track event is not JSON: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise CodecError("track event must be a JSON object")
+        data = json_object(payload, "track event")
         try:
             snapshot = data.get("snapshot_jpeg_b64")
             box = data["box"]
