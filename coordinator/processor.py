@@ -23,7 +23,9 @@ the writer (``Ingest.drain`` and ``Ingest.stop`` call it).
 The anomaly engine's state is checkpointed to ``anomaly.ckpt`` in the data
 directory every ``checkpoint_interval`` seconds and on stop, and restored at
 start, so a restart neither forgets what normal looks like nor re-scores
-redelivered samples (the restored sequence accounting drops those).
+redelivered samples (the restored sequence accounting drops those). Sharded
+(``[cluster]``), the checkpoint is each owned device's detectors in the store
+instead, where the next member to take a device finds them.
 
 The engine is not thread-safe: every use of it goes through ``engine_lock``
 (the live view reads forecasts from another thread). Store writes from other
@@ -110,8 +112,13 @@ class FleetProcessor:
         self.cluster_member = ""
 
     def restore(self) -> None:
-        """Load the anomaly checkpoint and the stored sequence accounting, if any."""
-        if self.checkpoint_path.exists():
+        """Load the anomaly checkpoint and the stored sequence accounting, if any.
+
+        Sharded, neither comes from here: each device's accounting and detectors come from the store
+        when this member takes it (:meth:`take_devices`), so devices another member took meanwhile are
+        not carried along."""
+        owned = self.ingest.owned()
+        if owned is None and self.checkpoint_path.exists():
             try:
                 with self.engine_lock:
                     self.engine.restore(self.checkpoint_path.read_bytes())
@@ -119,7 +126,6 @@ class FleetProcessor:
             except (CodecError, UnsupportedVersion) as exc:
                 logger.warning("ignoring anomaly checkpoint %s: %s", self.checkpoint_path, exc)
         states = self.store.load_sequence_state()
-        owned = self.ingest.owned()
         if owned is not None:  # sharded: a device's accounting is loaded when it is taken (take_devices)
             states = {k: v for k, v in states.items() if k.partition("/")[0] in owned}
         announced = {d.id: d.birth_epoch for d in self.store.devices() if d.birth_epoch is not None}
@@ -372,14 +378,16 @@ class FleetProcessor:
         """
         self._last_checkpoint = self._clock()
         self.flush()
-        tmp = self.checkpoint_path.with_suffix(".tmp")
         owned = self.ingest.owned()
+        if owned is not None:  # sharded: the store is the checkpoint, for the next member to take a device
+            with self.engine_lock:
+                blobs = self.engine.checkpoint_devices(owned)
+            if blobs:
+                self._keep_detector_states(blobs)
+            return
+        tmp = self.checkpoint_path.with_suffix(".tmp")
         with self.engine_lock:
             data = self.engine.checkpoint()
-            # Sharded: also each owned device's detectors, for whoever takes it if this process dies.
-            blobs = self.engine.checkpoint_devices(owned) if owned else {}
-        if blobs:
-            self._keep_detector_states(blobs)
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()
