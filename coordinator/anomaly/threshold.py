@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SHAPED_EXCESS_SHARE", "PeaksOverThreshold", "calibrated_score", "shape_variance", "tail_reach",
-           "tail_probability"]
+__all__ = ["PeaksOverThreshold", "calibrated_score", "shape_variance", "tail_reach", "tail_probability"]
 
 #: The longest the first excess run of a settling threshold lasts (see PeaksOverThreshold.learn).
 FIRST_RUN = 20
@@ -15,14 +14,6 @@ SETTLING_FLOOR = 1.5
 _HALF_TAIL_DECADES = 4.0
 #: The quantile of the scores above which the tail's shape is measured (the body: many excesses a day).
 BODY_QUANTILE = 0.9
-#: The share of ``rate`` below which a shaped threshold's mean cluster excess never weighs a new cluster
-#: (a memory of about 100 clusters instead of 20 at the default rate). The threshold sits ``tail_reach``
-#: mean excesses beyond ``u``, and the false-alert rate falls exponentially with it: a mean excess that
-#: wanders by chance (about 22% from 20 clusters) lowers the threshold more often than it is worth, so a
-#: stream alerts on its own noise now and then. On a profile residual the scores are already on the noise's
-#: scale, so the tail's width is stable and a long memory costs no adaptation; a chart's or a burst's
-#: threshold (unshaped) keeps ``rate``.
-SHAPED_EXCESS_SHARE = 0.2
 #: The slowest the body's excess moments forget (a memory of about 200 excesses, two days at 5 min).
 BODY_RATE = 0.005
 #: The excesses the body's moments remember (an exponential average's effective sample size).
@@ -233,7 +224,7 @@ class PeaksOverThreshold:
         self.cluster_rate += 0.001 * (ended - self.cluster_rate)
         if ended:
             self.excesses += 1
-            weight = max(1.0 / self.excesses, self.rate * SHAPED_EXCESS_SHARE if self.shaped else self.rate)
+            weight = max(1.0 / self.excesses, self.rate)
             self.mean_excess += weight * (self.cluster_max - self.mean_excess)
             self.run = 0
             self.cluster_max = 0.0

@@ -66,7 +66,6 @@ from coordinator.anomaly.threshold import (
     MIN_BODY,
     SETTLING_FLOOR,
     SHAPE_DOUBT,
-    SHAPED_EXCESS_SHARE,
 )
 
 __all__ = ["AVAILABLE", "run_kernel", "step_many_kernel", "warm_up"]
@@ -160,7 +159,6 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     th_risk, th_down = floats[C_TH_RISK], floats[C_TH_DOWN]
     dr_bq, dr_floor, dr_rate = floats[C_DR_BQ], floats[C_DR_FLOOR], floats[C_DR_RATE]
     dr_risk, dr_down = floats[C_DR_RISK], floats[C_DR_DOWN]
-    th_me_rate = th_rate * SHAPED_EXCESS_SHARE  # a shaped threshold's mean excess remembers longer
     s_log_improbability = floats[C_S_LOG_IMPROBABILITY]
     s_prone, s_ratio = floats[C_S_PRONE], floats[C_S_RATIO]
     res_floor, drift_min_shift = floats[C_RES_FLOOR], floats[C_DRIFT_MIN_SHIFT]
@@ -643,8 +641,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 if ended:
                     th_exc += 1
                     x = 1.0 / th_exc
-                    y = th_me_rate if th_shaped else th_rate
-                    th_me += (y if y > x else x) * (th_cmax - th_me)
+                    th_me += (th_rate if th_rate > x else x) * (th_cmax - th_me)
                     th_run = 0
                     th_cmax = 0.0
                 th_u -= step * th_down
