@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["EpisodeGate"]
 
 #: How much noisier than usual a stream may be for its episode to close.
@@ -28,8 +30,12 @@ class EpisodeGate:
     while the level keeps moving: closing then alerts again and again along
     one ramp) and,
     unless the episode was a blip (a span of at most ``close_after``), for
-    ``min_calm`` calm samples (the time a noise scale takes to show it); or a
-    hundred times as many calm samples. ``close_span = 0`` is a fixed count.
+    ``min_calm`` consecutive samples that were settled so (the time a noise
+    scale takes to show it: a long noisy anomaly's noise, measured over that
+    memory, dips to :data:`SETTLED` now and then, and an episode closed on one
+    such dip lets the detector learn the anomaly as normal and alert when it
+    ends); or a hundred times as many calm samples. ``close_span = 0`` is a
+    fixed count.
 
     >>> gate = EpisodeGate(close_after=2)
     >>> [gate.update(b) for b in (True, True, False, True, False, False, True)]
@@ -42,7 +48,7 @@ class EpisodeGate:
     """
 
     __slots__ = ("age", "breach_run", "close_after", "close_span", "is_open", "min_calm", "normal_run",
-                 "span")
+                 "settled_run", "span")
 
     def __init__(self, close_after: int, close_span: float = 0.0, min_calm: int = 0) -> None:
         self.close_after = close_after
@@ -53,6 +59,15 @@ class EpisodeGate:
         self.breach_run = 0
         self.age = 0  # samples since the episode opened, the opening one included
         self.span = 0  # age at the latest breach
+        self.settled_run = 0  # consecutive calm samples that were settled (noise and drift), this episode
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restore a pickled gate (pickle's ``(None, slots)`` state); one from before ``settled_run`` (an
+        older build's checkpoint) counts its calm samples as settled, as that build did."""
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        if not hasattr(self, "settled_run"):
+            self.settled_run = self.normal_run
 
     def update(self, breach: bool, noise: float = 1.0, drift: float = 0.0) -> bool:
         """Record one sample (``noise``: the stream's noise scale now over its usual one, ``drift``: its
@@ -60,6 +75,7 @@ class EpisodeGate:
         sample to alert on)."""
         if breach:
             self.normal_run = 0
+            self.settled_run = 0
             self.breach_run += 1
             if not self.is_open:
                 self.is_open = True
@@ -73,8 +89,9 @@ class EpisodeGate:
             self.age += 1
             self.normal_run += 1
             needed = max(self.close_after, self.close_span * self.span)
-            settled = noise <= SETTLED and drift <= SETTLED_DRIFT and (self.span <= self.close_after
-                                                                      or self.normal_run >= self.min_calm)
+            calm = noise <= SETTLED and drift <= SETTLED_DRIFT
+            self.settled_run = self.settled_run + 1 if calm else 0
+            settled = calm and (self.span <= self.close_after or self.settled_run >= self.min_calm)
             if self.normal_run >= needed and (self.close_span == 0.0 or settled
                                               or self.normal_run >= 100.0 * needed):
                 self.is_open = False

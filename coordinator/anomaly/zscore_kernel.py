@@ -109,12 +109,13 @@ I_SH_COUNT, I_SH_NLEVELS, I_SH_MANY = 22, 23, 24
 I_B_SEEN, I_B_SIZES, I_SMOOTH_N, I_KIND = 25, 26, 27, 28
 I_LAST_INDEX, I_FIRST_INDEX = 29, 30  # sample index that set last_ms (and stuck.last) / first_ms, or -1
 I_TH_BCOUNT, I_TH_SHAPED = 31, 32  # the deviation threshold's body excesses; whether it fits a shape
-I_SIZE = 33
-K_WARMUP, K_HALF_WARMUP, K_SEASON_MS, K_PERIOD = 33, 34, 35, 36
-K_ADAPT_AFTER, K_CLOSE_AFTER, K_S_MIN = 37, 38, 39
-K_TH_SETTLE, K_DR_SETTLE, K_SERIES, K_MAX_LEVELS, K_DRIFT, K_SMOOTH, K_NBINS = 40, 41, 42, 43, 44, 45, 46
-K_MIN_CALM, K_TAIL_SHAPE = 47, 48
-Q0 = 49
+I_G_SETTLED = 33  # the episode gate's settled run
+I_SIZE = 34
+K_WARMUP, K_HALF_WARMUP, K_SEASON_MS, K_PERIOD = 34, 35, 36, 37
+K_ADAPT_AFTER, K_CLOSE_AFTER, K_S_MIN = 38, 39, 40
+K_TH_SETTLE, K_DR_SETTLE, K_SERIES, K_MAX_LEVELS, K_DRIFT, K_SMOOTH, K_NBINS = 41, 42, 43, 44, 45, 46, 47
+K_MIN_CALM, K_TAIL_SHAPE = 48, 49
+Q0 = 50
 # Event rows: (index, kind, then the numbers the alert builder or the log line needs).
 EV_STUCK, EV_VALUE, EV_LEVEL, EV_KIND = 0.0, 1.0, 2.0, 3.0
 E_INDEX, E_KIND, E_DEVIATION, E_DRIFT, E_EXPECTED, E_BASE, E_OFFSET, E_SCALE = 0, 1, 2, 3, 4, 5, 6, 7
@@ -183,7 +184,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     th_exc, th_run, th_learned = ints[I_TH_EXC], ints[I_TH_RUN], ints[I_TH_LEARNED]
     dr_exc, dr_run, dr_learned = ints[I_DR_EXC], ints[I_DR_RUN], ints[I_DR_LEARNED]
     g_open, g_normal, g_breach = ints[I_G_OPEN] != 0, ints[I_G_NORMAL], ints[I_G_BREACH]
-    g_age, g_span = ints[I_G_AGE], ints[I_G_SPAN]
+    g_age, g_span, g_settled = ints[I_G_AGE], ints[I_G_SPAN], ints[I_G_SETTLED]
     s_run, s_changes, s_runs, s_longest = ints[I_S_RUN], ints[I_S_CHANGES], ints[I_S_RUNS], ints[I_S_LONGEST]
     s_samples, stuck_open = ints[I_S_SAMPLES], ints[I_STUCK_OPEN] != 0
     sh_count, sh_nlevels, sh_many = ints[I_SH_COUNT], ints[I_SH_NLEVELS], ints[I_SH_MANY] != 0
@@ -404,6 +405,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
         opened = False
         if breach:
             g_normal = 0
+            g_settled = 0
             g_breach += 1
             if not g_open:
                 g_open = opened = True
@@ -418,8 +420,9 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
                 g_normal += 1
                 x = close_span * g_span
                 needed = x if x > close_after else close_after
-                settled = noise <= SETTLED_NOISE and moving <= SETTLED_DRIFT and (g_span <= close_after
-                                                                                 or g_normal >= min_calm)
+                calm = noise <= SETTLED_NOISE and moving <= SETTLED_DRIFT
+                g_settled = g_settled + 1 if calm else 0
+                settled = calm and (g_span <= close_after or g_settled >= min_calm)
                 if g_normal >= needed and (close_span == 0.0 or settled or g_normal >= 100.0 * needed):
                     g_open = False
         if opened and not alerted:
@@ -698,6 +701,7 @@ def step_many_kernel(times: Any, values: Any, floats: Any, ints: Any, events: An
     ints[I_B_SEEN], ints[I_B_SIZES], ints[I_SMOOTH_N], ints[I_KIND] = b_seen, b_sizes, smooth_n, kind
     ints[I_LAST_INDEX], ints[I_FIRST_INDEX] = last_index, first_index
     ints[I_TH_BCOUNT], ints[I_TH_SHAPED] = th_bc, th_shaped
+    ints[I_G_SETTLED] = g_settled
     return k
 
 
@@ -836,7 +840,7 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
                  gate.is_open, gate.normal_run, gate.breach_run, gate.age, gate.span,
                  stuck.run, stuck.changes, stuck.runs, stuck.longest, stuck.samples, det.stuck_open,
                  shape.count, nlevels, shape.many, bursts.seen, bursts.sizes, det.smooth_n, det.kind,
-                 -1, -1, th.body_count, th.shaped,
+                 -1, -1, th.body_count, th.shaped, gate.settled_run,
                  opts.warmup, opts.warmup // 2, opts.season_ms, profile.period_ms,  # K_*
                  opts.adapt_after, gate.close_after, stuck.min_samples, th.settle, dr.settle, det.series,
                  shape.max_levels, opts.drift, opts.smooth, nbins, gate.min_calm, opts.tail_shape,
@@ -883,7 +887,7 @@ def _run(det: RobustZScoreDetector, times: Sequence[int], values: Sequence[float
      g_open, gate.normal_run, gate.breach_run, gate.age, gate.span,
      stuck.run, stuck.changes, stuck.runs, stuck.longest, stuck.samples, stuck_open,
      shape.count, nlevels, many, bursts.seen, bursts.sizes, det.smooth_n, det.kind,
-     last_index, first_index, th.body_count, th_shaped) = il[:I_SIZE]
+     last_index, first_index, th.body_count, th_shaped, gate.settled_run) = il[:I_SIZE]
     gate.is_open, det.stuck_open, shape.many = bool(g_open), bool(stuck_open), bool(many)
     th.shaped = bool(th_shaped)
     if last_index >= 0:  # the caller's objects, as step keeps them (an int value stays an int)
