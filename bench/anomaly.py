@@ -43,7 +43,9 @@ default's.
 The figures to report come from held-out seeds (the default ``--seeds``),
 never from the seeds the defaults were tried on (1-3; the tail shape and its
 confidence bound on 1-8). Seeds 21-23 are a second held-out set (checked once
-per candidate, never tuned on); 31-33 were used once, for the final figures.
+per candidate, never tuned on); 31-33 were used once, for the final figures;
+41-43 once, for a change to the threshold that was not kept; 51-53 once, for
+the settled run that closes episodes. A new candidate needs a fresh set.
 
     python bench/anomaly.py [--seeds 11,12,13] [--streams 8] [--days 12] [--quick] [--river] [--json]
 """
