@@ -51,7 +51,9 @@ network thread: keep them short or hand work to a queue. The route that
   doubling up to ``subscribe_retry_max_delay`` (jittered by the session's
   random source; :mod:`broker.subscription_retry`), until the broker grants it,
   the filter is unsubscribed, the session stops, or a reconnect subscribes
-  everything afresh.
+  everything afresh. When the refused filter was the device's stored
+  acknowledgements, a late grant sends every unconfirmed row again, as a
+  reconnect does: the acknowledgements published meanwhile never came.
 """
 
 from __future__ import annotations
@@ -457,6 +459,7 @@ class BusSession:
         """
         if not self._subacks:
             return
+        acks_missed = False
         with self._subscribe_lock:
             live = {id(r) for r in self.router.routes()}  # not those unsubscribed meanwhile
             while self._subacks:
@@ -477,6 +480,8 @@ class BusSession:
                     if before:
                         logger.info("broker granted the subscription to %s after %d refusals",
                                     topic_filter, before)
+                        acks_missed = acks_missed or (self.config.device is not None and topic_filter
+                                                      == self.topics.stored_ack(self.config.device))
                 elif current:
                     retry = self._refused_subs.refused(topic_filter, now=time.monotonic(),
                                                        draw=self._rng.random())
@@ -486,6 +491,26 @@ class BusSession:
                 else:
                     logger.error("broker refused the subscription to %s: %s", topic_filter, refusal)
             self._note_refused_subscriptions()
+        if acks_missed:
+            self._resend_all_unconfirmed()
+
+    def _resend_all_unconfirmed(self) -> None:
+        """Send every delivered, unconfirmed row again, as after a reconnect.
+
+        The stored acknowledgements published while their subscription was refused
+        never came, and the retained one a late grant brings may be stale, so what
+        they would have released is sent again for the coordinator to confirm.
+        """
+        with self._pump_lock:
+            rows = list(self._delivered_at)
+            self._delivered_at.clear()
+            for row_id in rows:
+                self._timed_resends.pop(row_id, None)
+            self._resend.extend(rows)
+        if rows:
+            logger.info("%d delivered messages unconfirmed while the stored acknowledgements were "
+                        "refused; sending them again", len(rows))
+            self._pump()
 
     def _retry_refused_subscriptions(self, conn: _Connection) -> None:
         """SUBSCRIBE again each refused filter whose back-off is over (network thread)."""

@@ -26,7 +26,10 @@ import pytest
 from broker.router import Route
 from broker.session import BusConfig, BusSession
 from broker.subscription_retry import RefusedSubscriptions
+from broker.telemetry import MetricsPublisher
 from schemas.errors import ConfigError, SubscriptionRefused
+from schemas.messages import MetricSample
+from schemas.stored_ack import StoredAck, StreamAck
 from tests.brokers import (
     _LIVE,
     READY_TIMEOUT,
@@ -112,16 +115,18 @@ def _dynsec_plugin() -> str:
 
 
 def _dynsec_config() -> dict[str, object]:
-    """Anonymous clients may not subscribe (default access); the admin may drive the plugin."""
+    """Anonymous clients may publish but not subscribe (default access); the admin may drive the
+    plugin and subscribe."""
     salt = os.urandom(12)
     iterations = 101
     digest = hashlib.pbkdf2_hmac("sha512", ADMIN_PASSWORD.encode(), salt, iterations, 64)
     admin_acls = [{"acltype": kind, "topic": topic, "priority": 0, "allow": True}
                   for kind, topic in (("publishClientSend", "$CONTROL/dynamic-security/#"),
                                       ("subscribePattern", "$CONTROL/dynamic-security/#"),
-                                      ("publishClientSend", "edgebus/#"))]
+                                      ("publishClientSend", "edgebus/#"),
+                                      ("subscribePattern", "edgebus/#"))]
     return {
-        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True,
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
                              "subscribe": False, "unsubscribe": True},
         "clients": [{"username": ADMIN, "password": base64.b64encode(digest).decode(),
                      "salt": base64.b64encode(salt).decode(), "iterations": iterations,
@@ -156,6 +161,11 @@ def dynsec_mosquitto(tmp_path: Path) -> Iterator[int]:
         _LIVE.discard(proc)
 
 
+def _allow_subscribe(admin: MqttProbe) -> None:
+    admin.publish(DYNSEC, json.dumps({"commands": [{
+        "command": "setDefaultACLAccess", "acls": [{"acltype": "subscribe", "allow": True}]}]}))
+
+
 def _granted(route: Route) -> bool:
     try:
         return route.wait_subscribed(0.2)
@@ -184,8 +194,7 @@ def test_a_refused_subscription_is_granted_later_without_a_reconnect(
         assert wait_until(lambda: "refusal 3 in a row" in caplog.text), caplog.text
         assert bus.stats().refused_subscriptions == (topic_filter,)
 
-        admin.publish(DYNSEC, json.dumps({"commands": [{
-            "command": "setDefaultACLAccess", "acls": [{"acltype": "subscribe", "allow": True}]}]}))
+        _allow_subscribe(admin)
 
         assert wait_until(lambda: _granted(route)), caplog.text
         admin.publish("edgebus/cam-9/cmd/hello", b"now you hear me")
@@ -221,4 +230,37 @@ def test_an_unsubscribed_refused_filter_is_not_asked_for_again(
         assert wait_until(lambda: "refusal 2 in a row" in caplog.text), caplog.text
         assert "cam-8" not in caplog.text
     finally:
+        bus.stop(flush_timeout=0)
+
+
+@pytest.mark.integration
+def test_a_late_grant_of_the_stored_acknowledgements_sends_the_unconfirmed_again(
+        dynsec_mosquitto: int) -> None:
+    """Acknowledgements published while the device was refused them never came: resend, as on a reconnect."""
+    bus = BusSession(BusConfig(port=dynsec_mosquitto, device="cam-7", clean_start=True,
+                               protocol="3.1.1", end_to_end_ack="required", ack_timeout=600.0,
+                               subscribe_retry_min_delay=0.05, subscribe_retry_max_delay=0.2),
+                     rng=random.Random(3))
+    metrics = MetricsPublisher(bus)
+    admin = MqttProbe(("127.0.0.1", dynsec_mosquitto), "admin", ADMIN, ADMIN_PASSWORD).connected()
+    try:
+        admin.subscribe("edgebus/cam-7/metrics")
+        bus.start()
+        assert wait_until(lambda: bus.stats().refused_subscriptions == ("edgebus/cam-7/cmd/stored",))
+        assert metrics.publish([MetricSample(time_ms=1, name="temp", value=21.5)])
+        first = admin.expect()
+        assert wait_until(lambda: bus.stats().acknowledged == 1)  # the broker has it; the coordinator?
+        assert bus.stats().awaiting_confirmation == 1 and bus.stats().resent == 0
+
+        _allow_subscribe(admin)
+
+        again = admin.expect(WAIT)  # long before ack_timeout: sent again because of the grant
+        assert again.payload == first.payload and bus.stats().resent == 1
+        assert bus.stats().refused_subscriptions == ()
+        admin.publish("edgebus/cam-7/cmd/stored",
+                      StoredAck({"metrics": StreamAck(metrics.epoch, ((0, 1),))}).encode(), retain=True)
+        assert bus.flush(WAIT)
+        assert bus.stats().awaiting_confirmation == 0
+    finally:
+        admin.close()
         bus.stop(flush_timeout=0)
