@@ -230,6 +230,8 @@ class Agent:
         line = (f"connected={stats.connected} batches={self.batches_published} "
                 f"outbox={stats.outbox_depth} dropped={self.session.outbox.dropped} "
                 f"shed_level={self.policy.level}")
+        if stats.refused_subscriptions:
+            line += f" refused_subscriptions={','.join(stats.refused_subscriptions)}"
         logger.info("status: %s", line)
         self.notifier.status(line)
 

@@ -41,6 +41,19 @@ Handlers registered with :meth:`BusSession.subscribe` run on the session's
 network thread: keep them short or hand work to a queue. The route that
 :meth:`~BusSession.subscribe` returns can wait for the broker's SUBACK
 (:meth:`~broker.router.Route.wait_subscribed`).
+
+* **A refused subscription is asked for again.** A SUBACK failure (an ACL
+  that changes later, a broker cluster regaining its quorum after a node died)
+  marks the filter's routes refused (a wait raises
+  :class:`~schemas.errors.SubscriptionRefused`), logs the refusal, lists the
+  filter in :attr:`SessionStats.refused_subscriptions` and sends the SUBSCRIBE
+  again on the network thread after ``subscribe_retry_min_delay`` seconds,
+  doubling up to ``subscribe_retry_max_delay`` (jittered by the session's
+  random source; :mod:`broker.subscription_retry`), until the broker grants it,
+  the filter is unsubscribed, the session stops, or a reconnect subscribes
+  everything afresh. When the refused filter was the device's stored
+  acknowledgements, a late grant sends every unconfirmed row again, as a
+  reconnect does: the acknowledgements published meanwhile never came.
 """
 
 from __future__ import annotations
@@ -69,6 +82,7 @@ from broker.config_values import check_section_keys
 from broker.outbox import Outbox, OutboxMessage, OutboxRow, OutboxTransaction
 from broker.paho_client import FewerSyscallsClient
 from broker.router import Handler, ReceivedMessage, Route, SubscriptionRouter
+from broker.subscription_retry import RefusedSubscriptions
 from broker.tls.client import client_tls_context
 from schemas.errors import BusError, CodecError, ConfigError, TopicError
 from schemas.stored_ack import StoredAck
@@ -114,6 +128,8 @@ class BusConfig:
     tls_key: Path | None = None
     end_to_end_ack: EndToEndAck = "auto"
     ack_timeout: float = 30.0
+    subscribe_retry_min_delay: float = 1.0
+    subscribe_retry_max_delay: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -133,6 +149,9 @@ class BusConfig:
             raise ConfigError(f"keepalive must be at least 5 seconds, not {self.keepalive}")
         if not 0 < self.reconnect_min_delay <= self.reconnect_max_delay:
             raise ConfigError("reconnect delays must satisfy 0 < min <= max")
+        if not 0 < self.subscribe_retry_min_delay <= self.subscribe_retry_max_delay < float("inf"):
+            raise ConfigError("subscribe_retry_min_delay and subscribe_retry_max_delay must satisfy "
+                              "0 < min <= max (seconds)")
         if self.max_inflight < 1:
             raise ConfigError("max_inflight must be at least 1")
         if self.end_to_end_ack not in ("auto", "required", "off"):
@@ -203,6 +222,8 @@ class SessionStats:
     #: Send-to-acknowledgement time of outbox messages, smoothed (EWMA, 1/16), in ms.
     ack_latency_ms: float = 0.0
     last_error: str = ""
+    #: Filters the broker refused on the live connection, asked for again with back-off.
+    refused_subscriptions: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -265,6 +286,8 @@ class BusSession:
         self._subscribed_conn: _Connection | None = None
         self._pending_subacks: dict[int, list[Route]] = {}
         self._subacks: deque[tuple[int, int, list[Any]]] = deque()
+        self._refused_subs = RefusedSubscriptions(min_delay=config.subscribe_retry_min_delay,
+                                                  max_delay=config.subscribe_retry_max_delay)
         self._thread: threading.Thread | None = None
         self._hooks_checked = False
         #: Delivered rows waiting for the coordinator: row id -> when the PUBACK came (monotonic).
@@ -412,8 +435,11 @@ class BusSession:
 
     def unsubscribe(self, route: Route) -> None:
         with self._subscribe_lock:
-            if self.router.remove(route) and self._subscribed_conn is not None:
-                self._subscribed_conn.client.unsubscribe(route.topic_filter)
+            if self.router.remove(route):
+                self._refused_subs.forget(route.topic_filter)
+                self._note_refused_subscriptions()
+                if self._subscribed_conn is not None:
+                    self._subscribed_conn.client.unsubscribe(route.topic_filter)
             route.suback.mark_pending()
 
     def _send_subscribe(self, conn: _Connection, topic_filter: str) -> None:
@@ -427,9 +453,13 @@ class BusSession:
         # else the connection is going down: the next one subscribes every route
 
     def _process_subacks(self, conn: _Connection) -> None:
-        """Mark the routes a SUBACK answered (on the network thread, between loops)."""
+        """Mark the routes a SUBACK answered, and schedule a refused filter's next try.
+
+        Runs on the network thread, between loops.
+        """
         if not self._subacks:
             return
+        acks_missed = False
         with self._subscribe_lock:
             live = {id(r) for r in self.router.routes()}  # not those unsubscribed meanwhile
             while self._subacks:
@@ -437,15 +467,67 @@ class BusSession:
                 routes = self._pending_subacks.pop(mid, None) if gen == conn.generation else None
                 if not routes:
                     continue
+                topic_filter = routes[0].topic_filter
                 refusal = next((rc for rc in reason_codes if rc.is_failure), None)
-                for route in (r for r in routes if id(r) in live):
+                current = [r for r in routes if id(r) in live]
+                for route in current:
                     if refusal is None:
                         route.suback.mark_acknowledged()
                     else:
                         route.suback.mark_refused(str(refusal))
-                if refusal is not None:
-                    logger.error("broker refused the subscription to %s: %s",
-                                 routes[0].topic_filter, refusal)
+                if refusal is None:
+                    before = self._refused_subs.granted(topic_filter)
+                    if before:
+                        logger.info("broker granted the subscription to %s after %d refusals",
+                                    topic_filter, before)
+                        acks_missed = acks_missed or (self.config.device is not None and topic_filter
+                                                      == self.topics.stored_ack(self.config.device))
+                elif current:
+                    retry = self._refused_subs.refused(topic_filter, now=time.monotonic(),
+                                                       draw=self._rng.random())
+                    logger.error("broker refused the subscription to %s: %s (refusal %d in a row; "
+                                 "asking again in %.3g s)", topic_filter, refusal, retry.refusals,
+                                 retry.delay)
+                else:
+                    logger.error("broker refused the subscription to %s: %s", topic_filter, refusal)
+            self._note_refused_subscriptions()
+        if acks_missed:
+            self._resend_all_unconfirmed()
+
+    def _resend_all_unconfirmed(self) -> None:
+        """Send every delivered, unconfirmed row again, as after a reconnect.
+
+        The stored acknowledgements published while their subscription was refused
+        never came, and the retained one a late grant brings may be stale, so what
+        they would have released is sent again for the coordinator to confirm.
+        """
+        with self._pump_lock:
+            rows = list(self._delivered_at)
+            self._delivered_at.clear()
+            for row_id in rows:
+                self._timed_resends.pop(row_id, None)
+            self._resend.extend(rows)
+        if rows:
+            logger.info("%d delivered messages unconfirmed while the stored acknowledgements were "
+                        "refused; sending them again", len(rows))
+            self._pump()
+
+    def _retry_refused_subscriptions(self, conn: _Connection) -> None:
+        """SUBSCRIBE again each refused filter whose back-off is over (network thread)."""
+        if not self._refused_subs:
+            return
+        with self._subscribe_lock:
+            if self._subscribed_conn is not conn:
+                return
+            for topic_filter in self._refused_subs.due(time.monotonic()):
+                logger.debug("asking the broker again for the subscription to %s", topic_filter)
+                self._send_subscribe(conn, topic_filter)
+
+    def _note_refused_subscriptions(self) -> None:
+        """Copy the refused filters into the stats (subscribe lock held)."""
+        filters = self._refused_subs.filters()
+        with self._stats_lock:
+            self._stats.refused_subscriptions = filters
 
     # -- the supervisor thread -----------------------------------------
 
@@ -568,6 +650,8 @@ class BusSession:
         with self._subscribe_lock:
             self._subscribed_conn = conn
             self._pending_subacks.clear()
+            self._refused_subs.clear()
+            self._note_refused_subscriptions()
             for topic_filter, _ in self.router.subscriptions():
                 self._send_subscribe(conn, topic_filter)
         if cfg.device is not None:
@@ -592,6 +676,7 @@ class BusSession:
         while not self._stopping.is_set():
             rc = client.loop(timeout=0.2)
             self._process_subacks(conn)
+            self._retry_refused_subscriptions(conn)
             self._process_acks(conn)
             if self._delivered_at and time.monotonic() >= self._next_overdue_check:
                 self._next_overdue_check = time.monotonic() + 1.0
@@ -602,6 +687,8 @@ class BusSession:
         with self._subscribe_lock:
             self._subscribed_conn = None
             self._pending_subacks.clear()
+            self._refused_subs.clear()  # the next connection subscribes every route afresh
+            self._note_refused_subscriptions()
             for route in self.router.routes():
                 route.suback.mark_pending()
         with self._pump_lock:

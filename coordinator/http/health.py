@@ -7,7 +7,8 @@ coordinator when it fails.
 ``/readyz`` is 200 only when every check passes, else 503 with each check's
 verdict, so a load balancer or an operator sees which one failed:
 
-* ``broker``: the coordinator's MQTT session is connected;
+* ``broker``: the coordinator's MQTT session is connected and the broker refuses none of its
+  subscriptions;
 * ``store``: a small write transaction succeeds (at most one every
   :data:`STORE_CHECK_EVERY_S`; the verdict is cached between);
 * ``ingest``: the ingest queue is below :data:`QUEUE_HIGH_WATER` of its
@@ -75,9 +76,14 @@ def _checks(ctx: ApiContext, probe: StoreProbe) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
     if ctx.session is not None:
         stats = ctx.session.stats()
-        checks["broker"] = {"ok": stats.connected,
-                            "detail": "connected" if stats.connected
-                            else f"not connected: {stats.last_error or 'connecting'}"}
+        refused = stats.refused_subscriptions  # asked for again with back-off; nothing arrives meanwhile
+        if not stats.connected:
+            checks["broker"] = {"ok": False, "detail": f"not connected: {stats.last_error or 'connecting'}"}
+        elif refused:
+            checks["broker"] = {"ok": False, "detail": "connected; the broker refused the subscription "
+                                f"to {', '.join(refused)} (retrying)"}
+        else:
+            checks["broker"] = {"ok": True, "detail": "connected"}
     ok, detail = _store_check(ctx, probe)
     checks["store"] = {"ok": ok, "detail": detail}
     if ctx.ingest is not None:

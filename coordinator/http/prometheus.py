@@ -12,7 +12,8 @@ one test process). Families, all prefixed ``edgebus_``:
   ``ingest_sink_errors_total``;
 * store: ``store_samples_written_total``, ``store_write_errors_total``, ``store_write_retries_total``;
 * anomalies: ``anomalies_total`` (since start), ``anomalies_open`` (not acknowledged);
-* broker: ``broker_connected``, ``broker_connection_losses_total``;
+* broker: ``broker_connected``, ``broker_connection_losses_total``,
+  ``broker_refused_subscriptions`` (filters refused and being asked for again);
 * live feed: ``live_clients``, ``live_clients_dropped_total``, ``live_messages_total``.
 """
 
@@ -124,6 +125,9 @@ class CoordinatorCollector(Collector):
                                     value=1.0 if b.connected else 0.0)
             yield CounterMetricFamily(P + "broker_connection_losses", "Broker connections lost",
                                       value=b.connection_losses)
+            yield GaugeMetricFamily(P + "broker_refused_subscriptions",
+                                    "Subscriptions the broker refused, being asked for again",
+                                    value=len(b.refused_subscriptions))
 
     def _live(self) -> Iterator[Metric]:
         feed = self.ctx.feed
