@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -85,6 +86,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def restartable_port(host: str = "127.0.0.1", rng: random.Random | None = None) -> int:
+    """A free TCP port outside the kernel's ephemeral range, for a server that restarts on it.
+
+    A port from :func:`free_port` comes out of the ephemeral range, so while its
+    server is down (killed with -9 in a fault test) any outgoing connection may
+    get it as its local port, and the restarted server fails with "address
+    already in use". Below the range only listeners take ports.
+    """
+    low, _ = _ephemeral_range()
+    draw = rng or random.Random()
+    for _ in range(200):
+        port = draw.randrange(max(low // 2, 1024), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return free_port(host)
 
 
 def wait_for_port(host: str, port: int, timeout: float = READY_TIMEOUT,
@@ -199,7 +229,7 @@ class MosquittoUnderTest(RunningBroker):
         self.workdir = Path(workdir)
         if site is None:
             admin = Credentials(ADMIN_USER, generate_password())
-            site = MosquittoSite(listener_host="127.0.0.1", port=free_port(),
+            site = MosquittoSite(listener_host="127.0.0.1", port=restartable_port(),
                                  data_dir=self.workdir / "data", coordinators=[admin],
                                  run_as_user="root" if os.geteuid() == 0 else None)
         elif site.run_as_user is None and os.geteuid() == 0:

@@ -39,7 +39,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.brokers import free_port, wait_for_port
+from tests.brokers import restartable_port, wait_for_port
 
 __all__ = ["REQUIRE_ENV", "NatsCluster", "NatsNode", "find_nats_server", "nats_cluster"]
 
@@ -104,7 +104,8 @@ class NatsCluster:
         for i in range(1, self.size + 1):
             folder = self.root / f"n{i}"
             folder.mkdir(parents=True)
-            self.nodes.append(NatsNode(f"n{i}", free_port(), free_port(), free_port(), free_port(), folder))
+            self.nodes.append(NatsNode(f"n{i}", restartable_port(), restartable_port(), restartable_port(),
+                                       restartable_port(), folder))
         for node in self.nodes:
             routes = ", ".join(f'"nats-route://{self.host}:{n.cluster_port}"' for n in self.nodes
                                if n is not node)
