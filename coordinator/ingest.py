@@ -305,13 +305,24 @@ class Ingest:
                                       v.epochs_seen) for k, v in self.sequences.devices().items()
                     if streams is None or k in streams}
 
+    def absorb_sequences(self, states: dict[str, DeviceSequence]) -> None:
+        """Merge the stored accounting of streams into this one (another coordinator committed more of them).
+
+        The other end of a device's move may commit its last batches after this
+        coordinator read the device's account: they are stored, so not missing.
+        Streams no longer taken here are left out.
+        """
+        with self._seq_lock:
+            self.sequences.absorb(states)
+
     def restore_sequences(self, states: dict[str, DeviceSequence],
-                          announced: dict[str, int] | None = None) -> None:
+                          announced: dict[str, int] | None = None) -> list[str]:
         """Continue the accounting a previous run stored (before :meth:`start`).
 
         ``announced``: the epoch of each device's latest stored birth. Streams
         and births with an epoch no device could have (an older version took
-        any) are forgotten, so such a stream starts again with its device's next batch.
+        any) are forgotten, so such a stream starts again with its device's next
+        batch; returns those streams (the caller forgets their stored account too).
         """
         tracker = SequenceTracker.from_states(states)
         tracker.restore_announced(announced or {})
@@ -322,6 +333,8 @@ class Ingest:
             logger.warning("forgot the stored accounting of %d streams whose epoch is more than %d ms ahead "
                            "of this clock: %s", len(dropped), self._seq_limits.max_future_ms,
                            ", ".join(dropped[:20]))
+        kept = tracker.devices()
+        return sorted(stream for stream in states if stream not in kept)
 
     @property
     def queue_capacity(self) -> int:

@@ -129,7 +129,9 @@ class FleetProcessor:
         if owned is not None:  # sharded: a device's accounting is loaded when it is taken (take_devices)
             states = {k: v for k, v in states.items() if k.partition("/")[0] in owned}
         announced = {d.id: d.birth_epoch for d in self.store.devices() if d.birth_epoch is not None}
-        self.ingest.restore_sequences(states, announced)
+        forgotten = self.ingest.restore_sequences(states, announced)
+        if forgotten:  # else the store's merge would bring their impossible epoch back (epochs move forward)
+            self.store.forget_sequence_state(forgotten)
         if self.acks is not None:
             self.acks.restore(self.ingest.sequence_snapshot())
         logger.info("sequence accounting restored for %d streams", len(states))
@@ -300,9 +302,16 @@ class FleetProcessor:
         for result, (_, alerts) in zip(results, items, strict=True):
             self.stored_samples += result.samples_new
             self._announce(alerts)
+        for result, (write, _) in zip(results, items, strict=True):
+            # What the store holds beyond this snapshot was committed by the other end of a move.
+            gained = {stream: stored for stream, stored in result.sequence_state.items()
+                      if (mine := write.sequence_state.get(stream)) is None
+                      or (stored.epoch, stored.ranges) != (mine.epoch, mine.ranges)}
+            if gained:
+                self.ingest.absorb_sequences(gained)
         if self.acks is not None:
-            for write, _ in items:  # in order: a later snapshot of a stream supersedes an earlier one
-                self.acks.committed(write.sequence_state)
+            for result, (write, _) in zip(results, items, strict=True):  # in order: a later one supersedes
+                self.acks.committed(result.sequence_state or write.sequence_state)
             self.acks.publish_due(force=not self.pipeline)
 
     def _write_failed(self, items: Sequence[tuple[WriteBatch, list[Alert]]], exc: Exception) -> None:

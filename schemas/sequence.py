@@ -19,8 +19,9 @@ device look like a straggler of an older epoch, for good.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 __all__ = ["DeviceSequence", "Refusal", "SequenceLimits", "SequenceTracker"]
@@ -73,6 +74,31 @@ class DeviceSequence:
         """Whether ``seq`` was already seen (a redelivery if it comes again)."""
         i = bisect.bisect_right(self.ranges, [seq, float("inf")]) - 1
         return i >= 0 and self.ranges[i][0] <= seq < self.ranges[i][1]
+
+    def merged(self, other: DeviceSequence) -> DeviceSequence:
+        """One stream's account as two receivers kept it, as one (a new copy; neither is changed).
+
+        During a move of a device both its old and its new coordinator may
+        account for it, each from what the other had committed when it read it.
+        The newer epoch wins whole (epochs only move forward); within one epoch
+        the numbers either saw are seen (a sample is counted by whoever took
+        it), so ``received`` is what the ranges cover. ``duplicates`` is the
+        larger of the two: each counted on from the same stored figure, so
+        neither sum nor difference is exact, and it is only a diagnostic.
+        """
+        if self.epoch != other.epoch:
+            newer = self if self.epoch > other.epoch else other
+            return DeviceSequence(newer.epoch, [list(r) for r in newer.ranges], newer.received,
+                                  newer.duplicates, max(self.epochs_seen, other.epochs_seen))
+        ranges: list[list[int]] = []
+        for lo, hi in sorted(chain(self.ranges, other.ranges)):
+            if ranges and lo <= ranges[-1][1]:
+                ranges[-1][1] = max(ranges[-1][1], hi)
+            else:
+                ranges.append([lo, hi])
+        return DeviceSequence(self.epoch, ranges, sum(hi - lo for lo, hi in ranges),
+                              max(self.duplicates, other.duplicates),
+                              max(self.epochs_seen, other.epochs_seen))
 
     def add_range(self, first: int, count: int) -> int:
         """Record ``count`` consecutive numbers from ``first``; returns how many were new."""
@@ -252,6 +278,16 @@ class SequenceTracker:
         for stream, state in states.items():
             self._devices[stream] = state
             self._jumps.pop(stream, None)
+
+    def absorb(self, states: Mapping[str, DeviceSequence]) -> None:
+        """Merge the stored accounts of these streams into the ones here (:meth:`DeviceSequence.merged`).
+
+        A stream not tracked here is left out: it moved away, and its account with it.
+        """
+        for stream, stored in states.items():
+            state = self._devices.get(stream)
+            if state is not None:
+                self._devices[stream] = state.merged(stored)
 
     def forget(self, streams: Iterable[str]) -> None:
         """Drop these streams' accounting (a stream moving out to another receiver)."""

@@ -134,3 +134,51 @@ def test_a_moved_device_takes_its_anomaly_detectors_along_through_the_store(
     finally:
         for ingest in (ingest_a, ingest_b, ingest_c):
             ingest.stop()
+
+
+@pytest.mark.parametrize("late", ["before", "after"])
+def test_the_old_owners_late_batch_is_not_missing_at_the_new_owner(
+        tmp_path: Path, open_backend: StoreFactory, late: str) -> None:
+    """The two ends of a move do not wait for each other: the old owner commits a batch after the new one
+    read the device's accounting, ``before`` or ``after`` the new owner's first commit. Those samples are
+    stored once, so neither the store's accounting nor the new owner's may call them missing."""
+    store = open_backend()
+
+    def member(name: str) -> tuple[Ingest, FleetProcessor]:
+        session = BusSession(BusConfig(client_id=name, outbox_path=tmp_path / f"{name}.db"))
+        ingest = Ingest(session, [], batch_wait=0.01, sharded=True)
+        processor = FleetProcessor(session, ingest, store, AnomalyEngine(), data_dir=tmp_path / name,
+                                   pipeline=False, stored_acks=False)
+        ingest.sinks.append(processor)
+        ingest.start()
+        return ingest, processor
+
+    def send(ingest: Ingest, first: int, count: int) -> None:
+        ingest._enqueue(metrics("gw-1", first, count))  # as the network thread hands messages over
+        assert ingest.drain(10)
+
+    (ingest_a, a), (ingest_b, b) = member("c1"), member("c2")
+    try:
+        a.take_devices({"gw-1"})
+        send(ingest_a, 0, 100)
+        b.take_devices({"gw-1"})  # reads 0..99 from the store
+        if late == "before":
+            send(ingest_a, 100, 50)  # the old owner's last batch, committed after that read
+            a.release_devices({"gw-1"})
+            send(ingest_b, 150, 50)
+        else:
+            send(ingest_b, 150, 50)
+            send(ingest_a, 100, 50)
+            a.release_devices({"gw-1"})
+            send(ingest_b, 200, 10)  # the new owner's next commit brings the store's account in
+        last = 200 if late == "before" else 210
+        assert store.count_samples("gw-1") == last
+        stored = store.load_sequence_state()["gw-1"]
+        assert (stored.ranges, stored.received, stored.missing) == ([[0, last]], last, 0)
+        state = ingest_b.sequence_snapshot()["gw-1"]
+        assert (state.ranges, state.received, state.missing) == ([[0, last]], last, 0)
+        send(ingest_b, 120, 5)  # a resend of the late batch is a repeat at the new owner too
+        assert ingest_b.sequence_snapshot()["gw-1"].duplicates == 5 and store.count_samples("gw-1") == last
+    finally:
+        for ingest in (ingest_a, ingest_b):
+            ingest.stop()

@@ -136,3 +136,19 @@ def test_restored_accounting_with_impossible_epochs_is_forgotten() -> None:
     t.restore_announced({"a": 2**63 - 1, "b": NOW - 1})
     assert sorted(t.discard_implausible(now_ms=NOW, limits=LIMITS)) == ["a", "birth of a"]
     assert sorted(t.devices()) == ["b"] and t.announced() == {"b": NOW - 1}
+
+
+def test_two_accounts_of_one_stream_merge_into_what_either_saw() -> None:
+    """The two ends of a device's move: the new owner read 0..9, the old one then committed 10..14."""
+    old = DeviceSequence(7, [[0, 15]], 15, 2, 1)
+    new = DeviceSequence(7, [[0, 10], [20, 25]], 15, 3, 1)
+    merged = new.merged(old)
+    assert (merged.ranges, merged.received, merged.missing) == ([[0, 15], [20, 25]], 20, 5)
+    assert merged.duplicates == 3
+    assert old.merged(new) == merged and new.ranges == [[0, 10], [20, 25]]  # neither is changed
+    newer = DeviceSequence(8, [[0, 3]], 3, 0, 2)
+    assert old.merged(newer) == newer == newer.merged(old)  # the newer epoch wins whole
+    t = SequenceTracker()
+    t.observe("gw-1", epoch=7, first_seq=0, count=10)
+    t.absorb({"gw-1": old, "gw-2": old})  # gw-2 is not tracked here: left out
+    assert t.device("gw-1").ranges == [[0, 15]] and set(t.devices()) == {"gw-1"}

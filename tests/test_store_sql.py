@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from coordinator.store import (
@@ -14,6 +16,7 @@ from coordinator.store import (
     StoreError,
     WriteBatch,
 )
+from coordinator.store.sql_write import merge_sequence_state
 from schemas.birth import Birth
 from schemas.metrics import MetricColumns
 from schemas.sequence import DeviceSequence, SequenceTracker
@@ -233,3 +236,28 @@ def test_write_batches_is_one_transaction_of_batches_written_as_alone(open_backe
         store.write_batches([WriteBatch(samples=samples("gw-2", 0, 5)),
                              WriteBatch(samples=samples("gw-3", 0, 5), anomalies=[no_score])])
     assert store.count_samples() == 8  # neither of the failed pair
+
+
+def test_two_writers_creating_one_streams_account_both_count(open_backend: StoreFactory,
+                                                             backend: str) -> None:
+    """Both ends of a move write a stream no row exists for yet: the second merges into the first's row."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    store = open_backend()
+    first, second = DeviceSequence(7, [[0, 10]], 10), DeviceSequence(7, [[10, 15], [20, 25]], 10)
+    got: list[dict[str, DeviceSequence]] = []
+    with store.engine.connect() as one, store.engine.connect() as two:
+        with one.begin():
+            merge_sequence_state(one, {"gw-1": first})  # inserted, not committed yet
+
+            def other() -> None:
+                with two.begin():  # its insert waits for the first transaction, then merges
+                    got.append(merge_sequence_state(two, {"gw-1": second}))
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # waiting on the row lock
+        thread.join(10)
+    assert got and got[0]["gw-1"].ranges == [[0, 15], [20, 25]]
+    assert store.load_sequence_state()["gw-1"].ranges == [[0, 15], [20, 25]]

@@ -18,6 +18,10 @@ the old one unsubscribes as soon as it does): the store takes each sample
 once whoever writes it (coordinator/store/sql_write.py locks the device row
 before its overlap check), and a sample neither stored is never acknowledged,
 so its agent sends it again to the owner. Nothing accepted is lost or stored twice.
+Nor is any of it reported missing: the store merges each commit's accounting
+into the stored one (coordinator/store/sql_write.py), so the old owner's last
+batches, committed after the new owner read the device's accounting, reach the
+new owner with its next commit of the device.
 
 The member's share is published retained on
 ``{root}/_sys/cluster/{group}/devices/{member}`` (JSON: member, members,

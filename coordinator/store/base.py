@@ -169,7 +169,12 @@ class Store(ABC):
         """A small write in a transaction of its own; StoreError if the store cannot take one."""
 
     @abstractmethod
-    def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None: ...
+    def save_sequence_state(self, states: Mapping[str, DeviceSequence]) -> None:
+        """Store these accounts as they are (:meth:`write_batch` merges its own into the stored ones)."""
+
+    @abstractmethod
+    def forget_sequence_state(self, streams: Sequence[str]) -> None:
+        """Delete these streams' stored accounts (ones no device could have made)."""
 
     @abstractmethod
     def save_detector_states(self, states: Mapping[str, bytes], owner: str, time_ms: int) -> None:

@@ -233,6 +233,9 @@ class WriteResult:
     anomalies: int = 0
     dead_letters: int = 0
     devices: int = 0
+    #: The accounting of the batch's streams as stored after it: its own merged with what other
+    #: writers (the other end of a device's move) committed (coordinator/store/sql_write.py).
+    sequence_state: dict[str, DeviceSequence] = field(default_factory=dict)
 
     @property
     def new(self) -> int:

@@ -28,9 +28,10 @@ from sqlalchemy.engine import Connection
 from coordinator.store import tables as t
 from coordinator.store.blocks import MAX_SEQ_SPAN, Block, blocks_of_rows, blocks_of_runs, decode_block
 from coordinator.store.records import DetectionRecord, WriteBatch, WriteResult
+from schemas.errors import StoreError
 from schemas.sequence import DeviceSequence
 
-__all__ = ["upsert", "write_batch", "write_sequence_state"]
+__all__ = ["merge_sequence_state", "upsert", "write_batch", "write_sequence_state"]
 
 _BLOCK_COLUMNS = ("device", "epoch", "first_seq", "last_seq", "count", "first_ms", "last_ms", "body")
 _BLOCK_TYPES = ("text", "bigint", "bigint", "bigint", "integer", "bigint", "bigint", "bytea")
@@ -265,14 +266,69 @@ def _upsert_devices(conn: Connection, rows: list[dict[str, Any]]) -> None:
     })
 
 
-def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence]) -> None:
-    if not states:
-        return
-    rows = [{"stream": stream, "epoch": s.epoch, "ranges": [list(r) for r in s.ranges],
+_SEQUENCE_COLUMNS = ("epoch", "ranges", "received", "duplicates", "epochs_seen")
+
+
+def _sequence_rows(states: Mapping[str, DeviceSequence]) -> list[dict[str, Any]]:
+    return [{"stream": stream, "epoch": s.epoch, "ranges": [list(r) for r in s.ranges],
              "received": s.received, "duplicates": s.duplicates, "epochs_seen": s.epochs_seen}
             for stream, s in states.items()]
-    upsert(conn, t.sequence_state, rows, "stream", lambda ex: {
-        name: ex[name] for name in ("epoch", "ranges", "received", "duplicates", "epochs_seen")})
+
+
+def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence]) -> None:
+    """Store these accounts as they are, replacing what is stored (``Store.save_sequence_state``)."""
+    if not states:
+        return
+    upsert(conn, t.sequence_state, _sequence_rows(states), "stream",
+           lambda ex: {name: ex[name] for name in _SEQUENCE_COLUMNS})
+
+
+def _stored_sequence_state(conn: Connection, streams: Sequence[str]) -> dict[str, DeviceSequence]:
+    """The stored accounts of ``streams``, their rows locked until commit (PostgreSQL; SQLite: one writer)."""
+    s = t.sequence_state
+    found: dict[str, DeviceSequence] = {}
+    for start in range(0, len(streams), 500):  # within every backend's bound-parameter limit
+        query = (sa.select(s.c.stream, *(s.c[name] for name in _SEQUENCE_COLUMNS))
+                 .where(s.c.stream.in_(streams[start:start + 500])).order_by(s.c.stream).with_for_update())
+        for stream, epoch, ranges, received, duplicates, epochs_seen in conn.execute(query):
+            found[stream] = DeviceSequence(epoch, [[int(lo), int(hi)] for lo, hi in ranges], received,
+                                           duplicates, epochs_seen)
+    return found
+
+
+def merge_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence]) -> dict[str, DeviceSequence]:
+    """Merge these accounts into the stored ones (:meth:`DeviceSequence.merged`); returns what is stored now.
+
+    Two coordinators may write one stream during a move, each from what it
+    read when it took the device: a plain overwrite let the new owner's
+    account drop what the old owner committed after that read (samples then
+    reported missing that are stored). Merged under the row's lock, the
+    stored account is every writer's committed samples. A row another writer
+    inserts meanwhile (both found none) is merged with in a second round.
+    """
+    if not states:
+        return {}
+    pending = dict(states)
+    merged: dict[str, DeviceSequence] = {}
+    for _ in range(3):  # a row appears between the read and the insert at most once
+        stored = _stored_sequence_state(conn, sorted(pending))
+        now = {stream: stored[stream].merged(state) if stream in stored else state
+               for stream, state in pending.items()}
+        update = {stream: state for stream, state in now.items() if stream in stored}
+        write_sequence_state(conn, update)
+        merged.update(update)
+        fresh = {stream: state for stream, state in now.items() if stream not in stored}
+        if not fresh:
+            return merged
+        table = t.sequence_state
+        statement = _insert(conn)(table).on_conflict_do_nothing().returning(table.c.stream)
+        inserted = {stream for (stream,) in conn.execute(statement, _sequence_rows(fresh))}
+        merged.update({stream: fresh[stream] for stream in inserted})
+        pending = {stream: pending[stream] for stream in fresh if stream not in inserted}
+        if not pending:
+            return merged
+    raise StoreError(f"sequence state of {len(pending)} streams kept changing while being merged",
+                     transient=True)
 
 
 def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
@@ -318,5 +374,5 @@ def write_batch(conn: Connection, batch: WriteBatch) -> WriteResult:
             {"received_ms": d.received_ms, "topic": d.topic, "reason": d.reason, "error": d.error,
              "payload": bytes(d.payload)} for d in batch.dead_letters])
         result.dead_letters = len(batch.dead_letters)
-    write_sequence_state(conn, batch.sequence_state)
+    result.sequence_state = merge_sequence_state(conn, batch.sequence_state)
     return result

@@ -148,6 +148,13 @@ class SqlStore(Store):
         with self._guard("save sequence state"), self.engine.begin() as conn:
             write_sequence_state(conn, states)
 
+    def forget_sequence_state(self, streams: Sequence[str]) -> None:
+        s = t.sequence_state
+        wanted = sorted(set(streams))
+        with self._guard("forget sequence state"), self.engine.begin() as conn:
+            for start in range(0, len(wanted), 500):  # within every backend's bound-parameter limit
+                conn.execute(sa.delete(s).where(s.c.stream.in_(wanted[start:start + 500])))
+
     def save_detector_states(self, states: Mapping[str, bytes], owner: str, time_ms: int) -> None:
         if not states:
             return
