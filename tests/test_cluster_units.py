@@ -13,6 +13,7 @@ from coordinator.anomaly.engine import AnomalyEngine
 from coordinator.config import CoordinatorConfig
 from coordinator.ingest import Ingest, IngestBatch
 from coordinator.processor import FleetProcessor
+from coordinator.store.base import Store
 from schemas.errors import ConfigError
 from schemas.messages import MetricSample, MetricsBatch, encode_record
 from schemas.sequence import DeviceSequence
@@ -94,23 +95,27 @@ def test_a_sharded_ingest_takes_only_its_devices_and_continues_their_accounting(
         ingest.stop()
 
 
+def sharded_member(tmp_path: Path, store: Store, name: str, *,
+                   cluster_member: bool = False) -> tuple[Ingest, FleetProcessor]:
+    """A started sharded ingest and its processor on ``store``, not connected (messages go in by hand)."""
+    session = BusSession(BusConfig(client_id=name, outbox_path=tmp_path / f"{name}.db"))
+    ingest = Ingest(session, [], batch_wait=0.01, sharded=True)
+    processor = FleetProcessor(session, ingest, store, AnomalyEngine(), data_dir=tmp_path / name,
+                               pipeline=False, stored_acks=False)
+    if cluster_member:
+        (tmp_path / name).mkdir()
+        processor.cluster_member = name
+    ingest.sinks.append(processor)
+    ingest.start()
+    return ingest, processor
+
+
 def test_a_moved_device_takes_its_anomaly_detectors_along_through_the_store(
         tmp_path: Path, open_backend: StoreFactory) -> None:
     """Released (a graceful move) or checkpointed (before a kill -9): the next owner's detectors go on."""
     store = open_backend()
-
-    def member(name: str) -> tuple[Ingest, FleetProcessor]:
-        session = BusSession(BusConfig(client_id=name, outbox_path=tmp_path / f"{name}.db"))
-        ingest = Ingest(session, [], batch_wait=0.01, sharded=True)
-        processor = FleetProcessor(session, ingest, store, AnomalyEngine(), data_dir=tmp_path / name,
-                                   pipeline=False, stored_acks=False)
-        (tmp_path / name).mkdir()
-        processor.cluster_member = name
-        ingest.sinks.append(processor)
-        ingest.start()
-        return ingest, processor
-
-    (ingest_a, a), (ingest_b, b), (ingest_c, c) = member("c1"), member("c2"), member("c3")
+    (ingest_a, a), (ingest_b, b), (ingest_c, c) = (sharded_member(tmp_path, store, name, cluster_member=True)
+                                                   for name in ("c1", "c2", "c3"))
     try:
         a.take_devices({"gw-1"})
         for first in range(0, 300, 50):
@@ -144,20 +149,11 @@ def test_the_old_owners_late_batch_is_not_missing_at_the_new_owner(
     stored once, so neither the store's accounting nor the new owner's may call them missing."""
     store = open_backend()
 
-    def member(name: str) -> tuple[Ingest, FleetProcessor]:
-        session = BusSession(BusConfig(client_id=name, outbox_path=tmp_path / f"{name}.db"))
-        ingest = Ingest(session, [], batch_wait=0.01, sharded=True)
-        processor = FleetProcessor(session, ingest, store, AnomalyEngine(), data_dir=tmp_path / name,
-                                   pipeline=False, stored_acks=False)
-        ingest.sinks.append(processor)
-        ingest.start()
-        return ingest, processor
-
     def send(ingest: Ingest, first: int, count: int) -> None:
         ingest._enqueue(metrics("gw-1", first, count))  # as the network thread hands messages over
         assert ingest.drain(10)
 
-    (ingest_a, a), (ingest_b, b) = member("c1"), member("c2")
+    (ingest_a, a), (ingest_b, b) = (sharded_member(tmp_path, store, name) for name in ("c1", "c2"))
     try:
         a.take_devices({"gw-1"})
         send(ingest_a, 0, 100)
