@@ -299,10 +299,9 @@ class FleetProcessor:
                 self._write_failed(items, exc)
                 return
         self.held_since = None
-        for result, (_, alerts) in zip(results, items, strict=True):
+        for result, (write, alerts) in zip(results, items, strict=True):
             self.stored_samples += result.samples_new
             self._announce(alerts)
-        for result, (write, _) in zip(results, items, strict=True):
             # What the store holds beyond this snapshot was committed by the other end of a move.
             gained = {stream: stored for stream, stored in result.sequence_state.items()
                       if (mine := write.sequence_state.get(stream)) is None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 __all__ = ["DeviceSequence", "Refusal", "SequenceLimits", "SequenceTracker"]
@@ -90,13 +89,10 @@ class DeviceSequence:
             newer = self if self.epoch > other.epoch else other
             return DeviceSequence(newer.epoch, [list(r) for r in newer.ranges], newer.received,
                                   newer.duplicates, max(self.epochs_seen, other.epochs_seen))
-        ranges: list[list[int]] = []
-        for lo, hi in sorted(chain(self.ranges, other.ranges)):
-            if ranges and lo <= ranges[-1][1]:
-                ranges[-1][1] = max(ranges[-1][1], hi)
-            else:
-                ranges.append([lo, hi])
-        return DeviceSequence(self.epoch, ranges, sum(hi - lo for lo, hi in ranges),
+        union = DeviceSequence(self.epoch, [list(r) for r in self.ranges])
+        for lo, hi in other.ranges:
+            union.add_range(lo, hi - lo)
+        return DeviceSequence(self.epoch, union.ranges, sum(hi - lo for lo, hi in union.ranges),
                               max(self.duplicates, other.duplicates),
                               max(self.epochs_seen, other.epochs_seen))
 

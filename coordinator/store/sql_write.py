@@ -31,7 +31,7 @@ from coordinator.store.records import DetectionRecord, WriteBatch, WriteResult
 from schemas.errors import StoreError
 from schemas.sequence import DeviceSequence
 
-__all__ = ["merge_sequence_state", "upsert", "write_batch", "write_sequence_state"]
+__all__ = ["IN_CHUNK", "in_chunks", "merge_sequence_state", "upsert", "write_batch", "write_sequence_state"]
 
 _BLOCK_COLUMNS = ("device", "epoch", "first_seq", "last_seq", "count", "first_ms", "last_ms", "body")
 _BLOCK_TYPES = ("text", "bigint", "bigint", "bigint", "integer", "bigint", "bigint", "bytea")
@@ -283,13 +283,23 @@ def write_sequence_state(conn: Connection, states: Mapping[str, DeviceSequence])
            lambda ex: {name: ex[name] for name in _SEQUENCE_COLUMNS})
 
 
+#: Values bound in one ``IN (...)`` at most: within every backend's bound-parameter limit.
+IN_CHUNK = 500
+
+
+def in_chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``values`` in slices of at most :data:`IN_CHUNK`, one ``IN (...)`` query each."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start:start + IN_CHUNK]
+
+
 def _stored_sequence_state(conn: Connection, streams: Sequence[str]) -> dict[str, DeviceSequence]:
     """The stored accounts of ``streams``, their rows locked until commit (PostgreSQL; SQLite: one writer)."""
     s = t.sequence_state
     found: dict[str, DeviceSequence] = {}
-    for start in range(0, len(streams), 500):  # within every backend's bound-parameter limit
+    for chunk in in_chunks(streams):
         query = (sa.select(s.c.stream, *(s.c[name] for name in _SEQUENCE_COLUMNS))
-                 .where(s.c.stream.in_(streams[start:start + 500])).order_by(s.c.stream).with_for_update())
+                 .where(s.c.stream.in_(chunk)).order_by(s.c.stream).with_for_update())
         for stream, epoch, ranges, received, duplicates, epochs_seen in conn.execute(query):
             found[stream] = DeviceSequence(epoch, [[int(lo), int(hi)] for lo, hi in ranges], received,
                                            duplicates, epochs_seen)

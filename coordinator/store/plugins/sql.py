@@ -49,7 +49,7 @@ from coordinator.store.records import (
 from coordinator.store.retention import apply_retention
 from coordinator.store.series import Series, series_of_blocks
 from coordinator.store.sql_engine import create_engine, normalise_url, redacted
-from coordinator.store.sql_write import upsert, write_batch, write_sequence_state
+from coordinator.store.sql_write import in_chunks, upsert, write_batch, write_sequence_state
 from schemas.audit import AuditRecord
 from schemas.errors import ConfigError, StoreError
 from schemas.sequence import DeviceSequence
@@ -152,8 +152,8 @@ class SqlStore(Store):
         s = t.sequence_state
         wanted = sorted(set(streams))
         with self._guard("forget sequence state"), self.engine.begin() as conn:
-            for start in range(0, len(wanted), 500):  # within every backend's bound-parameter limit
-                conn.execute(sa.delete(s).where(s.c.stream.in_(wanted[start:start + 500])))
+            for chunk in in_chunks(wanted):
+                conn.execute(sa.delete(s).where(s.c.stream.in_(chunk)))
 
     def save_detector_states(self, states: Mapping[str, bytes], owner: str, time_ms: int) -> None:
         if not states:
@@ -168,8 +168,8 @@ class SqlStore(Store):
         d = t.detector_states
         wanted = sorted(set(devices))
         found: dict[str, bytes] = {}
-        for start in range(0, len(wanted), 500):  # within every backend's bound-parameter limit
-            query = sa.select(d.c.device, d.c.state).where(d.c.device.in_(wanted[start:start + 500]))
+        for chunk in in_chunks(wanted):
+            query = sa.select(d.c.device, d.c.state).where(d.c.device.in_(chunk))
             found.update((device, bytes(state)) for device, state in self._rows("detector states", query))
         return found
 
